@@ -1,0 +1,54 @@
+"""Tiny generated shards for tests (no ../shared needed)."""
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def tiny_image(i: int, size: int = 16) -> np.ndarray:
+    """A deterministic 8-bit image whose top-left pixel encodes ``i``."""
+    rng = np.random.default_rng(i)
+    img = rng.integers(60, 250, size=(size, size), dtype=np.uint8)
+    img[0, 0] = i % 256
+    return img
+
+
+def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesion_every: int = 4,
+                 manifest: bool = True, prefix: str = "t") -> list[Path]:
+    """Write ``n`` samples (``k000000`` ...) into tar shards of ``shard_size`` samples.
+
+    Every ``lesion_every``-th sample is a lesion (label ``tumor``) with one box.
+    """
+    import tarfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths, entries = [], []
+    for s, start in enumerate(range(0, n, shard_size)):
+        path = folder / f"{prefix}-{s:06d}.tar"
+        keys = range(start, min(n, start + shard_size))
+        with tarfile.open(path, "w") as tar:
+            for i in keys:
+                lesion = i % lesion_every == 0
+                meta = {"label": "tumor" if lesion else "normal", "region": "lower_limb", "view": "frontal",
+                        "boxes": [[2, 3, 9, 10]] if lesion else [], "index": i}
+                for ext, data in (("png", png_bytes(tiny_image(i, size))), ("json", json.dumps(meta).encode())):
+                    info = tarfile.TarInfo(f"k{i:06d}.{ext}")
+                    info.size = len(data)
+                    tar.addfile(info, io.BytesIO(data))
+        paths.append(path)
+        entries.append({"name": path.name, "count": len(keys)})
+    if manifest:
+        (folder / "manifest.json").write_text(json.dumps(
+            {"format": "streamaug-shards/1", "splits": {"all": {"shards": entries, "count": n}},
+             "lesion_boxes": []}))
+    return paths

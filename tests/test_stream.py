@@ -1,0 +1,206 @@
+"""XRayShards: reading, rank/worker split, seeding, resume, bad data."""
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import textwrap
+from collections import Counter
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from shardgen import png_bytes, tiny_image, write_shards
+from streamaug import XRayShards, collate_xray
+from streamaug.shardlist import ShardError, plan_epoch
+from streamaug.stream import SampleError
+
+
+def keys_of(iterable):
+    return [s["key"] for s in iterable]
+
+
+def loader_keys(ds, num_workers, batch_size=3):
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_xray)
+    return [k for batch in dl for k in batch["key"]]
+
+
+def test_reads_every_sample_once_with_fields(tmp_path):
+    write_shards(tmp_path, n=10, shard_size=4)
+    samples = list(XRayShards(tmp_path, shuffle=False))
+    assert keys_of(samples) == [f"k{i:06d}" for i in range(10)]
+    s0, s1 = samples[0], samples[1]
+    assert s0["image"].shape == (1, 16, 16) and s0["image"].dtype == torch.float32
+    assert abs(float(s0["image"][0, 0, 0]) - 0 / 255) < 1e-6 and abs(float(s1["image"][0, 0, 0]) - 1 / 255) < 1e-6
+    assert s0["label"] == 1 and s1["label"] == 0
+    assert s0["boxes"].tolist() == [[2, 3, 9, 10]] and s1["boxes"].shape == (0, 4)
+    assert s0["meta"]["region"] == "lower_limb" and s0["meta"]["shard"].endswith("t-000000.tar")
+
+
+def test_resize_scales_boxes(tmp_path):
+    write_shards(tmp_path, n=4, shard_size=4)
+    s = next(iter(XRayShards(tmp_path, shuffle=False, resize=32)))
+    assert s["image"].shape == (1, 32, 32)
+    assert s["boxes"].tolist() == [[4, 6, 18, 20]]
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_workers_split_without_loss_or_duplicates(tmp_path, num_workers):
+    write_shards(tmp_path, n=23, shard_size=5)
+    keys = loader_keys(XRayShards(tmp_path, seed=3), num_workers)
+    assert sorted(keys) == [f"k{i:06d}" for i in range(23)]
+
+
+def test_ranks_get_equal_counts_and_cover_everything(tmp_path, monkeypatch):
+    write_shards(tmp_path, n=23, shard_size=5)  # shards of 5,5,5,5,3 over 2 ranks
+    per_rank = []
+    for rank in range(2):
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        ds = XRayShards(tmp_path, seed=1)
+        per_rank.append(loader_keys(ds, num_workers=2))
+        assert ds.samples_per_rank() == len(per_rank[-1])
+    assert len(per_rank[0]) == len(per_rank[1])
+    union = Counter(per_rank[0] + per_rank[1])
+    assert set(union) == {f"k{i:06d}" for i in range(23)}  # nothing lost
+    repeats = sum(union.values()) - 23
+    assert repeats == len(per_rank[0]) * 2 - 23 <= 5  # only padding repeats, at most one shard's worth
+
+
+def test_plan_balances_and_pads():
+    plans = plan_epoch([5, 5, 5, 5, 3], world=2, num_workers=2, seed=0, epoch=0, shuffle=True)
+    quotas = [sum(p.quota for p in rank) for rank in plans]
+    naturals = [sum(p.natural for p in rank) for rank in plans]
+    assert quotas[0] == quotas[1] == max(naturals)
+    assert sorted(i for rank in plans for p in rank for i in p.shards) == [0, 1, 2, 3, 4]
+
+
+def test_too_few_shards_raises_clearly(tmp_path):
+    write_shards(tmp_path, n=6, shard_size=6)
+    with pytest.raises(ShardError, match="smaller --shard-size"):
+        loader_keys(XRayShards(tmp_path), num_workers=2)
+
+
+def test_shuffle_is_seeded_by_seed_and_epoch(tmp_path):
+    write_shards(tmp_path, n=30, shard_size=6)
+    ds = XRayShards(tmp_path, seed=7, buffer_size=8)
+    first = keys_of(ds)
+    assert keys_of(ds) == first  # same epoch replays
+    ds.set_epoch(1)
+    second = keys_of(ds)
+    assert second != first and sorted(second) == sorted(first)
+    assert keys_of(XRayShards(tmp_path, seed=8, buffer_size=8)) != first
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_resume_with_stateful_dataloader_is_exact(tmp_path, num_workers):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    write_shards(tmp_path, n=40, shard_size=5)
+
+    def make():
+        ds = XRayShards(tmp_path, seed=5, buffer_size=4)
+        ds.set_epoch(2)
+        return StatefulDataLoader(ds, batch_size=3, num_workers=num_workers, collate_fn=collate_xray)
+
+    full = [k for b in make() for k in b["key"]]
+    loader = make()
+    it = iter(loader)
+    head = [k for _ in range(5) for k in next(it)["key"]]
+    state = loader.state_dict()
+    del it, loader
+    resumed = make()
+    resumed.load_state_dict(state)
+    tail = [k for b in resumed for k in b["key"]]
+    assert head + tail == full
+    assert sorted(full) == [f"k{i:06d}" for i in range(40)]
+
+
+def _corrupt_shard(path, good=3):
+    with tarfile.open(path, "w") as tar:
+        for i in range(good + 1):
+            data = png_bytes(tiny_image(i)) if i != 1 else b"not a png at all"
+            info = tarfile.TarInfo(f"b{i:06d}.png")
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def test_bad_sample_raises_naming_shard_and_key_or_is_skipped(tmp_path):
+    _corrupt_shard(tmp_path / "bad-000000.tar")
+    with pytest.raises(SampleError, match=r"b000001.*bad-000000\.tar"):
+        list(XRayShards(tmp_path / "bad-000000.tar", shuffle=False))
+    ds = XRayShards(tmp_path / "bad-000000.tar", shuffle=False, on_error="skip", equalize="none")
+    assert keys_of(ds) == ["b000000", "b000002", "b000003"]
+    assert ds.stats["skipped_samples"] == 1 and ds.stats["yielded"] == 3
+
+
+def test_skipped_samples_counted_across_workers(tmp_path):
+    for s in range(2):
+        _corrupt_shard(tmp_path / f"bad-{s:06d}.tar")
+    ds = XRayShards(tmp_path, on_error="skip", equalize="none")
+    keys = loader_keys(ds, num_workers=2)
+    assert len(keys) == 6
+    assert ds.stats["skipped_samples"] == 2 and ds.stats["yielded"] == 6
+
+
+def test_truncated_shard_raises_or_is_cut_never_hangs(tmp_path):
+    (path,) = write_shards(tmp_path, n=8, shard_size=8, manifest=False, size=64)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ShardError, match="truncated"):
+        XRayShards(path)  # counting the shard reads its headers
+    (tmp_path / "manifest.json").write_text(
+        '{"splits": {"all": {"shards": [{"name": "t-000000.tar", "count": 8}]}}}')
+    with pytest.raises(ShardError, match=r"t-000000\.tar is truncated"):
+        list(XRayShards(path, shuffle=False))
+    ds = XRayShards(path, shuffle=False, on_error="skip", equalize="none")
+    got = keys_of(ds)
+    assert 0 < len(got) < 8 and ds.stats["bad_shards"] == 1
+
+
+def test_resampled_is_unbounded_and_epoch_length_is_exact(tmp_path):
+    write_shards(tmp_path, n=6, shard_size=3)
+    it = iter(XRayShards(tmp_path, resampled=True))
+    assert len([next(it) for _ in range(50)]) == 50
+    assert len(loader_keys(XRayShards(tmp_path, resampled=True, epoch_length=11), num_workers=2)) == 11
+
+
+def test_collate_stacks_images_and_lists_the_rest(tmp_path):
+    write_shards(tmp_path, n=4, shard_size=4)
+    batch = collate_xray(list(XRayShards(tmp_path, shuffle=False)))
+    assert batch["image"].shape == (4, 1, 16, 16) and batch["label"].tolist() == [1, 0, 0, 0]
+    assert isinstance(batch["boxes"], list) and batch["boxes"][0].shape == (1, 4)
+
+
+def test_torchrun_two_ranks_gloo(tmp_path):
+    write_shards(tmp_path / "shards", n=22, shard_size=3)
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, torch, torch.distributed as dist
+        from torch.utils.data import DataLoader
+        from streamaug import XRayShards, collate_xray
+        dist.init_process_group("gloo")
+        ds = XRayShards({str(tmp_path / 'shards')!r}, seed=4)
+        keys = [k for b in DataLoader(ds, batch_size=2, num_workers=2, collate_fn=collate_xray) for k in b["key"]]
+        out = [None, None]
+        dist.all_gather_object(out, keys)
+        if dist.get_rank() == 0:
+            print("RESULT" + json.dumps(out))
+        dist.destroy_process_group()
+    """))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for var in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(var, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           "--master_port=29517", str(script)], capture_output=True, text=True,
+                          timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    import json
+
+    out = json.loads(proc.stdout.split("RESULT", 1)[1].splitlines()[0])
+    assert len(out[0]) == len(out[1])
+    assert set(out[0]) | set(out[1]) == {f"k{i:06d}" for i in range(22)}
+    assert not set(out[0]) & set(out[1]) or len(out[0]) * 2 > 22
