@@ -1,0 +1,145 @@
+"""SynthesisStage and LesionStream: locality, provenance, filter semantics, proportions, seeds."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from shardgen import write_shards
+from streamaug import LesionStream, PseudoLabel, SynthesisStage, XRayShards, collate_xray
+from streamaug.sites import LesionBoxBank, SiteProposer
+
+
+class Darken(torch.nn.Module):
+    """A stand-in translator: halves the patch (a visible, known change)."""
+
+    patch_size = 8
+    id = "darken-test"
+
+    def __init__(self):
+        super().__init__()
+        self.dummy = torch.nn.Parameter(torch.zeros(()))
+
+    def translate(self, patches):
+        return patches * 0.5
+
+
+class MeanScore(torch.nn.Module):
+    """A stand-in classifier whose logit falls with mean brightness: darker = more 'lesion'."""
+
+    def __init__(self, center):
+        super().__init__()
+        self.center = center
+        self.w = torch.nn.Parameter(torch.tensor(-200.0))
+
+    def forward(self, x):
+        return self.w * (x.flatten(1).mean(1) - self.center)
+
+
+def bright_batch(b=4, size=32):
+    g = torch.Generator().manual_seed(0)
+    images = 0.5 + 0.4 * torch.rand(b, 1, size, size, generator=g)
+    sites = [torch.tensor([[4, 6, 20, 22]]) for _ in range(b)]
+    return {"image": images, "label": torch.zeros(b, dtype=torch.long), "sites": sites,
+            "key": [f"n{i}" for i in range(b)], "boxes": [torch.zeros(0, 4)] * b}
+
+
+def test_synthesize_changes_only_the_site():
+    batch = bright_batch()
+    stage = SynthesisStage(Darken(), blend_n=2.0)
+    boxes, source = stage.choose_sites(batch["sites"], [0, 2])
+    out = stage.synthesize(batch["image"], boxes, source)
+    assert out.images.shape == (2, 1, 32, 32) and out.source.tolist() == [0, 2]
+    for j, i in enumerate(out.source.tolist()):
+        diff = (out.images[j] - batch["image"][i]).abs()[0]
+        inside = torch.zeros_like(diff, dtype=torch.bool)
+        inside[6:22, 4:20] = True
+        assert float(diff[~inside].max()) == 0.0  # untouched outside, bit-exact
+        assert float(diff[14, 12]) > 0.1  # the site centre (alpha ~ 1) is darkened
+    assert out.keep.all() and torch.isnan(out.scores).all()
+    assert stage.stats["generated"] == 2 and stage.stats["accepted"] == 2
+
+
+def test_dark_crops_are_dropped_before_translation():
+    batch = bright_batch()
+    batch["image"][1] = 0.05
+    stage = SynthesisStage(Darken(), min_intensity=0.15)
+    boxes, source = stage.choose_sites(batch["sites"], [0, 1])
+    out = stage.synthesize(batch["image"], boxes, source)
+    assert out.source.tolist() == [0] and stage.stats["dark_crops"] == 1
+
+
+@pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
+def test_pseudo_label_threshold_semantics(threshold):
+    images = torch.linspace(0.2, 0.8, 7).view(7, 1, 1, 1).expand(7, 1, 8, 8).contiguous()
+    f = PseudoLabel(MeanScore(center=0.5), threshold=threshold)
+    keep, scores = f(images)
+    assert torch.equal(keep, scores >= threshold)  # score >= t is kept, including equality
+    assert bool(scores[0] > scores[-1])  # darker -> higher lesion score
+    assert f.stats.generated == 7 and f.stats.accepted == int(keep.sum())
+    assert f.stats.rate == pytest.approx(int(keep.sum()) / 7)
+
+
+def test_apply_replaces_accepted_normals_and_records_provenance():
+    batch = bright_batch(b=8)
+    stage = SynthesisStage(Darken(), fraction=0.25, seed=1)
+    out = stage.apply(batch)
+    assert out["image"].shape == batch["image"].shape
+    syn = out["synthetic"].nonzero().flatten().tolist()
+    assert len(syn) == 2 and all(out["label"][i] == 1 for i in syn)
+    for i in syn:
+        prov = out["provenance"][i]
+        assert prov["source_key"] == f"n{i}" and prov["box"] == [4, 6, 20, 22]
+        assert prov["translator"] == "darken-test" and prov["blend_n"] == 2.0
+        assert out["boxes"][i].tolist() == [[4.0, 6.0, 20.0, 22.0]]
+    for i in set(range(8)) - set(syn):
+        assert torch.equal(out["image"][i], batch["image"][i]) and out["label"][i] == 0
+
+
+def test_wrap_on_a_plain_dataloader(tmp_path):
+    write_shards(tmp_path, n=24, shard_size=6, size=32, lesion_every=3)
+    bank = LesionBoxBank.from_records([{"key": "L", "region": "lower_limb", "view": "frontal", "width": 32,
+                                        "height": 32, "boxes": [[8, 8, 20, 20]], "label": "tumor"}])
+    ds = XRayShards(tmp_path, sites=SiteProposer(bank, s=1.0, n=1, min_intensity=0.0))
+    loader = DataLoader(ds, batch_size=6, num_workers=2, collate_fn=collate_xray)
+    stage = SynthesisStage(Darken(), fraction=0.5, min_intensity=None)
+    batches = list(stage.wrap(loader))
+    assert sum(len(b["image"]) for b in batches) == 24
+    n_syn = sum(int(b["synthetic"].sum()) for b in batches)
+    assert n_syn == 12  # 3 of 6 per batch; each batch has 4 normals with sites
+    assert all(b["label"][b["synthetic"]].eq(1).all() for b in batches)
+
+
+def _stream(tmp_path, **kw):
+    write_shards(tmp_path, n=40, shard_size=5, size=32, lesion_every=5)
+    bank = LesionBoxBank.from_records([{"key": "L", "region": "lower_limb", "view": "frontal", "width": 32,
+                                        "height": 32, "boxes": [[8, 8, 20, 20]], "label": "tumor"}])
+    return LesionStream(tmp_path, translator=Darken(), sites=SiteProposer(bank, n=1, min_intensity=0.0),
+                        min_intensity=None, device_batch=8, **kw)
+
+
+def test_lesion_stream_proportions_and_provenance(tmp_path):
+    stream = _stream(tmp_path, synthetic_fraction=0.3, epoch_length=400, seed=3)
+    samples = list(stream)
+    syn = [s for s in samples if s["synthetic"]]
+    assert len(samples) == 400
+    assert abs(len(syn) / 400 - 0.3) < 0.07
+    assert stream.stats["emitted"]["synthetic"] == len(syn)
+    for s in syn[:10]:
+        assert s["label"] == 1 and s["provenance"]["source_key"] + "-syn" == s["key"]
+        x0, y0, x1, y1 = s["provenance"]["box"]
+        assert 0 <= x0 < x1 <= 32 and 0 <= y0 < y1 <= 32
+
+
+def test_lesion_stream_is_deterministic_with_a_seed(tmp_path):
+    a = [(s["key"], float(s["image"].sum())) for s in _stream(tmp_path / "a", epoch_length=60, seed=5)]
+    b = [(s["key"], float(s["image"].sum())) for s in _stream(tmp_path / "b", epoch_length=60, seed=5)]
+    c = [(s["key"], float(s["image"].sum())) for s in _stream(tmp_path / "c", epoch_length=60, seed=6)]
+    assert a == b and a != c
+
+
+def test_filter_that_accepts_nothing_raises_instead_of_hanging(tmp_path):
+    stream = _stream(tmp_path, synthetic_fraction=1.0, epoch_length=5, max_empty_batches=3,
+                     filter=PseudoLabel(MeanScore(center=-5.0), threshold=0.99))
+    with pytest.raises(RuntimeError, match="accepted no candidate"):
+        list(stream)
