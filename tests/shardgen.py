@@ -24,7 +24,8 @@ def tiny_image(i: int, size: int = 16) -> np.ndarray:
 
 
 def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesion_every: int = 4,
-                 manifest: bool = True, prefix: str = "t") -> list[Path]:
+                 manifest: bool = True, prefix: str = "t",
+                 box: tuple[int, int, int, int] = (2, 3, 9, 10)) -> list[Path]:
     """Write ``n`` samples (``k000000`` ...) into tar shards of ``shard_size`` samples.
 
     Every ``lesion_every``-th sample is a lesion (label ``tumor``) with one box.
@@ -40,7 +41,7 @@ def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesio
             for i in keys:
                 lesion = i % lesion_every == 0
                 meta = {"label": "tumor" if lesion else "normal", "region": "lower_limb", "view": "frontal",
-                        "boxes": [[2, 3, 9, 10]] if lesion else [], "index": i}
+                        "boxes": [list(box)] if lesion else [], "index": i}
                 for ext, data in (("png", png_bytes(tiny_image(i, size))), ("json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(f"k{i:06d}.{ext}")
                     info.size = len(data)

@@ -1,0 +1,30 @@
+"""``python -m streamaug.train {translator,classifier} ...``"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+COMMANDS = {
+    "translator": ("streamaug.train.translator", "train a UNIT normal->lesion patch translator"),
+    "classifier": ("streamaug.train.classifier", "train a DRN classifier, optionally on the lesion stream"),
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="python -m streamaug.train")
+    sub = parser.add_subparsers(dest="command", required=True)
+    chosen = argv[0] if argv and argv[0] in COMMANDS else None
+    module = None
+    for name, (module_name, help_text) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help_text)
+        if name == chosen:  # import only the command that runs
+            module = importlib.import_module(module_name)
+            module.add_arguments(sp)
+    args = parser.parse_args(argv)
+    module.main(args)
+
+
+if __name__ == "__main__":
+    main()
