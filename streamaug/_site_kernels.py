@@ -1,0 +1,279 @@
+"""Numba kernels and box geometry behind :mod:`streamaug.sites` (import the public names from there).
+
+The ``*_kernel`` functions do no validation; the plain functions below them (:func:`integral_image`,
+:func:`box_means`, :func:`lesion_crops`, :func:`parse_boxes`) validate and normalise their inputs
+and are re-exported by :mod:`streamaug.sites`.
+
+Every kernel is ``@numba.njit(cache=True, nogil=True)``. The plain functions pass C-contiguous
+arrays of one fixed dtype per argument, so each kernel is compiled for exactly one signature;
+:func:`warm_up` triggers that compile (or the load from numba's on-disk cache) once per process,
+before the first sample rather than inside it.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba
+import numpy as np
+import torch
+
+_WARM = False
+_EMPTY = np.zeros((0, 4), dtype=np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def integral_image_kernel(img: np.ndarray, out: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Fill ``out`` ``(H + 1, W + 1)`` float64 with the summed-area table of ``img`` ``(H, W)``."""
+    h, w = img.shape
+    for x in range(w + 1):
+        out[0, x] = 0.0
+    for y in range(h):
+        out[y + 1, 0] = 0.0
+        run = 0.0
+        for x in range(w):
+            run += img[y, x]
+            out[y + 1, x + 1] = out[y, x + 1] + run
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def box_means_kernel(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Mean of the image inside each ``x0 y0 x1 y1`` (end-exclusive) box; NaN for empty boxes."""
+    m = boxes.shape[0]
+    out = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        area = (x1 - x0) * (y1 - y0)
+        if area <= 0:
+            out[i] = np.nan
+        else:
+            total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
+            out[i] = total / area
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_1d(b0: int, b1: int, side: int, extent: int, u: float) -> int:  # pragma: no cover
+    """Start of a ``side``-long window in ``[0, extent)`` that covers ``[b0, b1)``, drawn by ``u``.
+
+    Uniform over all valid starts when the window is at least as long as the box; centred on the box
+    otherwise. Always clipped to ``[0, extent - side]``.
+    """
+    if side >= b1 - b0:
+        lo = max(b1 - side, 0)
+        hi = min(b0, extent - side)
+        start = lo + int(u * (hi - lo + 1))
+        if start > hi:
+            start = hi
+    else:
+        start = b0 + (b1 - b0 - side) // 2
+    return min(max(start, 0), extent - side)
+
+
+@numba.njit(cache=True, nogil=True)
+def place_crops_kernel(
+    boxes: np.ndarray, uniforms: np.ndarray, s: float, min_size: int, height: int, width: int
+) -> np.ndarray:  # pragma: no cover - compiled
+    """Square crops around integer boxes already clipped to the image (see ``sites.lesion_crops``).
+
+    ``boxes`` ``(k, 4)`` int64, ``uniforms`` ``(k, 2)`` float64 in ``[0, 1)``; returns ``(k, 4)``.
+    """
+    k = boxes.shape[0]
+    out = np.empty((k, 4), dtype=np.int64)
+    cap = min(height, width)
+    for i in range(k):
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        side = int(math.ceil(s * max(x1 - x0, y1 - y0) - 1e-9))
+        side = min(max(side, min_size, 1), cap)
+        cx = _place_1d(x0, x1, side, width, uniforms[i, 0])
+        cy = _place_1d(y0, y1, side, height, uniforms[i, 1])
+        out[i, 0] = cx
+        out[i, 1] = cy
+        out[i, 2] = cx + side
+        out[i, 3] = cy + side
+    return out
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel once in this process; idempotent."""
+    global _WARM
+    if _WARM:
+        return
+    img = np.zeros((4, 4), dtype=np.float32)
+    integral = integral_image_kernel(img, np.empty((5, 5), dtype=np.float64))
+    box_means_kernel(integral, np.zeros((1, 4), dtype=np.int64))
+    place_crops_kernel(
+        np.array([[0, 0, 1, 1]], dtype=np.int64), np.zeros((1, 2), dtype=np.float64), 1.0, 1, 4, 4
+    )
+    _WARM = True
+
+
+# --------------------------------------------------------------------------- plain functions
+def integral_image(img: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Summed-area table of a 2-D image.
+
+    Args:
+        img: ``(H, W)`` array (converted to C-contiguous float32).
+        out: optional C-contiguous float64 ``(H + 1, W + 1)`` array to fill. Reusing one buffer
+            across images of one size avoids allocating (and page-faulting) ``8 (H+1)(W+1)``
+            bytes per call, which dominates the cost on large images.
+
+    Returns:
+        ``(H + 1, W + 1)`` float64 array ``I`` with ``I[y, x] = img[:y, :x].sum()`` (zero first
+        row and column); ``out`` when given.
+
+    Raises:
+        ValueError: if ``img`` is not 2-D or ``out`` has the wrong shape, dtype or layout.
+
+    Examples:
+        >>> float(integral_image(np.ones((2, 3), np.float32))[-1, -1])
+        6.0
+    """
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise ValueError(f"integral_image expects a (H, W) image, got shape {arr.shape}")
+    shape = (arr.shape[0] + 1, arr.shape[1] + 1)
+    if out is None:
+        out = np.empty(shape, dtype=np.float64)
+    elif out.shape != shape or out.dtype != np.float64 or not out.flags.c_contiguous:
+        raise ValueError(f"out must be a C-contiguous float64 array of shape {shape}, "
+                         f"got {out.dtype} {out.shape}")
+    return integral_image_kernel(np.ascontiguousarray(arr, dtype=np.float32), out)
+
+
+def box_means(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Mean image value inside each box, O(1) per box, from an :func:`integral_image`.
+
+    Args:
+        integral: ``(H + 1, W + 1)`` float64 summed-area table.
+        boxes: ``(m, 4)`` integer boxes ``x0 y0 x1 y1`` (end-exclusive) inside ``[0, W] x [0, H]``.
+
+    Returns:
+        ``(m,)`` float64 means; NaN for boxes with zero area.
+
+    Raises:
+        ValueError: on bad shapes or boxes outside the image.
+
+    Examples:
+        >>> ii = integral_image(np.arange(4, dtype=np.float32).reshape(2, 2))
+        >>> box_means(ii, np.array([[0, 0, 2, 2], [1, 0, 2, 2]])).tolist()
+        [1.5, 2.0]
+    """
+    ii = np.ascontiguousarray(integral, dtype=np.float64)
+    if ii.ndim != 2 or min(ii.shape) < 1:
+        raise ValueError(f"integral must be (H + 1, W + 1), got shape {ii.shape}")
+    b = np.asarray(boxes)
+    if b.size == 0:
+        return np.zeros(0, dtype=np.float64)
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (m, 4), got shape {b.shape}")
+    b = np.ascontiguousarray(b, dtype=np.int64)
+    h, w = ii.shape[0] - 1, ii.shape[1] - 1
+    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h)
+    bad |= (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
+    if bad.any():
+        raise ValueError(f"boxes outside a {h}x{w} image or inverted: {b[bad][:3].tolist()}")
+    return box_means_kernel(ii, b)
+
+
+def lesion_crops(
+    boxes: np.ndarray | torch.Tensor,
+    height: int,
+    width: int,
+    s: float = 1.0,
+    rng: np.random.Generator | int | None = None,
+    *,
+    min_size: int = 1,
+) -> np.ndarray:
+    """Random square crops that contain each box (the paper's lesion patches).
+
+    For a box of size ``w x h`` the side is ``ceil(s * max(w, h))``, raised to ``min_size`` and
+    clipped to ``min(height, width)`` so the crop stays square and inside the image. Along each axis
+    the crop start is uniform over the positions that keep the box inside the crop and the crop
+    inside the image; where the side is shorter than the box (clipped side, or ``s < 1``) the crop
+    is centred on the box along that axis.
+
+    Float boxes are widened to whole pixels (``floor`` of the start, ``ceil`` of the end) and
+    clipped to the image first. Boxes that are empty after clipping (outside the image, zero area,
+    non-finite) give no crop, so the result may have fewer rows than ``boxes``.
+
+    Args:
+        boxes: ``(k, 4)`` boxes ``x0 y0 x1 y1`` (end-exclusive), image pixels.
+        height: image height ``H``.
+        width: image width ``W``.
+        s: crop side as a multiple of the box's larger side (paper: 1 or 2); ``> 0``.
+        rng: a ``numpy.random.Generator``, or a seed for one.
+        min_size: smallest crop side before clipping to the image.
+
+    Returns:
+        ``(k', 4)`` int64 crops ``x0 y0 x1 y1`` with ``x1 - x0 == y1 - y0``, ``k' <= k``.
+
+    Raises:
+        ValueError: on bad shapes, non-positive sizes or ``s``.
+
+    Examples:
+        >>> crops = lesion_crops(np.array([[10, 10, 30, 20]]), 64, 64, s=2.0, rng=0)
+        >>> (crops[:, 2:] - crops[:, :2]).tolist()
+        [[40, 40]]
+    """
+    if not (np.isfinite(s) and s > 0):
+        raise ValueError(f"s must be a positive number, got {s!r}")
+    if int(height) <= 0 or int(width) <= 0:
+        raise ValueError(f"image size must be positive, got {height}x{width}")
+    if min_size < 1:
+        raise ValueError(f"min_size must be >= 1, got {min_size}")
+    b = boxes.detach().cpu().numpy() if isinstance(boxes, torch.Tensor) else np.asarray(boxes)
+    if b.size == 0:
+        return _EMPTY.copy()
+    if b.ndim != 2 or b.shape[1] != 4:
+        raise ValueError(f"boxes must be (k, 4), got shape {b.shape}")
+    ib = _pixel_boxes(b.astype(np.float64), int(height), int(width))
+    gen = np.random.default_rng(rng)
+    uniforms = gen.random((b.shape[0], 2))  # drawn for every input box: stable streams
+    keep = (ib[:, 2] > ib[:, 0]) & (ib[:, 3] > ib[:, 1])
+    if not keep.all():
+        ib, uniforms = ib[keep], uniforms[keep]
+    if ib.shape[0] == 0:
+        return _EMPTY.copy()
+    return place_crops_kernel(
+        np.ascontiguousarray(ib), np.ascontiguousarray(uniforms),
+        float(s), int(min_size), int(height), int(width),
+    )
+
+
+def _pixel_boxes(b: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Float ``(k, 4)`` boxes -> whole-pixel int64 boxes clipped to the image (non-finite -> empty)."""
+    b = np.where(np.isfinite(b).all(axis=1, keepdims=True), b, 0.0)  # any NaN/inf -> empty row
+    out = np.empty(b.shape, dtype=np.int64)
+    out[:, 0] = np.clip(np.floor(b[:, 0]), 0, width)
+    out[:, 1] = np.clip(np.floor(b[:, 1]), 0, height)
+    out[:, 2] = np.clip(np.ceil(b[:, 2]), 0, width)
+    out[:, 3] = np.clip(np.ceil(b[:, 3]), 0, height)
+    return out
+
+
+def parse_boxes(value: Any) -> np.ndarray:
+    """Boxes from a list of ``[x0, y0, x1, y1]``, an array, or a ``"x0 y0 x1 y1;..."`` string.
+
+    Returns:
+        ``(k, 4)`` float64; ``(0, 4)`` for ``None``/empty.
+
+    Examples:
+        >>> parse_boxes("1 2 3 4;5 6 7 8").tolist()
+        [[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]]
+    """
+    if value is None or (isinstance(value, float) and value != value):
+        return np.zeros((0, 4))
+    if isinstance(value, str):
+        parts = [p.split() for p in value.replace(",", " ").split(";") if p.strip()]
+        value = [[float(v) for v in p] for p in parts]
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.size == 0:
+        return np.zeros((0, 4))
+    arr = arr.reshape(-1, 4) if arr.ndim == 1 and arr.size % 4 == 0 else arr
+    if arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be (k, 4), got {value!r}")
+    return arr

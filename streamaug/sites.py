@@ -1,0 +1,380 @@
+"""Patch-site proposal (Gupta et al., MIDL 2019, §3.2 "Patch-making"), run on CPU workers.
+
+A *site* is a square crop ``x0 y0 x1 y1`` (pixels, end-exclusive, int64) where a lesion patch is
+cut (lesion images) or where a synthetic lesion may be translated in (normal images):
+
+- Lesion image (``label == 1`` with boxes): one square per box, side ``s * max(box w, box h)``,
+  placed at random so that the box lies inside it (:func:`lesion_crops`).
+- Normal image (``label == 0``): ``n`` matched lesion records are drawn from a
+  :class:`LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
+  way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
+  dropped. Means come from an integral image, O(1) per crop (numba kernels in
+  :mod:`streamaug._site_kernels`).
+
+Randomness is a pure function of ``(seed, epoch, sample key)``, so the same sample gets the same
+sites in any worker and in any order.
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamaug import _site_kernels as _k
+from streamaug._site_kernels import box_means, integral_image, lesion_crops, parse_boxes
+from streamaug.labels import to_int_label
+
+__all__ = ["LesionBoxBank", "SiteProposer", "integral_image", "box_means", "lesion_crops", "parse_boxes"]
+
+_EMPTY = np.zeros((0, 4), dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- the bank
+def _norm(value: Any) -> str | None:
+    """Lower-cased, stripped string, or ``None`` for missing/NaN/empty values."""
+    if value is None or (isinstance(value, float) and value != value):
+        return None
+    text = str(value).strip().lower()
+    return text or None
+
+
+@dataclass(eq=False, repr=False)
+class LesionBoxBank:
+    """The boxes of lesion images that normal images are matched against (§3.2).
+
+    Holds plain lists and numpy arrays only, so it pickles cheaply into DataLoader workers.
+
+    Matching (:meth:`match`), most to least specific; the first non-empty level wins:
+
+    1. same ``region`` and same ``view``;
+    2. same ``region`` (view relaxed);
+    3. the whole bank (region relaxed too).
+
+    A field that the normal image lacks (``None``/empty) does not constrain; e.g. a normal image
+    with a region but no view goes straight to level 2. Strings compare case-insensitively.
+    Image size is matched by scaling, not by filtering: :meth:`boxes_for` rescales a record's boxes
+    per axis to the normal image's size (records without a size are taken to be the same size).
+
+    Attributes:
+        keys, regions, views: one entry per record (normalised strings or ``None``).
+        sizes: ``(N, 2)`` int64 ``(width, height)``, ``0`` where unknown.
+        boxes: ``(total_boxes, 4)`` float64, all records' boxes concatenated.
+        offsets: ``(N + 1,)`` int64; record ``i`` owns ``boxes[offsets[i]:offsets[i + 1]]``.
+    """
+
+    keys: list[str]
+    regions: list[str | None]
+    views: list[str | None]
+    sizes: np.ndarray
+    boxes: np.ndarray
+    offsets: np.ndarray
+    _by_rv: dict[tuple[str | None, str | None], np.ndarray] = field(default_factory=dict, repr=False)
+    _by_r: dict[str | None, np.ndarray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        if not (len(self.regions) == len(self.views) == n and self.sizes.shape == (n, 2)
+                and self.offsets.shape == (n + 1,)):
+            raise ValueError("LesionBoxBank fields disagree in length")
+        rv: dict[tuple[str | None, str | None], list[int]] = {}
+        r: dict[str | None, list[int]] = {}
+        for i, (reg, view) in enumerate(zip(self.regions, self.views)):
+            rv.setdefault((reg, view), []).append(i)
+            r.setdefault(reg, []).append(i)
+        self._by_rv = {k: np.asarray(v, dtype=np.int64) for k, v in rv.items()}
+        self._by_r = {k: np.asarray(v, dtype=np.int64) for k, v in r.items()}
+        self._all = np.arange(n, dtype=np.int64)
+
+    # ---- constructors
+    @classmethod
+    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> LesionBoxBank:
+        """Build a bank from mappings with ``boxes`` and optionally ``key``, ``region``, ``view``,
+        ``width``, ``height``.
+
+        ``boxes`` may be a list of ``[x0, y0, x1, y1]``, an array/tensor, or a
+        ``"x0 y0 x1 y1;..."`` string (the ``boxes_xyxy`` column). Records without boxes are
+        skipped. Every record is taken as a lesion record: filter labels before calling.
+
+        Raises:
+            ValueError: on malformed boxes.
+        """
+        keys, regions, views, sizes, chunks, offsets = [], [], [], [], [], [0]
+        for i, rec in enumerate(records):
+            b = parse_boxes(rec.get("boxes", rec.get("boxes_xyxy")))
+            if b.shape[0] == 0:
+                continue
+            keys.append(str(rec.get("key", rec.get("image_id", i))))
+            regions.append(_norm(rec.get("region")))
+            views.append(_norm(rec.get("view")))
+            sizes.append((_size(rec.get("width")), _size(rec.get("height"))))
+            chunks.append(b)
+            offsets.append(offsets[-1] + b.shape[0])
+        return cls(
+            keys=keys,
+            regions=regions,
+            views=views,
+            sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
+            boxes=np.concatenate(chunks) if chunks else np.zeros((0, 4)),
+            offsets=np.asarray(offsets, dtype=np.int64),
+        )
+
+    @classmethod
+    def from_manifest(
+        cls, manifest: str | os.PathLike | Mapping[str, Any], split: str | None = "train"
+    ) -> LesionBoxBank:
+        """Build a bank from ``manifest.json``'s ``lesion_boxes`` list.
+
+        Args:
+            manifest: path to ``manifest.json`` (or its folder), or the parsed dict.
+            split: keep entries of this split only (``None``: all entries, including those
+                without a split). Entries whose ``label`` reads as normal are skipped.
+
+        Raises:
+            ValueError: if the manifest has no ``lesion_boxes`` or nothing is left after the split
+                filter (the message lists the splits present).
+        """
+        if not isinstance(manifest, Mapping):
+            path = os.fspath(manifest)
+            if os.path.isdir(path):
+                path = os.path.join(path, "manifest.json")
+            with open(path, encoding="utf-8") as fh:
+                manifest = json.load(fh)
+        entries = manifest.get("lesion_boxes")
+        if entries is None:
+            raise ValueError("manifest has no 'lesion_boxes' list (repack with a boxes column)")
+        kept = [e for e in entries if (split is None or e.get("split") == split)
+                and to_int_label(e.get("label", 1)) != 0]
+        bank = cls.from_records(kept)
+        if len(bank) == 0:
+            present = sorted({str(e.get("split")) for e in entries})
+            raise ValueError(f"no lesion boxes for split={split!r} in manifest (splits present: {present})")
+        return bank
+
+    # ---- queries
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def __repr__(self) -> str:
+        return f"LesionBoxBank({len(self)} records, {len(self.boxes)} boxes)"
+
+    def match(self, region: Any = None, view: Any = None) -> tuple[np.ndarray, int]:
+        """Indices of the records that match, and the level used (1, 2 or 3; 0 if the bank is empty).
+
+        Examples:
+            >>> bank = LesionBoxBank.from_records([
+            ...     {"region": "pelvis", "view": "frontal", "boxes": [[0, 0, 4, 4]]},
+            ...     {"region": "pelvis", "view": "lateral", "boxes": [[0, 0, 4, 4]]}])
+            >>> bank.match("Pelvis", "lateral")[0].tolist(), bank.match("pelvis", "oblique")[1]
+            ([1], 2)
+        """
+        reg, view_ = _norm(region), _norm(view)
+        if reg is not None and view_ is not None:
+            hit = self._by_rv.get((reg, view_))
+            if hit is not None:
+                return hit, 1
+        if reg is not None:
+            hit = self._by_r.get(reg)
+            if hit is not None:
+                return hit, 2
+        return self._all, (3 if len(self) else 0)
+
+    def boxes_for(self, index: int, height: int, width: int) -> np.ndarray:
+        """Record ``index``'s boxes, scaled per axis to a ``height x width`` image: ``(k, 4)`` float64."""
+        b = self.boxes[self.offsets[index]:self.offsets[index + 1]]
+        w, h = self.sizes[index]
+        if (w and w != width) or (h and h != height):
+            sx = width / w if w else 1.0
+            sy = height / h if h else 1.0
+            b = b * np.array([sx, sy, sx, sy])
+        return b
+
+
+def _size(value: Any) -> int:
+    try:
+        out = int(value)
+    except (TypeError, ValueError):
+        return 0
+    return max(out, 0)
+
+
+# --------------------------------------------------------------------------- the stage
+class SiteProposer:
+    """Adds ``sites`` (int64 ``(m, 4)``, ``x0 y0 x1 y1``) to sample dicts; see the module docstring.
+
+    Args:
+        bank: lesion boxes to match normal images against; ``None``: normal images get no sites.
+        s: crop side as a multiple of the box's larger side (paper: 1 for tibia, 2 for humerus).
+        n: number of matched lesion records drawn per normal image (fewer if fewer match).
+        min_intensity: normal-image crops with a lower mean (image in ``[0, 1]``) are dropped;
+            ``0`` keeps all.
+        max_sites: keep at most this many sites per image (a random subset, in proposal order).
+        min_size: smallest crop side in pixels (small crops are grown, never dropped).
+        seed: base seed; sites are a function of ``(seed, epoch, key)``.
+
+    Attributes:
+        epoch: mixed into the per-sample seed; set it with :meth:`set_epoch`.
+        stats: counters of this process (each DataLoader worker keeps its own copy):
+            ``images``, ``proposed``, ``dropped_dark``, ``dropped_cap``, ``kept``, and
+            ``match_level_1``/``_2``/``_3`` (see :meth:`LesionBoxBank.match`).
+
+    Each process keeps one integral-image scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest
+    image seen (33 MB at 2048x2048), reused across samples; it is not pickled. The numba kernels are
+    compiled, or loaded from numba's disk cache, on the first call in each process.
+
+    Examples:
+        >>> bank = LesionBoxBank.from_records(
+        ...     [{"key": "a", "boxes": [[8, 8, 24, 24]], "width": 32, "height": 32}])
+        >>> sample = {"key": "n1", "image": torch.ones(1, 64, 64), "label": 0,
+        ...           "boxes": torch.zeros(0, 4), "meta": {}}
+        >>> SiteProposer(bank, n=1)(sample)["sites"].shape
+        torch.Size([1, 4])
+    """
+
+    _STAT_KEYS = ("images", "proposed", "dropped_dark", "dropped_cap", "kept",
+                  "match_level_1", "match_level_2", "match_level_3")
+
+    def __init__(
+        self,
+        bank: LesionBoxBank | None = None,
+        *,
+        s: float = 1.0,
+        n: int = 7,
+        min_intensity: float = 0.15,
+        max_sites: int | None = None,
+        min_size: int = 8,
+        seed: int = 0,
+    ) -> None:
+        if bank is not None and not isinstance(bank, LesionBoxBank):
+            raise TypeError(f"bank must be a LesionBoxBank or None, got {type(bank).__name__}")
+        if not (np.isfinite(s) and s > 0):
+            raise ValueError(f"s must be > 0, got {s!r}")
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        if max_sites is not None and max_sites < 0:
+            raise ValueError(f"max_sites must be >= 0 or None, got {max_sites}")
+        if min_size < 1:
+            raise ValueError(f"min_size must be >= 1, got {min_size}")
+        self.bank = bank
+        self.s = float(s)
+        self.n = int(n)
+        self.min_intensity = float(min_intensity)
+        self.max_sites = max_sites
+        self.min_size = int(min_size)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.stats: dict[str, int] = dict.fromkeys(self._STAT_KEYS, 0)
+        self._buffer: np.ndarray | None = None  # integral-image scratch, per process
+
+    def __repr__(self) -> str:
+        bank = f"{len(self.bank)} records" if self.bank is not None else None
+        return (f"SiteProposer(bank={bank}, s={self.s}, n={self.n}, min_intensity={self.min_intensity}, "
+                f"max_sites={self.max_sites}, min_size={self.min_size}, seed={self.seed})")
+
+    def set_epoch(self, epoch: int) -> None:
+        """Vary the sites per epoch (same epoch, same sites)."""
+        self.epoch = int(epoch)
+
+    def rng_for(self, key: str) -> np.random.Generator:
+        """The generator for one sample: a function of ``(seed, epoch, crc32(key))`` only."""
+        crc = zlib.crc32(str(key).encode("utf-8"))
+        mask = (1 << 64) - 1
+        return np.random.default_rng(np.random.SeedSequence([self.seed & mask, self.epoch & mask, crc]))
+
+    def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
+        """Return a shallow copy of ``sample`` with ``sites`` (int64 tensor ``(m, 4)``) added.
+
+        Raises:
+            KeyError: if the sample has no ``key`` or ``image``.
+        """
+        if "key" not in sample or "image" not in sample:
+            raise KeyError("SiteProposer needs a sample dict with 'key' and 'image'")
+        sites = self.propose(sample["image"], sample.get("label", -1), sample.get("boxes"),
+                             sample.get("meta") or {}, sample["key"])
+        return {**sample, "sites": torch.from_numpy(sites)}
+
+    def propose(self, image: Any, label: Any, boxes: Any, meta: Mapping[str, Any], key: str) -> np.ndarray:
+        """Sites for one image as an int64 ``(m, 4)`` array (the work behind ``__call__``).
+
+        Args:
+            image: ``(1, H, W)`` or ``(H, W)`` tensor or array, values in ``[0, 1]``.
+            label: 1 lesion, 0 normal, -1 unknown (anything :func:`to_int_label` reads).
+            boxes: ``(k, 4)`` lesion boxes (used for label 1).
+            meta: reads ``region`` and ``view`` (used for label 0).
+            key: the sample key seeding the generator.
+        """
+        _k.warm_up()
+        img = _as_2d(image)
+        height, width = img.shape
+        if isinstance(label, (torch.Tensor, np.generic)):
+            label = label.item()
+        lab = label if isinstance(label, int) and label in (-1, 0, 1) else to_int_label(label)
+        self.stats["images"] += 1
+        if lab < 0 or height == 0 or width == 0:
+            return _EMPTY.copy()
+        rng = self.rng_for(key)
+        if lab == 1:
+            b = parse_boxes(boxes)
+            sites = lesion_crops(b, height, width, self.s, rng, min_size=self.min_size)
+            self.stats["proposed"] += len(sites)
+        else:
+            cands = self.candidates(height, width, meta, rng)
+            self.stats["proposed"] += len(cands)
+            sites = self._drop_dark(img, cands)
+        return self._cap(sites, rng)
+
+    def candidates(
+        self, height: int, width: int, meta: Mapping[str, Any], rng: np.random.Generator
+    ) -> np.ndarray:
+        """Unfiltered crops for a normal image: ``n`` matched records' boxes, scaled and placed.
+
+        Returns:
+            ``(m, 4)`` int64; empty without a bank.
+        """
+        if self.bank is None or len(self.bank) == 0:
+            return _EMPTY.copy()
+        pool, level = self.bank.match(meta.get("region"), meta.get("view"))
+        self.stats[f"match_level_{level}"] += 1
+        picks = rng.choice(pool, size=min(self.n, len(pool)), replace=False)
+        boxes = np.concatenate([self.bank.boxes_for(int(i), height, width) for i in picks])
+        return lesion_crops(boxes, height, width, self.s, rng, min_size=self.min_size)
+
+    def _drop_dark(self, img: np.ndarray, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0 or self.min_intensity <= 0:
+            return crops
+        means = _k.box_means_kernel(integral_image(img, self._integral_buffer(*img.shape)), crops)
+        keep = means >= self.min_intensity
+        self.stats["dropped_dark"] += int((~keep).sum())
+        return crops[keep]
+
+    def _integral_buffer(self, height: int, width: int) -> np.ndarray:
+        """A reused ``(H + 1, W + 1)`` float64 view of one growing flat buffer (never pickled)."""
+        size = (height + 1) * (width + 1)
+        if self._buffer is None or self._buffer.size < size:
+            self._buffer = np.empty(size, dtype=np.float64)
+        return self._buffer[:size].reshape(height + 1, width + 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_buffer": None}
+
+    def _cap(self, sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        if self.max_sites is not None and len(sites) > self.max_sites:
+            self.stats["dropped_cap"] += len(sites) - self.max_sites
+            sites = sites[np.sort(rng.choice(len(sites), size=self.max_sites, replace=False))]
+        self.stats["kept"] += len(sites)
+        return np.ascontiguousarray(sites, dtype=np.int64)
+
+
+def _as_2d(image: Any) -> np.ndarray:
+    """``(1, H, W)``/``(H, W)`` tensor or array -> ``(H, W)`` C-contiguous float32 numpy array."""
+    arr = image.detach().cpu().numpy() if isinstance(image, torch.Tensor) else np.asarray(image)
+    if arr.ndim == 3 and arr.shape[0] == 1:
+        arr = arr[0]
+    if arr.ndim != 2:
+        raise ValueError(f"image must be (1, H, W) or (H, W), got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.float32)

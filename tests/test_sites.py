@@ -1,0 +1,457 @@
+"""Tests for streamaug.sites: integral image, crop geometry, intensity filter, matching, determinism."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from streamaug import _site_kernels
+from streamaug.sites import (
+    LesionBoxBank,
+    SiteProposer,
+    box_means,
+    integral_image,
+    lesion_crops,
+    parse_boxes,
+)
+
+
+def _sample(key, image, label=0, boxes=None, **meta):
+    img = torch.as_tensor(image, dtype=torch.float32)
+    if img.ndim == 2:
+        img = img[None]
+    b = torch.zeros(0, 4) if boxes is None else torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4)
+    return {"key": key, "image": img, "label": label, "boxes": b, "meta": dict(meta)}
+
+
+def _check_geometry(crops, height, width):
+    """Every crop is a non-empty square inside the image."""
+    crops = np.asarray(crops)
+    assert crops.dtype == np.int64 and crops.ndim == 2 and crops.shape[1] == 4
+    side_x, side_y = crops[:, 2] - crops[:, 0], crops[:, 3] - crops[:, 1]
+    np.testing.assert_array_equal(side_x, side_y)
+    assert (side_x >= 1).all()
+    assert (crops[:, :2] >= 0).all()
+    assert (crops[:, 2] <= width).all() and (crops[:, 3] <= height).all()
+
+
+def _brute_means(img, crops):
+    return np.array([img[y0:y1, x0:x1].astype(np.float64).mean() for x0, y0, x1, y1 in crops])
+
+
+# --------------------------------------------------------------------------- integral image
+@pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (13, 17), (64, 48), (31, 200)])
+def test_integral_image_matches_cumsum(shape):
+    rng = np.random.default_rng(sum(shape))
+    img = rng.random(shape, dtype=np.float32)
+    ii = integral_image(img)
+    assert ii.shape == (shape[0] + 1, shape[1] + 1) and ii.dtype == np.float64
+    ref = np.zeros_like(ii)
+    ref[1:, 1:] = img.astype(np.float64).cumsum(0).cumsum(1)
+    np.testing.assert_allclose(ii, ref, rtol=1e-12, atol=1e-9)
+
+
+def test_integral_image_accepts_views_and_other_dtypes_and_rejects_3d():
+    img = np.random.default_rng(0).random((20, 30))
+    ref = integral_image(img.astype(np.float32))
+    np.testing.assert_allclose(integral_image(img), ref)  # float64 in
+    np.testing.assert_allclose(integral_image(img.T.copy().T), ref)  # F-order in
+    strided = img[::2, ::3]
+    np.testing.assert_allclose(integral_image(strided), integral_image(strided.copy().astype(np.float32)))
+    with pytest.raises(ValueError, match="expects a"):
+        integral_image(np.zeros((1, 4, 4), np.float32))
+
+
+def test_integral_image_fills_a_given_buffer():
+    img = np.random.default_rng(1).random((6, 9), dtype=np.float32)
+    buf = np.full((7, 10), np.nan)
+    out = integral_image(img, buf)
+    assert out is buf
+    np.testing.assert_allclose(buf, integral_image(img))
+    with pytest.raises(ValueError, match="out must be"):
+        integral_image(img, np.empty((7, 9)))
+    with pytest.raises(ValueError, match="out must be"):
+        integral_image(img, np.empty((7, 10), np.float32))
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (9, 4), (40, 57), (128, 96)])
+def test_box_means_matches_brute_force(shape):
+    rng = np.random.default_rng(shape[0] * 1000 + shape[1])
+    h, w = shape
+    img = rng.random(shape, dtype=np.float32)
+    x0 = rng.integers(0, w, 200)
+    y0 = rng.integers(0, h, 200)
+    x1 = x0 + 1 + (rng.integers(0, w, 200) % (w - x0))
+    y1 = y0 + 1 + (rng.integers(0, h, 200) % (h - y0))
+    boxes = np.stack([x0, y0, x1, y1], 1)
+    boxes = np.concatenate([boxes, [[0, 0, w, h], [w - 1, h - 1, w, h]]])
+    got = box_means(integral_image(img), boxes)
+    np.testing.assert_allclose(got, _brute_means(img, boxes), rtol=1e-9, atol=1e-9)
+
+
+def test_box_means_empty_nan_and_errors():
+    ii = integral_image(np.ones((4, 5), np.float32))
+    out = box_means(ii, np.array([[1, 1, 1, 3], [0, 0, 5, 4]]))
+    assert math.isnan(out[0]) and out[1] == 1.0
+    assert box_means(ii, np.zeros((0, 4), np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match="outside"):
+        box_means(ii, np.array([[0, 0, 6, 4]]))
+    with pytest.raises(ValueError, match="outside"):
+        box_means(ii, np.array([[3, 0, 2, 4]]))
+    with pytest.raises(ValueError, match=r"\(m, 4\)"):
+        box_means(ii, np.array([[0, 0, 1]]))
+
+
+# --------------------------------------------------------------------------- crop geometry
+def _random_boxes(rng, height, width, k):
+    """Boxes of all kinds: inside, touching edges, partly outside, larger than the image."""
+    cx, cy = rng.uniform(-0.1, 1.1, k) * width, rng.uniform(-0.1, 1.1, k) * height
+    bw = rng.uniform(0.5, 1.3, k) * width * rng.random(k)
+    bh = rng.uniform(0.5, 1.3, k) * height * rng.random(k)
+    boxes = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], 1)
+    edge = np.array([[0, 0, 5, 5], [width - 5, height - 5, width, height], [0, 3, width, 9],
+                     [-10, -10, width + 10, height + 10], [2, 0, 4, height], [width - 1, 0, width, 1]], float)
+    return np.concatenate([boxes, edge])
+
+
+@pytest.mark.parametrize("s", [0.5, 1.0, 1.5, 2.0])
+@pytest.mark.parametrize("min_size", [1, 8])
+def test_lesion_crops_geometry(s, min_size):
+    rng = np.random.default_rng(int(s * 10) + min_size)
+    for trial in range(40):
+        height, width = (int(v) for v in rng.integers(6, 300, 2))
+        boxes = _random_boxes(rng, height, width, 25)
+        crops = lesion_crops(boxes, height, width, s, rng, min_size=min_size)
+        pix = np.stack([np.clip(np.floor(boxes[:, 0]), 0, width), np.clip(np.floor(boxes[:, 1]), 0, height),
+                        np.clip(np.ceil(boxes[:, 2]), 0, width), np.clip(np.ceil(boxes[:, 3]), 0, height)], 1)
+        pix = pix[(pix[:, 2] > pix[:, 0]) & (pix[:, 3] > pix[:, 1])].astype(np.int64)
+        assert len(crops) == len(pix), trial
+        _check_geometry(crops, height, width)
+        side = crops[:, 2] - crops[:, 0]
+        bw, bh = pix[:, 2] - pix[:, 0], pix[:, 3] - pix[:, 1]
+        want = np.minimum(np.maximum(np.ceil(s * np.maximum(bw, bh) - 1e-9), min_size), min(height, width))
+        np.testing.assert_array_equal(side, want)
+        for axis, (b0, b1) in enumerate([(pix[:, 0], pix[:, 2]), (pix[:, 1], pix[:, 3])]):
+            c0, c1 = crops[:, axis], crops[:, axis + 2]
+            covers = side >= b1 - b0
+            # the box lies inside the crop wherever the side allows it ...
+            assert ((c0 <= b0) & (c1 >= b1))[covers].all()
+            # ... and the crop is centred on the box (so lies inside it) where it does not
+            inner = ~covers
+            assert ((c0 >= b0) & (c1 <= b1))[inner].all()
+            np.testing.assert_array_less(np.abs((c0 + c1) - (b0 + b1))[inner], 2)
+
+
+def test_lesion_crops_box_larger_than_image_is_clipped_square():
+    crops = lesion_crops(np.array([[-20.0, 5.0, 140.0, 20.0]]), 50, 100, 2.0, 0)
+    np.testing.assert_array_equal(crops, [[25, 0, 75, 50]])  # side min(H, W) = 50, centred on x
+
+
+def test_lesion_crops_placement_is_random_over_the_valid_range():
+    # box [40, 50) in a 100-wide image, side 30 -> valid starts 20..40, all should be reached
+    box = np.array([[40, 40, 50, 70]])
+    starts = {int(lesion_crops(box, 100, 100, 1.0, seed)[0, 0]) for seed in range(600)}
+    assert starts == set(range(20, 41)), sorted(starts)
+    ys = {int(lesion_crops(box, 100, 100, 1.0, seed)[0, 1]) for seed in range(50)}
+    assert ys == {40}  # the crop is exactly the box along y: no freedom
+
+
+def test_lesion_crops_drops_empty_and_bad_input():
+    boxes = np.array([[200, 200, 300, 300], [5, 5, 5, 9], [np.nan, 0, 4, 4], [1, 1, 3, 3]])
+    out = lesion_crops(boxes, 64, 64, 1.0, 0)  # outside, zero width, NaN: dropped
+    assert out.shape == (1, 4)
+    assert lesion_crops(np.zeros((0, 4)), 64, 64, 1.0, 0).shape == (0, 4)
+    assert lesion_crops(torch.tensor([[1.0, 1.0, 3.0, 3.0]]), 64, 64, 1.0, 0).shape == (1, 4)
+    with pytest.raises(ValueError, match="positive"):
+        lesion_crops(np.array([[1, 1, 3, 3]]), 64, 64, 0.0, 0)
+    with pytest.raises(ValueError, match=r"\(k, 4\)"):
+        lesion_crops(np.array([[1, 1, 3]]), 64, 64, 1.0, 0)
+    with pytest.raises(ValueError, match="size"):
+        lesion_crops(np.array([[1, 1, 3, 3]]), 0, 64, 1.0, 0)
+
+
+def test_parse_boxes_forms():
+    np.testing.assert_array_equal(parse_boxes("1 2 3 4; 5 6 7 8"), [[1, 2, 3, 4], [5, 6, 7, 8]])
+    np.testing.assert_array_equal(parse_boxes([[1, 2, 3, 4]]), [[1, 2, 3, 4]])
+    np.testing.assert_array_equal(parse_boxes(torch.tensor([1.0, 2, 3, 4])), [[1, 2, 3, 4]])
+    assert parse_boxes("").shape == parse_boxes(None).shape == parse_boxes(float("nan")).shape == (0, 4)
+    with pytest.raises(ValueError):
+        parse_boxes([[1, 2, 3]])
+
+
+# --------------------------------------------------------------------------- intensity filter
+def _half_dark(height=128, width=128, dark=0.05, bright=0.9):
+    img = np.full((height, width), bright, np.float32)
+    img[:, : width // 2] = dark
+    return img
+
+
+def _square_bank(sizes, region=None, view=None, width=128, height=128):
+    # boxes spread over the whole width (both halves of _half_dark)
+    xs = [(i * 37) % (width - sz) for i, sz in enumerate(sizes)]
+    recs = [{"key": f"L{i}", "region": region, "view": view, "width": width, "height": height,
+             "boxes": [[x, 10, x + sz, 10 + sz]]} for i, (x, sz) in enumerate(zip(xs, sizes))]
+    return LesionBoxBank.from_records(recs)
+
+
+def test_intensity_filter_drops_dark_crops_keeps_bright():
+    img = _half_dark()
+    bank = _square_bank([6, 10, 14, 20] * 5)
+    prop = SiteProposer(bank, n=20, min_size=1, min_intensity=0.15)
+    kept_total = dropped_total = in_dark = 0
+    for i in range(30):
+        key = f"normal-{i}"
+        cands = prop.candidates(128, 128, {}, prop.rng_for(key))
+        sites = prop(_sample(key, img))["sites"].numpy()
+        _check_geometry(sites, 128, 128)
+        means = _brute_means(img, cands)
+        np.testing.assert_array_equal(sites, cands[means >= 0.15])  # exactly the bright-enough ones
+        assert (sites[:, 2] > 64).all()  # no kept site lies wholly in the dark half
+        in_dark += int((cands[:, 2] <= 64).sum())
+        kept_total += len(sites)
+        dropped_total += len(cands) - len(sites)
+    assert kept_total > 0 and dropped_total >= in_dark > 0
+    assert prop.stats["dropped_dark"] == dropped_total and prop.stats["kept"] == kept_total
+    assert prop.stats["proposed"] == kept_total + dropped_total
+
+
+@pytest.mark.parametrize("threshold,expect", [(0.0, "all"), (0.5, "some"), (0.95, "none")])
+def test_intensity_threshold_is_configurable(threshold, expect):
+    img = _half_dark()
+    prop = SiteProposer(_square_bank([12] * 10), n=10, min_intensity=threshold)
+    n_cands = len(prop.candidates(128, 128, {}, prop.rng_for("k")))
+    n_sites = len(prop(_sample("k", img))["sites"])
+    assert n_cands == 10
+    assert {"all": n_sites == n_cands, "some": 0 < n_sites < n_cands, "none": n_sites == 0}[expect], n_sites
+
+
+# --------------------------------------------------------------------------- matching and scaling
+def _matching_bank():
+    # box side encodes the record: 10 lower/frontal, 20 lower/lateral, 30 upper/frontal
+    recs = [{"key": "lf", "region": "lower_limb", "view": "frontal", "boxes": [[0, 0, 10, 10]]},
+            {"key": "ll", "region": "Lower_Limb", "view": "LATERAL", "boxes": [[0, 0, 20, 20]]},
+            {"key": "uf", "region": "upper_limb", "view": "frontal", "boxes": [[0, 0, 30, 30]]}]
+    return LesionBoxBank.from_records(recs)
+
+
+@pytest.mark.parametrize("region,view,level,sides", [
+    ("lower_limb", "frontal", 1, {10}),
+    ("LOWER_LIMB", "lateral", 1, {20}),
+    ("lower_limb", "oblique", 2, {10, 20}),   # view relaxed first
+    ("lower_limb", None, 2, {10, 20}),
+    ("pelvis", "frontal", 3, {10, 20, 30}),   # then region
+    (None, "frontal", 3, {10, 20, 30}),
+])
+def test_matching_by_region_and_view_with_fallback(region, view, level, sides):
+    bank = _matching_bank()
+    idx, got_level = bank.match(region, view)
+    assert got_level == level
+    prop = SiteProposer(bank, n=3, min_intensity=0.0, min_size=1)
+    seen = set()
+    for i in range(40):
+        sites = prop(_sample(f"k{i}", np.ones((100, 100)), region=region, view=view))["sites"].numpy()
+        seen.update((sites[:, 2] - sites[:, 0]).tolist())
+    assert seen == sides
+    assert prop.stats[f"match_level_{level}"] == 40
+
+
+def test_boxes_are_scaled_to_the_normal_image_size():
+    bank = LesionBoxBank.from_records([{"key": "a", "width": 100, "height": 100, "boxes": [[10, 20, 30, 60]]},
+                                       {"key": "b", "boxes": [[1, 2, 3, 4]]}])
+    np.testing.assert_allclose(bank.boxes_for(0, 200, 400), [[40, 40, 120, 120]])  # H=200, W=400
+    np.testing.assert_allclose(bank.boxes_for(0, 100, 100), [[10, 20, 30, 60]])
+    np.testing.assert_allclose(bank.boxes_for(1, 999, 777), [[1, 2, 3, 4]])  # no size: unscaled
+    prop = SiteProposer(LesionBoxBank.from_records([bank_rec := {"width": 100, "height": 100,
+                                                                 "boxes": [[10, 20, 30, 60]]}]),
+                        n=1, min_intensity=0.0)
+    assert bank_rec["boxes"]  # the record itself is not modified
+    for i in range(20):
+        sites = prop(_sample(f"k{i}", np.ones((200, 400))))["sites"].numpy()
+        assert sites.shape == (1, 4)
+        x0, y0, x1, y1 = sites[0]
+        assert x1 - x0 == 80 and x0 <= 40 and x1 >= 120 and y0 <= 40 and y1 >= 120
+
+
+def test_bank_pickles_and_empty_bank_gives_no_sites():
+    bank = _matching_bank()
+    again = pickle.loads(pickle.dumps(bank))
+    assert len(again) == 3 and again.match("upper_limb", "frontal")[0].tolist() == [2]
+    empty = LesionBoxBank.from_records([{"boxes": ""}])
+    assert len(empty) == 0 and empty.match("x", "y")[1] == 0
+    assert SiteProposer(empty)(_sample("k", np.ones((32, 32))))["sites"].shape == (0, 4)
+
+
+def test_from_manifest(tmp_path):
+    entry = {"region": "lower_limb", "view": "frontal", "width": 256, "height": 256}
+    manifest = {"format": "streamaug-shards/1", "lesion_boxes": [
+        {**entry, "key": "A", "split": "train", "label": "tumor", "boxes": [[1, 2, 30, 40]]},
+        {**entry, "key": "B", "split": "train", "label": "tumor", "boxes": [[5, 5, 9, 9], [50, 50, 70, 90]]},
+        {**entry, "key": "C", "split": "val", "label": "tumor", "boxes": [[0, 0, 8, 8]]},
+        {**entry, "key": "D", "split": "train", "label": "normal", "boxes": [[0, 0, 8, 8]]},
+        {**entry, "key": "E", "split": "train", "label": "tumor", "boxes": []}]}
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    bank = LesionBoxBank.from_manifest(tmp_path / "manifest.json")
+    assert bank.keys == ["A", "B"] and bank.boxes.shape == (3, 4)
+    np.testing.assert_array_equal(bank.offsets, [0, 1, 3])
+    assert LesionBoxBank.from_manifest(tmp_path, split=None).keys == ["A", "B", "C"]
+    assert LesionBoxBank.from_manifest(manifest, split="val").keys == ["C"]
+    with pytest.raises(ValueError, match="splits present"):
+        LesionBoxBank.from_manifest(manifest, split="test")
+    with pytest.raises(ValueError, match="lesion_boxes"):
+        LesionBoxBank.from_manifest({"format": "streamaug-shards/1"})
+
+
+# --------------------------------------------------------------------------- the proposer
+def test_lesion_image_gets_one_crop_per_box_without_a_bank():
+    boxes = [[10, 12, 30, 20], [60, 60, 100, 70]]
+    out = SiteProposer(None, s=2.0)(_sample("L", np.ones((128, 128)), label=1, boxes=boxes))
+    sites = out["sites"]
+    assert sites.dtype == torch.int64 and sites.shape == (2, 4)
+    _check_geometry(sites.numpy(), 128, 128)
+    np.testing.assert_array_equal((sites[:, 2] - sites[:, 0]).numpy(), [40, 80])
+    for (bx0, by0, bx1, by1), (x0, y0, x1, y1) in zip(boxes, sites.tolist()):
+        assert x0 <= bx0 and y0 <= by0 and x1 >= bx1 and y1 >= by1
+    tumour = _sample("L", np.zeros((64, 64)), label="tumor", boxes=[[1, 1, 9, 9]])
+    assert SiteProposer(None)(tumour)["sites"].shape == (1, 4)  # no intensity filter on lesions
+
+
+def test_no_sites_for_unknown_label_missing_bank_or_lesion_without_boxes():
+    img = np.ones((64, 64))
+    bank = _square_bank([8])
+    assert SiteProposer(bank)(_sample("k", img, label=-1))["sites"].shape == (0, 4)
+    assert SiteProposer(None)(_sample("k", img, label=0))["sites"].shape == (0, 4)
+    assert SiteProposer(bank)(_sample("k", img, label=1))["sites"].shape == (0, 4)
+    assert SiteProposer(bank)(_sample("k", img, label=0))["sites"].shape == (1, 4)
+    assert SiteProposer(bank)(_sample("k", img, label=torch.tensor(0)))["sites"].shape == (1, 4)
+    assert SiteProposer(bank)(_sample("k", img, label=np.int64(-1)))["sites"].shape == (0, 4)
+
+
+def test_call_does_not_mutate_and_validates():
+    sample = _sample("k", np.ones((64, 64)))
+    out = SiteProposer(_square_bank([8]))(sample)
+    assert "sites" in out and "sites" not in sample and out["image"] is sample["image"]
+    with pytest.raises(KeyError, match="key"):
+        SiteProposer()({"image": torch.zeros(1, 4, 4), "label": 0})
+    with pytest.raises(ValueError, match="image must be"):
+        SiteProposer()(_sample("k", np.zeros((2, 4, 4))))
+    for bad in ({"s": 0}, {"n": 0}, {"max_sites": -1}, {"min_size": 0}):
+        with pytest.raises(ValueError):
+            SiteProposer(None, **bad)
+    with pytest.raises(TypeError, match="LesionBoxBank"):
+        SiteProposer([1, 2])
+
+
+def test_max_sites_caps_with_a_random_subset():
+    prop = SiteProposer(_square_bank([8, 12, 16, 20, 24, 28]), n=6, max_sites=2, min_intensity=0.0)
+    full = SiteProposer(_square_bank([8, 12, 16, 20, 24, 28]), n=6, min_intensity=0.0)
+    for i in range(10):
+        capped = prop(_sample(f"k{i}", np.ones((96, 96))))["sites"].numpy()
+        every = full(_sample(f"k{i}", np.ones((96, 96))))["sites"].numpy()
+        assert capped.shape == (2, 4) and every.shape == (6, 4)
+        assert all(any((row == e).all() for e in every) for row in capped)
+    assert prop.stats["dropped_cap"] == 40 and prop.stats["kept"] == 20
+
+
+def _sites_for(prop, keys, img):
+    return {k: prop(_sample(k, img, region="lower_limb", view="frontal"))["sites"].numpy() for k in keys}
+
+
+def test_determinism_by_seed_key_and_epoch():
+    img = _half_dark(96, 96, dark=0.3)
+    sizes = [6, 9, 13, 17, 22, 25, 30, 33]
+    bank = _square_bank(sizes, region="lower_limb", view="frontal", width=96, height=96)
+    keys = [f"IMG{i:06d}" for i in range(12)]
+    first = _sites_for(SiteProposer(bank, seed=3), keys, img)
+    copy = pickle.loads(pickle.dumps(SiteProposer(bank, seed=3)))
+    again = _sites_for(copy, keys[::-1], img)  # a pickled copy, keys in the other order
+    for k in keys:
+        np.testing.assert_array_equal(first[k], again[k])
+    assert any(not np.array_equal(first[keys[0]], first[k]) for k in keys[1:])  # keys differ
+    other_seed = _sites_for(SiteProposer(bank, seed=4), keys, img)
+    assert any(not np.array_equal(first[k], other_seed[k]) for k in keys)
+    prop = SiteProposer(bank, seed=3)
+    prop.set_epoch(1)
+    epoch1 = _sites_for(prop, keys, img)
+    assert any(not np.array_equal(first[k], epoch1[k]) for k in keys)
+    prop.set_epoch(0)
+    back = _sites_for(prop, keys, img)
+    assert all(np.array_equal(first[k], back[k]) for k in keys)
+
+
+def test_same_sites_in_dataloader_workers():
+    bank = _square_bank([8, 16, 24], width=64, height=64)
+    samples = [_sample(f"k{i}", np.ones((64, 64))) for i in range(6)]
+    prop = SiteProposer(bank, n=3, seed=11)
+    local = [prop(s)["sites"] for s in samples]
+
+    class _Data(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(samples)
+
+        def __getitem__(self, i):
+            return prop(samples[i])["sites"]
+
+    loader = torch.utils.data.DataLoader(_Data(), batch_size=None, num_workers=2)
+    for want, got in zip(local, loader):
+        torch.testing.assert_close(got, want)
+
+
+def test_kernels_compile_once_per_signature():
+    prop = SiteProposer(_square_bank([8, 16]), min_intensity=0.1)
+    for img in (np.ones((40, 50), np.float64), np.ones((40, 50), np.float32).T, torch.ones(1, 33, 21)):
+        prop(_sample("k", img))
+        integral_image(img if not isinstance(img, torch.Tensor) else img[0].numpy())
+    assert _site_kernels._WARM
+    assert prop._buffer is not None and pickle.loads(pickle.dumps(prop))._buffer is None  # not shipped
+    for kernel in (_site_kernels.integral_image_kernel, _site_kernels.box_means_kernel,
+                   _site_kernels.place_crops_kernel):
+        assert len(kernel.signatures) == 1, (kernel, kernel.signatures)
+
+
+# --------------------------------------------------------------------------- real data
+@pytest.mark.realdata
+def test_real_btxrd_normals(shared_data):
+    from PIL import Image
+
+    root = shared_data / "btxrd"
+    with open(root / "metadata.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    tumours = [r for r in rows if r["label"] == "tumor" and r["split"] == "train"]
+    normals = [r for r in rows if r["label"] == "normal"][::40][:30]
+    bank = LesionBoxBank.from_records(
+        {**r, "key": r["image_id"], "width": 256, "height": 256} for r in tumours)
+    assert len(bank) > 500
+    prop = SiteProposer(bank, s=1.0, n=7, min_intensity=0.15)
+    n_kept = n_cands = 0
+    for r in normals:
+        img = np.asarray(Image.open(root / r["image"]).convert("L"), dtype=np.float32) / 255.0
+        height, width = img.shape
+        meta = {"region": r["region"], "view": r["view"]}
+        cands = prop.candidates(height, width, meta, prop.rng_for(r["image_id"]))
+        sites = prop(_sample(r["image_id"], img, label=0, **meta))["sites"].numpy()
+        _check_geometry(cands, height, width)
+        _check_geometry(sites, height, width)
+        means = _brute_means(img, cands)
+        np.testing.assert_array_equal(sites, cands[means >= 0.15])
+        assert (_brute_means(img, sites) >= 0.15).all()
+        # candidate sides come from matched tumour boxes: s=1 -> a side of some bank box (or min_size)
+        bank_sides = {max(int(math.ceil(b[2] - b[0])), int(math.ceil(b[3] - b[1])), 8) for b in bank.boxes}
+        assert set((cands[:, 2] - cands[:, 0]).tolist()) <= bank_sides | {min(height, width)}
+        n_kept += len(sites)
+        n_cands += len(cands)
+    assert n_kept > 0
+    assert prop.stats["dropped_dark"] == n_cands - n_kept > 0  # dark background crops were dropped
+    assert prop.stats["match_level_1"] >= len(normals) - 2
+    # tumour images: one crop per box, containing it
+    for r in tumours[:20]:
+        boxes = parse_boxes(r["boxes_xyxy"])
+        img = np.asarray(Image.open(root / r["image"]).convert("L"), dtype=np.float32) / 255.0
+        sites = prop(_sample(r["image_id"], img, label=1, boxes=boxes))["sites"].numpy()
+        _check_geometry(sites, *img.shape)
+        assert len(sites) == len(boxes)
+        assert ((sites[:, :2] <= np.floor(boxes[:, :2])) & (sites[:, 2:] >= np.ceil(boxes[:, 2:]))).all()
