@@ -1,0 +1,218 @@
+"""DICOM radiographs to ``(1, H, W)`` float32 tensors in ``[0, 1]`` (bone bright), via pydicom.
+
+Pipeline, in DICOM display order (PS3.4 N.2):
+
+1. ``ds.pixel_array`` - stored values; pydicom masks to *Bits Stored* and sign-extends signed data.
+   Multi-frame files keep frame 0 (``meta["frames"]`` says how many there were).
+2. Modality LUT - ``pydicom.pixels.apply_modality_lut`` (Rescale Slope/Intercept or a LUT).
+3. VOI - ``pydicom.pixels.apply_voi_lut(index=0)``: the first VOI LUT when present, else the first
+   window (Window Center/Width, with the VOI LUT Function), else nothing.
+4. Normalisation to ``[0, 1]`` by a range fixed by the header (never per-image min/max, so the same
+   stored value maps to the same float in every image of a series):
+
+   * window applied: the window's output range, exactly as pydicom defines it
+     (``[0, 2**BitsStored - 1]`` unsigned or the signed range, mapped through the rescale);
+   * VOI LUT applied: the min..max of the LUT's own entries (files often declare 16-bit entries
+     but use 12);
+   * no VOI: the *Bits Stored* range of the stored values mapped through the modality LUT (the
+     LUT's entry range when there is a Modality LUT Sequence).
+
+   Values are clipped to ``[0, 1]``.
+5. ``MONOCHROME1`` (low values bright) is inverted: ``1 - x``, so bone is bright.
+
+Colour DICOMs (``SamplesPerPixel == 3``; pydicom converts YBR to RGB) become gray with the
+ITU-R 601 luma weights and are divided by ``2**BitsStored - 1``; no VOI is applied to them.
+
+Compressed transfer syntaxes need pixel-data plugins; when none can decode the data a
+:class:`~streamaug.io.readers.MissingCodecError` names the file, the transfer syntax and the packages
+to install (``pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`` or
+``pip install "streamaug[dicom-codecs]"``).
+"""
+from __future__ import annotations
+
+import io
+import warnings
+from typing import Any
+
+import numpy as np
+import torch
+
+from streamaug._optional import optional_import
+from streamaug.io.readers import MissingCodecError, XRayDecodeError
+
+__all__ = ["decode_dicom", "dicom_meta", "CODEC_HINT"]
+
+#: What to install for compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000).
+CODEC_HINT = 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pip install "streamaug[dicom-codecs]")'
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
+
+
+def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True) -> tuple[torch.Tensor, dict]:
+    """Decode DICOM bytes into a normalised single-channel image (see the module docstring).
+
+    Args:
+        data: the DICOM file's bytes (Part 10 file; a missing preamble is tolerated).
+        source: a name for the data used in ``meta`` and error messages.
+        apply_voi: apply the VOI LUT / window when the header has one (default ``True``).
+
+    Returns:
+        ``(image, meta)``: float32 tensor ``(1, H, W)`` in ``[0, 1]`` and the dict described in
+        :func:`streamaug.io.readers.decode_xray`, plus ``voi`` (``"lut"``, ``"window"`` or
+        ``"none"``), ``window`` (``(center, width)`` when one was applied) and ``frames``.
+
+    Raises:
+        XRayDecodeError: not a DICOM, no pixel data, or corrupt pixel data.
+        MissingCodecError: compressed pixel data that no installed plugin can decode.
+    """
+    pydicom = optional_import("pydicom", purpose="reading DICOM")
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = _read_dataset(pydicom, data, source)
+    arr = _pixel_array(ds, source)
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
+    signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
+    voi, window = "none", None
+
+    if samples == 3 or arr.ndim == 3:
+        out = arr.astype(np.float64) @ _LUMA / float(2**bits - 1)
+    elif arr.dtype.kind == "f":  # Float Pixel Data: no stored-bits range exists
+        lo, hi = float(arr.min()), float(arr.max())
+        out = (arr.astype(np.float64) - lo) / ((hi - lo) or 1.0)
+    else:
+        stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+        mod = apply_modality_lut(arr, ds)
+        lo, hi = _modality_range(ds, stored_lo, stored_hi)
+        out = mod
+        if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
+            if _has_voi_lut(ds):
+                out = apply_voi_lut(mod, ds, index=0, prefer_lut=True)
+                lut = np.asarray(_lut_values(ds), dtype=np.float64)
+                lo, hi, voi = float(lut.min()), float(lut.max()), "lut"
+            elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+                try:
+                    out = apply_voi_lut(mod, ds, index=0, prefer_lut=False)
+                    lo, hi = _window_output_range(ds, bits, signed)
+                    voi, window = "window", (_first(ds.WindowCenter), _first(ds.WindowWidth))
+                except ValueError as err:  # e.g. width < 1: fall back to the stored range
+                    warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=2)
+                    out = mod
+        out = (np.asarray(out, dtype=np.float64) - lo) / ((hi - lo) or 1.0)
+    out = np.clip(out, 0.0, 1.0)
+    if photometric == "MONOCHROME1":
+        out = 1.0 - out
+    image = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).unsqueeze(0)
+    meta = dicom_meta(ds, source)
+    meta.update(size=(int(image.shape[1]), int(image.shape[2])), bits=bits, voi=voi, window=window,
+                frames=frames)
+    return image, meta
+
+
+def dicom_meta(ds: Any, source: str) -> dict:
+    """Header fields of a pydicom ``Dataset`` in the reader's ``meta`` layout (no ``size``)."""
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
+    spacing = tuple(float(v) for v in spacing) if spacing is not None else None
+    if spacing is not None and (len(spacing) != 2 or min(spacing) <= 0):
+        spacing = None  # e.g. RG1_UNCI.dcm stores [0, 0]: unknown, not zero
+    return {
+        "source": source,
+        "format": "dicom",
+        "bits": int(ds.get("BitsStored") or 0) or None,
+        "pixel_spacing": spacing,
+        "body_part": _text(ds.get("BodyPartExamined")),
+        "view": _text(ds.get("ViewPosition")),
+        "photometric": _text(ds.get("PhotometricInterpretation")),
+        "modality": _text(ds.get("Modality")),
+        "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) or None,
+    }
+
+
+def _read_dataset(pydicom: Any, data: bytes, source: str) -> Any:
+    """``dcmread`` with errors that name ``source``; tolerates a missing 128-byte preamble."""
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data))
+    except InvalidDicomError:
+        try:
+            ds = pydicom.dcmread(io.BytesIO(data), force=True)
+        except Exception as err:  # noqa: BLE001 - any parser failure means "not a DICOM"
+            raise XRayDecodeError(f"{source}: not a DICOM file ({err}); check the file and its extension") from err
+    except Exception as err:  # noqa: BLE001
+        raise XRayDecodeError(f"{source}: truncated or corrupt DICOM ({type(err).__name__}: {err}); "
+                              "re-export or re-copy the file") from err
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise XRayDecodeError(f"{source}: DICOM has no pixel data (truncated, or not an image object "
+                              "such as a structured report); check the file")
+    return ds
+
+
+def _pixel_array(ds: Any, source: str) -> np.ndarray:
+    """``ds.pixel_array`` with a clear error for compressed data that no plugin decodes."""
+    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:
+        return ds.pixel_array
+    except Exception as err:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/ValueError
+        if tsyntax is not None and tsyntax.is_compressed:
+            raise MissingCodecError(
+                f"{source}: cannot decode compressed pixel data with transfer syntax "
+                f"'{tsyntax.name}' ({tsyntax}): no installed pixel-data plugin could decode it. "
+                f"Install the codecs: {CODEC_HINT}. (pydicom said: {_first_line(err)})"
+            ) from err
+        raise XRayDecodeError(f"{source}: cannot read DICOM pixel data ({type(err).__name__}: "
+                              f"{_first_line(err)}); the file is truncated or corrupt") from err
+
+
+def _modality_range(ds: Any, stored_lo: float, stored_hi: float) -> tuple[float, float]:
+    """Range of the modality LUT output for stored values in ``[stored_lo, stored_hi]``."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+        a, b = stored_lo * slope + intercept, stored_hi * slope + intercept
+        return min(a, b), max(a, b)
+    return float(stored_lo), float(stored_hi)
+
+
+def _window_output_range(ds: Any, bits: int, signed: bool) -> tuple[float, float]:
+    """Output range of ``pydicom.pixels.apply_windowing`` (``y_min``, ``y_max``) for ``ds``."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
+    y_min, y_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        y_min = y_min * float(slope) + float(intercept)
+        y_max = y_max * float(slope) + float(intercept)
+    return float(y_min), float(y_max)
+
+
+def _has_voi_lut(ds: Any) -> bool:
+    seq = ds.get("VOILUTSequence")
+    return bool(seq) and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None
+
+
+def _lut_values(ds: Any) -> list[int] | np.ndarray:
+    """Entries of the first VOI LUT (decoding OW data the way pydicom does)."""
+    item = ds.VOILUTSequence[0]
+    if item["LUTData"].VR == "OW" and isinstance(item.LUTData, (bytes, bytearray)):
+        little = getattr(ds, "file_meta", None) is None or ds.file_meta._tsyntax_encoding[1] is not False
+        return np.frombuffer(item.LUTData, dtype="<u2" if little else ">u2")
+    values = item.LUTData
+    return [values] if isinstance(values, (int, float)) else list(values)
+
+
+def _first(value: Any) -> float:
+    return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
+
+
+def _text(value: Any) -> str | None:
+    text = str(value).strip() if value is not None else ""
+    return text or None
+
+
+def _first_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:400]

@@ -1,0 +1,235 @@
+"""Readers: PNG/JPEG via Pillow, DICOM via pydicom, errors that name the file."""
+from __future__ import annotations
+
+import importlib.util
+import io
+
+import numpy as np
+import pydicom
+import pytest
+import torch
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.pixels import apply_modality_lut, apply_voi_lut
+from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+from streamaug.io import dicom as dicom_mod
+from streamaug.io.readers import MissingCodecError, XRayDecodeError, decode_xray, read_xray
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _dicom(arr: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2", signed: bool = False,
+           **fields) -> bytes:
+    """A minimal uncompressed single-frame DICOM file holding ``arr`` (uint16 or int16)."""
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
+    ds.Rows, ds.Columns = arr.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    ds.PixelData = arr.astype(np.int16 if signed else np.uint16).tobytes()
+    for name, value in fields.items():
+        setattr(ds, name, value)
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _testfile(name: str) -> str:
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file(name, download=False)
+    if path is None:
+        pytest.skip(f"{name} not available (pip install pydicom-data)")
+    return path
+
+
+# --- PNG / JPEG ---------------------------------------------------------------------------------
+
+def test_png_8bit_exact():
+    arr = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    img, meta = decode_xray(_png(arr), "png", source="a.png")
+    assert img.dtype == torch.float32 and img.shape == (1, 16, 16)
+    assert torch.equal(img[0], torch.from_numpy(arr.astype(np.float32) / 255))
+    assert meta["bits"] == 8 and meta["size"] == (16, 16) and meta["format"] == "png"
+    assert meta["source"] == "a.png" and meta["pixel_spacing"] is None
+
+
+def test_png_16bit_keeps_full_precision():
+    arr = np.array([[0, 1, 2, 257], [4095, 32768, 65534, 65535]], dtype=np.uint16)
+    img, meta = decode_xray(_png(arr), ".PNG")
+    assert meta["bits"] == 16
+    expected = torch.from_numpy(arr.astype(np.float64) / 65535).float()
+    assert torch.equal(img[0], expected)
+    assert img[0, 0, 1] > 0 and img[0, 0, 1] != img[0, 0, 2]  # 1 and 2 stay distinct (no 8-bit cut)
+
+
+def test_rgb_png_becomes_luma():
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[0, 0] = (255, 0, 0)
+    rgb[0, 1] = (0, 255, 0)
+    rgb[0, 2] = (0, 0, 255)
+    rgb[1] = 255
+    img, meta = decode_xray(_png(rgb), "png")
+    assert img.shape == (1, 2, 3) and meta["photometric"] == "RGB"
+    assert torch.allclose(img[0, 0], torch.tensor([0.299, 0.587, 0.114]), atol=1e-6)
+    assert torch.allclose(img[0, 1], torch.ones(3), atol=1e-6)
+
+
+def test_jpeg_and_sniffing_and_read_from_path(tmp_path):
+    arr = np.tile(np.linspace(0, 255, 32).astype(np.uint8), (32, 1))
+    path = tmp_path / "x.jpg"
+    Image.fromarray(arr).save(path, quality=95)
+    img, meta = read_xray(path)
+    assert meta["format"] == "jpeg" and meta["source"] == str(path) and img.shape == (1, 32, 32)
+    assert (img[0] - torch.from_numpy(arr / 255.0).float()).abs().max() < 0.05
+    for ext in (None, "bin", "mask.jpg"):  # unknown or compound extension: sniffed / last part
+        again, _ = decode_xray(path.read_bytes(), ext)
+        assert torch.equal(again, img)
+    same, _ = read_xray(path.read_bytes())
+    assert torch.equal(same, img)
+
+
+# --- errors -------------------------------------------------------------------------------------
+
+def test_truncated_png_names_source():
+    data = _png(np.zeros((64, 64), np.uint8) + np.arange(64, dtype=np.uint8))
+    with pytest.raises(XRayDecodeError, match=r"broken\.png.*truncated or not a PNG"):
+        decode_xray(data[: len(data) // 2], "png", source="broken.png")
+    with pytest.raises(XRayDecodeError, match="junk.png"):
+        decode_xray(b"not an image at all", "png", source="junk.png")
+    with pytest.raises(XRayDecodeError, match="empty"):
+        decode_xray(b"", "png", source="e.png")
+    with pytest.raises(XRayDecodeError, match="unsupported image type"):
+        decode_xray(b"hello", "txt")
+
+
+def test_missing_file_is_decode_error(tmp_path):
+    with pytest.raises(XRayDecodeError, match="nope.png"):
+        read_xray(tmp_path / "nope.png")
+    assert issubclass(XRayDecodeError, ValueError)
+
+
+# --- DICOM: synthetic ---------------------------------------------------------------------------
+
+def test_dicom_monochrome1_is_inverted_by_bits_stored_range():
+    arr = np.array([[0, 1023], [4095, 2048]], np.uint16)
+    img, meta = decode_xray(_dicom(arr, photometric="MONOCHROME1", BodyPartExamined="HAND",
+                                   ViewPosition="PA", Modality="DX", PixelSpacing=[0.1, 0.2]), "dcm",
+                            source="m1.dcm")
+    assert torch.allclose(img[0], torch.from_numpy(1 - arr / 4095.0).float(), atol=1e-7)
+    assert img[0, 0, 0] == 1.0 and img[0, 1, 0] == 0.0  # low stored value is bright in MONOCHROME1
+    assert meta["photometric"] == "MONOCHROME1" and meta["bits"] == 12 and meta["voi"] == "none"
+    assert meta["body_part"] == "HAND" and meta["view"] == "PA" and meta["modality"] == "DX"
+    assert meta["pixel_spacing"] == (0.1, 0.2) and meta["size"] == (2, 2) and meta["format"] == "dicom"
+    plain, _ = decode_xray(_dicom(arr), "dcm")
+    assert torch.allclose(plain[0], torch.from_numpy(arr / 4095.0).float(), atol=1e-7)
+
+
+def test_dicom_bits_stored_masks_high_bits():
+    arr = np.array([[0x1000 | 5, 100]], np.uint16)  # bit 12 is outside BitsStored=12
+    img, _ = decode_xray(_dicom(arr), "dcm")
+    assert torch.allclose(img[0], torch.tensor([[5 / 4095, 100 / 4095]]), atol=1e-7)
+
+
+def test_dicom_rescale_slope_intercept():
+    arr = np.array([[0, 100], [200, 255]], np.uint16)
+    img, meta = decode_xray(_dicom(arr, bits=8, RescaleSlope=2, RescaleIntercept=-100), "dcm")
+    # modality output 2 * v - 100 normalised by the rescaled stored range [-100, 410]
+    expected = ((2.0 * arr - 100) + 100) / (255 * 2.0)
+    assert torch.allclose(img[0], torch.from_numpy(expected).float(), atol=1e-7)
+    # negative slope: the range is reordered, so the brightest stored value becomes 0
+    neg, _ = decode_xray(_dicom(arr, bits=8, RescaleSlope=-1, RescaleIntercept=0), "dcm")
+    assert torch.allclose(neg[0], torch.from_numpy(1 - arr / 255.0).float(), atol=1e-7)
+
+
+def test_dicom_window_is_applied_and_normalised():
+    arr = np.array([[0, 400, 500], [599, 600, 4000]], np.uint16)
+    img, meta = decode_xray(_dicom(arr, WindowCenter=500, WindowWidth=201), "dcm")
+    c, w = 500 - 0.5, 201 - 1  # DICOM LINEAR window (PS3.3 C.11.2.1.2.1)
+    expected = np.clip((arr - c) / w + 0.5, 0, 1)
+    assert meta["voi"] == "window" and meta["window"] == (500.0, 201.0)
+    assert torch.allclose(img[0], torch.from_numpy(expected).float(), atol=1e-6)
+    assert img[0, 0, 0] == 0 and img[0, 1, 2] == 1
+    off, meta_off = dicom_mod.decode_dicom(_dicom(arr, WindowCenter=500, WindowWidth=201), apply_voi=False)
+    assert meta_off["voi"] == "none" and torch.allclose(off[0], torch.from_numpy(arr / 4095.0).float())
+
+
+def test_dicom_window_with_rescale_matches_pydicom():
+    arr = np.array([[0, 1000, 1500], [2000, 3000, 4095]], np.uint16)
+    data = _dicom(arr, RescaleSlope=1, RescaleIntercept=-1024, WindowCenter=400, WindowWidth=1500)
+    img, _ = decode_xray(data, "dcm")
+    ds = pydicom.dcmread(io.BytesIO(data))
+    ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)
+    lo, hi = -1024.0, 4095.0 - 1024.0
+    assert torch.allclose(img[0], torch.from_numpy((ref - lo) / (hi - lo)).float(), atol=1e-6)
+
+
+def test_dicom_voi_lut_sequence_normalised_by_lut_range():
+    arr = np.array([[0, 1000], [3000, 4095]], np.uint16)
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 16]
+    item.LUTData = (np.arange(4096) // 2 + 100).astype("<u2").tobytes()  # entries 100..2147 (OW)
+    data = _dicom(arr, VOILUTSequence=[item], WindowCenter=2000, WindowWidth=100)
+    img, meta = decode_xray(data, "dcm")
+    assert meta["voi"] == "lut"  # the LUT is preferred over the window, as in pydicom; declared 16 bits
+    expected = (arr // 2) / 2047.0
+    assert torch.allclose(img[0], torch.from_numpy(expected).float(), atol=1e-6)
+
+
+def test_dicom_without_pixels_or_truncated():
+    data = _dicom(np.zeros((8, 8), np.uint16))
+    with pytest.raises(XRayDecodeError, match="t.dcm"):
+        decode_xray(data[: len(data) - 40], "dcm", source="t.dcm")
+    with pytest.raises(XRayDecodeError, match="not a DICOM|no pixel data"):
+        decode_xray(b"\0" * 200, "dcm", source="zeros.dcm")
+
+
+# --- DICOM: real radiographs (pydicom-data) -----------------------------------------------------
+
+@pytest.mark.parametrize("name", ["RG1_UNCI.dcm", "RG3_UNCI.dcm"])
+def test_real_radiograph_matches_pydicom_pipeline(name):
+    path = _testfile(name)
+    img, meta = read_xray(path)
+    ds = pydicom.dcmread(path)
+    ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)  # pydicom's own display pipeline
+    y_max = 2 ** int(ds.BitsStored) - 1  # unsigned, no rescale: window output is [0, 2**bits - 1]
+    ref = 1.0 - np.clip(ref / y_max, 0, 1)  # MONOCHROME1 -> bone bright
+    assert img.shape == (1, ds.Rows, ds.Columns) and img.dtype == torch.float32
+    assert torch.allclose(img[0], torch.from_numpy(ref).float(), atol=1e-6)
+    assert meta["photometric"] == "MONOCHROME1" and meta["bits"] == ds.BitsStored
+    assert meta["voi"] == "window" and meta["modality"] == "CR" and meta["view"] == ds.ViewPosition
+    assert 0.0 <= float(img.min()) < float(img.max()) <= 1.0
+
+
+# --- compressed DICOM ---------------------------------------------------------------------------
+
+_HAVE_CODECS = any(importlib.util.find_spec(m) for m in ("pylibjpeg", "gdcm"))
+
+
+@pytest.mark.skipif(_HAVE_CODECS, reason="pylibjpeg/gdcm installed: JPEG Lossless decodes")
+def test_compressed_dicom_without_plugin_raises_clear_error():
+    path = _testfile("JPEG-LL.dcm")
+    with pytest.raises(MissingCodecError) as info:
+        read_xray(path)
+    msg = str(info.value)
+    assert "JPEG-LL.dcm" in msg and "JPEG Lossless" in msg and "1.2.840.10008.1.2.4.70" in msg
+    assert "pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg" in msg and "dicom-codecs" in msg
+
+
+def test_compressed_dicom_plugin_failure_is_reported(monkeypatch):
+    path = _testfile("JPEG2000.dcm")  # Pillow decodes it here; simulate a missing plugin
+
+    def fail(self):
+        raise RuntimeError("Unable to decompress: all plugins are missing dependencies")
+
+    monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(fail))
+    with pytest.raises(MissingCodecError, match=r"JPEG2000\.dcm.*JPEG 2000.*pylibjpeg"):
+        read_xray(path)
