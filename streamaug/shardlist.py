@@ -115,6 +115,20 @@ def count_tar_samples(shard: str | os.PathLike) -> int:
     return len(keys)
 
 
+def scan_metadata(shard: str | os.PathLike) -> list[tuple[str, dict]]:
+    """``(key, json metadata)`` of every sample of a shard, without decoding images."""
+    out = []
+    try:
+        with tarfile.open(shard, "r|*") as tar:
+            for member in tar:
+                prefix, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+                if prefix is not None and ext == "json":
+                    out.append((prefix, json.loads(tar.extractfile(member).read())))
+    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as err:
+        raise ShardError(f"cannot scan shard {shard}: {err}. Re-pack it.") from err
+    return out
+
+
 def shard_counts(shards: Sequence[str]) -> list[int]:
     """Samples per shard: from the packer's ``manifest.json`` when it lists the shard, else by
     reading the tar headers (one pass over each shard, once per process)."""

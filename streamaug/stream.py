@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from webdataset.tariterators import base_plus_ext
 
-from .distributed import current_slot
+from .distributed import Slot, current_slot
 from .labels import to_int_label
-from .shardlist import ShardError, expand_urls, find_manifest, plan_epoch, shard_counts
+from .shardlist import ShardError, expand_urls, find_manifest, plan_epoch, scan_metadata, shard_counts
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
 STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded")
@@ -178,6 +178,11 @@ class XRayShards(torch.utils.data.IterableDataset):
             replaced by a re-read one, so a bad sample never makes one DDP rank run short.
         label_fn: maps the metadata ``label`` to an int (default :func:`streamaug.to_int_label`).
         buffer_size: shuffle buffer, in samples.
+        select: keep only samples for which ``select(key, metadata_json)`` is true, decided
+            before decoding (e.g. one region, or a seeded subsample of positives). The per-shard
+            counts are then found by scanning the shards' JSON once.
+        distributed: split shards across ``torch.distributed`` ranks (default). False: every rank
+            reads everything (e.g. a validation set each rank scores in full).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
     (:func:`streamaug.shardlist.plan_epoch`) gives each rank the largest rank total, padding
@@ -191,7 +196,8 @@ class XRayShards(torch.utils.data.IterableDataset):
                  seed: int = 0, resampled: bool = False, epoch_length: int | None = None,
                  on_error: str = "raise", sites: Any = None, resize: int | tuple[int, int] | None = None,
                  equalize: str = "pad", label_fn: Callable[[Any], int] = to_int_label,
-                 buffer_size: int = 256) -> None:
+                 buffer_size: int = 256, select: Callable[[str, dict], bool] | None = None,
+                 distributed: bool = True) -> None:
         super().__init__()
         if on_error not in ("raise", "skip", "warn"):
             raise ValueError(f"on_error must be 'raise', 'skip' or 'warn', got {on_error!r}")
@@ -201,7 +207,10 @@ class XRayShards(torch.utils.data.IterableDataset):
         self.label_fn, self.buffer_size = label_fn, buffer_size if shuffle else 0
         self.resize = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
         self.sites = self._make_sites(sites)
-        self.counts = None if resampled else shard_counts(self.shards)
+        self.select, self.distributed = select, distributed
+        self.counts = None if resampled else (
+            shard_counts(self.shards) if select is None else
+            [sum(bool(select(k, m)) for k, m in scan_metadata(s)) for s in self.shards])
         self.epoch = 0
         self._state = {"epoch": 0, "consumed": 0, "yielded": 0}
         self._resume: dict | None = None
@@ -247,15 +256,23 @@ class XRayShards(torch.utils.data.IterableDataset):
             return self.epoch_length
         from .distributed import rank_world
 
-        _, world = rank_world()
+        world = rank_world()[1] if self.distributed else 1
         plan = plan_epoch(self.counts, world=world, num_workers=1, seed=self.seed, epoch=self.epoch,
                           shuffle=self.shuffle, equalize=self.equalize)
         return sum(p.quota for p in plan[0])
 
     # -- the pipeline --------------------------------------------------------------------------
+    def _read(self, shard: str) -> Iterator[dict[str, Any]]:
+        raws = read_tar(shard, self.on_error, self._counters)
+        if self.select is None:
+            return raws
+        return (r for r in raws if self.select(r["__key__"], json.loads(r["json"]) if "json" in r else {}))
+
     def _raw_passes(self, epoch: int) -> tuple[Iterator[dict[str, Any]], int | None]:
         """This reader's raw samples (shuffled within each pass) and its quota."""
         slot = current_slot()
+        if not self.distributed:
+            slot = Slot(0, 1, slot.worker, slot.num_workers)
         rng = np.random.default_rng([self.seed, epoch, slot.rank, slot.worker])
         if self.resampled:
             quota = None
@@ -266,7 +283,7 @@ class XRayShards(torch.utils.data.IterableDataset):
             def forever() -> Iterator[dict[str, Any]]:
                 while True:
                     shard = self.shards[int(rng.integers(len(self.shards)))]
-                    yield from shuffle_buffer(read_tar(shard, self.on_error, self._counters), self.buffer_size, rng)
+                    yield from shuffle_buffer(self._read(shard), self.buffer_size, rng)
             return forever(), quota
         plan = plan_epoch(self.counts, world=slot.world, num_workers=slot.num_workers, seed=self.seed,
                           epoch=epoch, shuffle=self.shuffle, equalize=self.equalize)[slot.rank][slot.worker]
@@ -277,8 +294,7 @@ class XRayShards(torch.utils.data.IterableDataset):
             for n_pass in range(n_passes):  # pass 0 is the data; later passes pad to the quota
                 seen = False
                 for i in plan.shards:
-                    for raw in shuffle_buffer(read_tar(self.shards[i], self.on_error, self._counters),
-                                              self.buffer_size, rng):
+                    for raw in shuffle_buffer(self._read(self.shards[i]), self.buffer_size, rng):
                         seen = True
                         raw["__pass__"] = n_pass
                         yield raw

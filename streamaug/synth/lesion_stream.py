@@ -57,6 +57,7 @@ class LesionStream(torch.utils.data.IterableDataset):
         device_batch: images per synthesis batch on the device.
         epoch_length: samples per ``iter()`` (None: unbounded).
         max_empty_batches: raise after this many synthesis batches in a row accept nothing.
+        select: ``select(key, metadata) -> bool`` on ``normal_shards`` (see :class:`XRayShards`).
         **stage_kwargs: passed to :class:`streamaug.SynthesisStage` (``min_intensity``, ``dtype``).
 
     Every synthetic sample has ``synthetic=True``, ``label=1``, ``boxes`` = the blended site and
@@ -70,7 +71,8 @@ class LesionStream(torch.utils.data.IterableDataset):
                  blend_n: float = 2.0, device: str | torch.device = "cpu", seed: int = 0, sites: Any = True,
                  split: str | None = None, resize: int | tuple[int, int] | None = None, num_workers: int = 0,
                  device_batch: int = 32, epoch_length: int | None = None, max_empty_batches: int = 50,
-                 on_error: str = "raise", **stage_kwargs: Any) -> None:
+                 on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
+                 **stage_kwargs: Any) -> None:
         super().__init__()
         positive_fraction = (0.1 if positives is not None else 0.0) if positive_fraction is None else positive_fraction
         if positive_fraction and positives is None:
@@ -83,7 +85,7 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.seed, self.num_workers, self.device_batch = seed, num_workers, device_batch
         self.epoch_length, self.max_empty_batches = epoch_length, max_empty_batches
         self.normals = XRayShards(normal_shards, split=split, resampled=True, seed=seed, sites=sites,
-                                  resize=resize, on_error=on_error)
+                                  resize=resize, on_error=on_error, select=select)
         self.positives = None if positives is None else XRayShards(
             positives, resampled=True, seed=seed + 1, resize=resize, on_error=on_error)
         self.stage = SynthesisStage(translator, filter=filter, blend_n=blend_n, device=self.device, seed=seed,
