@@ -63,7 +63,7 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
     model = DRN(DRNConfig.preset(cfg.preset)).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.9, patience=cfg.patience)
-    start, best_auc, history = 0, -1.0, []
+    start, best_auc, history, aug_rng = 0, -1.0, [], None
     if resume and (out / "last.pt").exists():
         last = load_classifier(out / "last.pt", device=device)
         saved = last.extra.get("run", {})
@@ -75,10 +75,13 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
         opt.load_state_dict(last.extra["optimizer"])
         sched.load_state_dict(last.extra["scheduler"])
         torch.set_rng_state(last.extra["torch_rng"])
+        aug_rng = last.extra["aug_rng"]
         start, best_auc, history = last.extra["epoch"] + 1, last.extra["best_auc"], last.extra["history"]
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
+    if aug_rng is not None:
+        gen.set_state(aug_rng)
     main_rank = rank == 0
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
@@ -117,7 +120,7 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
                 save_classifier(out / "best.pt", model, extra=extra)
             save_classifier(out / "last.pt", model, extra={
                 **extra, "best_auc": best_auc, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state()})
+                "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()})
             with open(out / "log.jsonl", "a") as log:
                 log.write(json.dumps(record) + "\n")
             if progress:

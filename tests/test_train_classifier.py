@@ -1,0 +1,86 @@
+"""python -m streamaug.train classifier: training, resume, rare positives, the lesion stream, DDP."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from streamaug.models.drn import load_classifier
+from streamaug.pack import pack
+from streamaug.phantom import write_phantom_dataset
+from streamaug.synth.checkpoint import save_translator
+from streamaug.synth.unit import UNIT, unit_preset
+from streamaug.train.classifier import train_classifier
+from streamaug.train.classifier_data import RunConfig, count_selected
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("phantom")
+    write_phantom_dataset(root / "raw", n_normal=48, n_lesion=24, size=(64, 64), seed=2)
+    pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=8, progress=False)
+    return str(root / "shards")
+
+
+def cfg_for(shards, out, **kw):
+    base = dict(train_shards=[shards], val_shards=[shards], train_split="train", val_split="val", out=str(out),
+                image_size=32, epochs=2, batch_size=8, seed=1)
+    return RunConfig(**{**base, **kw})
+
+
+def test_trains_logs_and_keeps_the_best(shards, tmp_path):
+    best = train_classifier(cfg_for(shards, tmp_path), progress=False)
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]
+    loaded = load_classifier(best)
+    assert loaded.extra["input_size"] == 32
+    assert loaded.extra["val_auc"] == max(r["val_auc"] for r in log)
+    assert loaded.model(torch.rand(2, 1, 32, 32)).shape == (2,)
+
+
+def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
+    train_classifier(cfg_for(shards, tmp_path / "a", epochs=2), progress=False)
+    train_classifier(cfg_for(shards, tmp_path / "b", epochs=1), progress=False)
+    train_classifier(cfg_for(shards, tmp_path / "b", epochs=2), resume=True, progress=False)
+    a = load_classifier(tmp_path / "a" / "last.pt").model.state_dict()
+    b = load_classifier(tmp_path / "b" / "last.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="different config"):
+        train_classifier(cfg_for(shards, tmp_path / "b", epochs=3, lr=1e-3), resume=True, progress=False)
+
+
+def test_positive_ratio_makes_positives_rare(shards):
+    full = count_selected(cfg_for(shards, "unused"))
+    rare = count_selected(cfg_for(shards, "unused", positive_ratio=0.1))
+    assert rare["normals"] == full["normals"] and full["positives"] > rare["positives"]
+    assert rare["positives"] == round(0.1 * rare["normals"])
+
+
+def test_lesion_stream_arm_trains_on_synthetic_positives(shards, tmp_path):
+    base = train_classifier(cfg_for(shards, tmp_path / "base", epochs=1), progress=False)
+    config = unit_preset("tiny")
+    translator = save_translator(tmp_path / "translator.pt", UNIT(config), config=config,
+                                 patch_size=config.patch_size, s=1.0, region="any", manifest_sha256="0" * 64, step=0)
+    cfg = cfg_for(shards, tmp_path / "aug", epochs=1, stream="lesion", translator=str(translator),
+                  filter_classifier=str(base), filter_threshold=0.0, synthetic_fraction=0.5, positive_ratio=0.1)
+    train_classifier(cfg, progress=False)
+    (record,) = [json.loads(line) for line in (tmp_path / "aug" / "log.jsonl").read_text().splitlines()]
+    assert record["synthetic"] > 0 and record["acceptance"]["accepted"] >= record["synthetic"]
+
+
+def test_ddp_two_cpu_ranks(shards, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+           "-m", "streamaug.train", "classifier", "--train-shards", shards, "--train-split", "train",
+           "--val-shards", shards, "--val-split", "val", "--out", str(tmp_path), "--epochs", "1",
+           "--image-size", "32", "--batch-size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 1  # rank 0 alone logs
+    assert (tmp_path / "best.pt").exists()
