@@ -8,7 +8,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-import streamaug.eval as ev
+import streamaug.eval.stats as ev
+from streamaug.eval.__main__ import main as eval_main
 from streamaug.eval import (
     bootstrap_auc,
     bootstrap_indices,
@@ -220,7 +221,7 @@ def test_scores_round_trip_and_cli(tmp_path, capsys) -> None:
     save_scores(tmp_path / "aug.csv", y[order], strong[order], [keys[i] for i in order])
     y2, s2, k2 = load_scores(tmp_path / "base.csv")
     assert k2 == keys and (y2 == y).all() and np.array_equal(s2, weak)
-    ev.main([str(tmp_path / "base.csv"), str(tmp_path / "aug.csv"), "--val", str(tmp_path / "base.csv"),
+    eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "aug.csv"), "--val", str(tmp_path / "base.csv"),
              str(tmp_path / "aug.csv"), "--roc", str(tmp_path / "roc.png"), "--n-boot", "300"])
     out = capsys.readouterr().out
     aug_line = next(line for line in out.splitlines() if line.startswith("aug"))

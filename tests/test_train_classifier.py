@@ -43,6 +43,22 @@ def test_trains_logs_and_keeps_the_best(shards, tmp_path):
     assert loaded.model(torch.rand(2, 1, 32, 32)).shape == (2,)
 
 
+def test_eval_cli_scores_a_checkpoint_on_shards(shards, tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from streamaug.eval import load_scores
+    from streamaug.eval.__main__ import main as eval_main
+
+    best = train_classifier(cfg_for(shards, tmp_path / "run", epochs=1), progress=False)
+    eval_main(["score", str(best), "--shards", shards, "--split", "test", "--val-split", "val",
+               "--out", str(tmp_path / "report.json"), "--scores", str(tmp_path / "test.csv"), "--n-boot", "200"])
+    report = json.loads((tmp_path / "report.json").read_text())
+    y, s, keys = load_scores(tmp_path / "test.csv")
+    assert report["n"] == len(keys) > 0 and report["auc"] == pytest.approx(roc_auc_score(y, s))
+    assert report["auc_ci95"][0] <= report["auc"] <= report["auc_ci95"][1]
+    assert set(report["operating_point"]) >= {"threshold", "sensitivity", "specificity"}
+
+
 def test_resume_reproduces_the_uninterrupted_run(shards, tmp_path):
     train_classifier(cfg_for(shards, tmp_path / "a", epochs=2), progress=False)
     train_classifier(cfg_for(shards, tmp_path / "b", epochs=1), progress=False)

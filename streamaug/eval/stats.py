@@ -13,13 +13,10 @@ every model scored on the same labels with the same seed sees the same samples -
 for all samples at once with a rank (Mann-Whitney) formula on per-sample counts
 (:func:`resampled_auc`): 2000 boots of 500 samples take a few tens of milliseconds.
 
-CLI (thin glue; each CSV has ``key,label,score``; the first file is the baseline)::
-
-    python -m streamaug.eval base.csv aug.csv --val base_val.csv aug_val.csv --roc roc.png
+The command line lives in :mod:`streamaug.eval.__main__` (``python -m streamaug.eval``).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import os
 from collections.abc import Iterable, Mapping, Sequence
@@ -344,54 +341,3 @@ def load_scores(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, l
         rows = list(csv.DictReader(f))
     y = np.array([int(r["label"]) for r in rows], dtype=np.int64)
     return y, np.array([float(r["score"]) for r in rows]), [r["key"] for r in rows]
-
-
-def _aligned(path: str, ref_keys: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    y, s, keys = load_scores(path)
-    keep = y >= 0
-    y, s, keys = y[keep], s[keep], [k for k, m in zip(keys, keep) if m]
-    if ref_keys is None:
-        return y, s, keys
-    pos = {k: i for i, k in enumerate(keys)}
-    if set(pos) != set(ref_keys):
-        raise SystemExit(f"{path}: keys differ from the baseline file; paired tests need the same samples")
-    order = [pos[k] for k in ref_keys]
-    return y[order], s[order], ref_keys
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """CLI: AUC with CI per score file, paired difference to the first (baseline) file."""
-    p = argparse.ArgumentParser(prog="python -m streamaug.eval", description=main.__doc__)
-    p.add_argument("scores", nargs="+", help="test-set CSVs (key,label,score); the first is the baseline")
-    p.add_argument("--val", nargs="+", help="validation CSVs, one per test CSV, for the operating point")
-    p.add_argument("--roc", help="write ROC curves to this PNG")
-    p.add_argument("--n-boot", type=int, default=2000)
-    p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
-    if args.val and len(args.val) != len(args.scores):
-        p.error("--val needs one file per scores file")
-    y, base, keys = _aligned(args.scores[0], None)
-    curves = {}
-    print(f"{'model':<24} {'AUC (95% CI)':<22} {'dAUC vs base (95% CI)':<28} sens   spec   OP")
-    for i, path in enumerate(args.scores):
-        yi, s, _ = _aligned(path, keys)
-        name = Path(path).stem
-        curves[name] = (yi, s)
-        auc, lo, hi = bootstrap_auc(yi, s, args.n_boot, args.seed)
-        diff = ""
-        if i > 0:
-            res = paired_bootstrap(yi, base, s, args.n_boot, args.seed)
-            diff = f"{res[0]:+.3f} ({res[1]:+.3f},{res[2]:+.3f}){'*' if is_significant(res) else ''}"
-        op = ""
-        if args.val:
-            yv, sv, _ = _aligned(args.val[i], None)
-            thr = operating_point(yv, sv)["threshold"]
-            sens, spec = sens_spec_at(yi, s, thr)
-            op = f"{sens:.3f}  {spec:.3f}  {thr:.3f}"
-        print(f"{name:<24} {f'{auc:.3f} ({lo:.3f}-{hi:.3f})':<22} {diff:<28} {op}")
-    if args.roc:
-        print("wrote", plot_roc(args.roc, curves, n_boot=args.n_boot, seed=args.seed))
-
-
-if __name__ == "__main__":
-    main()

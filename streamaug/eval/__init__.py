@@ -1,0 +1,21 @@
+"""Evaluation: AUC with bootstrap CIs, paired bootstrap, operating point, ROC plots.
+
+``python -m streamaug.eval score`` scores a checkpoint on shards into a JSON report;
+``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`).
+"""
+from .stats import (
+    bootstrap_auc,
+    bootstrap_indices,
+    is_significant,
+    load_scores,
+    operating_point,
+    paired_bootstrap,
+    plot_roc,
+    resampled_auc,
+    save_scores,
+    score_loader,
+    sens_spec_at,
+)
+
+__all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
+           "paired_bootstrap", "plot_roc", "resampled_auc", "save_scores", "score_loader", "sens_spec_at"]

@@ -1,0 +1,129 @@
+"""``python -m streamaug.eval``: score a checkpoint on shards, or compare score files.
+
+    python -m streamaug.eval score runs/base/best.pt --shards shards/btxrd --split test \\
+        --val-split val --region lower_limb --out report.json [--roc roc.png] [--scores test.csv]
+    python -m streamaug.eval compare base.csv aug.csv [--val base_val.csv aug_val.csv] [--roc roc.png]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap, plot_roc,
+                    save_scores, score_loader, sens_spec_at)
+
+
+def score_checkpoint(checkpoint: str | Path, shards: str, *, split: str | None, region: str | None = None,
+                     image_size: int | None = None, device: str = "cpu", workers: int = 0
+                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scores of a classifier checkpoint on every (region-selected) sample of ``shards``."""
+    from ..collate import collate_xray
+    from ..models.drn import load_classifier
+    from ..stream import XRayShards
+    from ..train.classifier_data import KeySelect
+
+    loaded = load_classifier(checkpoint, device=device)
+    size = image_size or loaded.extra.get("input_size")
+    ds = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none",
+                    select=KeySelect(region) if region else None, distributed=False)
+    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate_xray)
+    y, s, keys = score_loader(loaded.model, loader, device)
+    keep = np.asarray(y) >= 0  # unknown labels (-1) are not scored against
+    return np.asarray(y)[keep], np.asarray(s)[keep], [k for k, m in zip(keys, keep) if m]
+
+
+def _score(args: argparse.Namespace) -> dict:
+    y, s, keys = score_checkpoint(args.checkpoint, args.shards, split=args.split, region=args.region,
+                                  image_size=args.image_size, device=args.device, workers=args.workers)
+    auc, lo, hi = bootstrap_auc(y, s, args.n_boot, args.seed)
+    report = {"checkpoint": str(args.checkpoint), "shards": args.shards, "split": args.split, "region": args.region,
+              "n": int(len(y)), "positives": int(y.sum()), "auc": auc, "auc_ci95": [lo, hi]}
+    if args.val_split:
+        yv, sv, _ = score_checkpoint(args.checkpoint, args.shards, split=args.val_split, region=args.region,
+                                     image_size=args.image_size, device=args.device, workers=args.workers)
+        op = operating_point(yv, sv)
+        sens, spec = sens_spec_at(y, s, op["threshold"])
+        report["operating_point"] = {"threshold": op["threshold"], "sensitivity": sens, "specificity": spec,
+                                     "chosen_on": args.val_split}
+    if args.scores:
+        save_scores(args.scores, y, s, keys)
+    if args.roc:
+        report["roc_png"] = str(plot_roc(args.roc, {Path(args.checkpoint).parent.name: (y, s)}, n_boot=args.n_boot))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"AUC {auc:.3f} (95% CI {lo:.3f}-{hi:.3f}) on {len(y)} images; report: {args.out}")
+    return report
+
+
+def _aligned(path: str, ref_keys: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    y, s, keys = load_scores(path)
+    if ref_keys is None:
+        return y, s, keys
+    index = {k: i for i, k in enumerate(keys)}
+    missing = [k for k in ref_keys if k not in index]
+    if missing:
+        raise ValueError(f"{path}: {len(missing)} keys of the baseline file are missing (e.g. {missing[:3]})")
+    order = [index[k] for k in ref_keys]
+    return y[order], s[order], ref_keys
+
+
+def _compare(args: argparse.Namespace) -> None:
+    if args.val and len(args.val) != len(args.scores):
+        raise SystemExit("--val needs one file per scores file")
+    y, base, keys = _aligned(args.scores[0], None)
+    curves = {}
+    print(f"{'model':<24} {'AUC (95% CI)':<22} {'dAUC vs base (95% CI)':<28} sens   spec   OP")
+    for i, path in enumerate(args.scores):
+        yi, s, _ = _aligned(path, keys)
+        name = Path(path).stem
+        curves[name] = (yi, s)
+        auc, lo, hi = bootstrap_auc(yi, s, args.n_boot, args.seed)
+        diff = ""
+        if i > 0:
+            res = paired_bootstrap(yi, base, s, args.n_boot, args.seed)
+            diff = f"{res[0]:+.3f} ({res[1]:+.3f},{res[2]:+.3f}){'*' if is_significant(res) else ''}"
+        op = ""
+        if args.val:
+            yv, sv, _ = _aligned(args.val[i], None)
+            thr = operating_point(yv, sv)["threshold"]
+            sens, spec = sens_spec_at(yi, s, thr)
+            op = f"{sens:.3f}  {spec:.3f}  {thr:.3f}"
+        print(f"{name:<24} {f'{auc:.3f} ({lo:.3f}-{hi:.3f})':<22} {diff:<28} {op}")
+    if args.roc:
+        print("wrote", plot_roc(args.roc, curves, n_boot=args.n_boot, seed=args.seed))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m streamaug.eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="command", required=True)
+    sc = sub.add_parser("score", help="score a classifier checkpoint on shards; write a JSON report")
+    sc.add_argument("checkpoint")
+    sc.add_argument("--shards", required=True)
+    sc.add_argument("--split", default="test")
+    sc.add_argument("--val-split", default=None, help="choose the operating point on this split")
+    sc.add_argument("--region", default=None)
+    sc.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's input size")
+    sc.add_argument("--out", default="report.json")
+    sc.add_argument("--roc", default=None)
+    sc.add_argument("--scores", default=None, help="also write key,label,score CSV here")
+    sc.add_argument("--device", default="cpu")
+    sc.add_argument("--workers", type=int, default=0)
+    cp = sub.add_parser("compare", help="AUC with CI per score CSV, paired difference to the first")
+    cp.add_argument("scores", nargs="+", help="test-set CSVs (key,label,score); the first is the baseline")
+    cp.add_argument("--val", nargs="+", help="validation CSVs, one per test CSV, for the operating point")
+    cp.add_argument("--roc")
+    for q in (sc, cp):
+        q.add_argument("--n-boot", type=int, default=2000)
+        q.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    (_score if args.command == "score" else _compare)(args)
+
+
+if __name__ == "__main__":
+    main()
