@@ -25,6 +25,9 @@ _PUBLIC = {
     "LesionStream": "streamaug.synth.lesion_stream",
     "PseudoLabel": "streamaug.filters.pseudo_label",
     "to_int_label": "streamaug.labels",
+    "make_phantom": "streamaug.phantom",
+    "write_phantom_dataset": "streamaug.phantom",
+    "BoneContent": "streamaug.filters.intensity",
 }
 
 __all__ = sorted(_PUBLIC) + ["__version__"]
