@@ -20,10 +20,10 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """Keep torch on few threads: CI has 2 cores and tests may run beside DataLoader workers."""
+    """One torch thread: CI has 2 cores, and tests run beside DataLoader workers (oversubscribed threads slow small models by an order of magnitude)."""
     import torch
 
     old = torch.get_num_threads()
-    torch.set_num_threads(min(old, 2))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(old)
