@@ -20,7 +20,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _few_threads():
-    """One torch thread: CI has 2 cores, and tests run beside DataLoader workers (oversubscribed threads slow small models by an order of magnitude)."""
+    """One torch thread: CI has 2 cores and tests run beside DataLoader workers; oversubscribed
+    threads slowed the tiny models' steps by an order of magnitude here."""
     import torch
 
     old = torch.get_num_threads()

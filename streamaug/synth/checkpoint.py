@@ -191,7 +191,7 @@ def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu")
         first = str(err).splitlines()
         detail = " ".join(line.strip() for line in first[:4])
         raise CheckpointError(f"{path}: weights do not match the stored config ({detail}); {hint}") from err
-    model.to(device).eval()
+    model.to(device).eval().requires_grad_(False)  # an inference module; training resumes from read_checkpoint
     model.id = f"{ckpt['model']}-{ckpt['region']}-{ckpt['manifest_sha256'][:8]}-step{ckpt['step']}"
     model.meta = {k: v for k, v in ckpt.items() if k not in ("weights", "trainer_state")}
     return model

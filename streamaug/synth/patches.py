@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -49,7 +49,7 @@ def _region_of(sample: dict[str, Any]) -> str:
 def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float = 1.0, n: int = 7,
                      region: str | None = None, split: str | None = None, min_intensity: float = 0.15,
                      resize: int | tuple[int, int] | None = None, seed: int = 0,
-                     progress: bool = True) -> PatchSets:
+                     select: Callable[[str, dict], bool] | None = None, progress: bool = True) -> PatchSets:
     """Read the shards once and cut the balanced lesion / normal patch sets.
 
     Args:
@@ -62,6 +62,8 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float =
         min_intensity: drop normal crops darker than this (0.15: no bone).
         resize: resize images before cropping (as the stream would).
         seed: seeds site placement and the balancing subsample.
+        select: keep only images for which ``select(key, metadata_json)`` is true (e.g. the kept
+            positives of a rare-positive run, :class:`streamaug.train.classifier_data.KeySelect`).
 
     Returns:
         :class:`PatchSets` with ``info`` = counts, images used and the data fingerprint.
@@ -71,7 +73,7 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float =
     """
     from tqdm.auto import tqdm
 
-    stream = XRayShards(shards, split=split, shuffle=False, resize=resize, equalize="none")
+    stream = XRayShards(shards, split=split, shuffle=False, resize=resize, equalize="none", select=select)
     samples = [x for x in tqdm(stream, desc="reading images", disable=not progress, unit="img")
                if region is None or _region_of(x) == region]
     lesions = [x for x in samples if x["label"] == 1 and len(x["boxes"])]

@@ -24,6 +24,7 @@ from ..synth.grid import save_sample_grid
 from ..synth.patches import build_patch_sets
 from ..synth.unit import UNIT, unit_preset
 from ..synth.unit_losses import UNITTrainer
+from .classifier_data import KeySelect
 
 
 @dataclass
@@ -48,6 +49,7 @@ class TranslatorRun:
     sample_every: int = 200
     ckpt_every: int = 200
     blend_n: float = 2.0
+    positives: list[str] | None = None  # only these lesion images (e.g. the kept rare positives); None: all
 
     # fields that may change between an interrupted run and its resume
     RESUMABLE = ("steps", "device", "sample_every", "ckpt_every", "out")
@@ -98,9 +100,10 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     overrides = {"patch_size": run.patch_size} if run.patch_size else {}
     config = unit_preset(run.preset, **overrides)
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
+    select = KeySelect(run.region, frozenset(run.positives)) if run.positives is not None else None
     data = build_patch_sets(shards, patch_size=config.patch_size, s=run.s, n=run.n, region=run.region,
                             split=run.split, min_intensity=run.min_intensity, resize=run.resize, seed=run.seed,
-                            progress=progress)
+                            select=select, progress=progress)
     model = UNIT(config).to(device)
     trainer = UNITTrainer(model, autocast_dtype=torch.bfloat16 if run.bf16 else None)
     g = torch.Generator().manual_seed(run.seed)
