@@ -75,7 +75,7 @@ def test_trainer_state_resume(tmp_path):
     path = save_translator(tmp_path / "r.pt", model, config=cfg, patch_size=32, s=1, region="r",
                            manifest_sha256=SHA, step=trainer.steps, trainer_state=trainer.state_dict())
     ckpt = read_checkpoint(path)
-    resumed = load_translator(path)
+    resumed = load_translator(path).requires_grad_(True).train()  # loaded frozen for inference
     t2 = UNITTrainer(resumed)
     t2.load_state_dict(ckpt["trainer_state"])
     assert t2.steps == 1
