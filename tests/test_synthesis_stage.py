@@ -138,6 +138,15 @@ def test_lesion_stream_is_deterministic_with_a_seed(tmp_path):
     assert a == b and a != c
 
 
+def test_lesion_stream_epochs_differ_and_replay(tmp_path):
+    stream = _stream(tmp_path, epoch_length=30, seed=2)
+    first = [s["key"] for s in stream]
+    stream.set_epoch(1)
+    second = [s["key"] for s in stream]
+    stream.set_epoch(0)
+    assert second != first and [s["key"] for s in stream] == first
+
+
 def test_filter_that_accepts_nothing_raises_instead_of_hanging(tmp_path):
     stream = _stream(tmp_path, synthetic_fraction=1.0, epoch_length=5, max_empty_batches=3,
                      filter=PseudoLabel(MeanScore(center=-5.0), threshold=0.99))

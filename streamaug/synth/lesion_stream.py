@@ -91,6 +91,14 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.stage = SynthesisStage(translator, filter=filter, blend_n=blend_n, device=self.device, seed=seed,
                                     **stage_kwargs)
         self.emitted = {"real": 0, "positive": 0, "synthetic": 0}
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: the shard streams, the site choice and the mix all depend on it."""
+        self.epoch = int(epoch)
+        self.normals.set_epoch(epoch)
+        if self.positives is not None:
+            self.positives.set_epoch(epoch)
 
     # -- sources --------------------------------------------------------------------------------
     def _batches(self, dataset: XRayShards) -> Iterator[dict[str, Any]]:
@@ -134,7 +142,8 @@ class LesionStream(torch.utils.data.IterableDataset):
 
     # -- the mix --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = np.random.default_rng([self.seed, 0x1E51])
+        rng = np.random.default_rng([self.seed, self.epoch, 0x1E51])
+        self.stage.generator.manual_seed(self.seed * 7919 + self.epoch)
         normal_batches = self._batches(self.normals)
         positive_batches = self._batches(self.positives) if self.positives is not None else None
         synthetic: deque = deque()

@@ -1,0 +1,57 @@
+"""XRayShards vs a plain WebDataset decode loader on the same shards, workers and batch size.
+
+Usage: ``python benchmarks/loader.py --shards /tmp/shards/btxrd [--workers 0 2] [--seconds 4]``
+
+Loaders, measured alternating (plain, stream+sites, stream, plain, ...) for ``--rounds`` rounds:
+
+- ``plain wds``: ``webdataset.WebDataset(urls, shardshuffle=False).decode("torchl")`` (image and
+  mask to float tensors, JSON parsed), repeated; batched with ``collate_xray``.
+- ``stream+sites``: ``XRayShards(urls, resampled=True, sites=True)`` (lesion boxes from the manifest).
+- ``stream``: the same without site proposal.
+
+Prints img/s per loader (median over rounds) and stream/plain ratios (median of per-round ratios).
+Goal: stream+sites / plain >= 0.95.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+from streamaug.bench import compare, loader_factories, loader_table
+from streamaug.shardlist import expand_urls
+
+GOAL = 0.95
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed folder (with manifest.json)")
+    ap.add_argument("--split", default="train", help="split of the packed folder")
+    ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
+    ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
+    ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--json", default=None, help="also write the raw results here")
+    args = ap.parse_args()
+    urls = expand_urls(args.shards, args.split)
+    results = []
+    for workers in args.workers:
+        factories = loader_factories(urls, workers=workers, batch=args.batch,
+                                     kinds=("plain", "stream_sites", "stream"))
+        c = compare(factories, rounds=args.rounds, seconds=args.seconds, baseline="plain")
+        results.append({"dataset": f"{args.split} ({len(urls)} shards)", "workers": workers,
+                        "batch": args.batch, "compare": c})
+        print(f"workers={workers}: per-round img/s " + ", ".join(f"{k} {c[k]['rounds']}" for k in factories),
+              flush=True)
+    print(loader_table(results))
+    for r in results:
+        ratio = r["compare"]["ratio"]["stream_sites"]
+        print(f"workers={r['workers']}: stream+sites / plain = {ratio:.3f} "
+              f"({'meets' if ratio >= GOAL else 'misses'} the {GOAL} goal)")
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as fh:
+            json.dump(results, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Run the whole benchmark suite (same as ``python -m streamaug.bench``).
+
+Usage: ``python benchmarks/run_all.py [--quick] [--out results.json] [--shards DIR] [--no-dicom]``
+
+See ``streamaug/bench.py`` for what is measured and ``benchmarks/RESULTS.md`` for recorded runs.
+"""
+from __future__ import annotations
+
+from streamaug.bench import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())

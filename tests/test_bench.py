@@ -1,0 +1,57 @@
+"""Smoke test of the benchmark suite on tiny generated data (no speed assertions)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from streamaug.bench import (classifier_step, compare, loader_factories, memory_snapshot, report,
+                             run_suite)
+from streamaug.pack import pack
+from streamaug.phantom import write_phantom_dataset
+from streamaug.shardlist import expand_urls
+
+TINY = dict(rounds=1, seconds=0.05, workers=(0, 1), batch=4, dicom_n=4, dicom_size=64, dicom_rounds=1,
+            dicom_seconds=0.05, dicom_workers=(0,), dicom_batch=2, synth_seconds=0.05, trend_batches=4,
+            trend_every=2)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    write_phantom_dataset(root / "raw", 12, 12, size=(64, 64), splits=(1, 0, 0))
+    pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=8, progress=False)
+    return root
+
+
+def test_suite_keys_and_positive_rates(shards: Path) -> None:
+    res = run_suite(str(shards / "shards"), quick=True, cache=str(shards / "cache"), log=lambda m: None, **TINY)
+    json.dumps(res)  # JSON-able
+    assert {"settings", "machine", "loaders", "synthesis", "memory_trend", "gpu", "memory", "total_s"} <= set(res)
+    assert [(r["dataset"], r["workers"]) for r in res["loaders"]] == [("btxrd256", 0), ("btxrd256", 1), ("dicom64", 0)]
+    for r in res["loaders"]:
+        c = r["compare"]
+        for kind in ("plain", "stream", "stream_sites", "synth"):
+            assert c[kind]["img_s"] > 0 and c[kind]["mem"]["main_rss_mb"] > 0
+        assert set(c["ratio"]) == {"stream", "stream_sites", "synth"} and min(c["ratio"].values()) > 0
+    assert res["loaders"][1]["compare"]["stream_sites"]["mem"]["workers_peak_mb"] > 0  # one worker seen
+    s = res["synthesis"]
+    assert set(s["patches_s"]) == {"translator", "stage", "stage_nofilter", "crop", "blend", "filter"}
+    assert min(s["patches_s"].values()) > 0 and s["ratio"] > 0
+    t = res["memory_trend"]
+    assert len(t["samples"]) == 2 and t["first_main_mb"] > 0 and "slope_total_mb_per_1k" in t
+    if not torch.cuda.is_available():
+        assert "skipped" in res["gpu"]
+    assert "stream+sites / plain" in report(res)
+
+
+def test_classifier_step_rate(shards: Path) -> None:
+    """The GPU suite's classifier loop, run on CPU: steps/s with and without synthesis."""
+    urls = expand_urls(shards / "shards", "train")
+    f = loader_factories(urls, workers=0, batch=2, kinds=("stream_sites", "synth"))
+    c = compare(f, rounds=1, seconds=0.01, warmup=1, consume=classifier_step("drn_tiny", "cpu"),
+                baseline="stream_sites")
+    assert c["stream_sites"]["batch_s"] > 0 and c["synth"]["batch_s"] > 0 and c["ratio"]["synth"] > 0
+    assert memory_snapshot()["main_peak_mb"] > 0
