@@ -1,11 +1,57 @@
 """``collate_xray``: batch sample dicts whose boxes and sites differ in number."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any, Iterator
 
 import torch
 
 _STACKED = ("image", "mask")
+_RAGGED = ("boxes", "sites")
+
+
+class Ragged(Sequence):
+    """A list of ``(k_i, C)`` tensors kept as one ``(sum k_i, C)`` tensor plus offsets.
+
+    Indexing gives views (``ragged[i]`` is ``(k_i, C)``). A batch crosses from a DataLoader worker to
+    the main process as one shared-memory tensor instead of one per sample, which mattered for speed.
+
+    Examples:
+        >>> r = Ragged.from_list([torch.zeros(2, 4), torch.ones(0, 4), torch.ones(1, 4)])
+        >>> len(r), r[0].shape, r[1].shape, r[2].tolist()
+        (3, torch.Size([2, 4]), torch.Size([0, 4]), [[1.0, 1.0, 1.0, 1.0]])
+    """
+
+    def __init__(self, data: torch.Tensor, offsets: Sequence[int]) -> None:
+        self.data, self.offsets = data, list(offsets)
+
+    @classmethod
+    def from_list(cls, tensors: Sequence[torch.Tensor]) -> Ragged:
+        tensors = [torch.as_tensor(t) for t in tensors]
+        offsets = [0]
+        for t in tensors:
+            offsets.append(offsets[-1] + len(t))
+        width = tensors[0].shape[-1] if tensors else 4
+        data = torch.cat([t.reshape(-1, width) for t in tensors]) if tensors else torch.zeros(0, width)
+        return cls(data, offsets)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def __getitem__(self, i: int | slice) -> Any:  # type: ignore[override]
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return self.data[self.offsets[i]:self.offsets[i + 1]]
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self[i] for i in range(len(self)))
+
+    def __repr__(self) -> str:
+        return f"Ragged({len(self)} items, {len(self.data)} rows)"
 
 
 def collate_xray(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -13,7 +59,8 @@ def collate_xray(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     ``image`` (and ``mask`` when every sample has one) are stacked to ``(B, 1, H, W)``;
     ``label`` becomes a ``(B,)`` long tensor and ``synthetic`` a ``(B,)`` bool tensor;
-    everything else (``key``, ``boxes``, ``sites``, ``meta``, ``provenance``) stays a list.
+    ``boxes`` and ``sites`` become :class:`Ragged` sequences of ``(k_i, 4)`` tensors; everything
+    else (``key``, ``meta``, ``provenance``) stays a list.
 
     Raises:
         ValueError: when images differ in size (pass ``resize=`` to the stream).
@@ -29,6 +76,8 @@ def collate_xray(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if name in _STACKED:
             if all(v is not None for v in values):
                 batch[name] = torch.stack(values)
+        elif name in _RAGGED and all(v is not None for v in values):
+            batch[name] = Ragged.from_list(values)
         elif name == "label":
             batch[name] = torch.tensor(values, dtype=torch.long)
         elif name == "synthetic":

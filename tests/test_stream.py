@@ -172,7 +172,7 @@ def test_collate_stacks_images_and_lists_the_rest(tmp_path):
     write_shards(tmp_path, n=4, shard_size=4)
     batch = collate_xray(list(XRayShards(tmp_path, shuffle=False)))
     assert batch["image"].shape == (4, 1, 16, 16) and batch["label"].tolist() == [1, 0, 0, 0]
-    assert isinstance(batch["boxes"], list) and batch["boxes"][0].shape == (1, 4)
+    assert len(batch["boxes"]) == 4 and batch["boxes"][0].shape == (1, 4) and batch["boxes"][1].shape == (0, 4)
 
 
 def test_torchrun_two_ranks_gloo(tmp_path):

@@ -18,6 +18,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
+from ..collate import Ragged
 from ..filters.intensity import BoneContent
 from ..filters.stats import AcceptanceStats
 from .blend import crop_sites, paste_blend
@@ -177,7 +178,7 @@ class SynthesisStage:
                 boxes_out[i] = result.boxes[j][None].float().cpu()
                 provenance[i] = self.provenance(result, j, keys[i])
         return {**batch, "image": images, "label": labels, "synthetic": synthetic,
-                "boxes": boxes_out, "provenance": provenance}
+                "boxes": Ragged.from_list(boxes_out), "provenance": provenance}
 
     def wrap(self, loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
         """Yield the batches of ``loader`` with synthesis applied (see :meth:`apply`)."""
