@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -33,24 +32,12 @@ def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loader: Any, device: torch.device, size: int) -> tuple[list[int], list[float], list[str]]:
-    """Scores of a classifier on a loader of sample batches -> ``(labels, scores, keys)``."""
-    model.eval()
-    ys, ss, keys = [], [], []
-    for batch in loader:
-        x = batch["image"].to(device)
-        ss += torch.sigmoid(model(x).float()).cpu().tolist()
-        ys += batch["label"].tolist()
-        keys += batch["key"]
-    return ys, ss, keys
-
-
 def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) and return the path of the best checkpoint."""
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
+    from ..eval import score_loader
     from ..models.drn import DRN, DRNConfig, load_classifier, save_classifier
 
     rank, world, device = _ddp_setup(cfg.device)
@@ -103,7 +90,7 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             seen += len(y)
             synthetic += int(batch["synthetic"].sum()) if "synthetic" in batch else 0
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
-        ys, ss, _ = evaluate(model, val_loader, device, cfg.image_size)
+        ys, ss, _ = score_loader(model, val_loader, device)
         val_auc = float(roc_auc_score(ys, ss)) if len(set(ys)) == 2 else float("nan")
         sched.step(val_auc if val_auc == val_auc else 0.0)
         record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "val_auc": val_auc,
