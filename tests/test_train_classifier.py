@@ -89,14 +89,25 @@ def test_lesion_stream_arm_trains_on_synthetic_positives(shards, tmp_path):
     assert record["synthetic"] > 0 and record["acceptance"]["accepted"] >= record["synthetic"]
 
 
-def test_ddp_two_cpu_ranks(shards, tmp_path):
+def test_ddp_two_cpu_ranks_on_the_lesion_stream_with_resume(shards, tmp_path):
+    config = unit_preset("tiny")
+    translator = save_translator(tmp_path / "translator.pt", UNIT(config), config=config,
+                                 patch_size=config.patch_size, s=1.0, region="any", manifest_sha256="0" * 64, step=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-           "-m", "streamaug.train", "classifier", "--train-shards", shards, "--train-split", "train",
-           "--val-shards", shards, "--val-split", "val", "--out", str(tmp_path), "--epochs", "1",
-           "--image-size", "32", "--batch-size", "4"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
-    assert len(log) == 1  # rank 0 alone logs
-    assert (tmp_path / "best.pt").exists()
+    out = tmp_path / "ddp"
+
+    def run(epochs, *extra):
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
+               "-m", "streamaug.train", "classifier", "--train-shards", shards, "--train-split", "train",
+               "--val-shards", shards, "--val-split", "val", "--out", str(out), "--epochs", str(epochs),
+               "--image-size", "32", "--batch-size", "4", "--stream", "lesion", "--translator", str(translator),
+               "--synthetic-fraction", "0.5", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+
+    run(1)
+    run(2, "--resume")
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1]  # rank 0 alone logs; the resumed run went on at epoch 1
+    assert all(r["synthetic"] > 0 for r in log)  # each rank ran its own synthesis stage
+    assert load_classifier(out / "last.pt").extra["epoch"] == 1
