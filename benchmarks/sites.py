@@ -7,8 +7,11 @@ Usage: ``python benchmarks/sites.py [--reps 50] [--data ../shared/data]``
 The bank is BTXRD's train-split tumour boxes (else random boxes), matched by region/view and
 scaled to each image size. Decoding uses ``streamaug.io.readers.decode_xray`` when present, else
 PIL -> float32 ``[0, 1]`` tensor (what a reader returns). One thread, kernels warmed up first.
-Columns: ``(integral)`` is the integral image alone into a reused buffer (what SiteProposer does);
-``(new buf)`` allocates a fresh table per call, to show what the reuse saves.
+Columns: ``sites normal`` is the whole proposer on a normal image (it sums the crops directly when
+their total area is below ``H x W``, else builds an integral image); ``(direct)`` is the direct crop
+sums alone on that image's candidate crops; ``(integral)`` is the integral image alone into a reused
+buffer (the other path); ``(new buf)`` allocates a fresh table per call; ``area/img`` is the mean
+total candidate-crop area over ``H x W`` (below 1: the direct path is taken).
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from streamaug.sites import LesionBoxBank, SiteProposer, integral_image
+from streamaug.sites import LesionBoxBank, SiteProposer, crop_means, integral_image
 
 _DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -115,8 +118,9 @@ def main() -> None:
     lesion_boxes = torch.tensor([[0.30, 0.40, 0.45, 0.55], [0.6, 0.2, 0.7, 0.26]])  # relative, scaled below
     print(f"decoder: {decoder_name}; bank: {bank_name} ({len(bank)} records); SiteProposer(s=1, n=7, "
           f"min_intensity=0.15); torch threads 1; median of {args.reps} passes over {args.count} images")
-    header = (f"{'size':>11} {'source':>9} | {'PNG decode':>10} | {'sites normal':>12} {'(integral)':>10} | "
-              f"{'(new buf)':>9} | {'sites lesion':>12} | {'normal/decode':>13} | {'sites/img':>9}")
+    header = (f"{'size':>11} {'source':>9} | {'PNG decode':>10} | {'sites normal':>12} {'(direct)':>9} "
+              f"{'(integral)':>10} {'(new buf)':>9} | {'area/img':>8} | {'sites lesion':>12} | "
+              f"{'normal/decode':>13} | {'sites/img':>9}")
     print(header)
     print("-" * len(header))
     for size in (256, 2048):
@@ -127,6 +131,9 @@ def main() -> None:
         lesions = [{**s, "label": 1, "boxes": lesion_boxes * size} for s in samples]
         proposer(samples[0])  # warm up the kernels (compile or cache load)
         arrays = [s["image"][0].numpy() for s in samples]
+        cands = [proposer.candidates(size, size, s["meta"], proposer.rng_for(s["key"])) for s in samples]
+        area = float(np.mean([((c[:, 2] - c[:, 0]) * (c[:, 3] - c[:, 1])).sum() / size**2 for c in cands]))
+        t_direct = _time_ms(lambda i: crop_means(arrays[i], cands[i]), args.reps, args.count)
         t_decode = _time_ms(lambda i: decode(items[i][0]), args.reps, args.count)
         t_normal = _time_ms(lambda i: proposer(samples[i]), args.reps, args.count)
         buf = np.empty((size + 1, size + 1))
@@ -135,7 +142,7 @@ def main() -> None:
         t_lesion = _time_ms(lambda i: proposer(lesions[i]), args.reps, args.count)
         n_sites = np.mean([len(proposer(s)["sites"]) for s in samples])
         print(f"{size:>5}x{size:<5} {source:>9} | {t_decode:>7.3f} ms | {t_normal:>9.3f} ms "
-              f"{t_integral:>7.3f} ms {t_fresh:>6.2f} ms | "
+              f"{t_direct:>6.3f} ms {t_integral:>7.3f} ms {t_fresh:>6.2f} ms | {area:>8.3f} | "
               f"{t_lesion:>9.3f} ms | {t_normal / t_decode:>13.3f} | {n_sites:>9.1f}")
 
 

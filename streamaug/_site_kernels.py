@@ -1,8 +1,13 @@
 """Numba kernels and box geometry behind :mod:`streamaug.sites` (import the public names from there).
 
 The ``*_kernel`` functions do no validation; the plain functions below them (:func:`integral_image`,
-:func:`box_means`, :func:`lesion_crops`, :func:`parse_boxes`) validate and normalise their inputs
-and are re-exported by :mod:`streamaug.sites`.
+:func:`box_means`, :func:`crop_means`, :func:`lesion_crops`, :func:`parse_boxes`) validate and
+normalise their inputs and are re-exported by :mod:`streamaug.sites`.
+
+Crop means come from one of two exact methods (:func:`direct_is_cheaper` says which is cheaper):
+summing each crop directly (:func:`crop_means_kernel`, cost ~ total crop area) or building an
+integral image once (:func:`integral_image_kernel`, cost ~ ``H x W``) and reading four corners per
+crop (:func:`box_means_kernel`). Both accumulate in float64; they agree up to float rounding.
 
 Every kernel is ``@numba.njit(cache=True, nogil=True)``. The plain functions pass C-contiguous
 arrays of one fixed dtype per argument, so each kernel is compiled for exactly one signature;
@@ -54,6 +59,38 @@ def box_means_kernel(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:  # 
 
 
 @numba.njit(cache=True, nogil=True)
+def crop_means_kernel(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:  # pragma: no cover
+    """Mean of ``img`` ``(H, W)`` inside each ``x0 y0 x1 y1`` box, summed directly; NaN if empty.
+
+    Float64 accumulation in four interleaved partial sums per row (a fixed order, so the result is
+    the same on every machine; the partial sums let the CPU overlap the additions).
+    """
+    m = boxes.shape[0]
+    out = np.empty(m, dtype=np.float64)
+    for i in range(m):
+        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        area = (x1 - x0) * (y1 - y0)
+        if area <= 0:
+            out[i] = np.nan
+            continue
+        stop4 = x0 + ((x1 - x0) // 4) * 4
+        total = 0.0
+        for y in range(y0, y1):
+            row = img[y]
+            a0 = a1 = a2 = a3 = 0.0
+            for x in range(x0, stop4, 4):
+                a0 += row[x]
+                a1 += row[x + 1]
+                a2 += row[x + 2]
+                a3 += row[x + 3]
+            for x in range(stop4, x1):
+                a0 += row[x]
+            total += (a0 + a1) + (a2 + a3)
+        out[i] = total / area
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def _place_1d(b0: int, b1: int, side: int, extent: int, u: float) -> int:  # pragma: no cover
     """Start of a ``side``-long window in ``[0, extent)`` that covers ``[b0, b1)``, drawn by ``u``.
 
@@ -75,23 +112,68 @@ def _place_1d(b0: int, b1: int, side: int, extent: int, u: float) -> int:  # pra
 def place_crops_kernel(
     boxes: np.ndarray, uniforms: np.ndarray, s: float, min_size: int, height: int, width: int
 ) -> np.ndarray:  # pragma: no cover - compiled
-    """Square crops around integer boxes already clipped to the image (see ``sites.lesion_crops``).
+    """Square crops around float boxes (see :func:`lesion_crops`), in one pass.
 
-    ``boxes`` ``(k, 4)`` int64, ``uniforms`` ``(k, 2)`` float64 in ``[0, 1)``; returns ``(k, 4)``.
+    ``boxes`` ``(k, 4)`` float64 are widened to whole pixels (floor of the start, ceil of the end),
+    clipped to the image, and dropped when empty or non-finite; ``uniforms`` ``(k, 2)`` float64 in
+    ``[0, 1)`` (one row per input box) place the crops. Returns ``(k', 4)`` int64, ``k' <= k``.
     """
     k = boxes.shape[0]
     out = np.empty((k, 4), dtype=np.int64)
     cap = min(height, width)
+    n = 0
     for i in range(k):
-        x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        f0, f1, f2, f3 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
+        if not (math.isfinite(f0) and math.isfinite(f1) and math.isfinite(f2) and math.isfinite(f3)):
+            continue
+        x0 = int(min(max(math.floor(f0), 0.0), float(width)))
+        y0 = int(min(max(math.floor(f1), 0.0), float(height)))
+        x1 = int(min(max(math.ceil(f2), 0.0), float(width)))
+        y1 = int(min(max(math.ceil(f3), 0.0), float(height)))
+        if x1 <= x0 or y1 <= y0:
+            continue
         side = int(math.ceil(s * max(x1 - x0, y1 - y0) - 1e-9))
         side = min(max(side, min_size, 1), cap)
         cx = _place_1d(x0, x1, side, width, uniforms[i, 0])
         cy = _place_1d(y0, y1, side, height, uniforms[i, 1])
-        out[i, 0] = cx
-        out[i, 1] = cy
-        out[i, 2] = cx + side
-        out[i, 3] = cy + side
+        out[n, 0] = cx
+        out[n, 1] = cy
+        out[n, 2] = cx + side
+        out[n, 3] = cy + side
+        n += 1
+    return out[:n].copy()
+
+
+@numba.njit(cache=True, nogil=True)
+def gather_boxes_kernel(
+    boxes: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, picks: np.ndarray, height: int, width: int
+) -> np.ndarray:  # pragma: no cover - compiled
+    """The boxes of records ``picks`` of a :class:`~streamaug.sites.LesionBoxBank`, each record's
+    scaled per axis from its ``sizes`` ``(width, height)`` to ``height x width`` (``0``: unscaled).
+
+    Raises:
+        IndexError: if a pick is not a record index.
+    """
+    total = 0
+    for j in range(picks.shape[0]):
+        if picks[j] < 0 or picks[j] >= sizes.shape[0]:
+            raise IndexError("record index out of range")
+        total += offsets[picks[j] + 1] - offsets[picks[j]]
+    out = np.empty((total, 4), dtype=np.float64)
+    row = 0
+    for j in range(picks.shape[0]):
+        r = picks[j]
+        w, h = sizes[r, 0], sizes[r, 1]
+        sx = sy = 1.0
+        if (w != 0 and w != width) or (h != 0 and h != height):
+            sx = width / w if w != 0 else 1.0
+            sy = height / h if h != 0 else 1.0
+        for b in range(offsets[r], offsets[r + 1]):
+            out[row, 0] = boxes[b, 0] * sx
+            out[row, 1] = boxes[b, 1] * sy
+            out[row, 2] = boxes[b, 2] * sx
+            out[row, 3] = boxes[b, 3] * sy
+            row += 1
     return out
 
 
@@ -102,10 +184,13 @@ def warm_up() -> None:
         return
     img = np.zeros((4, 4), dtype=np.float32)
     integral = integral_image_kernel(img, np.empty((5, 5), dtype=np.float64))
-    box_means_kernel(integral, np.zeros((1, 4), dtype=np.int64))
-    place_crops_kernel(
-        np.array([[0, 0, 1, 1]], dtype=np.int64), np.zeros((1, 2), dtype=np.float64), 1.0, 1, 4, 4
-    )
+    box = np.zeros((1, 4), dtype=np.int64)
+    box_means_kernel(integral, box)
+    crop_means_kernel(img, box)
+    fbox = np.array([[0.0, 0.0, 1.0, 1.0]])
+    place_crops_kernel(fbox, np.zeros((1, 2), dtype=np.float64), 1.0, 1, 4, 4)
+    gather_boxes_kernel(fbox, np.array([0, 1], dtype=np.int64), np.zeros((1, 2), dtype=np.int64),
+                        np.zeros(1, dtype=np.int64), 4, 4)
     _WARM = True
 
 
@@ -163,18 +248,66 @@ def box_means(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     ii = np.ascontiguousarray(integral, dtype=np.float64)
     if ii.ndim != 2 or min(ii.shape) < 1:
         raise ValueError(f"integral must be (H + 1, W + 1), got shape {ii.shape}")
+    b = _checked_boxes(boxes, ii.shape[0] - 1, ii.shape[1] - 1)
+    if b.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    return box_means_kernel(ii, b)
+
+
+def crop_means(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+    """Mean image value inside each box, summed directly over the box's pixels.
+
+    Costs ``O(total box area)`` with no scratch memory: cheaper than :func:`integral_image` +
+    :func:`box_means` when the boxes cover less than the image (see :func:`direct_is_cheaper`).
+    Agrees with :func:`box_means` up to float rounding (both accumulate in float64).
+
+    Args:
+        img: ``(H, W)`` array (converted to C-contiguous float32).
+        boxes: ``(m, 4)`` integer boxes ``x0 y0 x1 y1`` (end-exclusive) inside ``[0, W] x [0, H]``.
+
+    Returns:
+        ``(m,)`` float64 means; NaN for boxes with zero area.
+
+    Raises:
+        ValueError: on bad shapes or boxes outside the image.
+
+    Examples:
+        >>> crop_means(np.arange(4, dtype=np.float32).reshape(2, 2), np.array([[0, 0, 2, 2], [1, 0, 2, 2]])).tolist()
+        [1.5, 2.0]
+    """
+    arr = np.asarray(img)
+    if arr.ndim != 2:
+        raise ValueError(f"crop_means expects a (H, W) image, got shape {arr.shape}")
+    b = _checked_boxes(boxes, *arr.shape)
+    if b.shape[0] == 0:
+        return np.zeros(0, dtype=np.float64)
+    return crop_means_kernel(np.ascontiguousarray(arr, dtype=np.float32), b)
+
+
+def direct_is_cheaper(boxes: np.ndarray, height: int, width: int) -> bool:
+    """Whether summing ``(m, 4)`` boxes directly beats an integral image of a ``height x width`` image:
+    their total area (overlaps counted twice) is smaller than ``H x W``. A direct sum reads one
+    float32 per covered pixel; the integral image reads and writes every pixel (float64), so the
+    rule is conservative.
+    """
+    b = np.asarray(boxes, dtype=np.int64)
+    area = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum()) if b.size else 0
+    return area < int(height) * int(width)
+
+
+def _checked_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``(m, 4)`` C-contiguous int64 boxes, validated to lie inside a ``height x width`` image."""
     b = np.asarray(boxes)
     if b.size == 0:
-        return np.zeros(0, dtype=np.float64)
+        return np.zeros((0, 4), dtype=np.int64)
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"boxes must be (m, 4), got shape {b.shape}")
     b = np.ascontiguousarray(b, dtype=np.int64)
-    h, w = ii.shape[0] - 1, ii.shape[1] - 1
-    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > w) | (b[:, 3] > h)
+    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height)
     bad |= (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
     if bad.any():
-        raise ValueError(f"boxes outside a {h}x{w} image or inverted: {b[bad][:3].tolist()}")
-    return box_means_kernel(ii, b)
+        raise ValueError(f"boxes outside a {height}x{width} image or inverted: {b[bad][:3].tolist()}")
+    return b
 
 
 def lesion_crops(
@@ -228,29 +361,11 @@ def lesion_crops(
         return _EMPTY.copy()
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"boxes must be (k, 4), got shape {b.shape}")
-    ib = _pixel_boxes(b.astype(np.float64), int(height), int(width))
     gen = np.random.default_rng(rng)
     uniforms = gen.random((b.shape[0], 2))  # drawn for every input box: stable streams
-    keep = (ib[:, 2] > ib[:, 0]) & (ib[:, 3] > ib[:, 1])
-    if not keep.all():
-        ib, uniforms = ib[keep], uniforms[keep]
-    if ib.shape[0] == 0:
-        return _EMPTY.copy()
     return place_crops_kernel(
-        np.ascontiguousarray(ib), np.ascontiguousarray(uniforms),
-        float(s), int(min_size), int(height), int(width),
+        np.ascontiguousarray(b, dtype=np.float64), uniforms, float(s), int(min_size), int(height), int(width)
     )
-
-
-def _pixel_boxes(b: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Float ``(k, 4)`` boxes -> whole-pixel int64 boxes clipped to the image (non-finite -> empty)."""
-    b = np.where(np.isfinite(b).all(axis=1, keepdims=True), b, 0.0)  # any NaN/inf -> empty row
-    out = np.empty(b.shape, dtype=np.int64)
-    out[:, 0] = np.clip(np.floor(b[:, 0]), 0, width)
-    out[:, 1] = np.clip(np.floor(b[:, 1]), 0, height)
-    out[:, 2] = np.clip(np.ceil(b[:, 2]), 0, width)
-    out[:, 3] = np.clip(np.ceil(b[:, 3]), 0, height)
-    return out
 
 
 def parse_boxes(value: Any) -> np.ndarray:

@@ -8,17 +8,18 @@ cut (lesion images) or where a synthetic lesion may be translated in (normal ima
 - Normal image (``label == 0``): ``n`` matched lesion records are drawn from a
   :class:`LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
   way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
-  dropped. Means come from an integral image, O(1) per crop (numba kernels in
-  :mod:`streamaug._site_kernels`).
+  dropped. Means are summed directly over the crops when they cover less than the image, else read
+  from an integral image, O(1) per crop (numba kernels in :mod:`streamaug._site_kernels`).
 
 Randomness is a pure function of ``(seed, epoch, sample key)``, so the same sample gets the same
-sites in any worker and in any order.
+sites in any worker, in any process and in any order: the generator's PCG64 state is a SHAKE-256
+hash of the three (:func:`sample_rng`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,12 +28,50 @@ import numpy as np
 import torch
 
 from streamaug import _site_kernels as _k
-from streamaug._site_kernels import box_means, integral_image, lesion_crops, parse_boxes
+from streamaug._site_kernels import box_means, crop_means, integral_image, lesion_crops, parse_boxes
 from streamaug.labels import to_int_label
 
-__all__ = ["LesionBoxBank", "SiteProposer", "integral_image", "box_means", "lesion_crops", "parse_boxes"]
+__all__ = ["LesionBoxBank", "SiteProposer", "sample_rng", "integral_image", "box_means", "crop_means",
+           "lesion_crops", "parse_boxes"]
 
 _EMPTY = np.zeros((0, 4), dtype=np.int64)
+_MASK64 = (1 << 64) - 1
+
+
+# --------------------------------------------------------------------------- randomness
+class _HashSeed(np.random.bit_generator.ISeedSequence):
+    """Seed words from a SHAKE-256 hash of ``data``, read little-endian (same on every platform).
+    ~1 us where ``np.random.SeedSequence`` costs ~10 us per sample."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
+        """``n_words`` words of ``dtype`` (``uint32`` or ``uint64``)."""
+        dt = np.dtype(dtype)
+        raw = hashlib.shake_256(self._data).digest(int(n_words) * dt.itemsize)
+        return np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt)
+
+
+def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
+    """A fresh PCG64 generator seeded by a hash of ``(seed, epoch, key)`` only (a pure function).
+
+    Args:
+        seed: base seed (taken modulo ``2**64``).
+        epoch: epoch (taken modulo ``2**64``).
+        key: the sample key (its UTF-8 bytes are hashed in full, so distinct keys give distinct
+            streams up to hash collisions).
+
+    Examples:
+        >>> a, b = sample_rng(0, 1, "IMG1"), sample_rng(0, 1, "IMG1")
+        >>> bool(a.random() == b.random()), bool(sample_rng(0, 2, "IMG1").random() == a.random())
+        (True, False)
+    """
+    data = (b"streamaug.sites/1" + (int(seed) & _MASK64).to_bytes(8, "little")
+            + (int(epoch) & _MASK64).to_bytes(8, "little") + str(key).encode("utf-8"))
+    return np.random.Generator(np.random.PCG64(_HashSeed(data)))
 
 
 # --------------------------------------------------------------------------- the bank
@@ -78,6 +117,9 @@ class LesionBoxBank:
     _by_r: dict[str | None, np.ndarray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        self.sizes = np.ascontiguousarray(self.sizes, dtype=np.int64)
+        self.boxes = np.ascontiguousarray(self.boxes, dtype=np.float64).reshape(-1, 4)
+        self.offsets = np.ascontiguousarray(self.offsets, dtype=np.int64)
         n = len(self.keys)
         if not (len(self.regions) == len(self.views) == n and self.sizes.shape == (n, 2)
                 and self.offsets.shape == (n + 1,)):
@@ -184,15 +226,15 @@ class LesionBoxBank:
                 return hit, 2
         return self._all, (3 if len(self) else 0)
 
+    def boxes_of(self, indices: np.ndarray, height: int, width: int) -> np.ndarray:
+        """The boxes of records ``indices``, in order, each record's scaled per axis from its size to a
+        ``height x width`` image (a record without a size is not scaled): ``(k, 4)`` float64."""
+        picks = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
+        return _k.gather_boxes_kernel(self.boxes, self.offsets, self.sizes, picks, int(height), int(width))
+
     def boxes_for(self, index: int, height: int, width: int) -> np.ndarray:
         """Record ``index``'s boxes, scaled per axis to a ``height x width`` image: ``(k, 4)`` float64."""
-        b = self.boxes[self.offsets[index]:self.offsets[index + 1]]
-        w, h = self.sizes[index]
-        if (w and w != width) or (h and h != height):
-            sx = width / w if w else 1.0
-            sy = height / h if h else 1.0
-            b = b * np.array([sx, sy, sx, sy])
-        return b
+        return self.boxes_of(np.array([index]), height, width)
 
 
 def _size(value: Any) -> int:
@@ -223,9 +265,11 @@ class SiteProposer:
             ``images``, ``proposed``, ``dropped_dark``, ``dropped_cap``, ``kept``, and
             ``match_level_1``/``_2``/``_3`` (see :meth:`LesionBoxBank.match`).
 
-    Each process keeps one integral-image scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest
-    image seen (33 MB at 2048x2048), reused across samples; it is not pickled. The numba kernels are
-    compiled, or loaded from numba's disk cache, on the first call in each process.
+    Crop means of normal images are summed directly when the crops' total area is below ``H x W``
+    (the usual case: ~0.3 ``H x W`` for BTXRD boxes), else read from an integral image; for that,
+    each process keeps one scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest image seen
+    (33 MB at 2048x2048), allocated on first use, reused across samples and not pickled. The numba
+    kernels are compiled, or loaded from numba's disk cache, on the first call in each process.
 
     Examples:
         >>> bank = LesionBoxBank.from_records(
@@ -281,10 +325,8 @@ class SiteProposer:
         self.epoch = int(epoch)
 
     def rng_for(self, key: str) -> np.random.Generator:
-        """The generator for one sample: a function of ``(seed, epoch, crc32(key))`` only."""
-        crc = zlib.crc32(str(key).encode("utf-8"))
-        mask = (1 << 64) - 1
-        return np.random.default_rng(np.random.SeedSequence([self.seed & mask, self.epoch & mask, crc]))
+        """The generator for one sample: :func:`sample_rng` of ``(seed, epoch, key)``."""
+        return sample_rng(self.seed, self.epoch, key)
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Return a shallow copy of ``sample`` with ``sites`` (int64 tensor ``(m, 4)``) added.
@@ -341,13 +383,18 @@ class SiteProposer:
         pool, level = self.bank.match(meta.get("region"), meta.get("view"))
         self.stats[f"match_level_{level}"] += 1
         picks = rng.choice(pool, size=min(self.n, len(pool)), replace=False)
-        boxes = np.concatenate([self.bank.boxes_for(int(i), height, width) for i in picks])
+        boxes = self.bank.boxes_of(picks, height, width)
         return lesion_crops(boxes, height, width, self.s, rng, min_size=self.min_size)
 
     def _drop_dark(self, img: np.ndarray, crops: np.ndarray) -> np.ndarray:
+        """Crops (int64, C-contiguous, inside ``img``) whose mean is at least ``min_intensity``."""
         if len(crops) == 0 or self.min_intensity <= 0:
             return crops
-        means = _k.box_means_kernel(integral_image(img, self._integral_buffer(*img.shape)), crops)
+        height, width = img.shape
+        if _k.direct_is_cheaper(crops, height, width):
+            means = _k.crop_means_kernel(img, crops)
+        else:
+            means = _k.box_means_kernel(integral_image(img, self._integral_buffer(height, width)), crops)
         keep = means >= self.min_intensity
         self.stats["dropped_dark"] += int((~keep).sum())
         return crops[keep]

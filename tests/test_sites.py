@@ -4,7 +4,10 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -15,9 +18,11 @@ from streamaug.sites import (
     LesionBoxBank,
     SiteProposer,
     box_means,
+    crop_means,
     integral_image,
     lesion_crops,
     parse_boxes,
+    sample_rng,
 )
 
 
@@ -92,6 +97,73 @@ def test_box_means_matches_brute_force(shape):
     boxes = np.concatenate([boxes, [[0, 0, w, h], [w - 1, h - 1, w, h]]])
     got = box_means(integral_image(img), boxes)
     np.testing.assert_allclose(got, _brute_means(img, boxes), rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (9, 4), (40, 57), (128, 96), (3, 301)])
+def test_direct_and_integral_means_agree_with_brute_force(shape):
+    rng = np.random.default_rng(shape[0] * 7 + shape[1])
+    h, w = shape
+    img = rng.random(shape, dtype=np.float32)
+    x0, y0 = rng.integers(0, w, 300), rng.integers(0, h, 300)
+    x1 = x0 + 1 + (rng.integers(0, w, 300) % (w - x0))  # widths 1..w: all remainders of the 4-way sum
+    y1 = y0 + 1 + (rng.integers(0, h, 300) % (h - y0))
+    boxes = np.concatenate([np.stack([x0, y0, x1, y1], 1), [[0, 0, w, h], [w - 1, h - 1, w, h]]])
+    brute = _brute_means(img, boxes)
+    direct = crop_means(img, boxes)
+    np.testing.assert_allclose(direct, brute, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(box_means(integral_image(img), boxes), brute, rtol=1e-9, atol=1e-9)
+
+
+def test_crop_means_empty_nan_and_errors():
+    img = np.ones((4, 5), np.float32)
+    out = crop_means(img, np.array([[1, 1, 1, 3], [0, 0, 5, 4]]))
+    assert math.isnan(out[0]) and out[1] == 1.0
+    assert crop_means(img, np.zeros((0, 4), np.int64)).shape == (0,)
+    with pytest.raises(ValueError, match="outside"):
+        crop_means(img, np.array([[0, 0, 6, 4]]))
+    with pytest.raises(ValueError, match=r"\(m, 4\)"):
+        crop_means(img, np.array([[0, 0, 1]]))
+    with pytest.raises(ValueError, match="expects a"):
+        crop_means(np.ones((1, 4, 5)), np.array([[0, 0, 1, 1]]))
+
+
+def test_direct_is_cheaper_rule():
+    assert _site_kernels.direct_is_cheaper(np.array([[0, 0, 7, 9]]), 8, 8)  # 63 < 64
+    assert not _site_kernels.direct_is_cheaper(np.array([[0, 0, 8, 8]]), 8, 8)
+    assert not _site_kernels.direct_is_cheaper(np.array([[0, 0, 6, 6], [2, 2, 8, 8]]), 8, 8)  # overlaps count
+    assert _site_kernels.direct_is_cheaper(np.zeros((0, 4), np.int64), 8, 8)
+
+
+def _spy(monkeypatch, name):
+    calls = []
+    real = getattr(_site_kernels, name)
+
+    def wrapper(*args):
+        calls.append(args[-1].shape[0] if name != "integral_image_kernel" else args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(_site_kernels, name, wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("size,sides,threshold,path", [
+    (256, [8, 12, 16, 20], 0.25, "direct"),     # 4 small crops on a 256x256 image: direct sums
+    (40, [30, 34, 36, 38], 0.45, "integral"),   # crops covering 3x the image: integral image
+])
+def test_drop_dark_chooses_the_path_by_area(monkeypatch, size, sides, threshold, path):
+    _site_kernels.warm_up()
+    direct, integral = _spy(monkeypatch, "crop_means_kernel"), _spy(monkeypatch, "integral_image_kernel")
+    ramp = (np.arange(size, dtype=np.float32) + 0.3) / size  # no crop mean is exactly the threshold
+    img = np.broadcast_to(ramp, (size, size)).copy()
+    bank = _square_bank(sides, width=size, height=size)
+    prop = SiteProposer(bank, n=len(sides), min_size=1, min_intensity=threshold)
+    for i in range(20):
+        cands = prop.candidates(size, size, {}, prop.rng_for(f"k{i}"))
+        sites = prop(_sample(f"k{i}", img))["sites"].numpy()
+        np.testing.assert_array_equal(sites, cands[_brute_means(img, cands) >= threshold])
+    assert prop.stats["kept"] > 0 and prop.stats["dropped_dark"] > 0  # the threshold cuts through
+    assert (len(direct), len(integral)) == ((20, 0) if path == "direct" else (0, 20))
+    assert (prop._buffer is None) == (path == "direct")  # no 8 (H+1)(W+1) scratch unless needed
 
 
 def test_box_means_empty_nan_and_errors():
@@ -260,6 +332,26 @@ def test_matching_by_region_and_view_with_fallback(region, view, level, sides):
     assert prop.stats[f"match_level_{level}"] == 40
 
 
+def test_boxes_of_gathers_and_scales_per_record():
+    recs = [{"width": 100, "height": 100, "boxes": [[10, 20, 30, 60], [0, 0, 5, 5]]},
+            {"boxes": [[1, 2, 3, 4]]},                                  # no size: unscaled
+            {"width": 200, "height": 0, "boxes": [[10.5, 20, 30, 60]]},  # width only
+            {"width": 256, "height": 256, "boxes": [[7, 7, 9, 9]]}]     # same size: unscaled
+
+    def reference(i, h, w):
+        b, (rw, rh) = np.array(recs[i]["boxes"], float), (recs[i].get("width", 0), recs[i].get("height", 0))
+        return b * np.array([w / rw if rw else 1, h / rh if rh else 1] * 2)
+
+    bank = LesionBoxBank.from_records(recs)
+    for picks in ([0, 1, 2, 3], [3, 0], [2], []):
+        for h, w in ((256, 256), (200, 400), (1, 3)):
+            got = bank.boxes_of(np.array(picks, dtype=np.int64), h, w)
+            want = np.concatenate([reference(i, h, w) for i in picks]) if picks else np.zeros((0, 4))
+            np.testing.assert_allclose(got, want, rtol=1e-15)
+    with pytest.raises(IndexError):
+        bank.boxes_of(np.array([4]), 10, 10)
+
+
 def test_boxes_are_scaled_to_the_normal_image_size():
     bank = LesionBoxBank.from_records([{"key": "a", "width": 100, "height": 100, "boxes": [[10, 20, 30, 60]]},
                                        {"key": "b", "boxes": [[1, 2, 3, 4]]}])
@@ -383,6 +475,22 @@ def test_determinism_by_seed_key_and_epoch():
     assert all(np.array_equal(first[k], back[k]) for k in keys)
 
 
+def test_sample_rng_is_a_pure_hash_of_seed_epoch_key():
+    first = sample_rng(3, 1, "IMG000123").random(4)
+    np.testing.assert_array_equal(first, sample_rng(3, 1, "IMG000123").random(4))
+    for other in ((4, 1, "IMG000123"), (3, 2, "IMG000123"), (3, 1, "IMG000124"), (3, 1, "IMG000123 ")):
+        assert not np.array_equal(first, sample_rng(*other).random(4)), other
+    np.testing.assert_array_equal(sample_rng(-1, 0, "k").random(2), sample_rng(2**64 - 1, 0, "k").random(2))
+    prop = SiteProposer(seed=3)
+    prop.set_epoch(1)
+    np.testing.assert_array_equal(prop.rng_for("IMG000123").random(4), first)
+    # another interpreter with another str hash seed draws the same numbers
+    code = "from streamaug.sites import sample_rng; print(sample_rng(3, 1, 'IMG000123').random(4).tolist())"
+    env = {**os.environ, "PYTHONHASHSEED": "12345"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    assert json.loads(out.stdout) == first.tolist()
+
+
 def test_same_sites_in_dataloader_workers():
     bank = _square_bank([8, 16, 24], width=64, height=64)
     samples = [_sample(f"k{i}", np.ones((64, 64))) for i in range(6)]
@@ -403,13 +511,16 @@ def test_same_sites_in_dataloader_workers():
 
 def test_kernels_compile_once_per_signature():
     prop = SiteProposer(_square_bank([8, 16]), min_intensity=0.1)
-    for img in (np.ones((40, 50), np.float64), np.ones((40, 50), np.float32).T, torch.ones(1, 33, 21)):
+    # 40x50, 33x21: crops smaller than the image (direct sums); 10x10: two 8x8 crops >= 100 (integral)
+    for img in (np.ones((40, 50), np.float64), np.ones((40, 50), np.float32).T, torch.ones(1, 33, 21),
+                np.ones((10, 10), np.float32)):
         prop(_sample("k", img))
         integral_image(img if not isinstance(img, torch.Tensor) else img[0].numpy())
     assert _site_kernels._WARM
     assert prop._buffer is not None and pickle.loads(pickle.dumps(prop))._buffer is None  # not shipped
     for kernel in (_site_kernels.integral_image_kernel, _site_kernels.box_means_kernel,
-                   _site_kernels.place_crops_kernel):
+                   _site_kernels.crop_means_kernel, _site_kernels.place_crops_kernel,
+                   _site_kernels.gather_boxes_kernel):
         assert len(kernel.signatures) == 1, (kernel, kernel.signatures)
 
 
