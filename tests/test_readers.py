@@ -184,6 +184,73 @@ def test_dicom_voi_lut_sequence_normalised_by_lut_range():
     assert torch.allclose(img[0], torch.from_numpy(expected).float(), atol=1e-6)
 
 
+def _pydicom_display(data: bytes) -> np.ndarray:
+    """pydicom's float64 pipeline (modality LUT, first window) normalised by the window's output
+    range as pydicom defines it (PS3.3 C.11.2.1.2), clipped, MONOCHROME1 inverted."""
+    ds = pydicom.dcmread(io.BytesIO(data))
+    bits, signed = int(ds.BitsStored), int(ds.PixelRepresentation) == 1
+    y_min, y_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        y_min, y_max = (v * float(ds.RescaleSlope) + float(ds.RescaleIntercept) for v in (y_min, y_max))
+    ref = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds, prefer_lut=False)
+    ref = np.clip((ref - y_min) / (y_max - y_min), 0, 1)
+    return 1 - ref if ds.PhotometricInterpretation == "MONOCHROME1" else ref
+
+
+_WINDOW_CASES = {  # name: (stored values, _dicom() keyword arguments)
+    "linear": (np.arange(0, 4096, 3), dict(WindowCenter=1200, WindowWidth=801)),
+    "linear_m1_rescale": (np.arange(0, 4096, 3), dict(photometric="MONOCHROME1", RescaleSlope=0.37,
+                                                        RescaleIntercept=-1024.5, WindowCenter=-400, WindowWidth=900)),
+    "linear_exact": (np.arange(0, 4096, 3), dict(WindowCenter=1000.25, WindowWidth=500.5,
+                                                 VOILUTFunction="LINEAR_EXACT")),
+    "sigmoid": (np.arange(0, 4096, 3), dict(WindowCenter=2000, WindowWidth=700, VOILUTFunction="SIGMOID")),
+    "sigmoid_m1": (np.arange(0, 4096, 3), dict(photometric="MONOCHROME1", WindowCenter=100, WindowWidth=30,
+                                               VOILUTFunction="SIGMOID", RescaleSlope=2, RescaleIntercept=5)),
+    "signed": (np.arange(-2048, 2048, 3), dict(signed=True, WindowCenter=-100, WindowWidth=2000)),
+    # a 3-value window at the top of 16-bit data: float32 must keep ~1e-7 near a large centre
+    "narrow_high": (np.arange(65500, 65536), dict(bits=16, WindowCenter=65520, WindowWidth=3,
+                                                  RescaleSlope=1.5, RescaleIntercept=0.25)),
+    "threshold": (np.arange(0, 64), dict(WindowCenter=30, WindowWidth=1)),  # LINEAR width 1: a step
+}
+
+
+@pytest.mark.parametrize("case", sorted(_WINDOW_CASES))
+def test_dicom_windows_match_pydicom(case):
+    values, fields = _WINDOW_CASES[case]
+    arr = np.resize(values, (8, (len(values) + 7) // 8))
+    data = _dicom(arr, **{"bits": 12, **fields})
+    img, meta = decode_xray(data, "dcm")
+    assert meta["voi"] == "window" and img.dtype == torch.float32
+    np.testing.assert_allclose(img[0].numpy(), _pydicom_display(data), rtol=0, atol=1e-6)
+    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+
+
+def test_dicom_fast_path_does_not_call_pydicom_voi(monkeypatch):
+    """Windows and the stored-range normalisation run in float32 numpy, not pydicom's float64 LUTs."""
+    def boom(*args, **kwargs):
+        raise AssertionError("pydicom LUT called")
+
+    arr = np.array([[0, 400, 500], [599, 600, 4000]], np.uint16)
+    want_window, _ = decode_xray(_dicom(arr, WindowCenter=500, WindowWidth=201), "dcm")
+    want_none, _ = decode_xray(_dicom(arr, RescaleSlope=2, RescaleIntercept=1), "dcm")
+    monkeypatch.setattr(pydicom.pixels, "apply_voi_lut", boom)
+    monkeypatch.setattr(pydicom.pixels, "apply_modality_lut", boom)
+    got, meta = decode_xray(_dicom(arr, WindowCenter=500, WindowWidth=201), "dcm")
+    assert meta["voi"] == "window" and torch.equal(got, want_window)
+    got, meta = decode_xray(_dicom(arr, RescaleSlope=2, RescaleIntercept=1), "dcm")
+    assert meta["voi"] == "none" and torch.equal(got, want_none)
+
+
+@pytest.mark.parametrize("fields", [dict(WindowWidth=0.5), dict(WindowWidth=0, VOILUTFunction="SIGMOID"),
+                                    dict(WindowWidth=100, VOILUTFunction="GAMMA")])
+def test_dicom_invalid_window_warns_and_uses_stored_range(fields):
+    arr = np.array([[0, 1023], [4095, 2048]], np.uint16)
+    with pytest.warns(UserWarning, match="ignoring invalid VOI window"):
+        img, meta = decode_xray(_dicom(arr, WindowCenter=500, **fields), "dcm", source="bad.dcm")
+    assert meta["voi"] == "none" and meta["window"] is None
+    assert torch.allclose(img[0], torch.from_numpy(arr / 4095.0).float(), atol=1e-7)
+
+
 def test_dicom_without_pixels_or_truncated():
     data = _dicom(np.zeros((8, 8), np.uint16))
     with pytest.raises(XRayDecodeError, match="t.dcm"):

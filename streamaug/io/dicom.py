@@ -20,6 +20,15 @@ Pipeline, in DICOM display order (PS3.4 N.2):
    Values are clipped to ``[0, 1]``.
 5. ``MONOCHROME1`` (low values bright) is inverted: ``1 - x``, so bone is bright.
 
+Fast path (:func:`_unit_affine`): for 8/16-bit integer data with Rescale Slope/Intercept (or none)
+and either no VOI or a Window Center/Width with a ``LINEAR``, ``LINEAR_EXACT`` or ``SIGMOID`` VOI
+LUT Function (PS3.3 C.11.2.1.2 and C.11.2.1.3), steps 2-5 are one affine map of the stored values
+(a sigmoid for ``SIGMOID``), computed in float32 in place: about 4 passes over the image instead of
+pydicom's float64 ones (~3x faster at 2048x2048). The map is evaluated around the stored value
+nearest its pivot (the window centre), so float32 keeps ~1e-7 absolute precision inside the window
+whatever the centre's magnitude. It matches the pydicom pipeline within ~1e-6. A Modality LUT
+Sequence, a VOI LUT Sequence, zero slope and wider integers take the pydicom float64 path.
+
 Colour DICOMs (``SamplesPerPixel == 3``; pydicom converts YBR to RGB) become gray with the
 ITU-R 601 luma weights and are divided by ``2**BitsStored - 1``; no VOI is applied to them.
 
@@ -65,8 +74,6 @@ def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True
         MissingCodecError: compressed pixel data that no installed plugin can decode.
     """
     pydicom = optional_import("pydicom", purpose="reading DICOM")
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
-
     ds = _read_dataset(pydicom, data, source)
     arr = _pixel_array(ds, source)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
@@ -79,37 +86,148 @@ def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True
     voi, window = "none", None
 
     if samples == 3 or arr.ndim == 3:
-        out = arr.astype(np.float64) @ _LUMA / float(2**bits - 1)
+        out = _finish(arr.astype(np.float64) @ _LUMA / float(2**bits - 1), photometric)
     elif arr.dtype.kind == "f":  # Float Pixel Data: no stored-bits range exists
         lo, hi = float(arr.min()), float(arr.max())
-        out = (arr.astype(np.float64) - lo) / ((hi - lo) or 1.0)
+        out = _finish((arr.astype(np.float64) - lo) / ((hi - lo) or 1.0), photometric)
     else:
-        stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-        mod = apply_modality_lut(arr, ds)
-        lo, hi = _modality_range(ds, stored_lo, stored_hi)
-        out = mod
-        if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
-            if _has_voi_lut(ds):
-                out = apply_voi_lut(mod, ds, index=0, prefer_lut=True)
-                lut = np.asarray(_lut_values(ds), dtype=np.float64)
-                lo, hi, voi = float(lut.min()), float(lut.max()), "lut"
-            elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-                try:
-                    out = apply_voi_lut(mod, ds, index=0, prefer_lut=False)
-                    lo, hi = _window_output_range(ds, bits, signed)
-                    voi, window = "window", (_first(ds.WindowCenter), _first(ds.WindowWidth))
-                except ValueError as err:  # e.g. width < 1: fall back to the stored range
-                    warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=2)
-                    out = mod
-        out = (np.asarray(out, dtype=np.float64) - lo) / ((hi - lo) or 1.0)
-    out = np.clip(out, 0.0, 1.0)
-    if photometric == "MONOCHROME1":
-        out = 1.0 - out
+        fast = _fast_voi(ds, arr, bits, signed, apply_voi, photometric, source)
+        out, voi, window = fast or _pydicom_voi(ds, arr, bits, signed, apply_voi, photometric, source)
     image = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).unsqueeze(0)
     meta = dicom_meta(ds, source)
     meta.update(size=(int(image.shape[1]), int(image.shape[2])), bits=bits, voi=voi, window=window,
                 frames=frames)
     return image, meta
+
+
+def _pydicom_voi(
+    ds: Any, arr: np.ndarray, bits: int, signed: bool, apply_voi: bool, photometric: str, source: str
+) -> tuple[np.ndarray, str, tuple[float, float] | None]:
+    """Steps 2-5 with pydicom's LUT functions in float64 (LUT sequences and unusual cases).
+
+    Returns:
+        ``(image, voi, window)`` as :func:`_fast_voi` does (``voi`` may also be ``"lut"``).
+    """
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    voi, window = "none", None
+    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    mod = apply_modality_lut(arr, ds)
+    lo, hi = _modality_range(ds, stored_lo, stored_hi)
+    out = mod
+    if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if _has_voi_lut(ds):
+            out = apply_voi_lut(mod, ds, index=0, prefer_lut=True)
+            lut = np.asarray(_lut_values(ds), dtype=np.float64)
+            lo, hi, voi = float(lut.min()), float(lut.max()), "lut"
+        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            try:
+                out = apply_voi_lut(mod, ds, index=0, prefer_lut=False)
+                lo, hi = _window_output_range(ds, bits, signed)
+                voi, window = "window", (_first(ds.WindowCenter), _first(ds.WindowWidth))
+            except ValueError as err:  # e.g. width < 1: fall back to the stored range
+                warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=3)
+                out = mod
+    return _finish((np.asarray(out, dtype=np.float64) - lo) / ((hi - lo) or 1.0), photometric), voi, window
+
+
+def _finish(out: np.ndarray, photometric: str) -> np.ndarray:
+    """Clip a normalised image to ``[0, 1]``; invert ``MONOCHROME1`` so that bone is bright."""
+    out = np.clip(out, 0.0, 1.0)
+    return 1.0 - out if photometric == "MONOCHROME1" else out
+
+
+def _fast_voi(
+    ds: Any, arr: np.ndarray, bits: int, signed: bool, apply_voi: bool, photometric: str, source: str
+) -> tuple[np.ndarray, str, tuple[float, float] | None] | None:
+    """Steps 2-5 in float32 for the common cases (module docstring); ``None``: use pydicom.
+
+    Returns:
+        ``(image, voi, window)``: float32 ``(H, W)`` in ``[0, 1]`` (inverted for MONOCHROME1),
+        ``"window"`` or ``"none"``, and ``(center, width)`` or ``None``.
+    """
+    if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or ds.get("ModalityLUTSequence"):
+        return None
+    slope, intercept = 1.0, 0.0
+    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
+        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
+    if slope == 0.0 or not (np.isfinite(slope) and np.isfinite(intercept)):
+        return None
+    invert = photometric == "MONOCHROME1"
+    if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
+        if _has_voi_lut(ds):
+            return None
+        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+            func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
+            try:
+                out = _window(arr, slope, intercept, center, width, func, invert)
+            except ValueError as err:  # e.g. width < 1: fall back to the stored range, as pydicom does
+                warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=3)
+            else:
+                return out, "window", (center, width)
+    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    lo, hi = _modality_range(ds, stored_lo, stored_hi)
+    out = _unit_affine(arr, slope, intercept, lo, 1.0 / ((hi - lo) or 1.0), 0.0, invert)
+    return np.clip(out, 0.0, 1.0, out=out), "none", None
+
+
+def _window(arr: np.ndarray, slope: float, intercept: float, center: float, width: float, func: str,
+            invert: bool) -> np.ndarray:
+    """The VOI window of PS3.3 C.11.2.1.2 / C.11.2.1.3, normalised to ``[0, 1]``, float32.
+
+    Normalised by the window's output range ``[y_min, y_max]``, pydicom's ``apply_windowing`` is
+    ``clip((x - (c - 0.5)) / (w - 1) + 0.5, 0, 1)`` (``LINEAR``; ``x <= c - 0.5 - (w - 1) / 2`` -> 0,
+    ``x > c - 0.5 + (w - 1) / 2`` -> 1), ``clip((x - c) / w + 0.5, 0, 1)`` (``LINEAR_EXACT``) or
+    ``1 / (1 + exp(-4 (x - c) / w))`` (``SIGMOID``), where ``x`` is the modality output
+    ``slope * stored + intercept``; ``y_min``/``y_max`` cancel.
+
+    Raises:
+        ValueError: ``LINEAR`` with ``width < 1``, other functions with ``width <= 0``, or an
+            unknown VOI LUT Function (the messages pydicom gives).
+    """
+    if func == "LINEAR":
+        if width < 1:
+            raise ValueError("The (0028,1051) Window Width must be greater than or equal to 1 for a "
+                             "'LINEAR' windowing operation")
+        if width == 1:  # a threshold at c - 0.5: x <= c - 0.5 -> 0, else 1 (rare: float64 is fine)
+            hit = arr.astype(np.float64) * slope + intercept > center - 0.5
+            return (hit != invert).astype(np.float32)
+        out = _unit_affine(arr, slope, intercept, center - 0.5, 1.0 / (width - 1.0), 0.5, invert)
+    elif func in ("LINEAR_EXACT", "SIGMOID"):
+        if width <= 0:
+            raise ValueError(f"The (0028,1051) Window Width must be greater than 0 for a '{func}' "
+                             "windowing operation")
+        if func == "SIGMOID":  # 1 / (1 + exp(-u)), u = 4 (x - c) / w; MONOCHROME1: 1 / (1 + exp(u))
+            out = _unit_affine(arr, slope, intercept, center, (4.0 if invert else -4.0) / width, 0.0, False)
+            with np.errstate(over="ignore"):
+                np.exp(out, out=out)
+            out += 1.0
+            return np.reciprocal(out, out=out)
+        out = _unit_affine(arr, slope, intercept, center, 1.0 / width, 0.5, invert)
+    else:
+        raise ValueError(f"Unsupported (0028,1056) VOI LUT Function value '{func}'")
+    return np.clip(out, 0.0, 1.0, out=out)
+
+
+def _unit_affine(arr: np.ndarray, slope: float, intercept: float, pivot: float, gain: float, offset: float,
+                 invert: bool) -> np.ndarray:
+    """float32 ``((slope * arr + intercept) - pivot) * gain + offset`` (``invert``: 1 minus that).
+
+    Evaluated as ``(arr - s0) * a + b`` with ``s0`` the integer stored value nearest ``pivot``:
+    ``arr - s0`` is exact in float32 for 8/16-bit data, so the result keeps float32 precision near
+    the pivot even when the pivot is large and ``gain`` small. Three passes, one float32 allocation.
+    """
+    s0 = float(np.clip(np.rint((pivot - intercept) / slope), -(2.0**24), 2.0**24))
+    out = arr.astype(np.float32)
+    out -= np.float32(s0)
+    a = slope * gain
+    b = (s0 * slope + intercept - pivot) * gain + offset
+    if invert:
+        a, b = -a, 1.0 - b
+    out *= np.float32(a)
+    out += np.float32(b)
+    return out
 
 
 def dicom_meta(ds: Any, source: str) -> dict:
