@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamaug.bench import compare, loader_factories, loader_table
+from streamaug.bench import loader_table
+from streamaug.bench_measure import compare, loader_factories
 from streamaug.shardlist import expand_urls
 
 GOAL = 0.95

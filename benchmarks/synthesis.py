@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamaug.bench import compare, loader_factories, synthesis_bench, synthesis_table
+from streamaug.bench import synthesis_table
+from streamaug.bench_measure import compare, loader_factories, synthesis_bench
 from streamaug.shardlist import expand_urls
 
 GOAL = 0.7

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from streamaug.bench import (classifier_step, compare, loader_factories, memory_snapshot, report,
-                             run_suite)
+from streamaug.bench import loader_table, report, run_suite
+from streamaug.bench_measure import classifier_step, compare, loader_factories, memory_snapshot
 from streamaug.pack import pack
 from streamaug.phantom import write_phantom_dataset
 from streamaug.shardlist import expand_urls
@@ -55,3 +57,20 @@ def test_classifier_step_rate(shards: Path) -> None:
                 baseline="stream_sites")
     assert c["stream_sites"]["batch_s"] > 0 and c["synth"]["batch_s"] > 0 and c["ratio"]["synth"] > 0
     assert memory_snapshot()["main_peak_mb"] > 0
+    table = loader_table([{"dataset": "d", "workers": 0, "batch": 2, "compare": c}])
+    assert table.splitlines()[0].startswith("| data | workers | batch | stream+sites img/s | stream+synth img/s |")
+
+
+def test_module_entry_point_and_scripts_import() -> None:
+    """``python -m streamaug.bench`` parses its options; the scripts find what they import."""
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-m", "streamaug.bench", "--help"], capture_output=True, text=True,
+                         check=True, cwd=root)
+    assert "--quick" in out.stdout and "--no-dicom" in out.stdout
+    code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
+            "for name in ('loader', 'synthesis', 'run_all'):\n"
+            "    try:\n"
+            "        runpy.run_path(f'benchmarks/{name}.py', run_name='__main__')\n"
+            "    except SystemExit as e:\n"
+            "        assert e.code in (0, None), (name, e.code)\n")
+    subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
