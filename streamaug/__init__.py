@@ -19,7 +19,7 @@ _PUBLIC = {
     "XRayShards": "streamaug.stream",
     "collate_xray": "streamaug.collate",
     "SiteProposer": "streamaug.sites",
-    "LesionBoxBank": "streamaug.sites",
+    "LesionBoxBank": "streamaug.lesion_bank",
     "load_translator": "streamaug.synth.checkpoint",
     "SynthesisStage": "streamaug.synth.stage",
     "LesionStream": "streamaug.synth.lesion_stream",

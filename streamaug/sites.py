@@ -6,7 +6,7 @@ cut (lesion images) or where a synthetic lesion may be translated in (normal ima
 - Lesion image (``label == 1`` with boxes): one square per box, side ``s * max(box w, box h)``,
   placed at random so that the box lies inside it (:func:`lesion_crops`).
 - Normal image (``label == 0``): ``n`` matched lesion records are drawn from a
-  :class:`LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
+  :class:`~streamaug.lesion_bank.LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
   way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
   dropped. Means are summed directly over the crops when they cover less than the image, else read
   from an integral image, O(1) per crop (numba kernels in :mod:`streamaug._site_kernels`).
@@ -18,10 +18,7 @@ hash of the three (:func:`sample_rng`).
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -30,6 +27,7 @@ import torch
 from streamaug import _site_kernels as _k
 from streamaug._site_kernels import box_means, crop_means, integral_image, lesion_crops, parse_boxes
 from streamaug.labels import to_int_label
+from streamaug.lesion_bank import LesionBoxBank
 
 __all__ = ["LesionBoxBank", "SiteProposer", "sample_rng", "integral_image", "box_means", "crop_means",
            "lesion_crops", "parse_boxes"]
@@ -72,177 +70,6 @@ def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
     data = (b"streamaug.sites/1" + (int(seed) & _MASK64).to_bytes(8, "little")
             + (int(epoch) & _MASK64).to_bytes(8, "little") + str(key).encode("utf-8"))
     return np.random.Generator(np.random.PCG64(_HashSeed(data)))
-
-
-# --------------------------------------------------------------------------- the bank
-def _norm(value: Any) -> str | None:
-    """Lower-cased, stripped string, or ``None`` for missing/NaN/empty values."""
-    if value is None or (isinstance(value, float) and value != value):
-        return None
-    text = str(value).strip().lower()
-    return text or None
-
-
-@dataclass(eq=False, repr=False)
-class LesionBoxBank:
-    """The boxes of lesion images that normal images are matched against (§3.2).
-
-    Holds plain lists and numpy arrays only, so it pickles cheaply into DataLoader workers.
-
-    Matching (:meth:`match`), most to least specific; the first non-empty level wins:
-
-    1. same ``region`` and same ``view``;
-    2. same ``region`` (view relaxed);
-    3. the whole bank (region relaxed too).
-
-    A field that the normal image lacks (``None``/empty) does not constrain; e.g. a normal image
-    with a region but no view goes straight to level 2. Strings compare case-insensitively.
-    Image size is matched by scaling, not by filtering: :meth:`boxes_for` rescales a record's boxes
-    per axis to the normal image's size (records without a size are taken to be the same size).
-
-    Attributes:
-        keys, regions, views: one entry per record (normalised strings or ``None``).
-        sizes: ``(N, 2)`` int64 ``(width, height)``, ``0`` where unknown.
-        boxes: ``(total_boxes, 4)`` float64, all records' boxes concatenated.
-        offsets: ``(N + 1,)`` int64; record ``i`` owns ``boxes[offsets[i]:offsets[i + 1]]``.
-    """
-
-    keys: list[str]
-    regions: list[str | None]
-    views: list[str | None]
-    sizes: np.ndarray
-    boxes: np.ndarray
-    offsets: np.ndarray
-    _by_rv: dict[tuple[str | None, str | None], np.ndarray] = field(default_factory=dict, repr=False)
-    _by_r: dict[str | None, np.ndarray] = field(default_factory=dict, repr=False)
-
-    def __post_init__(self) -> None:
-        self.sizes = np.ascontiguousarray(self.sizes, dtype=np.int64)
-        self.boxes = np.ascontiguousarray(self.boxes, dtype=np.float64).reshape(-1, 4)
-        self.offsets = np.ascontiguousarray(self.offsets, dtype=np.int64)
-        n = len(self.keys)
-        if not (len(self.regions) == len(self.views) == n and self.sizes.shape == (n, 2)
-                and self.offsets.shape == (n + 1,)):
-            raise ValueError("LesionBoxBank fields disagree in length")
-        rv: dict[tuple[str | None, str | None], list[int]] = {}
-        r: dict[str | None, list[int]] = {}
-        for i, (reg, view) in enumerate(zip(self.regions, self.views)):
-            rv.setdefault((reg, view), []).append(i)
-            r.setdefault(reg, []).append(i)
-        self._by_rv = {k: np.asarray(v, dtype=np.int64) for k, v in rv.items()}
-        self._by_r = {k: np.asarray(v, dtype=np.int64) for k, v in r.items()}
-        self._all = np.arange(n, dtype=np.int64)
-
-    # ---- constructors
-    @classmethod
-    def from_records(cls, records: Iterable[Mapping[str, Any]]) -> LesionBoxBank:
-        """Build a bank from mappings with ``boxes`` and optionally ``key``, ``region``, ``view``,
-        ``width``, ``height``.
-
-        ``boxes`` may be a list of ``[x0, y0, x1, y1]``, an array/tensor, or a
-        ``"x0 y0 x1 y1;..."`` string (the ``boxes_xyxy`` column). Records without boxes are
-        skipped. Every record is taken as a lesion record: filter labels before calling.
-
-        Raises:
-            ValueError: on malformed boxes.
-        """
-        keys, regions, views, sizes, chunks, offsets = [], [], [], [], [], [0]
-        for i, rec in enumerate(records):
-            b = parse_boxes(rec.get("boxes", rec.get("boxes_xyxy")))
-            if b.shape[0] == 0:
-                continue
-            keys.append(str(rec.get("key", rec.get("image_id", i))))
-            regions.append(_norm(rec.get("region")))
-            views.append(_norm(rec.get("view")))
-            sizes.append((_size(rec.get("width")), _size(rec.get("height"))))
-            chunks.append(b)
-            offsets.append(offsets[-1] + b.shape[0])
-        return cls(
-            keys=keys,
-            regions=regions,
-            views=views,
-            sizes=np.asarray(sizes, dtype=np.int64).reshape(-1, 2),
-            boxes=np.concatenate(chunks) if chunks else np.zeros((0, 4)),
-            offsets=np.asarray(offsets, dtype=np.int64),
-        )
-
-    @classmethod
-    def from_manifest(
-        cls, manifest: str | os.PathLike | Mapping[str, Any], split: str | None = "train"
-    ) -> LesionBoxBank:
-        """Build a bank from ``manifest.json``'s ``lesion_boxes`` list.
-
-        Args:
-            manifest: path to ``manifest.json`` (or its folder), or the parsed dict.
-            split: keep entries of this split only (``None``: all entries, including those
-                without a split). Entries whose ``label`` reads as normal are skipped.
-
-        Raises:
-            ValueError: if the manifest has no ``lesion_boxes`` or nothing is left after the split
-                filter (the message lists the splits present).
-        """
-        if not isinstance(manifest, Mapping):
-            path = os.fspath(manifest)
-            if os.path.isdir(path):
-                path = os.path.join(path, "manifest.json")
-            with open(path, encoding="utf-8") as fh:
-                manifest = json.load(fh)
-        entries = manifest.get("lesion_boxes")
-        if entries is None:
-            raise ValueError("manifest has no 'lesion_boxes' list (repack with a boxes column)")
-        kept = [e for e in entries if (split is None or e.get("split") == split)
-                and to_int_label(e.get("label", 1)) != 0]
-        bank = cls.from_records(kept)
-        if len(bank) == 0:
-            present = sorted({str(e.get("split")) for e in entries})
-            raise ValueError(f"no lesion boxes for split={split!r} in manifest (splits present: {present})")
-        return bank
-
-    # ---- queries
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __repr__(self) -> str:
-        return f"LesionBoxBank({len(self)} records, {len(self.boxes)} boxes)"
-
-    def match(self, region: Any = None, view: Any = None) -> tuple[np.ndarray, int]:
-        """Indices of the records that match, and the level used (1, 2 or 3; 0 if the bank is empty).
-
-        Examples:
-            >>> bank = LesionBoxBank.from_records([
-            ...     {"region": "pelvis", "view": "frontal", "boxes": [[0, 0, 4, 4]]},
-            ...     {"region": "pelvis", "view": "lateral", "boxes": [[0, 0, 4, 4]]}])
-            >>> bank.match("Pelvis", "lateral")[0].tolist(), bank.match("pelvis", "oblique")[1]
-            ([1], 2)
-        """
-        reg, view_ = _norm(region), _norm(view)
-        if reg is not None and view_ is not None:
-            hit = self._by_rv.get((reg, view_))
-            if hit is not None:
-                return hit, 1
-        if reg is not None:
-            hit = self._by_r.get(reg)
-            if hit is not None:
-                return hit, 2
-        return self._all, (3 if len(self) else 0)
-
-    def boxes_of(self, indices: np.ndarray, height: int, width: int) -> np.ndarray:
-        """The boxes of records ``indices``, in order, each record's scaled per axis from its size to a
-        ``height x width`` image (a record without a size is not scaled): ``(k, 4)`` float64."""
-        picks = np.ascontiguousarray(indices, dtype=np.int64).reshape(-1)
-        return _k.gather_boxes_kernel(self.boxes, self.offsets, self.sizes, picks, int(height), int(width))
-
-    def boxes_for(self, index: int, height: int, width: int) -> np.ndarray:
-        """Record ``index``'s boxes, scaled per axis to a ``height x width`` image: ``(k, 4)`` float64."""
-        return self.boxes_of(np.array([index]), height, width)
-
-
-def _size(value: Any) -> int:
-    try:
-        out = int(value)
-    except (TypeError, ValueError):
-        return 0
-    return max(out, 0)
 
 
 # --------------------------------------------------------------------------- the stage
