@@ -46,8 +46,9 @@ from streamaug.train.translator import TranslatorRun, train_translator
 REGIONS = ("upper_limb", "lower_limb")
 ARMS = ("baseline", "oversample", "classic", "lesion_own", "lesion_transfer")
 
-# cpu: ~35 min on 2 shared CPU cores (one torch thread; the lesion stream at 10 % synthetic because
-# every accepted positive costs ~70 filtered candidates here); full: paper-like presets for one GPU.
+# cpu: 18 min measured on 2 shared CPU cores (one torch thread; the lesion stream at 10 % synthetic because
+# every accepted positive costs ~70 filtered candidates here); cpu128: a stronger baseline at 128 px
+# (~3x the time of cpu, see RESULTS.md); full: paper-like presets for one GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
                  patch_size=32, translator_steps=3, translator_batch=4, thresholds=(0.5, 0.9), n_boot=200,
@@ -55,6 +56,9 @@ BUDGETS: dict[str, dict[str, Any]] = {
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
                 patch_size=32, translator_steps=300, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
                 n_boot=2000, grid="first", threads=1, synthetic_fraction=0.1),
+    "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
+                   patch_size=32, translator_steps=300, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
+                   n_boot=2000, grid="first", threads=1, synthetic_fraction=0.1),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
                  patch_size=128, translator_steps=20000, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
                  n_boot=2000, grid="all", threads=None, synthetic_fraction=0.25),
@@ -348,6 +352,8 @@ def render_markdown(res: dict[str, Any]) -> str:
                   f"{r['generated']:.0f}) | {r['auc_pooled']:.3f} "
                   f"[{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}] | {r['delta']:+.3f} [{r['delta_ci95'][0]:+.3f}, "
                   f"{r['delta_ci95'][1]:+.3f}]{' *' if r['significant'] else ''} |" for r in abl["rows"]]
+        lines += [f"| {t:.2f} | — | 0 (the filter accepted no candidate in 50 batches: no run) | — | — |"
+                  for t in abl.get("no_run", [])]
         lines.append("")
     lines.append(f"Wall time: {res['wall_seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
