@@ -1,11 +1,13 @@
 """Translator alone vs the whole SynthesisStage, and the stream with vs without synthesis.
 
-Usage: ``python benchmarks/synthesis.py [--preset tiny|small|paper] [--device cpu|cuda] [--batch N] [--bf16]``
+Usage: ``python benchmarks/synthesis.py [--preset tiny|small|paper] [--device cpu|cuda] [--batch N] [--bf16]
+[--filter-size S] [--threads T] [--no-stream]``
 
 1. Patches/s of the untrained UNIT ``--preset`` translator on ``(B, 1, P, P)`` patches vs
    ``SynthesisStage.synthesize`` on ``B`` real normal BTXRD images with one site each (crop, bone
    check, translate, blend, and a ``PseudoLabel`` filter on an untrained ``drn_tiny`` scoring the
-   full images at 256x256, threshold 0), plus the stage without filter and the parts alone.
+   full images at ``--filter-size`` (default 256), threshold 0), plus the stage without filter and
+   the parts alone.
    Goal: stage / translator >= 0.7.
 2. Images/s of ``LesionStream`` (25% synthetic) vs ``XRayShards(sites=True)``, alternating.
 ``--bf16`` autocasts the translator to bfloat16 as the stage does it: CUDA only.
@@ -13,6 +15,8 @@ Usage: ``python benchmarks/synthesis.py [--preset tiny|small|paper] [--device cp
 from __future__ import annotations
 
 import argparse
+
+import torch
 
 from streamaug.bench import synthesis_table
 from streamaug.bench_measure import compare, loader_factories, synthesis_bench
@@ -31,14 +35,21 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the stream comparison")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--filter-size", type=int, default=256, help="side the PseudoLabel classifier scores at")
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    ap.add_argument("--no-stream", action="store_true", help="skip part 2 (the stream comparison)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     urls = expand_urls(args.shards, "train")
     s = synthesis_bench(urls, preset=args.preset, device=args.device, batch=args.batch, bf16=args.bf16,
-                        rounds=args.rounds, seconds=args.seconds)
+                        rounds=args.rounds, seconds=args.seconds, filter_size=args.filter_size)
     print(f"preset {s['preset']} (patch {s['patch']}), {s['batch']} images {s['image']}, {s['filter_model']}, "
           f"{s['device']}, bf16 {s['bf16']}; per-round patches/s: {s['rounds']}")
     print(synthesis_table(s))
     print(f"stage / translator = {s['ratio']:.3f} ({'meets' if s['ratio'] >= GOAL else 'misses'} the {GOAL} goal)")
+    if args.no_stream:
+        return
     factories = loader_factories(urls, workers=args.workers, batch=args.batch, kinds=("stream_sites", "synth"),
                                  device=args.device, preset=args.preset)
     c = compare(factories, rounds=args.rounds, seconds=args.seconds, baseline="stream_sites")
