@@ -96,7 +96,9 @@ class SiteProposer:
     (the usual case: ~0.3 ``H x W`` for BTXRD boxes), else read from an integral image; for that,
     each process keeps one scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest image seen
     (33 MB at 2048x2048), allocated on first use, reused across samples and not pickled. The numba
-    kernels are compiled, or loaded from numba's disk cache, on the first call in each process.
+    kernels are compiled, or loaded from numba's disk cache, when the proposer is built (~0.5 s once
+    per process), so forked DataLoader workers inherit them instead of each loading them again at
+    every epoch's start; a process that unpickles a proposer (spawn) loads them on first use.
 
     Examples:
         >>> bank = LesionBoxBank.from_records(
@@ -141,6 +143,7 @@ class SiteProposer:
         self.epoch = 0
         self.stats: dict[str, int] = dict.fromkeys(self._STAT_KEYS, 0)
         self._buffer: np.ndarray | None = None  # integral-image scratch, per process
+        _k.warm_up()  # before any fork: workers inherit the compiled kernels
 
     def __repr__(self) -> str:
         bank = f"{len(self.bank)} records" if self.bank is not None else None
