@@ -21,7 +21,6 @@ import json
 import multiprocessing
 import tarfile
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np

@@ -1,7 +1,6 @@
 """DRN classifier: shapes, dilation, gradients, registry, checkpoints, and a short training run."""
 from __future__ import annotations
 
-import dataclasses
 import time
 
 import numpy as np

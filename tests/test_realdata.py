@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-import torch
 
 from streamaug import LesionStream, XRayShards, load_translator
 from streamaug.pack import pack

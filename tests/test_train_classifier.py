@@ -1,7 +1,6 @@
 """python -m streamaug.train classifier: training, resume, rare positives, the lesion stream, DDP."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
