@@ -4,8 +4,9 @@
 * :class:`SeedRun` - one trained classifier: validation / test scores, synthetic count, wall time.
 * :func:`pool_runs` - concatenate the test predictions of several seeds (same key order per seed).
 * :func:`summarize_arm` - one table row: mean ± sd of the per-seed test AUCs, the pooled AUC with
-  its bootstrap 95 % CI, the paired bootstrap delta against the pooled baseline, and sensitivity /
-  specificity at each seed's validation operating point.
+  its bootstrap 95 % CI, the paired bootstrap delta against the pooled baseline, the seed-averaged
+  paired delta (:func:`~streamaug.eval.paired_bootstrap_seeds`, blind to per-seed calibration), and
+  sensitivity / specificity at each seed's validation operating point.
 * :func:`markdown_table` - the rows as a Markdown table.
 * :func:`prior_corrected_filter` - the baseline with its logit shifted to a balanced class prior,
   the pseudo-label filter of a baseline trained with rare positives.
@@ -23,7 +24,7 @@ import numpy as np
 
 import torch
 
-from .eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap
+from .eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, paired_bootstrap_seeds
 
 T = TypeVar("T")
 
@@ -141,7 +142,8 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
 
     Returns:
         A JSON-ready dict: ``auc_per_seed``, ``auc_mean``, ``auc_sd``, ``auc_pooled`` + ``auc_ci95``,
-        ``delta`` + ``delta_ci95`` + ``significant`` (not for the baseline), ``sensitivity``,
+        ``delta`` + ``delta_ci95`` + ``significant`` and ``delta_seeds`` + ``delta_seeds_ci95`` +
+        ``significant_seeds`` (not for the baseline), ``sensitivity``,
         ``specificity``, ``synthetic`` (mean per seed), ``seconds`` (sum over seeds).
     """
     per_seed = [bootstrap_auc(r.y_test, r.s_test, n_boot, boot_seed) for r in runs]
@@ -164,6 +166,10 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
         yb, sb = pool_runs(baseline)
         delta = paired_bootstrap(yb, sb, s, n_boot, boot_seed)
         row.update(delta=delta[0], delta_ci95=[delta[1], delta[2]], significant=is_significant(delta))
+        by_seed = paired_bootstrap_seeds(runs[0].y_test, [r.s_test for r in baseline], [r.s_test for r in runs],
+                                         n_boot, boot_seed)
+        row.update(delta_seeds=by_seed[0], delta_seeds_ci95=[by_seed[1], by_seed[2]],
+                   significant_seeds=is_significant(by_seed))
     return row
 
 
@@ -200,21 +206,27 @@ def _synthetic(r: dict[str, Any]) -> str:
     return f"{r['synthetic']:.0f} ({r['accepted']:.0f} of {r['generated']:.0f})"
 
 
+def _fmt_delta(r: dict[str, Any], name: str, flag: str) -> str:
+    if name not in r:
+        return "—"
+    lo, hi = r[f"{name}_ci95"]
+    return f"{r[name]:+.3f} [{lo:+.3f}, {hi:+.3f}]{' *' if r[flag] else ''}"
+
+
 def _fmt_row(r: dict[str, Any]) -> list[str]:
-    delta = "—" if "delta" not in r else (
-        f"{r['delta']:+.3f} [{r['delta_ci95'][0]:+.3f}, {r['delta_ci95'][1]:+.3f}]{' *' if r['significant'] else ''}")
     t = r.get("threshold")
     t = "—" if t is None else ("/".join(f"{v:.2f}" for v in t) if isinstance(t, list) else f"{t:.2f}")
     return [r.get("region", ""), r["arm"], t, _synthetic(r),
             f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f}",
-            f"{r['auc_pooled']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]", delta,
+            f"{r['auc_pooled']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
+            _fmt_delta(r, "delta", "significant"), _fmt_delta(r, "delta_seeds", "significant_seeds"),
             f"{r['sensitivity']:.2f} / {r['specificity']:.2f}", f"{r['seconds']:.0f}"]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of :func:`summarize_arm` as a Markdown table (``*``: delta CI excludes 0)."""
+    """The rows of :func:`summarize_arm` as a Markdown table (``*``: the delta's CI excludes 0)."""
     head = ["region", "arm", "t", "synthetic used / seed (accepted of generated)", "test AUC mean ± sd (seeds)", "pooled AUC [95% CI]",
-            "Δ vs baseline [95% CI]", "sens / spec", "wall s"]
+            "Δ pooled vs baseline [95% CI]", "Δ seed-avg vs baseline [95% CI]", "sens / spec", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt_row(r)) + " |" for r in rows]
     return "\n".join(lines)

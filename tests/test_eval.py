@@ -17,6 +17,7 @@ from streamaug.eval import (
     load_scores,
     operating_point,
     paired_bootstrap,
+    paired_bootstrap_seeds,
     plot_roc,
     resampled_auc,
     save_scores,
@@ -140,6 +141,32 @@ def test_paired_uses_the_same_samples_for_both_models() -> None:
     b[np.flatnonzero(y == 1)[np.argmin(a[y == 1])]] = a.max() + 1
     delta, lo, hi = paired_bootstrap(y, a, b)
     assert delta > 0 and lo >= 0.0 and hi > 0
+
+
+def test_seed_averaged_paired_bootstrap_with_one_seed_is_the_paired_bootstrap() -> None:
+    y, a = _data(300, seed=6)
+    b = a + np.random.default_rng(7).normal(0, 0.5, a.size)
+    assert paired_bootstrap_seeds(y, [a], [b], n_boot=500, seed=3) == pytest.approx(
+        paired_bootstrap(y, a, b, n_boot=500, seed=3))
+
+
+def test_seed_averaged_paired_bootstrap_ignores_calibration_and_can_fail() -> None:
+    rng = np.random.default_rng(8)
+    y = (rng.random(400) < 0.3).astype(int)
+    base = [y + rng.normal(0, 1.0, 400) for _ in range(3)]
+    same = [y + rng.normal(0, 1.0, 400) for _ in range(3)]  # as good, but each seed on its own scale
+    shifted = [s + 3.0 * k for k, s in enumerate(same)]
+    res = paired_bootstrap_seeds(y, base, shifted)
+    assert res[1] < 0 < res[2] and not is_significant(res)
+    pooled = paired_bootstrap(np.tile(y, 3), np.concatenate(base), np.concatenate(shifted))
+    assert pooled[2] < 0  # pooling mixes the scales: a spurious, significant loss
+    strong = [y + rng.normal(0, 0.4, 400) for _ in range(3)]
+    better = paired_bootstrap_seeds(y, base, strong)
+    assert better[0] == pytest.approx(np.mean([roc_auc_score(y, b) - roc_auc_score(y, a)
+                                               for a, b in zip(base, strong)]))
+    assert 0 < better[1] < better[0] < better[2]
+    with pytest.raises(ValueError, match="same, non-zero number of seeds"):
+        paired_bootstrap_seeds(y, base, strong[:2])
 
 
 # ---------------------------------------------------------------- operating point

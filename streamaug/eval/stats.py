@@ -3,6 +3,8 @@
 * :func:`bootstrap_auc` - ROC AUC with a percentile bootstrap 95% CI.
 * :func:`paired_bootstrap` - AUC(b) - AUC(a) on the *same* bootstrap samples; the
   difference is significant when its 95% CI excludes 0 (:func:`is_significant`).
+* :func:`paired_bootstrap_seeds` - the same for models trained at several seeds: the per-seed
+  differences averaged on each bootstrap sample of the (shared) test set.
 * :func:`operating_point` - the threshold minimising ``(1 - TPR)^2 + FPR^2`` on a
   validation ROC curve; :func:`sens_spec_at` applies it to a test set.
 * :func:`plot_roc`, :func:`score_loader`, :func:`save_scores` / :func:`load_scores`.
@@ -190,6 +192,59 @@ def paired_bootstrap(
     diffs = resampled_auc(y, score_b, idx) - resampled_auc(y, score_a, idx)
     delta = float(roc_auc_score(y, score_b) - roc_auc_score(y, score_a))
     return (delta, *_ci(diffs, ci))
+
+
+def paired_bootstrap_seeds(
+    y: ArrayLike,
+    scores_a: Sequence[ArrayLike],
+    scores_b: Sequence[ArrayLike],
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    ci: float = 0.95,
+    stratified: bool = False,
+) -> tuple[float, float, float]:
+    """Seed-averaged paired bootstrap: ``mean_k [AUC(b_k) - AUC(a_k)]`` over seeds ``k``.
+
+    For two training recipes each run at the same seeds and scored on one test set. Every
+    bootstrap sample resamples the test *cases* once and scores all seeds' models on it, so the
+    CI holds the test-set noise and the spread between seeds. Unlike :func:`paired_bootstrap` on
+    predictions pooled over seeds, it compares rankings seed by seed: a seed whose scores sit on
+    a different scale (calibration) does not lower the AUC.
+
+    Args:
+        y: binary labels ``(n,)`` of the test set (the same cases, in the same order, for every model).
+        scores_a: baseline scores, one ``(n,)`` array per seed.
+        scores_b: compared recipe's scores, one ``(n,)`` array per seed, seeds in the same order.
+        n_boot: bootstrap samples.
+        seed: bootstrap seed.
+        ci: coverage of the interval.
+        stratified: resample within each class.
+
+    Returns:
+        ``(delta, lo, hi)``; with one seed, exactly :func:`paired_bootstrap`.
+
+    Raises:
+        ValueError: with no seeds, or a different number of seeds for ``a`` and ``b``.
+
+    Examples:
+        >>> y = np.array([0, 0, 1, 1] * 25)
+        >>> good, bad = [y + 0.1 * k for k in range(3)], [np.tile([0.2, 0.4, 0.3, 0.5], 25)] * 3
+        >>> round(paired_bootstrap_seeds(y, bad, good, n_boot=200)[0], 3)
+        0.25
+    """
+    if len(scores_a) != len(scores_b) or not scores_a:
+        raise ValueError(f"need the same, non-zero number of seeds for a and b; got {len(scores_a)} and {len(scores_b)}")
+    (y,) = _check(y)
+    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
+    diffs = np.zeros(idx.shape[0])
+    delta = 0.0
+    for a, b in zip(scores_a, scores_b):
+        y, a, b = _check(y, a, b)
+        diffs += resampled_auc(y, b, idx) - resampled_auc(y, a, idx)
+        delta += float(roc_auc_score(y, b) - roc_auc_score(y, a))
+    k = len(scores_a)
+    return (delta / k, *_ci(diffs / k, ci))
 
 
 def is_significant(result: Sequence[float]) -> bool:
