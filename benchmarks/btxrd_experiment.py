@@ -16,7 +16,8 @@ The pseudo-label threshold ``t`` is grid-searched on validation AUC (the ablatio
 region at the first seed and then used everywhere (``--budget full``: every region at the first seed).
 Outputs: ``OUT/results.json``, ``OUT/results.md``, ``OUT/roc_<region>.png``, ``OUT/samples_<region>.png``.
 Every scored run is cached in ``OUT/runs/<region>/<arm>/seed<k>/scores.json`` (reused when its config
-is unchanged), so an interrupted experiment continues where it stopped.
+is unchanged; so is a run whose filter accepted nothing), so an interrupted experiment continues where
+it stopped and a finished one re-renders its tables in a minute.
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ from streamaug.experiment import (SeedRun, grid_search_threshold, markdown_table
                                   summarize_arm)
 from streamaug.pack import pack
 from streamaug.shardlist import load_manifest, manifest_shards
+from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import KeySelect, RunConfig, rare_positive_select
 from streamaug.train.translator import TranslatorRun, train_translator
@@ -114,12 +116,18 @@ def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = 
                     seed=seed, device=ctx.device, s=ctx.s, n=ctx.n, **overrides)
     key = {"config": dataclasses.asdict(cfg), "test": [str(ctx.test_spec), ctx.test_split]}
     cache = out / "scores.json"
-    if cache.exists() and json.loads(cache.read_text()).get("key") == key:
-        saved = json.loads(cache.read_text())
-    else:
+    saved = json.loads(cache.read_text()) if cache.exists() else {}
+    if saved.get("key") == key and "error" in saved:
+        raise NoAcceptedCandidates(saved["error"])  # the same config failed before: not tried again
+    if saved.get("key") != key:
         t0 = time.perf_counter()
         shutil.rmtree(out, ignore_errors=True)  # the trainer appends to log.jsonl
-        best = train_classifier(cfg, progress=False)
+        try:
+            best = train_classifier(cfg, progress=False)
+        except NoAcceptedCandidates as err:
+            out.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"key": key, "error": str(err), "seconds": time.perf_counter() - t0}))
+            raise
         history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         yv, sv, _ = score_checkpoint(best, str(ctx.shards), split="val", region=region, device=ctx.device)
         yt, st, kt = score_checkpoint(best, ctx.test_spec, split=ctx.test_split, region=region, device=ctx.device)
@@ -151,7 +159,7 @@ def lesion_arm(ctx: Context, region: str, seed: int, arm: str, translator: Path,
             run = train_arm(ctx, region, seed, arm, tag=f"{arm}_t{t:.2f}", translator=str(translator),
                             filter_classifier=filt, filter_threshold=t, stream="lesion", augment="flip",
                             synthetic_fraction=ctx.fraction)
-        except RuntimeError as err:
+        except NoAcceptedCandidates as err:
             log(f"{region} {arm} seed {seed}, t = {t:.2f}: no run ({str(err)[:120]}...)")
             continue
         run.extra["threshold"] = t
@@ -340,7 +348,9 @@ def render_markdown(res: dict[str, Any]) -> str:
              f"Oversampling x{res['oversample']}; lesion stream {res['synthetic_fraction']:.0%} synthetic, "
              f"site size s={res['site_s']}, n={res['site_n']}.", "",
              "Test AUC: mean ± sd over seeds; pooled = predictions of all seeds concatenated, bootstrap 95% CI; "
-             "Δ = paired bootstrap vs the pooled baseline (* = CI excludes 0); sens/spec at each seed's "
+             "Δ pooled = paired bootstrap vs the pooled baseline; Δ seed-avg = the per-seed paired AUC differences "
+             "averaged on each bootstrap sample of the test set (blind to seed-to-seed calibration, which lowers "
+             "pooled AUCs); * = CI excludes 0; sens/spec at each seed's "
              "validation operating point (counts pooled); synthetic = synthetic positives used in training, "
              "mean per seed; wall = training + scoring, summed over seeds.", "",
              markdown_table(res["arms"]), ""]

@@ -23,6 +23,7 @@ _PUBLIC = {
     "load_translator": "streamaug.synth.checkpoint",
     "SynthesisStage": "streamaug.synth.stage",
     "LesionStream": "streamaug.synth.lesion_stream",
+    "NoAcceptedCandidates": "streamaug.synth.lesion_stream",
     "PseudoLabel": "streamaug.filters.pseudo_label",
     "to_int_label": "streamaug.labels",
     "make_phantom": "streamaug.phantom",

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamaug.eval import paired_bootstrap
+from streamaug.eval import paired_bootstrap, paired_bootstrap_seeds
 from streamaug.experiment import SeedRun, grid_search_threshold, markdown_table, pool_runs, summarize_arm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,8 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
     yb, sb = pool_runs(base)
     expected = paired_bootstrap(yb, sb, s, 300, 0)
     assert row["delta"] == pytest.approx(expected[0]) and row["delta_ci95"] == pytest.approx(list(expected[1:]))
+    by_seed = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in base], [r.s_test for r in aug], 300, 0)
+    assert row["delta_seeds"] == pytest.approx(by_seed[0]) and row["delta_seeds_ci95"] == pytest.approx(list(by_seed[1:]))
     assert len(row["auc_per_seed"]) == 3 and row["auc_sd"] > 0 and row["n_test"] == 120
     assert 0 <= row["sensitivity"] <= 1 and 0 <= row["specificity"] <= 1
     assert "aug" in markdown_table([summarize_arm("baseline", base, None, n_boot=300), row])
@@ -89,7 +91,7 @@ def test_driver_end_to_end_on_phantom(tmp_path):
     for row in saved["arms"]:
         values = [row["auc_mean"], row["auc_pooled"], *row["auc_ci95"], row["sensitivity"], row["specificity"]]
         if row["arm"] != "baseline":
-            values += [row["delta"], *row["delta_ci95"]]
+            values += [row["delta"], *row["delta_ci95"], row["delta_seeds"], *row["delta_seeds_ci95"]]
         assert all(math.isfinite(v) for v in values), row
     assert any(r["synthetic"] > 0 for r in saved["arms"] if r["arm"].startswith("lesion"))
     ablation = saved["threshold"]["ablation"]
@@ -115,3 +117,24 @@ def test_driver_with_a_separate_test_folder(tmp_path):
     # every row of the test folder (all of its splits) is scored; no transfer arm with one region
     assert {r["n_test"] for r in res["arms"]} == {24}
     assert [r["arm"] for r in res["arms"]] == ["baseline", "oversample", "classic", "lesion_own"]
+
+
+def test_a_run_whose_filter_accepts_nothing_is_cached_as_failed(tmp_path, monkeypatch):
+    from streamaug import NoAcceptedCandidates
+
+    driver = _driver()
+    calls = []
+
+    def refuse(cfg, progress=False):
+        calls.append(cfg.filter_threshold)
+        raise NoAcceptedCandidates("the synthesis stage accepted no candidate in 50 batches")
+
+    monkeypatch.setattr(driver, "train_classifier", refuse)
+    ctx = driver.Context(tmp_path, tmp_path / "shards", "test-spec", "test", dict(driver.BUDGETS["test"]),
+                         0.1, 5, 0.25, "cpu")
+    for _ in range(2):  # the second call reads the cached failure instead of training again
+        assert driver.lesion_arm(ctx, "upper_limb", 0, "lesion_own", tmp_path / "t.pt", "f.pt", [0.9]) is None
+    assert calls == [0.9]
+    ctx.fraction = 0.5  # another config: tried again
+    assert driver.lesion_arm(ctx, "upper_limb", 0, "lesion_own", tmp_path / "t.pt", "f.pt", [0.9]) is None
+    assert calls == [0.9, 0.9]

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from shardgen import write_shards
-from streamaug import LesionStream, PseudoLabel, SynthesisStage, XRayShards, collate_xray
+from streamaug import LesionStream, NoAcceptedCandidates, PseudoLabel, SynthesisStage, XRayShards, collate_xray
 from streamaug.sites import LesionBoxBank, SiteProposer
 
 
@@ -150,5 +150,5 @@ def test_lesion_stream_epochs_differ_and_replay(tmp_path):
 def test_filter_that_accepts_nothing_raises_instead_of_hanging(tmp_path):
     stream = _stream(tmp_path, synthetic_fraction=1.0, epoch_length=5, max_empty_batches=3,
                      filter=PseudoLabel(MeanScore(center=-5.0), threshold=0.99))
-    with pytest.raises(RuntimeError, match="accepted no candidate"):
+    with pytest.raises(NoAcceptedCandidates, match="accepted no candidate"):
         list(stream)

@@ -23,6 +23,11 @@ from ..stream import XRayShards
 from .stage import SynthesisStage
 
 
+class NoAcceptedCandidates(RuntimeError):
+    """The pseudo-label filter accepted no synthetic candidate in ``max_empty_batches`` batches: the
+    stream stops instead of spinning forever (lower the threshold or check the translator)."""
+
+
 def unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     """Split a :func:`streamaug.collate_xray` batch back into sample dicts."""
     n = len(batch["image"])
@@ -135,7 +140,7 @@ class LesionStream(torch.utils.data.IterableDataset):
                     "synthetic": True, "provenance": self.stage.provenance(result, j, batch["key"][i])})
             if accepted:
                 return
-        raise RuntimeError(
+        raise NoAcceptedCandidates(
             f"the synthesis stage accepted no candidate in {self.max_empty_batches} batches "
             f"(stats: {self.stage.stats}); lower the filter threshold, check the translator, or check "
             "that the normal shards have sites (sites=True needs lesion boxes in the manifest)")
