@@ -50,7 +50,7 @@ ARMS = ("baseline", "oversample", "classic", "lesion_own", "lesion_transfer")
 
 # cpu: 18 min measured on 2 shared CPU cores (one torch thread; the lesion stream at 10 % synthetic because
 # every accepted positive costs ~70 filtered candidates here); cpu128: a stronger baseline at 128 px
-# (~3x the time of cpu, see RESULTS.md); full: paper-like presets for one GPU.
+# (45 min measured on the same machine, see RESULTS.md); full: paper-like presets for one GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
                  patch_size=32, translator_steps=3, translator_batch=4, thresholds=(0.5, 0.9), n_boot=200,
