@@ -17,7 +17,7 @@ region at the first seed and then used everywhere (``--budget full``: every regi
 Outputs: ``OUT/results.json``, ``OUT/results.md``, ``OUT/roc_<region>.png``, ``OUT/samples_<region>.png``.
 Every scored run is cached in ``OUT/runs/<region>/<arm>/seed<k>/scores.json`` (reused when its config
 is unchanged; so is a run whose filter accepted nothing), so an interrupted experiment continues where
-it stopped and a finished one re-renders its tables in a minute.
+it stopped and a finished one re-renders its tables without training again.
 """
 from __future__ import annotations
 

@@ -318,7 +318,7 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
     """Sample RSS (main, workers) every ``every`` batches of one long stream.
 
     Returns:
-        ``samples`` ``[(batch, main_mb, workers_mb)]``, first/last (after the first sample, which
+        ``samples`` ``[(batch, main_mb, workers_mb, live_workers)]``, first/last (after the first sample, which
         includes start-up) and the least-squares slope of main and main+workers in MB per 1000
         batches.
     """
@@ -328,7 +328,7 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
         next(it)
         if i % every == 0:
             m = memory_snapshot()
-            samples.append((i, round(m["main_rss_mb"], 1), round(m["workers_rss_mb"], 1)))
+            samples.append((i, round(m["main_rss_mb"], 1), round(m["workers_rss_mb"], 1), int(m["workers"])))
     elapsed = time.perf_counter() - start
     _close(it)
     del it

@@ -19,6 +19,5 @@ from .stats import (
 )
 
 __all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
-           "paired_bootstrap",
-           "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores", "score_loader",
-           "sens_spec_at"]
+           "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores",
+           "score_loader", "sens_spec_at"]
