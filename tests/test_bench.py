@@ -68,9 +68,22 @@ def test_module_entry_point_and_scripts_import() -> None:
                          check=True, cwd=root)
     assert "--quick" in out.stdout and "--no-dicom" in out.stdout
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "for name in ('loader', 'synthesis', 'run_all'):\n"
+            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start'):\n"
             "    try:\n"
             "        runpy.run_path(f'benchmarks/{name}.py', run_name='__main__')\n"
             "    except SystemExit as e:\n"
             "        assert e.code in (0, None), (name, e.code)\n")
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+
+
+def test_memory_and_epoch_start_scripts_run(shards: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/memory.py", "--shards", str(shards / "shards"), "--batches", "4",
+                          "--every", "2", "--workers", "1", "--batch", "4"],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "batch" not in line]
+    assert [int(r[0]) for r in rows] == [2, 4] and all(float(r[1]) > 0 and int(r[3]) == 1 for r in rows)
+    assert "4 batches in" in out
+    out = subprocess.run([sys.executable, "benchmarks/epoch_start.py", "--shards", str(shards / "shards"),
+                          "--workers", "1", "--epochs", "1"], capture_output=True, text=True, check=True, cwd=root).stdout
+    assert out.startswith("cold: ") and "\nwarm: " in out and "warm / cold (median epoch) = " in out
