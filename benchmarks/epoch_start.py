@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 
@@ -50,7 +51,7 @@ def main() -> None:
                              capture_output=True, text=True, check=True)
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{mode}: seconds to the first {args.workers} batches per epoch {[round(s, 3) for s in res[mode]]}")
-    ratio = sorted(res["warm"])[len(res["warm"]) // 2] / sorted(res["cold"])[len(res["cold"]) // 2]
+    ratio = statistics.median(res["warm"]) / statistics.median(res["cold"])
     print(f"warm / cold (median epoch) = {ratio:.2f}")
 
 

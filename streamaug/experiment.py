@@ -166,6 +166,8 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
         yb, sb = pool_runs(baseline)
         delta = paired_bootstrap(yb, sb, s, n_boot, boot_seed)
         row.update(delta=delta[0], delta_ci95=[delta[1], delta[2]], significant=is_significant(delta))
+        if any(r.keys_test != runs[0].keys_test for r in runs):
+            raise ValueError(f"arm {name!r}: the seeds were scored on different test sets (keys or order)")
         by_seed = paired_bootstrap_seeds(runs[0].y_test, [r.s_test for r in baseline], [r.s_test for r in runs],
                                          n_boot, boot_seed)
         row.update(delta_seeds=by_seed[0], delta_seeds_ci95=[by_seed[1], by_seed[2]],

@@ -74,6 +74,12 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
         pool_runs(shuffled, base)
     with pytest.raises(ValueError):
         pool_runs(_runs(rng, [0, 1, 5], 1.0), base)
+    # the seed-averaged test needs every seed scored on the same test set
+    other = _runs(rng, [0, 1, 2], 1.0)
+    for r in (other[1], base[1]):
+        r.keys_test = r.keys_test[::-1]
+    with pytest.raises(ValueError, match="different test sets"):
+        summarize_arm("aug", other, base, n_boot=50)
 
 
 def test_driver_end_to_end_on_phantom(tmp_path):
