@@ -12,8 +12,9 @@ cut (lesion images) or where a synthetic lesion may be translated in (normal ima
   from an integral image, O(1) per crop (numba kernels in :mod:`streamaug._site_kernels`).
 
 Randomness is a pure function of ``(seed, epoch, sample key)``, so the same sample gets the same
-sites in any worker, in any process and in any order: the generator's PCG64 state is a SHAKE-256
-hash of the three (:func:`sample_rng`).
+sites in any worker, in any process and in any order: a SplitMix64 generator starts from a SHAKE-256
+hash of the three (:func:`sample_seed`). Each image's proposal is one compiled call
+(:mod:`streamaug._propose_kernels`), which also draws its random numbers.
 """
 from __future__ import annotations
 
@@ -24,52 +25,41 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamaug import _propose_kernels as _pk
 from streamaug import _site_kernels as _k
 from streamaug._site_kernels import box_means, crop_means, integral_image, lesion_crops, parse_boxes
 from streamaug.labels import to_int_label
 from streamaug.lesion_bank import LesionBoxBank
 
-__all__ = ["LesionBoxBank", "SiteProposer", "sample_rng", "integral_image", "box_means", "crop_means",
+__all__ = ["LesionBoxBank", "SiteProposer", "sample_seed", "integral_image", "box_means", "crop_means",
            "lesion_crops", "parse_boxes"]
 
 _EMPTY = np.zeros((0, 4), dtype=np.int64)
+_NO_BUFFER = np.empty(0, dtype=np.float64)
 _MASK64 = (1 << 64) - 1
 
 
 # --------------------------------------------------------------------------- randomness
-class _HashSeed(np.random.bit_generator.ISeedSequence):
-    """Seed words from a SHAKE-256 hash of ``data``, read little-endian (same on every platform).
-    ~1 us where ``np.random.SeedSequence`` costs ~10 us per sample."""
-
-    __slots__ = ("_data",)
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    def generate_state(self, n_words: int, dtype: Any = np.uint32) -> np.ndarray:
-        """``n_words`` words of ``dtype`` (``uint32`` or ``uint64``)."""
-        dt = np.dtype(dtype)
-        raw = hashlib.shake_256(self._data).digest(int(n_words) * dt.itemsize)
-        return np.frombuffer(raw, dtype=dt.newbyteorder("<")).astype(dt)
-
-
-def sample_rng(seed: int, epoch: int, key: str) -> np.random.Generator:
-    """A fresh PCG64 generator seeded by a hash of ``(seed, epoch, key)`` only (a pure function).
+def sample_seed(seed: int, epoch: int, key: str) -> int:
+    """The 64-bit start state of one sample's generator: a hash of ``(seed, epoch, key)`` only.
 
     Args:
         seed: base seed (taken modulo ``2**64``).
         epoch: epoch (taken modulo ``2**64``).
         key: the sample key (its UTF-8 bytes are hashed in full, so distinct keys give distinct
-            streams up to hash collisions).
+            states up to hash collisions).
+
+    Returns:
+        an int in ``[0, 2**64)``: the first 8 bytes of SHAKE-256, little-endian (the same on every
+        platform and in every interpreter, whatever ``PYTHONHASHSEED``).
 
     Examples:
-        >>> a, b = sample_rng(0, 1, "IMG1"), sample_rng(0, 1, "IMG1")
-        >>> bool(a.random() == b.random()), bool(sample_rng(0, 2, "IMG1").random() == a.random())
+        >>> sample_seed(0, 1, "IMG1") == sample_seed(0, 1, "IMG1"), sample_seed(0, 1, "IMG1") == sample_seed(0, 2, "IMG1")
         (True, False)
     """
-    data = (b"streamaug.sites/1" + (int(seed) & _MASK64).to_bytes(8, "little")
+    data = (b"streamaug.sites/2" + (int(seed) & _MASK64).to_bytes(8, "little")
             + (int(epoch) & _MASK64).to_bytes(8, "little") + str(key).encode("utf-8"))
-    return np.random.Generator(np.random.PCG64(_HashSeed(data)))
+    return int.from_bytes(hashlib.shake_256(data).digest(8), "little")
 
 
 # --------------------------------------------------------------------------- the stage
@@ -89,16 +79,18 @@ class SiteProposer:
     Attributes:
         epoch: mixed into the per-sample seed; set it with :meth:`set_epoch`.
         stats: counters of this process (each DataLoader worker keeps its own copy):
-            ``images``, ``proposed``, ``dropped_dark``, ``dropped_cap``, ``kept``, and
-            ``match_level_1``/``_2``/``_3`` (see :meth:`LesionBoxBank.match`).
+            ``images``, ``proposed``, ``dropped_dark``, ``dropped_cap``, ``kept``,
+            ``match_level_1``/``_2``/``_3`` (see :meth:`LesionBoxBank.match`) and
+            ``integral_images`` (normal images whose crop means came from an integral image).
 
     Crop means of normal images are summed directly when the crops' total area is below ``H x W``
     (the usual case: ~0.3 ``H x W`` for BTXRD boxes), else read from an integral image; for that,
     each process keeps one scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest image seen
-    (33 MB at 2048x2048), allocated on first use, reused across samples and not pickled. The numba
-    kernels are compiled, or loaded from numba's disk cache, when the proposer is built (~0.5 s once
-    per process), so forked DataLoader workers inherit them instead of each loading them again at
-    every epoch's start; a process that unpickles a proposer (spawn) loads them on first use.
+    (33 MB at 2048x2048), allocated on first use, reused across samples and not pickled. Each image
+    is one call of a compiled kernel (:mod:`streamaug._propose_kernels`); the kernels are compiled,
+    or loaded from numba's disk cache, when the proposer is built (~0.5 s once per process), so
+    forked DataLoader workers inherit them instead of each loading them again at every epoch's
+    start; a process that unpickles a proposer (spawn) loads them on first use.
 
     Examples:
         >>> bank = LesionBoxBank.from_records(
@@ -110,7 +102,7 @@ class SiteProposer:
     """
 
     _STAT_KEYS = ("images", "proposed", "dropped_dark", "dropped_cap", "kept",
-                  "match_level_1", "match_level_2", "match_level_3")
+                  "match_level_1", "match_level_2", "match_level_3", "integral_images")
 
     def __init__(
         self,
@@ -143,7 +135,7 @@ class SiteProposer:
         self.epoch = 0
         self.stats: dict[str, int] = dict.fromkeys(self._STAT_KEYS, 0)
         self._buffer: np.ndarray | None = None  # integral-image scratch, per process
-        _k.warm_up()  # before any fork: workers inherit the compiled kernels
+        _warm_up()  # before any fork: workers inherit the compiled kernels
 
     def __repr__(self) -> str:
         bank = f"{len(self.bank)} records" if self.bank is not None else None
@@ -154,9 +146,9 @@ class SiteProposer:
         """Vary the sites per epoch (same epoch, same sites)."""
         self.epoch = int(epoch)
 
-    def rng_for(self, key: str) -> np.random.Generator:
-        """The generator for one sample: :func:`sample_rng` of ``(seed, epoch, key)``."""
-        return sample_rng(self.seed, self.epoch, key)
+    def seed_for(self, key: str) -> np.uint64:
+        """The generator start state for one sample: :func:`sample_seed` of ``(seed, epoch, key)``."""
+        return np.uint64(sample_seed(self.seed, self.epoch, key))
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, Any]:
         """Return a shallow copy of ``sample`` with ``sites`` (int64 tensor ``(m, 4)``) added.
@@ -180,71 +172,65 @@ class SiteProposer:
             meta: reads ``region`` and ``view`` (used for label 0).
             key: the sample key seeding the generator.
         """
-        _k.warm_up()
+        _warm_up()
         img = _as_2d(image)
         height, width = img.shape
         if isinstance(label, (torch.Tensor, np.generic)):
             label = label.item()
         lab = label if isinstance(label, int) and label in (-1, 0, 1) else to_int_label(label)
-        self.stats["images"] += 1
-        if lab < 0 or height == 0 or width == 0:
+        stats = self.stats
+        stats["images"] += 1
+        if lab < 0 or height == 0 or width == 0 or (lab == 0 and (self.bank is None or len(self.bank) == 0)):
             return _EMPTY.copy()
-        rng = self.rng_for(key)
+        cap = -1 if self.max_sites is None else self.max_sites
+        dark = 0
         if lab == 1:
-            b = parse_boxes(boxes)
-            sites = lesion_crops(b, height, width, self.s, rng, min_size=self.min_size)
-            self.stats["proposed"] += len(sites)
+            sites, proposed = _pk.lesion_sites_kernel(parse_boxes(boxes), self.s, self.min_size, height, width,
+                                                      self.seed_for(key), cap)
         else:
-            cands = self.candidates(height, width, meta, rng)
-            self.stats["proposed"] += len(cands)
-            sites = self._drop_dark(img, cands)
-        return self._cap(sites, rng)
+            pool, level = self.bank.match(meta.get("region"), meta.get("view"))
+            stats[f"match_level_{level}"] += 1
+            sites, proposed, dark, used_integral, buffer = _pk.normal_sites_kernel(
+                img, pool, self.bank.boxes, self.bank.offsets, self.bank.sizes, self.n, self.s, self.min_size,
+                self.min_intensity, self.seed_for(key), cap, _NO_BUFFER if self._buffer is None else self._buffer)
+            if used_integral:
+                self._buffer = buffer
+                stats["integral_images"] += 1
+            stats["dropped_dark"] += dark
+        stats["proposed"] += proposed
+        stats["dropped_cap"] += proposed - dark - len(sites)
+        stats["kept"] += len(sites)
+        return sites
 
-    def candidates(
-        self, height: int, width: int, meta: Mapping[str, Any], rng: np.random.Generator
-    ) -> np.ndarray:
-        """Unfiltered crops for a normal image: ``n`` matched records' boxes, scaled and placed.
+    def candidates(self, height: int, width: int, meta: Mapping[str, Any], key: str) -> np.ndarray:
+        """The unfiltered crops :meth:`propose` draws for a normal image of this size, meta and key:
+        ``n`` matched records' boxes, scaled and placed (before the intensity filter and the cap).
 
         Returns:
             ``(m, 4)`` int64; empty without a bank.
         """
+        _warm_up()
         if self.bank is None or len(self.bank) == 0:
             return _EMPTY.copy()
-        pool, level = self.bank.match(meta.get("region"), meta.get("view"))
-        self.stats[f"match_level_{level}"] += 1
-        picks = rng.choice(pool, size=min(self.n, len(pool)), replace=False)
-        boxes = self.bank.boxes_of(picks, height, width)
-        return lesion_crops(boxes, height, width, self.s, rng, min_size=self.min_size)
-
-    def _drop_dark(self, img: np.ndarray, crops: np.ndarray) -> np.ndarray:
-        """Crops (int64, C-contiguous, inside ``img``) whose mean is at least ``min_intensity``."""
-        if len(crops) == 0 or self.min_intensity <= 0:
-            return crops
-        height, width = img.shape
-        if _k.direct_is_cheaper(crops, height, width):
-            means = _k.crop_means_kernel(img, crops)
-        else:
-            means = _k.box_means_kernel(integral_image(img, self._integral_buffer(height, width)), crops)
-        keep = means >= self.min_intensity
-        self.stats["dropped_dark"] += int((~keep).sum())
-        return crops[keep]
-
-    def _integral_buffer(self, height: int, width: int) -> np.ndarray:
-        """A reused ``(H + 1, W + 1)`` float64 view of one growing flat buffer (never pickled)."""
-        size = (height + 1) * (width + 1)
-        if self._buffer is None or self._buffer.size < size:
-            self._buffer = np.empty(size, dtype=np.float64)
-        return self._buffer[:size].reshape(height + 1, width + 1)
+        pool, _ = self.bank.match(meta.get("region"), meta.get("view"))
+        state = np.array([self.seed_for(key)], dtype=np.uint64)
+        return _pk.normal_candidates_kernel(pool, self.bank.boxes, self.bank.offsets, self.bank.sizes, self.n,
+                                            self.s, self.min_size, int(height), int(width), state)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_buffer": None}
 
-    def _cap(self, sites: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        if self.max_sites is not None and len(sites) > self.max_sites:
-            self.stats["dropped_cap"] += len(sites) - self.max_sites
-            sites = sites[np.sort(rng.choice(len(sites), size=self.max_sites, replace=False))]
-        self.stats["kept"] += len(sites)
-        return np.ascontiguousarray(sites, dtype=np.int64)
+
+def _warm_up() -> None:
+    """Compile or load every site kernel once per process (idempotent)."""
+    global _WARM
+    if not _WARM:
+        _k.warm_up()
+        _pk.warm_up()
+        _WARM = True
+
+
+_WARM = False
 
 
 def _as_2d(image: Any) -> np.ndarray:
