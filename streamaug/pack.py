@@ -56,7 +56,7 @@ __all__ = ["pack", "main", "parse_boxes", "PackError", "MANIFEST_FORMAT"]
 
 MANIFEST_FORMAT = "streamaug-shards/1"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
-_MTIME = 946684800.0  # 2000-01-01: fixed so shards are byte-reproducible
+_MTIME = 946684800  # 2000-01-01: fixed so shards are byte-reproducible; an int, so no pax header per file
 
 
 class PackError(ValueError):

@@ -19,7 +19,6 @@ from __future__ import annotations
 import io
 import json
 import multiprocessing
-import tarfile
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -28,6 +27,7 @@ import torch
 from webdataset.tariterators import base_plus_ext
 
 from .distributed import Slot, current_slot
+from .io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
 from .labels import to_int_label
 from .shardlist import ShardError, expand_urls, find_manifest, plan_epoch, scan_metadata, shard_counts
 
@@ -74,11 +74,9 @@ def read_tar(shard: str, on_error: str, counters: _Counters) -> Iterator[dict[st
     """
     current: dict[str, Any] | None = None
     try:
-        with tarfile.open(shard, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                key, ext = base_plus_ext(member.name)
+        with open_tar_stream(shard) as fh:
+            for name, data in iter_tar_files(fh):
+                key, ext = base_plus_ext(name)
                 if key is None:
                     continue
                 if current is not None and current["__key__"] != key:
@@ -86,8 +84,8 @@ def read_tar(shard: str, on_error: str, counters: _Counters) -> Iterator[dict[st
                     current = None
                 if current is None:
                     current = {"__key__": key, "__url__": shard}
-                current[ext.lower()] = tar.extractfile(member).read()
-    except (tarfile.TarError, OSError, EOFError) as err:
+                current[ext.lower()] = data
+    except READ_ERRORS as err:
         at = f" after key {current['__key__']!r}" if current else ""
         if on_error == "raise":
             raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "

@@ -1,0 +1,153 @@
+"""A fast reader for the regular files of a tar stream (the hot path of :func:`streamaug.stream.read_tar`).
+
+Why not :mod:`tarfile`: parsing each 512-byte header in Python through ``tarfile`` cost ~50 us per
+member (~160 us per three-file sample, 15 % of decoding a 256-px BTXRD sample on one core). This
+reader parses the fields a shard needs with a few slices, ~10x faster. It reads ustar, pax
+(``x``/``g`` records: ``path``, ``size``) and GNU long names (``L``); other member types
+(directories, links, devices, GNU sparse) are skipped with their data. Compressed shards
+(gzip, bzip2, xz) are read through the standard library's decompressors.
+
+It is stricter than ``tarfile`` where ``tarfile`` loses data silently: a header with a bad
+checksum after the first member raises instead of ending the archive there. Errors are
+:class:`tarfile.ReadError` subclasses, so callers handle them like ``tarfile``'s.
+"""
+from __future__ import annotations
+
+import bz2
+import gzip
+import lzma
+import os
+import tarfile
+import zlib
+from typing import BinaryIO, Iterator
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
+#: what reading a damaged (possibly compressed) shard can raise
+READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+
+
+class TarTruncated(tarfile.ReadError):
+    """The stream ended inside a header or a member's data."""
+
+
+class TarHeaderError(tarfile.ReadError):
+    """A header failed its checksum or holds an unreadable field."""
+
+
+def open_tar_stream(path: str | os.PathLike) -> BinaryIO:
+    """Open a tar file for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes."""
+    fh = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
+    magic = fh.peek(6)[:6]
+    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
+    for prefix, open_compressed in opener.items():
+        if magic.startswith(prefix):
+            fh.close()
+            return open_compressed(path, "rb")  # type: ignore[return-value]
+    return fh
+
+
+def _read_exact(fh: BinaryIO, size: int, what: str) -> bytes:
+    data = fh.read(size)
+    if len(data) != size:
+        raise TarTruncated(f"unexpected end of data in {what} ({len(data)} of {size} bytes)")
+    return data
+
+
+def _number(field: bytes) -> int:
+    """A numeric header field: octal text, or base-256 when the first byte has its high bit set."""
+    if field[0] in (0x80, 0xFF):
+        value = int.from_bytes(field[1:], "big")
+        return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
+    text = field.split(b"\0", 1)[0].strip()
+    try:
+        return int(text, 8) if text else 0
+    except ValueError as err:
+        raise TarHeaderError(f"bad numeric field {field!r}") from err
+
+
+def _checksum_ok(header: bytes) -> bool:
+    try:
+        stored = _number(header[148:156])
+    except TarHeaderError:
+        return False
+    unsigned = sum(header) - sum(header[148:156]) + 256  # the checksum field counts as 8 spaces
+    if stored == unsigned:
+        return True
+    signed = sum(b - 256 if b > 127 else b for b in header[:148] + header[156:]) + 256
+    return stored == signed
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """``"%d key=value\\n"`` records of a pax header."""
+    out, pos = {}, 0
+    while pos < len(data) and data[pos:pos + 1] != b"\0":
+        space = data.find(b" ", pos)
+        try:
+            length = int(data[pos:space])
+        except ValueError as err:
+            raise TarHeaderError(f"bad pax record at byte {pos}") from err
+        if space < 0 or length <= 0:
+            raise TarHeaderError(f"bad pax record at byte {pos}")
+        key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+        out[key.decode("utf-8", "replace")] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return out
+
+
+def iter_tar_files(fh: BinaryIO) -> Iterator[tuple[str, bytes]]:
+    """``(name, data)`` of every regular file of the tar stream ``fh``, in archive order.
+
+    Ends at the end-of-archive block or at a clean end of the stream between members.
+
+    Raises:
+        TarTruncated: the stream ends inside a header or a member's data.
+        TarHeaderError: a header's checksum or a field is wrong.
+
+    Examples:
+        >>> import io, tarfile
+        >>> buf = io.BytesIO()
+        >>> with tarfile.open(fileobj=buf, mode="w") as tar:
+        ...     info = tarfile.TarInfo("a.txt"); info.size = 2
+        ...     tar.addfile(info, io.BytesIO(b"hi"))
+        >>> _ = buf.seek(0)
+        >>> list(iter_tar_files(buf))
+        [('a.txt', b'hi')]
+    """
+    pax_global: dict[str, str] = {}
+    pax: dict[str, str] = {}
+    long_name: str | None = None
+    first = True
+    while True:
+        header = fh.read(BLOCK)
+        if not header or header == _ZERO_BLOCK:
+            return
+        if len(header) != BLOCK:
+            raise TarTruncated(f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
+        if not _checksum_ok(header):
+            raise TarHeaderError("bad header checksum" + (" (not a tar file?)" if first else ""))
+        first = False
+        kind = header[156:157]
+        fields = {**pax_global, **pax}
+        size = int(fields["size"]) if "size" in fields and kind in _REGULAR else _number(header[124:136])
+        data = _read_exact(fh, size, "a member") if size else b""
+        pad = -size % BLOCK
+        if pad:
+            _read_exact(fh, pad, "a member's padding")
+        if kind == b"x":
+            pax = _pax_records(data)
+        elif kind == b"g":
+            pax_global.update(_pax_records(data))
+        elif kind == b"L":
+            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+        else:
+            if kind in _REGULAR:
+                name = fields.get("path") or long_name
+                if name is None:
+                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                    if header[257:262] == b"ustar" and header[345] != 0:
+                        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                        name = f"{prefix}/{name}"
+                yield name, data
+            pax, long_name = {}, None

@@ -1,0 +1,99 @@
+"""Tests for streamaug.io.tar: the fast tar reader agrees with tarfile and fails loudly on damage."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from streamaug.io.tar import TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
+
+FILES = [("k1.png", b"\x89PNG" * 300), ("k1.json", b'{"label": 1}'), ("k2.png", b""),
+         ("d" * 60 + "/" + "e" * 70 + ".png", b"long path, ustar prefix or pax/GNU name"),
+         ("n" * 150 + ".dcm", b"a name no ustar header can hold" * 40), ("caf\u00e9.png", b"utf-8")]
+
+
+def _write(path, fmt, mode="w", mtime=946684800.0):
+    with tarfile.open(path, mode, format=fmt) as tar:
+        folder = tarfile.TarInfo("somedir")
+        folder.type = tarfile.DIRTYPE
+        tar.addfile(folder)
+        link = tarfile.TarInfo("alias.png")
+        link.type, link.linkname = tarfile.SYMTYPE, "k1.png"
+        tar.addfile(link)
+        for name, data in FILES:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), mtime
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _read(path):
+    with open_tar_stream(path) as fh:
+        return list(iter_tar_files(fh))
+
+
+def _reference(path):
+    with tarfile.open(path, "r:*") as tar:
+        return [(m.name, tar.extractfile(m).read()) for m in tar if m.isfile()]
+
+
+@pytest.mark.parametrize("fmt", [tarfile.PAX_FORMAT, tarfile.GNU_FORMAT])
+@pytest.mark.parametrize("mode,suffix", [("w", ".tar"), ("w:gz", ".tar.gz"), ("w:bz2", ".tar.bz2"),
+                                         ("w:xz", ".tar.xz")])
+def test_reads_what_tarfile_reads(tmp_path, fmt, mode, suffix):
+    path = _write(tmp_path / f"s{suffix}", fmt, mode)
+    got = _read(path)
+    assert got == _reference(path) == FILES  # directory and symlink skipped, long names whole
+
+
+def test_ustar_prefix_and_integer_mtime(tmp_path):
+    path = tmp_path / "u.tar"
+    files = [f for f in FILES if len(f[0]) < 150 and f[0].isascii()]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in files:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime = len(data), 946684800
+            tar.addfile(info, io.BytesIO(data))
+    assert _read(path) == files == _reference(path) and len(files) == 4  # one name needs the prefix field
+
+
+def test_archive_without_end_blocks_ends_cleanly(tmp_path):
+    path = _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
+    data = path.read_bytes().rstrip(b"\0")
+    last = len(FILES[-1][1])
+    path.write_bytes(data + bytes(-len(data) % 512))  # cut the end-of-archive blocks only
+    assert len(data) % 512 == last % 512
+    assert _read(path) == FILES
+
+
+@pytest.mark.parametrize("where", ["header", "data"])
+def test_truncated_archive_raises(tmp_path, where):
+    path = _write(tmp_path / "s.tar", tarfile.GNU_FORMAT)
+    data = path.read_bytes()
+    at = data.find(b"k1.json") + 100 if where == "header" else data.find(b"\x89PNG") + 700
+    path.write_bytes(data[:at])
+    with pytest.raises(TarTruncated, match="unexpected end of data"):
+        _read(path)
+
+
+def test_bad_checksum_raises_where_tarfile_stops_silently(tmp_path):
+    path = _write(tmp_path / "s.tar", tarfile.GNU_FORMAT)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"k1.json")  # the name field of the third member's header
+    data[start] = ord("K")
+    path.write_bytes(bytes(data))
+    with tarfile.open(path) as tar:
+        assert [m.name for m in tar if m.isfile()] == ["k1.png"]  # tarfile: the rest is lost, no error
+    with pytest.raises(TarHeaderError, match="checksum"):
+        _read(path)
+    (tmp_path / "x.tar").write_bytes(b"this is not a tar file" * 40)
+    with pytest.raises(TarHeaderError, match="not a tar file"):
+        _read(tmp_path / "x.tar")
+
+
+def test_numeric_fields():
+    assert _number(b"0000644\0") == 0o644 and _number(b"       \0") == 0
+    assert _number(b"\x80" + (10 * 2**33).to_bytes(11, "big")) == 10 * 2**33  # base-256 (> 8 GiB)
+    with pytest.raises(TarHeaderError):
+        _number(b"12x4\0")
