@@ -5,7 +5,9 @@ Usage: ``python benchmarks/loader.py --shards /tmp/shards/btxrd [--workers 0 2] 
 Loaders, measured alternating (plain, stream+sites, stream, plain, ...) for ``--rounds`` rounds:
 
 - ``plain wds``: ``webdataset.WebDataset(urls, shardshuffle=False).decode("torchl")`` (image and
-  mask to float tensors, JSON parsed), repeated; batched with ``collate_xray``.
+  mask to float tensors, JSON parsed), repeated; batched with ``collate_xray(shared=False)`` (stacking
+  into shared memory in the workers made this loader ~9 % slower on the 2-core sandbox; see
+  ``collate_xray``'s docstring).
 - ``stream+sites``: ``XRayShards(urls, resampled=True, sites=True)`` (lesion boxes from the manifest).
 - ``stream``: the same without site proposal.
 

@@ -54,13 +54,31 @@ class Ragged(Sequence):
         return f"Ragged({len(self)} items, {len(self.data)} rows)"
 
 
-def collate_xray(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def _stack(values: list[torch.Tensor], shared: bool) -> torch.Tensor:
+    """``torch.stack``; with ``shared`` and inside a DataLoader worker, straight into shared memory
+    (as torch's ``default_collate`` does), so sending the batch to the main process copies nothing more."""
+    if not shared or torch.utils.data.get_worker_info() is None:
+        return torch.stack(values)
+    elem = values[0]
+    storage = elem._typed_storage()._new_shared(len(values) * elem.numel(), device=elem.device)
+    return torch.stack(values, out=elem.new(storage).resize_(len(values), *elem.shape))
+
+
+def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = True) -> dict[str, Any]:
     """Batch samples from :class:`streamaug.XRayShards` or :class:`streamaug.LesionStream`.
 
     ``image`` (and ``mask`` when every sample has one) are stacked to ``(B, 1, H, W)``;
     ``label`` becomes a ``(B,)`` long tensor and ``synthetic`` a ``(B,)`` bool tensor;
     ``boxes`` and ``sites`` become :class:`Ragged` sequences of ``(k_i, 4)`` tensors; everything
     else (``key``, ``meta``, ``provenance``) stays a list.
+
+    Args:
+        samples: sample dicts.
+        shared: inside a DataLoader worker, stack ``image`` and ``mask`` directly into shared
+            memory (saves one copy of the batch on its way to the main process). Measured on
+            the 2-core sandbox (``benchmarks/RESULTS.md``): +1-5 % for ``XRayShards``, but -9 %
+            for a plain WebDataset decode, whose per-sample buffers glibc then maps and unmaps
+            per sample (its dynamic mmap threshold no longer grows): pass ``False`` there.
 
     Raises:
         ValueError: when images differ in size (pass ``resize=`` to the stream).
@@ -75,7 +93,7 @@ def collate_xray(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
         values = [s.get(name) for s in samples]
         if name in _STACKED:
             if all(v is not None for v in values):
-                batch[name] = torch.stack(values)
+                batch[name] = _stack(values, shared)
         elif name in _RAGGED and all(v is not None for v in values):
             batch[name] = Ragged.from_list(values)
         elif name == "label":

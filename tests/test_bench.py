@@ -68,7 +68,7 @@ def test_module_entry_point_and_scripts_import() -> None:
                          check=True, cwd=root)
     assert "--quick" in out.stdout and "--no-dicom" in out.stdout
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start'):\n"
+            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start', 'collate'):\n"
             "    try:\n"
             "        runpy.run_path(f'benchmarks/{name}.py', run_name='__main__')\n"
             "    except SystemExit as e:\n"
@@ -87,3 +87,13 @@ def test_memory_and_epoch_start_scripts_run(shards: Path) -> None:
     out = subprocess.run([sys.executable, "benchmarks/epoch_start.py", "--shards", str(shards / "shards"),
                           "--workers", "1", "--epochs", "1"], capture_output=True, text=True, check=True, cwd=root).stdout
     assert out.startswith("cold: ") and "\nwarm: " in out and "warm / cold (median epoch) = " in out
+
+
+def test_collate_script_runs(shards: Path) -> None:
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "benchmarks/collate.py", "--shards", str(shards / "shards"), "--workers", "1",
+                          "--batch", "4", "--rounds", "1", "--seconds", "0.05"],
+                         capture_output=True, text=True, check=True, cwd=root).stdout
+    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "img/s" not in line]
+    assert [r[0].strip() for r in rows] == ["plain wds", "stream+sites"]
+    assert all(float(v) > 0 for r in rows for v in r[1:])

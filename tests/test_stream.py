@@ -8,6 +8,7 @@ import sys
 import tarfile
 import textwrap
 from collections import Counter
+from functools import partial
 
 import pytest
 import torch
@@ -173,6 +174,24 @@ def test_collate_stacks_images_and_lists_the_rest(tmp_path):
     batch = collate_xray(list(XRayShards(tmp_path, shuffle=False)))
     assert batch["image"].shape == (4, 1, 16, 16) and batch["label"].tolist() == [1, 0, 0, 0]
     assert len(batch["boxes"]) == 4 and batch["boxes"][0].shape == (1, 4) and batch["boxes"][1].shape == (0, 4)
+
+
+def _sample_with_mask(i):
+    return {"key": f"k{i}", "image": torch.full((1, 8, 8), i / 4), "mask": torch.ones(1, 8, 8), "label": 0}
+
+
+def _stacked_in_shared_memory(samples, shared):
+    batch = collate_xray(samples, shared=shared)
+    return batch["image"].is_shared(), batch["mask"].is_shared(), torch.equal(batch["image"][1], samples[1]["image"])
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_collate_stacks_into_shared_memory_in_workers(shared):
+    samples = [_sample_with_mask(i) for i in range(4)]
+    assert _stacked_in_shared_memory(samples, shared) == (False, False, True)  # main process: plain stack
+    collate = partial(_stacked_in_shared_memory, shared=shared)
+    loader = DataLoader(samples, batch_size=4, num_workers=1, collate_fn=collate)
+    assert list(loader) == [(shared, shared, True)]
 
 
 def test_torchrun_two_ranks_gloo(tmp_path):
