@@ -6,7 +6,8 @@ Four loaders on the same shards, workers and batch size, measured alternating: t
 WebDataset decode (see ``benchmarks/loader.py``) and ``XRayShards(resampled=True, sites=True)``,
 each batched by ``collate_xray(shared=True)`` and ``collate_xray(shared=False)``. Prints img/s
 (median over rounds) and, per loader, shared / copy (median of per-round ratios). Run it again
-with ``MALLOC_MMAP_THRESHOLD_=16777216`` to see glibc's allocator's part in the difference.
+with ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=67108864`` to see glibc malloc's part
+in the difference.
 """
 from __future__ import annotations
 

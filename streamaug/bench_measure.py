@@ -126,11 +126,12 @@ def make_lesion_stream(urls: Sequence[str], *, workers: int, batch: int, preset:
 
 
 def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Sequence[str] = KINDS,
-                     device: str = "cpu", preset: str = "tiny") -> dict[str, LoaderFactory]:
+                     device: str = "cpu", preset: str = "tiny", plain_shared: bool = False) -> dict[str, LoaderFactory]:
     """One factory per kind; every kind uses the same shards, ``batch`` and ``workers``.
 
-    ``plain``: :func:`plain_dataset`, batched by ``collate_xray(shared=False)``; ``stream``/``stream_sites``: ``XRayShards(resampled=True)``
-    without/with ``sites=True``; ``synth``: :func:`make_lesion_stream` (its own ``workers``).
+    ``plain``: :func:`plain_dataset`, batched by ``collate_xray(shared=plain_shared)``;
+    ``stream``/``stream_sites``: ``XRayShards(resampled=True)`` without/with ``sites=True``;
+    ``synth``: :func:`make_lesion_stream` (its own ``workers``).
     """
     from torch.utils.data import DataLoader
 
@@ -141,8 +142,8 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
 
     out: dict[str, LoaderFactory] = {}
     for kind in kinds:
-        if kind == "plain":  # stacking into shared memory slowed the plain decode here: its faster setting
-            out[kind] = (lambda d: lambda: d)(dl(plain_dataset(urls), shared=False))
+        if kind == "plain":  # default: no shared stacking, the plain decode's faster setting here
+            out[kind] = (lambda d: lambda: d)(dl(plain_dataset(urls), shared=plain_shared))
         elif kind in ("stream", "stream_sites"):
             ds = XRayShards(list(urls), resampled=True, sites=True if kind == "stream_sites" else None)
             out[kind] = (lambda d: lambda: d)(dl(ds))

@@ -75,10 +75,11 @@ def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = True) -> dict
     Args:
         samples: sample dicts.
         shared: inside a DataLoader worker, stack ``image`` and ``mask`` directly into shared
-            memory (saves one copy of the batch on its way to the main process). Measured on
-            the 2-core sandbox (``benchmarks/RESULTS.md``): +1-5 % for ``XRayShards``, but -9 %
-            for a plain WebDataset decode, whose per-sample buffers glibc then maps and unmaps
-            per sample (its dynamic mmap threshold no longer grows): pass ``False`` there.
+            memory (saves one copy of the batch on its way to the main process). On the 2-core
+            sandbox (``benchmarks/collate.py``, RESULTS.md) it gave ``XRayShards`` +3 % but a plain
+            WebDataset decode -8 to -16 %, an interaction with glibc's malloc thresholds: with
+            ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=67108864`` both gained 4 %.
+            Pass ``False`` where it measures slower.
 
     Raises:
         ValueError: when images differ in size (pass ``resize=`` to the stream).
