@@ -5,10 +5,7 @@ Usage: ``python benchmarks/loader.py --shards /tmp/shards/btxrd [--workers 0 2] 
 Loaders, measured alternating (plain, stream+sites, stream, plain, ...) for ``--rounds`` rounds:
 
 - ``plain wds``: ``webdataset.WebDataset(urls, shardshuffle=False).decode("torchl")`` (image and
-  mask to float tensors, JSON parsed), repeated; batched with ``collate_xray(shared=False)`` (or
-  ``True`` with ``--plain-shared``; stacking
-  into shared memory in the workers made this loader 8-16 % slower on the 2-core sandbox with
-  glibc's default malloc settings; ``benchmarks/collate.py``).
+  mask to float tensors, JSON parsed), repeated; batched with ``collate_xray``.
 - ``stream+sites``: ``XRayShards(urls, resampled=True, sites=True)`` (lesion boxes from the manifest).
 - ``stream``: the same without site proposal.
 
@@ -35,15 +32,13 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--plain-shared", action="store_true",
-                    help="batch the plain loader with collate_xray(shared=True) (faster with a tuned malloc)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args()
     urls = expand_urls(args.shards, args.split)
     results = []
     for workers in args.workers:
         factories = loader_factories(urls, workers=workers, batch=args.batch,
-                                     kinds=("plain", "stream_sites", "stream"), plain_shared=args.plain_shared)
+                                     kinds=("plain", "stream_sites", "stream"))
         c = compare(factories, rounds=args.rounds, seconds=args.seconds, baseline="plain")
         results.append({"dataset": f"{args.split} ({len(urls)} shards)", "workers": workers,
                         "batch": args.batch, "compare": c})

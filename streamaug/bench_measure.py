@@ -22,7 +22,6 @@ import io
 import os
 import statistics
 import time
-from functools import partial
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -126,24 +125,23 @@ def make_lesion_stream(urls: Sequence[str], *, workers: int, batch: int, preset:
 
 
 def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Sequence[str] = KINDS,
-                     device: str = "cpu", preset: str = "tiny", plain_shared: bool = False) -> dict[str, LoaderFactory]:
+                     device: str = "cpu", preset: str = "tiny") -> dict[str, LoaderFactory]:
     """One factory per kind; every kind uses the same shards, ``batch`` and ``workers``.
 
-    ``plain``: :func:`plain_dataset`, batched by ``collate_xray(shared=plain_shared)``;
-    ``stream``/``stream_sites``: ``XRayShards(resampled=True)`` without/with ``sites=True``;
-    ``synth``: :func:`make_lesion_stream` (its own ``workers``).
+    ``plain``: :func:`plain_dataset`; ``stream``/``stream_sites``: ``XRayShards(resampled=True)``
+    without/with ``sites=True``; ``synth``: :func:`make_lesion_stream` (its own ``workers``).
     """
     from torch.utils.data import DataLoader
 
     from .stream import XRayShards
 
-    def dl(ds: Any, shared: bool = True) -> DataLoader:
-        return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=partial(collate_xray, shared=shared))
+    def dl(ds: Any) -> DataLoader:
+        return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_xray)
 
     out: dict[str, LoaderFactory] = {}
     for kind in kinds:
-        if kind == "plain":  # default: no shared stacking, the plain decode's faster setting here
-            out[kind] = (lambda d: lambda: d)(dl(plain_dataset(urls), shared=plain_shared))
+        if kind == "plain":
+            out[kind] = (lambda d: lambda: d)(dl(plain_dataset(urls)))
         elif kind in ("stream", "stream_sites"):
             ds = XRayShards(list(urls), resampled=True, sites=True if kind == "stream_sites" else None)
             out[kind] = (lambda d: lambda: d)(dl(ds))

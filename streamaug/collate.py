@@ -64,7 +64,7 @@ def _stack(values: list[torch.Tensor], shared: bool) -> torch.Tensor:
     return torch.stack(values, out=elem.new(storage).resize_(len(values), *elem.shape))
 
 
-def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = True) -> dict[str, Any]:
+def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = False) -> dict[str, Any]:
     """Batch samples from :class:`streamaug.XRayShards` or :class:`streamaug.LesionStream`.
 
     ``image`` (and ``mask`` when every sample has one) are stacked to ``(B, 1, H, W)``;
@@ -75,11 +75,10 @@ def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = True) -> dict
     Args:
         samples: sample dicts.
         shared: inside a DataLoader worker, stack ``image`` and ``mask`` directly into shared
-            memory (saves one copy of the batch on its way to the main process). On the 2-core
-            sandbox (``benchmarks/collate.py``, RESULTS.md) it gave ``XRayShards`` +3 % but a plain
-            WebDataset decode -8 to -16 %, an interaction with glibc's malloc thresholds: with
-            ``MALLOC_MMAP_THRESHOLD_=16777216 MALLOC_TRIM_THRESHOLD_=67108864`` both gained 4 %.
-            Pass ``False`` where it measures slower.
+            memory, as torch's ``default_collate`` does, instead of letting the worker's queue
+            thread copy the batch there while the worker decodes the next one. Off by default:
+            on the 2-core sandbox (``benchmarks/collate.py``, RESULTS.md) it gave ``XRayShards``
+            +3 % with 2 workers but -6 % with 1, and a plain WebDataset decode -8 to -22 %.
 
     Raises:
         ValueError: when images differ in size (pass ``resize=`` to the stream).
