@@ -68,7 +68,7 @@ def test_module_entry_point_and_scripts_import() -> None:
                          check=True, cwd=root)
     assert "--quick" in out.stdout and "--no-dicom" in out.stdout
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start', 'collate'):\n"
+            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start', 'collate', 'tar_read'):\n"
             "    try:\n"
             "        runpy.run_path(f'benchmarks/{name}.py', run_name='__main__')\n"
             "    except SystemExit as e:\n"
