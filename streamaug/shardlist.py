@@ -10,13 +10,14 @@ from __future__ import annotations
 import glob
 import json
 import os
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from webdataset.tariterators import base_plus_ext
+
+from .io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
 
 MANIFEST = "manifest.json"
 
@@ -104,12 +105,12 @@ def count_tar_samples(shard: str | os.PathLike) -> int:
     """Count samples (distinct keys) of a tar shard by reading its headers only."""
     keys: set[str] = set()
     try:
-        with tarfile.open(shard, "r:*") as tar:
-            for member in tar:
-                prefix, _ = base_plus_ext(member.name) if member.isfile() else (None, None)
+        with open_tar_stream(shard) as fh:
+            for name, _ in iter_tar_files(fh, headers_only=True):
+                prefix, _ext = base_plus_ext(name)
                 if prefix is not None:
                     keys.add(prefix)
-    except (tarfile.TarError, OSError, EOFError) as err:
+    except READ_ERRORS as err:
         raise ShardError(f"cannot list shard {shard}: {err}. The file is truncated or not a tar; "
                          "re-pack it or pass on_error='skip'.") from err
     return len(keys)
@@ -119,12 +120,12 @@ def scan_metadata(shard: str | os.PathLike) -> list[tuple[str, dict]]:
     """``(key, json metadata)`` of every sample of a shard, without decoding images."""
     out = []
     try:
-        with tarfile.open(shard, "r|*") as tar:
-            for member in tar:
-                prefix, ext = base_plus_ext(member.name) if member.isfile() else (None, None)
+        with open_tar_stream(shard) as fh:
+            for name, data in iter_tar_files(fh):
+                prefix, ext = base_plus_ext(name)
                 if prefix is not None and ext == "json":
-                    out.append((prefix, json.loads(tar.extractfile(member).read())))
-    except (tarfile.TarError, OSError, EOFError, json.JSONDecodeError) as err:
+                    out.append((prefix, json.loads(data)))
+    except (*READ_ERRORS, json.JSONDecodeError) as err:
         raise ShardError(f"cannot scan shard {shard}: {err}. Re-pack it.") from err
     return out
 

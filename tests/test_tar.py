@@ -97,3 +97,27 @@ def test_numeric_fields():
     assert _number(b"\x80" + (10 * 2**33).to_bytes(11, "big")) == 10 * 2**33  # base-256 (> 8 GiB)
     with pytest.raises(TarHeaderError):
         _number(b"12x4\0")
+
+
+@pytest.mark.parametrize("mode,suffix", [("w", ".tar"), ("w:gz", ".tar.gz")])
+def test_headers_only_lists_names_and_still_finds_truncation(tmp_path, mode, suffix):
+    path = _write(tmp_path / f"s{suffix}", tarfile.PAX_FORMAT, mode)
+    with open_tar_stream(path) as fh:
+        assert list(iter_tar_files(fh, headers_only=True)) == [(n, b"") for n, _ in FILES]
+    plain = _write(tmp_path / "p.tar", tarfile.GNU_FORMAT)
+    data = plain.read_bytes()
+    plain.write_bytes(data[: data.find(b"\x89PNG") + 700])  # ends inside the first file's data
+    with open_tar_stream(plain) as fh, pytest.raises(TarTruncated):
+        list(iter_tar_files(fh, headers_only=True))
+
+
+def test_listing_a_shard_with_a_damaged_header_raises(tmp_path):
+    from streamaug.shardlist import ShardError, count_tar_samples
+
+    path = _write(tmp_path / "s.tar", tarfile.GNU_FORMAT)
+    assert count_tar_samples(path) == 5  # k1 (png + json), k2, the long path, the long name, café
+    data = bytearray(path.read_bytes())
+    data[data.find(b"k2.png")] = ord("K")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="truncated or not a tar"):
+        count_tar_samples(path)  # tarfile counted 1 sample here, silently

@@ -96,10 +96,30 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def iter_tar_files(fh: BinaryIO) -> Iterator[tuple[str, bytes]]:
+def _skip(fh: BinaryIO, size: int, end: int | None) -> None:
+    """Move ``size`` bytes on: a seek when ``end`` (the file's size) is known, else a read."""
+    if end is None:
+        _read_exact(fh, size, "a member")
+    elif fh.seek(size, os.SEEK_CUR) > end:
+        raise TarTruncated(f"unexpected end of data in a member (the file ends at byte {end})")
+
+
+def _file_size(fh: BinaryIO) -> int | None:
+    """Size of an uncompressed regular file behind ``fh``; None for other streams (read, not seek)."""
+    try:
+        if not fh.seekable() or not hasattr(fh, "raw"):
+            return None
+        return os.fstat(fh.fileno()).st_size
+    except (OSError, AttributeError, ValueError):
+        return None
+
+
+def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of every regular file of the tar stream ``fh``, in archive order.
 
     Ends at the end-of-archive block or at a clean end of the stream between members.
+    ``headers_only``: yield ``b""`` as the data and seek past it where the stream allows (listing a
+    shard without reading its images).
 
     Raises:
         TarTruncated: the stream ends inside a header or a member's data.
@@ -119,6 +139,7 @@ def iter_tar_files(fh: BinaryIO) -> Iterator[tuple[str, bytes]]:
     pax: dict[str, str] = {}
     long_name: str | None = None
     first = True
+    end = _file_size(fh) if headers_only else None
     while True:
         header = fh.read(BLOCK)
         if not header or header == _ZERO_BLOCK:
@@ -131,10 +152,14 @@ def iter_tar_files(fh: BinaryIO) -> Iterator[tuple[str, bytes]]:
         kind = header[156:157]
         fields = {**pax_global, **pax}
         size = int(fields["size"]) if "size" in fields and kind in _REGULAR else _number(header[124:136])
-        data = _read_exact(fh, size, "a member") if size else b""
         pad = -size % BLOCK
-        if pad:
-            _read_exact(fh, pad, "a member's padding")
+        if headers_only and kind in _REGULAR:
+            data = b""
+            _skip(fh, size + pad, end)
+        else:
+            data = _read_exact(fh, size, "a member") if size else b""
+            if pad:
+                _read_exact(fh, pad, "a member's padding")
         if kind == b"x":
             pax = _pax_records(data)
         elif kind == b"g":
