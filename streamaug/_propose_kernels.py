@@ -119,8 +119,8 @@ def normal_sites_kernel(img: np.ndarray, pool: np.ndarray, bank_boxes: np.ndarra
                         seed: np.uint64, max_sites: int, buffer: np.ndarray) -> tuple:  # pragma: no cover
     """A normal image's sites: candidates, the dark ones dropped, capped.
 
-    Crop means are summed directly when the crops' total area is below ``H x W``, else read from an
-    integral image written into ``buffer`` (flat float64; a larger one is allocated when it is too
+    Crop means are summed directly when the crops' total area is below ``H x W`` (the rule of
+    :func:`streamaug._site_kernels.direct_is_cheaper`), else read from an integral image written into ``buffer`` (flat float64; a larger one is allocated when it is too
     small and returned, so the caller can keep it).
 
     Returns:

@@ -185,8 +185,8 @@ class SiteProposer:
         cap = -1 if self.max_sites is None else self.max_sites
         dark = 0
         if lab == 1:
-            sites, proposed = _pk.lesion_sites_kernel(parse_boxes(boxes), self.s, self.min_size, height, width,
-                                                      self.seed_for(key), cap)
+            sites, proposed = _pk.lesion_sites_kernel(np.ascontiguousarray(parse_boxes(boxes)), self.s,
+                                                      self.min_size, height, width, self.seed_for(key), cap)
         else:
             pool, level = self.bank.match(meta.get("region"), meta.get("view"))
             stats[f"match_level_{level}"] += 1
