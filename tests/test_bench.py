@@ -76,24 +76,36 @@ def test_module_entry_point_and_scripts_import() -> None:
     subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
 
 
-def test_memory_and_epoch_start_scripts_run(shards: Path) -> None:
+def _script(name: str, *args: str) -> str:
+    """stdout of ``python benchmarks/<name>.py args`` run from the repository root."""
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "benchmarks/memory.py", "--shards", str(shards / "shards"), "--batches", "4",
-                          "--every", "2", "--workers", "1", "--batch", "4"],
-                         capture_output=True, text=True, check=True, cwd=root).stdout
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "batch" not in line]
+    return subprocess.run([sys.executable, f"benchmarks/{name}.py", *args], capture_output=True, text=True,
+                          check=True, cwd=root).stdout
+
+
+def _rows(out: str, header_word: str) -> list[list[str]]:
+    """Cells of the Markdown table rows in ``out`` (the header row holds ``header_word``)."""
+    return [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+            if line.startswith("| ") and header_word not in line]
+
+
+def test_memory_and_epoch_start_scripts_run(shards: Path) -> None:
+    folder = str(shards / "shards")
+    out = _script("memory", "--shards", folder, "--batches", "4", "--every", "2", "--workers", "1", "--batch", "4")
+    rows = _rows(out, "batch")
     assert [int(r[0]) for r in rows] == [2, 4] and all(float(r[1]) > 0 and int(r[3]) == 1 for r in rows)
     assert "4 batches in" in out
-    out = subprocess.run([sys.executable, "benchmarks/epoch_start.py", "--shards", str(shards / "shards"),
-                          "--workers", "1", "--epochs", "1"], capture_output=True, text=True, check=True, cwd=root).stdout
+    out = _script("epoch_start", "--shards", folder, "--workers", "1", "--epochs", "1")
     assert out.startswith("cold: ") and "\nwarm: " in out and "warm / cold (median epoch) = " in out
 
 
-def test_collate_script_runs(shards: Path) -> None:
-    root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "benchmarks/collate.py", "--shards", str(shards / "shards"), "--workers", "1",
-                          "--batch", "4", "--rounds", "1", "--seconds", "0.05"],
-                         capture_output=True, text=True, check=True, cwd=root).stdout
-    rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| ") and "img/s" not in line]
-    assert [r[0].strip() for r in rows] == ["plain wds", "stream+sites"]
+def test_collate_and_tar_read_scripts_run(shards: Path) -> None:
+    folder = str(shards / "shards")
+    rows = _rows(_script("collate", "--shards", folder, "--workers", "1", "--batch", "4", "--rounds", "1",
+                         "--seconds", "0.05"), "img/s")
+    assert [r[0] for r in rows] == ["plain wds", "stream+sites"]
     assert all(float(v) > 0 for r in rows for v in r[1:])
+    out = _script("tar_read", "--shards", folder, "--rounds", "1")
+    rows = _rows(out, "us per file")
+    assert [r[0] for r in rows] == ["tarfile", "streamaug.io.tar"] and all(float(r[1]) > 0 for r in rows)
+    assert "pax header per file: False" in out  # the packer writes an int mtime
