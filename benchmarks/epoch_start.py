@@ -19,14 +19,14 @@ import sys
 CHILD = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
-from streamaug import _site_kernels, XRayShards, collate_xray
+from streamaug import _propose_kernels, XRayShards, collate_xray
 from streamaug.shardlist import expand_urls
 shards, mode, workers, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-real = _site_kernels.warm_up
+real = _propose_kernels.warm_up
 if mode == "cold":
-    _site_kernels.warm_up = lambda: None      # the parent skips the load ...
+    _propose_kernels.warm_up = lambda: None   # the parent skips the load ...
 ds = XRayShards(expand_urls(shards, "train"), sites=True)
-_site_kernels.warm_up = real                  # ... each worker does it on its first sample
+_propose_kernels.warm_up = real               # ... each worker does it on its first sample
 out = []
 for epoch in range(epochs):
     t = time.perf_counter()

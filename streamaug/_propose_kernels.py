@@ -22,8 +22,9 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from streamaug._site_kernels import (box_means_kernel, crop_means_kernel, gather_boxes_kernel,
-                                     integral_image_kernel, place_crops_kernel)
+from streamaug import _site_kernels
+from streamaug._site_kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
+                                     gather_boxes_kernel, integral_image_kernel, place_crops_kernel)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
@@ -119,9 +120,9 @@ def normal_sites_kernel(img: np.ndarray, pool: np.ndarray, bank_boxes: np.ndarra
                         seed: np.uint64, max_sites: int, buffer: np.ndarray) -> tuple:  # pragma: no cover
     """A normal image's sites: candidates, the dark ones dropped, capped.
 
-    Crop means are summed directly when the crops' total area is below ``H x W`` (the rule of
-    :func:`streamaug._site_kernels.direct_is_cheaper`), else read from an integral image written into ``buffer`` (flat float64; a larger one is allocated when it is too
-    small and returned, so the caller can keep it).
+    Crop means are summed directly when that is cheaper (:func:`streamaug._site_kernels.direct_is_cheaper`),
+    else read from an integral image written into ``buffer`` (flat float64; a larger one is allocated
+    when it is too small and returned, so the caller can keep it).
 
     Returns:
         ``(sites (m, 4) int64, proposed, dropped_dark, used_integral, buffer)``.
@@ -133,10 +134,7 @@ def normal_sites_kernel(img: np.ndarray, pool: np.ndarray, bank_boxes: np.ndarra
     proposed = crops.shape[0]
     used_integral = False
     if proposed and min_intensity > 0:
-        area = 0
-        for i in range(proposed):
-            area += (crops[i, 2] - crops[i, 0]) * (crops[i, 3] - crops[i, 1])
-        if area < height * width:
+        if direct_is_cheaper_kernel(crops, height, width):
             means = crop_means_kernel(img, crops)
         else:
             used_integral = True
@@ -149,11 +147,20 @@ def normal_sites_kernel(img: np.ndarray, pool: np.ndarray, bank_boxes: np.ndarra
     return cap_kernel(crops, max_sites, state), proposed, proposed - crops.shape[0], used_integral, buffer
 
 
+_WARM = False
+
+
 def warm_up() -> None:
-    """Compile (or load from numba's cache) the fused kernels for their one signature each."""
+    """Compile (or load from numba's cache) every site kernel, these and those of
+    :mod:`streamaug._site_kernels`, for their one signature each; once per process."""
+    global _WARM
+    if _WARM:
+        return
+    _site_kernels.warm_up()
     img = np.zeros((4, 4), dtype=np.float32)
     fbox = np.array([[0.0, 0.0, 2.0, 2.0]])
     seed = np.uint64(0)
     lesion_sites_kernel(fbox, 1.0, 1, 4, 4, seed, -1)
     normal_sites_kernel(img, np.zeros(1, dtype=np.int64), fbox, np.array([0, 1], dtype=np.int64),
                         np.zeros((1, 2), dtype=np.int64), 1, 1.0, 1, 0.5, seed, -1, np.empty(0))
+    _WARM = True

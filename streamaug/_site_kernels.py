@@ -177,6 +177,15 @@ def gather_boxes_kernel(
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def direct_is_cheaper_kernel(boxes: np.ndarray, height: int, width: int) -> bool:  # pragma: no cover
+    """See :func:`direct_is_cheaper`; ``boxes`` C-contiguous int64 ``(m, 4)``."""
+    area = 0
+    for i in range(boxes.shape[0]):
+        area += (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
+    return area < height * width
+
+
 def warm_up() -> None:
     """Compile (or load from numba's cache) every kernel once in this process; idempotent."""
     global _WARM
@@ -187,6 +196,7 @@ def warm_up() -> None:
     box = np.zeros((1, 4), dtype=np.int64)
     box_means_kernel(integral, box)
     crop_means_kernel(img, box)
+    direct_is_cheaper_kernel(box, 4, 4)
     fbox = np.array([[0.0, 0.0, 1.0, 1.0]])
     place_crops_kernel(fbox, np.zeros((1, 2), dtype=np.float64), 1.0, 1, 4, 4)
     gather_boxes_kernel(fbox, np.array([0, 1], dtype=np.int64), np.zeros((1, 2), dtype=np.int64),
@@ -290,9 +300,8 @@ def direct_is_cheaper(boxes: np.ndarray, height: int, width: int) -> bool:
     float32 per covered pixel; the integral image reads and writes every pixel (float64), so the
     rule is conservative.
     """
-    b = np.asarray(boxes, dtype=np.int64)
-    area = int(((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).sum()) if b.size else 0
-    return area < int(height) * int(width)
+    b = np.ascontiguousarray(boxes, dtype=np.int64).reshape(-1, 4)
+    return bool(direct_is_cheaper_kernel(b, int(height), int(width)))
 
 
 def _checked_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:

@@ -26,7 +26,6 @@ import numpy as np
 import torch
 
 from streamaug import _propose_kernels as _pk
-from streamaug import _site_kernels as _k
 from streamaug._site_kernels import box_means, crop_means, integral_image, lesion_crops, parse_boxes
 from streamaug.labels import to_int_label
 from streamaug.lesion_bank import LesionBoxBank
@@ -135,7 +134,7 @@ class SiteProposer:
         self.epoch = 0
         self.stats: dict[str, int] = dict.fromkeys(self._STAT_KEYS, 0)
         self._buffer: np.ndarray | None = None  # integral-image scratch, per process
-        _warm_up()  # before any fork: workers inherit the compiled kernels
+        _pk.warm_up()  # before any fork: workers inherit the compiled kernels
 
     def __repr__(self) -> str:
         bank = f"{len(self.bank)} records" if self.bank is not None else None
@@ -172,7 +171,7 @@ class SiteProposer:
             meta: reads ``region`` and ``view`` (used for label 0).
             key: the sample key seeding the generator.
         """
-        _warm_up()
+        _pk.warm_up()
         img = _as_2d(image)
         height, width = img.shape
         if isinstance(label, (torch.Tensor, np.generic)):
@@ -209,7 +208,7 @@ class SiteProposer:
         Returns:
             ``(m, 4)`` int64; empty without a bank.
         """
-        _warm_up()
+        _pk.warm_up()
         if self.bank is None or len(self.bank) == 0:
             return _EMPTY.copy()
         pool, _ = self.bank.match(meta.get("region"), meta.get("view"))
@@ -219,18 +218,6 @@ class SiteProposer:
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_buffer": None}
-
-
-def _warm_up() -> None:
-    """Compile or load every site kernel once per process (idempotent)."""
-    global _WARM
-    if not _WARM:
-        _k.warm_up()
-        _pk.warm_up()
-        _WARM = True
-
-
-_WARM = False
 
 
 def _as_2d(image: Any) -> np.ndarray:

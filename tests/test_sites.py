@@ -294,7 +294,7 @@ def test_same_sites_in_dataloader_workers():
 def test_kernels_are_ready_when_the_proposer_is_built():
     # forked DataLoader workers inherit them: no ~0.5 s kernel load per worker at every epoch
     code = ("from streamaug import _site_kernels as k, _propose_kernels as pk, sites; "
-            "assert not sites._WARM; sites.SiteProposer(); print(sites._WARM, k._WARM, "
+            "assert not pk._WARM; sites.SiteProposer(); print(pk._WARM, k._WARM, "
             "all(f.signatures for f in (pk.lesion_sites_kernel, pk.normal_sites_kernel)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "True", "True"]
@@ -314,7 +314,8 @@ def test_kernels_compile_once_per_signature():
     prop.candidates(40, 50, {}, "k")
     for kernel in (_site_kernels.integral_image_kernel, _site_kernels.box_means_kernel,
                    _site_kernels.crop_means_kernel, _site_kernels.place_crops_kernel,
-                   _site_kernels.gather_boxes_kernel, _propose_kernels.lesion_sites_kernel,
+                   _site_kernels.gather_boxes_kernel, _site_kernels.direct_is_cheaper_kernel,
+                   _propose_kernels.lesion_sites_kernel,
                    _propose_kernels.normal_sites_kernel, _propose_kernels.normal_candidates_kernel):
         assert len(kernel.signatures) == 1, (kernel, kernel.signatures)
 
