@@ -121,3 +121,15 @@ def test_listing_a_shard_with_a_damaged_header_raises(tmp_path):
     path.write_bytes(bytes(data))
     with pytest.raises(ShardError, match="truncated or not a tar"):
         count_tar_samples(path)  # tarfile counted 1 sample here, silently
+
+
+def test_a_pax_size_that_is_not_a_number_raises(tmp_path):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.png")
+        info.size, info.pax_headers = 3, {"size": "3"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    path = tmp_path / "s.tar"
+    path.write_bytes(buf.getvalue().replace(b"size=3\n", b"size=x\n"))
+    with pytest.raises(TarHeaderError, match="bad pax size 'x'"):
+        _read(path)

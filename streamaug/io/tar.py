@@ -150,8 +150,13 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
             raise TarHeaderError("bad header checksum" + (" (not a tar file?)" if first else ""))
         first = False
         kind = header[156:157]
-        fields = {**pax_global, **pax}
-        size = int(fields["size"]) if "size" in fields and kind in _REGULAR else _number(header[124:136])
+        fields = {**pax_global, **pax} if pax_global else pax
+        size = _number(header[124:136])
+        if "size" in fields and kind in _REGULAR:
+            try:
+                size = int(fields["size"])
+            except ValueError as err:
+                raise TarHeaderError(f"bad pax size {fields['size']!r}") from err
         pad = -size % BLOCK
         if headers_only and kind in _REGULAR:
             data = b""
