@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import collections
+from math import comb
 
 import numpy as np
 import pytest
@@ -36,8 +37,6 @@ def test_choose_picks_every_subset_equally_often(count, k):
     assert all(0 <= d.min() and d.max() < count for d in draws)
     subsets = collections.Counter(tuple(sorted(d.tolist())) for d in draws)
     expected = 6000 / len(subsets)
-    from math import comb
-
     assert len(subsets) == comb(count, min(k, count))
     assert all(abs(c - expected) < 5 * expected ** 0.5 for c in subsets.values()), subsets
 
