@@ -36,13 +36,14 @@ import torch
 
 from streamaug.eval import plot_roc
 from streamaug.eval.__main__ import score_checkpoint
-from streamaug.experiment import (SeedRun, grid_search_threshold, markdown_table, pool_runs, prior_corrected_filter,
+from streamaug.eval.experiment import (SeedRun, grid_search_threshold, markdown_table, pool_runs, prior_corrected_filter,
                                   summarize_arm)
-from streamaug.pack import pack
-from streamaug.shardlist import load_manifest, manifest_shards
+from streamaug.cli.pack import pack
+from streamaug.data.shardlist import load_manifest, manifest_shards
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
-from streamaug.train.classifier_data import KeySelect, RunConfig, rare_positive_select
+from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.train.classifier_data import RunConfig
 from streamaug.train.translator import TranslatorRun, train_translator
 
 REGIONS = ("upper_limb", "lower_limb")
@@ -194,11 +195,11 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
 
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
     """Original / translated / blended on real test normals of ``region`` through the device stage."""
-    from streamaug.collate import collate_xray
+    from streamaug.data.collate import collate_xray
     from streamaug.sites import LesionBoxBank, SiteProposer
-    from streamaug.stream import XRayShards
-    from streamaug.synth.blend import paste_blend
-    from streamaug.synth.grid import save_sample_grid
+    from streamaug.data.stream import XRayShards
+    from streamaug.synth.ops import paste_blend
+    from streamaug.eval.plots import save_sample_grid
     from streamaug.synth.stage import SynthesisStage
 
     size = ctx.budget["image_size"]

@@ -18,9 +18,9 @@ from functools import partial
 from torch.utils.data import DataLoader
 
 from streamaug import XRayShards
-from streamaug.bench_measure import measure, plain_dataset
-from streamaug.collate import collate_xray
-from streamaug.shardlist import expand_urls
+from streamaug.cli.bench_measure import measure, plain_dataset
+from streamaug.data.collate import collate_xray
+from streamaug.data.shardlist import expand_urls
 
 
 def main() -> None:

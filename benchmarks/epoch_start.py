@@ -19,8 +19,9 @@ import sys
 CHILD = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
-from streamaug import _propose_kernels, XRayShards, collate_xray
-from streamaug.shardlist import expand_urls
+from streamaug import XRayShards, collate_xray
+from streamaug.sites import _propose_kernels
+from streamaug.data.shardlist import expand_urls
 shards, mode, workers, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 real = _propose_kernels.warm_up
 if mode == "cold":

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamaug.bench import loader_table
-from streamaug.bench_measure import compare, loader_factories
-from streamaug.shardlist import expand_urls
+from streamaug.cli.bench import loader_table
+from streamaug.cli.bench_measure import compare, loader_factories
+from streamaug.data.shardlist import expand_urls
 
 GOAL = 0.95
 

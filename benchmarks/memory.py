@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamaug.bench_measure import make_lesion_stream, memory_trend
-from streamaug.shardlist import expand_urls
+from streamaug.cli.bench_measure import make_lesion_stream, memory_trend
+from streamaug.data.shardlist import expand_urls
 
 
 def main() -> None:

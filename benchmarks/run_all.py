@@ -1,4 +1,4 @@
-"""Run the whole benchmark suite (same as ``python -m streamaug.bench``).
+"""Run the whole benchmark suite (same as ``python -m streamaug.cli.bench``).
 
 Usage: ``python benchmarks/run_all.py [--quick] [--out results.json] [--shards DIR] [--no-dicom]``
 
@@ -7,7 +7,7 @@ and ``benchmarks/RESULTS.md`` for recorded runs.
 """
 from __future__ import annotations
 
-from streamaug.bench import main
+from streamaug.cli.bench import main
 
 if __name__ == "__main__":
     raise SystemExit(main())

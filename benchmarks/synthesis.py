@@ -18,9 +18,9 @@ import argparse
 
 import torch
 
-from streamaug.bench import synthesis_table
-from streamaug.bench_measure import compare, loader_factories, synthesis_bench
-from streamaug.shardlist import expand_urls
+from streamaug.cli.bench import synthesis_table
+from streamaug.cli.bench_measure import compare, loader_factories, synthesis_bench
+from streamaug.data.shardlist import expand_urls
 
 GOAL = 0.7
 

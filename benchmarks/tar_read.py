@@ -15,7 +15,7 @@ import tarfile
 import time
 
 from streamaug.io.tar import iter_tar_files, open_tar_stream
-from streamaug.shardlist import expand_urls
+from streamaug.data.shardlist import expand_urls
 
 
 def with_tarfile(urls: list[str]) -> int:

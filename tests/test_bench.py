@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamaug.bench import loader_table, report, run_suite
-from streamaug.bench_measure import classifier_step, compare, loader_factories, memory_snapshot
-from streamaug.pack import pack
+from streamaug.cli.bench import loader_table, report, run_suite
+from streamaug.cli.bench_measure import classifier_step, compare, loader_factories, memory_snapshot
+from streamaug.cli.pack import pack
 from streamaug.phantom import write_phantom_dataset
-from streamaug.shardlist import expand_urls
+from streamaug.data.shardlist import expand_urls
 
 TINY = dict(rounds=1, seconds=0.05, workers=(0, 1), batch=4, dicom_n=4, dicom_size=64, dicom_rounds=1,
             dicom_seconds=0.05, dicom_workers=(0,), dicom_batch=2, synth_seconds=0.05, trend_batches=4,
@@ -62,9 +62,9 @@ def test_classifier_step_rate(shards: Path) -> None:
 
 
 def test_module_entry_point_and_scripts_import() -> None:
-    """``python -m streamaug.bench`` parses its options; the scripts find what they import."""
+    """``python -m streamaug.cli.bench`` parses its options; the scripts find what they import."""
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, "-m", "streamaug.bench", "--help"], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "streamaug.cli.bench", "--help"], capture_output=True, text=True,
                          check=True, cwd=root)
     assert "--quick" in out.stdout and "--no-dicom" in out.stdout
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"

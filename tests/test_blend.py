@@ -1,4 +1,4 @@
-"""Tests for streamaug.synth.blend: cosine_alpha, crop_sites, paste_blend (CPU, and CUDA when present)."""
+"""Tests for streamaug.synth.ops: cosine_alpha, crop_sites, paste_blend (CPU, and CUDA when present)."""
 from __future__ import annotations
 
 import math
@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from streamaug.synth.blend import cosine_alpha, crop_sites, paste_blend
+from streamaug.synth.ops import cosine_alpha, crop_sites, paste_blend
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10, torch.bfloat16: 1e-2}

@@ -1,4 +1,4 @@
-"""Tests for streamaug.synth.checkpoint: round trip, resume state, and refusal of bad files."""
+"""Tests for streamaug.models.checkpoint: round trip, resume state, and refusal of bad files."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,16 +6,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamaug.synth.checkpoint import (
+from streamaug.models.checkpoint import (
     FORMAT,
     CheckpointError,
     load_translator,
     read_checkpoint,
     save_translator,
 )
-from streamaug.synth.registry import build_translator, list_translators
-from streamaug.synth.unit import UNIT, unit_preset
-from streamaug.synth.unit_losses import UNITTrainer
+from streamaug.models.registry import build_translator, list_translators
+from streamaug.models.unit import UNIT, unit_preset
+from streamaug.train.unit_losses import UNITTrainer
 
 SHA = "ab12cd34" + "0" * 56
 

@@ -1,5 +1,5 @@
 """benchmarks/btxrd_experiment.py end to end on a tiny phantom BTXRD folder; the threshold grid
-search and the pooled paired test of streamaug.experiment."""
+search and the pooled paired test of streamaug.eval.experiment."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamaug.eval import paired_bootstrap, paired_bootstrap_seeds
-from streamaug.experiment import SeedRun, grid_search_threshold, markdown_table, pool_runs, summarize_arm
+from streamaug.eval.experiment import SeedRun, grid_search_threshold, markdown_table, pool_runs, summarize_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamaug.pack import PackError, main, pack, parse_boxes
+from streamaug.cli.pack import PackError, main, pack, parse_boxes
 
 COLUMNS = ["image_id", "image", "mask", "label", "region", "view", "age", "boxes_xyxy", "split"]
 

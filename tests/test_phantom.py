@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from streamaug.phantom import COLUMNS, components, make_phantom, write_phantom_dataset
-from streamaug.phantom.__main__ import main
+from streamaug.cli.phantom import main
 
 BTXRD_COLUMNS = ["image_id", "image", "mask", "label", "malignancy", "subtype", "bone", "region", "view", "center",
                  "age", "sex", "boxes_xyxy", "mask_pixels", "group", "split"]
@@ -258,7 +258,7 @@ def test_cli_in_process_and_as_module(tmp_path):
     assert main(["--out", str(tmp_path / "a"), "--n-normal", "2", "--n-lesion", "1", "--size", "96"]) == 0
     _, rows = _read_csv(tmp_path / "a" / "metadata.csv")
     assert len(rows) == 3 and Image.open(tmp_path / "a" / rows[0]["image"]).size == (96, 96)
-    r = subprocess.run([sys.executable, "-m", "streamaug.phantom", "--out", str(tmp_path / "b"), "--n-normal", "1",
+    r = subprocess.run([sys.executable, "-m", "streamaug.cli.phantom", "--out", str(tmp_path / "b"), "--n-normal", "1",
                         "--n-lesion", "1", "--size", "64", "--format", "dcm", "--seed", "2"],
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert r.returncode == 0, r.stderr

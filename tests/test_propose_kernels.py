@@ -1,4 +1,4 @@
-"""Tests for the fused per-image proposal kernels (streamaug._propose_kernels) through SiteProposer."""
+"""Tests for the fused per-image proposal kernels (streamaug.sites._propose_kernels) through SiteProposer."""
 from __future__ import annotations
 
 import collections
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from sitecheck import _sample
-from streamaug import _propose_kernels as pk
+from streamaug.sites import _propose_kernels as pk
 from streamaug.sites import LesionBoxBank, SiteProposer
 
 

@@ -6,7 +6,7 @@ import csv
 import pytest
 
 from streamaug import LesionStream, XRayShards, load_translator
-from streamaug.pack import pack
+from streamaug.cli.pack import pack
 from streamaug.train.translator import TranslatorRun, train_translator
 
 

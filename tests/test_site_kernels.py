@@ -1,4 +1,4 @@
-"""Tests for the numba kernels behind streamaug.sites: integral image, crop means, crop geometry."""
+"""Tests for the numba kernels behind streamaug.sites.proposer: integral image, crop means, crop geometry."""
 from __future__ import annotations
 
 import math
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from sitecheck import _brute_means, _check_geometry
-from streamaug import _site_kernels
-from streamaug.sites import box_means, crop_means, integral_image, lesion_crops, parse_boxes
+from streamaug.sites import _kernels as _site_kernels
+from streamaug.sites import box_means, crop_means, direct_is_cheaper, integral_image, lesion_crops, parse_boxes
 
 
 # --------------------------------------------------------------------------- integral image
@@ -91,10 +91,10 @@ def test_crop_means_empty_nan_and_errors():
 
 
 def test_direct_is_cheaper_rule():
-    assert _site_kernels.direct_is_cheaper(np.array([[0, 0, 7, 9]]), 8, 8)  # 63 < 64
-    assert not _site_kernels.direct_is_cheaper(np.array([[0, 0, 8, 8]]), 8, 8)
-    assert not _site_kernels.direct_is_cheaper(np.array([[0, 0, 6, 6], [2, 2, 8, 8]]), 8, 8)  # overlaps count
-    assert _site_kernels.direct_is_cheaper(np.zeros((0, 4), np.int64), 8, 8)
+    assert direct_is_cheaper(np.array([[0, 0, 7, 9]]), 8, 8)  # 63 < 64
+    assert not direct_is_cheaper(np.array([[0, 0, 8, 8]]), 8, 8)
+    assert not direct_is_cheaper(np.array([[0, 0, 6, 6], [2, 2, 8, 8]]), 8, 8)  # overlaps count
+    assert direct_is_cheaper(np.zeros((0, 4), np.int64), 8, 8)
 
 
 def test_box_means_empty_nan_and_errors():

@@ -1,4 +1,4 @@
-"""Tests for streamaug.sites: intensity filter, matching, the proposer, determinism, real data."""
+"""Tests for streamaug.sites.proposer: intensity filter, matching, the proposer, determinism, real data."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from sitecheck import _brute_means, _check_geometry, _sample
-from streamaug import _propose_kernels, _site_kernels
+from streamaug.sites import _kernels as _site_kernels, _propose_kernels
 from streamaug.sites import LesionBoxBank, SiteProposer, integral_image, parse_boxes, sample_seed
 
 
@@ -293,7 +293,7 @@ def test_same_sites_in_dataloader_workers():
 
 def test_kernels_are_ready_when_the_proposer_is_built():
     # forked DataLoader workers inherit them: no ~0.5 s kernel load per worker at every epoch
-    code = ("from streamaug import _site_kernels as k, _propose_kernels as pk, sites; "
+    code = ("from streamaug.sites import _kernels as k, _propose_kernels as pk; import streamaug.sites as sites; "
             "assert not pk._WARM; sites.SiteProposer(); print(pk._WARM, k._WARM, "
             "all(f.signatures for f in (pk.lesion_sites_kernel, pk.normal_sites_kernel)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

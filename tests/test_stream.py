@@ -16,8 +16,8 @@ from torch.utils.data import DataLoader
 
 from shardgen import png_bytes, tiny_image, write_shards
 from streamaug import XRayShards, collate_xray
-from streamaug.shardlist import ShardError, plan_epoch
-from streamaug.stream import SampleError
+from streamaug.data.shardlist import ShardError, plan_epoch
+from streamaug.data.stream import SampleError
 
 
 def keys_of(iterable):

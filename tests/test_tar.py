@@ -112,7 +112,7 @@ def test_headers_only_lists_names_and_still_finds_truncation(tmp_path, mode, suf
 
 
 def test_listing_a_shard_with_a_damaged_header_raises(tmp_path):
-    from streamaug.shardlist import ShardError, count_tar_samples
+    from streamaug.data.shardlist import ShardError, count_tar_samples
 
     path = _write(tmp_path / "s.tar", tarfile.GNU_FORMAT)
     assert count_tar_samples(path) == 5  # k1 (png + json), k2, the long path, the long name, café

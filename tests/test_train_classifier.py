@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from streamaug.models.drn import load_classifier
-from streamaug.pack import pack
+from streamaug.cli.pack import pack
 from streamaug.phantom import write_phantom_dataset
-from streamaug.synth.checkpoint import save_translator
-from streamaug.synth.unit import UNIT, unit_preset
+from streamaug.models.checkpoint import save_translator
+from streamaug.models.unit import UNIT, unit_preset
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import RunConfig, count_selected
 

@@ -9,7 +9,7 @@ import torch
 
 from shardgen import write_shards
 from streamaug import load_translator
-from streamaug.synth.checkpoint import CheckpointError
+from streamaug.models.checkpoint import CheckpointError
 from streamaug.train.__main__ import main as train_main
 from streamaug.train.translator import TranslatorRun, train_translator
 

@@ -1,4 +1,4 @@
-"""Tests for the UNIT translator (streamaug.synth.unit), its trainer, and the translator registry."""
+"""Tests for the UNIT translator (streamaug.models.unit), its trainer, and the translator registry."""
 from __future__ import annotations
 
 import math
@@ -6,15 +6,15 @@ import math
 import pytest
 import torch
 
-from streamaug.synth.registry import (
+from streamaug.models.registry import (
     IdentityTranslator,
     build_translator,
     get_translator,
     list_translators,
     register_translator,
 )
-from streamaug.synth.unit import UNIT, UNITConfig, unit_preset
-from streamaug.synth.unit_losses import UNITTrainer
+from streamaug.models.unit import UNIT, UNITConfig, unit_preset
+from streamaug.train.unit_losses import UNITTrainer
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

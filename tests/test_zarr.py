@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from streamaug.io.zarr_store import ZarrXRays, write_zarr
+from streamaug.data.zarr_source import ZarrXRays, write_zarr
 
 
 def _items(n: int = 10, size: int = 8):

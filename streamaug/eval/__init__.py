@@ -3,7 +3,7 @@
 ``python -m streamaug.eval score`` scores a checkpoint on shards into a JSON report;
 ``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`).
 """
-from .stats import (
+from streamaug.eval.stats import (
     bootstrap_auc,
     bootstrap_indices,
     is_significant,

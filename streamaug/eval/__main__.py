@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap, plot_roc,
+from streamaug.eval.stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap, plot_roc,
                     save_scores, score_loader, sens_spec_at)
 
 
@@ -22,10 +22,10 @@ def score_checkpoint(checkpoint: str | Path, shards: str, *, split: str | None, 
                      image_size: int | None = None, device: str = "cpu", workers: int = 0
                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Scores of a classifier checkpoint on every (region-selected) sample of ``shards``."""
-    from ..collate import collate_xray
-    from ..models.drn import load_classifier
-    from ..stream import XRayShards
-    from ..train.classifier_data import KeySelect
+    from streamaug.data.collate import collate_xray
+    from streamaug.models.drn import load_classifier
+    from streamaug.data.stream import XRayShards
+    from streamaug.data.select import KeySelect
 
     loaded = load_classifier(checkpoint, device=device)
     size = image_size or loaded.extra.get("input_size")

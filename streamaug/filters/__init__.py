@@ -1,6 +1,6 @@
 """Filters applied to synthetic candidates: bone content and pseudo-labels."""
-from .intensity import BoneContent
-from .pseudo_label import PseudoLabel
-from .stats import AcceptanceStats
+from streamaug.filters.intensity import BoneContent
+from streamaug.filters.pseudo_label import PseudoLabel
+from streamaug.filters.stats import AcceptanceStats
 
 __all__ = ["AcceptanceStats", "BoneContent", "PseudoLabel"]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import AcceptanceStats
+from streamaug.filters.stats import AcceptanceStats
 
 
 class BoneContent:

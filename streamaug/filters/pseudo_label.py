@@ -7,7 +7,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .stats import AcceptanceStats
+from streamaug.filters.stats import AcceptanceStats
 
 
 class PseudoLabel:
@@ -33,7 +33,7 @@ class PseudoLabel:
             raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
         self.source = "module"
         if isinstance(classifier, (str, os.PathLike)):
-            from ..models.drn import load_classifier
+            from streamaug.models.drn import load_classifier
 
             loaded = load_classifier(classifier, device=device or "cpu")
             classifier, self.source = loaded.model, str(classifier)

@@ -1,4 +1,4 @@
 """Readers: X-ray images (PNG/JPEG 8/16-bit, DICOM) and the zarr source."""
-from .readers import MissingCodecError, XRayDecodeError, decode_xray, read_xray
+from streamaug.io.readers import MissingCodecError, XRayDecodeError, decode_xray, read_xray
 
 __all__ = ["MissingCodecError", "XRayDecodeError", "decode_xray", "read_xray"]

@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 from streamaug._optional import optional_import
-from streamaug.io.readers import MissingCodecError, XRayDecodeError
+from streamaug.io.errors import MissingCodecError, XRayDecodeError
 
 __all__ = ["decode_dicom", "dicom_meta", "CODEC_HINT"]
 

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamaug.io.errors import MissingCodecError, XRayDecodeError
+
 __all__ = ["XRayDecodeError", "MissingCodecError", "decode_xray", "read_xray", "normalize_ext", "sniff_ext"]
 
 #: Extensions decoded as DICOM (compared after lower-casing, without the dot).
@@ -39,14 +41,6 @@ DICOM_EXTS = frozenset({"dcm", "dicom", "dic"})
 PILLOW_EXTS = frozenset({"png", "jpg", "jpeg", "tif", "tiff", "bmp", "pgm", "ppm", "webp", "jp2"})
 
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
-
-
-class XRayDecodeError(ValueError):
-    """An image that cannot be decoded; the message names the source and the fix."""
-
-
-class MissingCodecError(XRayDecodeError):
-    """A compressed DICOM whose transfer syntax needs a pixel-data plugin that is not installed."""
 
 
 def normalize_ext(ext: str | None) -> str:

@@ -1,4 +1,4 @@
-"""A fast reader for the regular files of a tar stream (the hot path of :func:`streamaug.stream.read_tar`).
+"""A fast reader for the regular files of a tar stream (the hot path of :func:`streamaug.data.stream.read_tar`).
 
 Why not :mod:`tarfile`: parsing each 512-byte header in Python through ``tarfile`` cost ~50 us per
 member (~160 us per three-file sample, 15 % of decoding a 256-px BTXRD sample on one core). This

@@ -18,27 +18,14 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
-from ..collate import collate_xray
-from ..stream import XRayShards
-from .stage import SynthesisStage
+from streamaug.data.collate import collate_xray, unbatch
+from streamaug.data.stream import XRayShards
+from streamaug.synth.stage import SynthesisStage
 
 
 class NoAcceptedCandidates(RuntimeError):
     """The pseudo-label filter accepted no synthetic candidate in ``max_empty_batches`` batches: the
     stream stops instead of spinning forever (lower the threshold or check the translator)."""
-
-
-def unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
-    """Split a :func:`streamaug.collate_xray` batch back into sample dicts."""
-    n = len(batch["image"])
-    out = []
-    for i in range(n):
-        sample = {}
-        for name, value in batch.items():
-            item = value[i]
-            sample[name] = int(item) if name == "label" else (bool(item) if name == "synthetic" else item)
-        out.append(sample)
-    return out
 
 
 class LesionStream(torch.utils.data.IterableDataset):

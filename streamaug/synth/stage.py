@@ -18,10 +18,10 @@ from typing import Any, Callable, Iterable, Iterator
 
 import torch
 
-from ..collate import Ragged
-from ..filters.intensity import BoneContent
-from ..filters.stats import AcceptanceStats
-from .blend import crop_sites, paste_blend
+from streamaug.data.collate import Ragged
+from streamaug.filters.intensity import BoneContent
+from streamaug.filters.stats import AcceptanceStats
+from streamaug.synth.ops import crop_sites, paste_blend
 
 
 @dataclass
@@ -77,7 +77,7 @@ class SynthesisStage:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
         self.device = torch.device(device)
         if isinstance(translator, (str, os.PathLike)):
-            from .checkpoint import load_translator
+            from streamaug.models.checkpoint import load_translator
 
             translator = load_translator(translator, device=self.device)
         self.translator = translator.to(self.device).eval()

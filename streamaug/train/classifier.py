@@ -20,7 +20,7 @@ from typing import Sequence
 
 import torch
 
-from .classifier_data import RunConfig, build_train_stream, build_val_stream, count_selected, device_augment
+from streamaug.train.classifier_data import RunConfig, build_train_stream, build_val_stream, count_selected, device_augment
 
 
 def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
@@ -37,8 +37,8 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
-    from ..eval import score_loader
-    from ..models.drn import DRN, DRNConfig, load_classifier, save_classifier
+    from streamaug.eval import score_loader
+    from streamaug.models.drn import DRN, DRNConfig, load_classifier, save_classifier
 
     rank, world, device = _ddp_setup(cfg.device)
     out = Path(cfg.out)

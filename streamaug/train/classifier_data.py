@@ -8,10 +8,11 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from ..collate import collate_xray
-from ..labels import to_int_label
-from ..shardlist import expand_urls, find_manifest, load_manifest, scan_metadata
-from ..stream import XRayShards
+from streamaug.data.collate import collate_xray, unbatch
+from streamaug.io.labels import to_int_label
+from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest, scan_metadata
+from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.data.stream import XRayShards
 
 
 @dataclass
@@ -53,36 +54,6 @@ def _spec(shards: list[str]) -> str | list[str]:
     return shards[0] if len(shards) == 1 else list(shards)
 
 
-class KeySelect:
-    """Picklable ``select(key, meta)``: one region, and (optionally) only the listed positives."""
-
-    def __init__(self, region: str | None, positives: frozenset[str] | None = None) -> None:
-        self.region, self.positives = region, positives
-
-    def __call__(self, key: str, meta: dict) -> bool:
-        if self.region is not None and meta.get("region") != self.region:
-            return False
-        if self.positives is not None and to_int_label(meta.get("label")) == 1:
-            return key in self.positives
-        return True
-
-
-def rare_positive_select(shards: str | list[str], split: str | None, region: str | None,
-                         ratio: float | None, seed: int) -> tuple[KeySelect, dict[str, int]]:
-    """The selection of the rare-disease setting: keep ``round(ratio * normals)`` positives of the
-    region, drawn with ``seed`` (all when ``ratio`` is None). Returns ``(select, counts)``."""
-    region_only = KeySelect(region)
-    metas = [(k, m) for s in expand_urls(shards, split) for k, m in scan_metadata(s) if region_only(k, m)]
-    pos = sorted(k for k, m in metas if to_int_label(m.get("label")) == 1)
-    neg = sum(to_int_label(m.get("label")) == 0 for _, m in metas)
-    if ratio is None:
-        return KeySelect(region, None), {"positives": len(pos), "normals": neg, "positives_available": len(pos)}
-    k = min(len(pos), round(ratio * neg))
-    kept = np.random.default_rng([seed, 0xA7E]).choice(len(pos), size=k, replace=False) if k else []
-    keep = frozenset(pos[i] for i in kept)
-    return KeySelect(region, keep), {"positives": k, "normals": neg, "positives_available": len(pos)}
-
-
 def count_selected(cfg: RunConfig) -> dict[str, int]:
     """Counts of the selected real training samples (``positives``, ``normals``)."""
     _, counts = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
@@ -91,8 +62,6 @@ def count_selected(cfg: RunConfig) -> dict[str, int]:
 
 def _oversampled(loader: Any, times: int, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
     """Re-batch ``loader`` with every positive repeated ``times`` times, through a shuffle buffer."""
-    from ..synth.lesion_stream import unbatch
-
     rng = np.random.default_rng(seed)
     buf: list[dict[str, Any]] = []
     for batch in loader:
@@ -123,13 +92,13 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
         raise ValueError(f"stream must be 'plain' or 'lesion', got {cfg.stream!r}")
     if not cfg.translator:
         raise ValueError("--stream lesion needs --translator PATH (train one with `python -m streamaug.train translator`)")
-    from ..filters.pseudo_label import PseudoLabel
-    from ..sites import LesionBoxBank, SiteProposer
-    from ..synth.lesion_stream import LesionStream
+    from streamaug.filters.pseudo_label import PseudoLabel
+    from streamaug.sites import LesionBoxBank, SiteProposer
+    from streamaug.synth.lesion_stream import LesionStream
 
     manifest = find_manifest(expand_urls(_spec(cfg.train_shards), cfg.train_split)[0])
     if manifest is None:
-        raise ValueError("--stream lesion needs shards written by `python -m streamaug.pack` (manifest.json)")
+        raise ValueError("--stream lesion needs shards written by `python -m streamaug.cli.pack` (manifest.json)")
     records = [r for r in load_manifest(manifest)["lesion_boxes"] if r.get("split") in (cfg.train_split, None)
                and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
     sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)

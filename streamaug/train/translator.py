@@ -18,13 +18,13 @@ from typing import Any, Sequence
 
 import torch
 
-from ..synth.blend import cosine_alpha
-from ..synth.checkpoint import CheckpointError, read_checkpoint, save_translator
-from ..synth.grid import save_sample_grid
-from ..synth.patches import build_patch_sets
-from ..synth.unit import UNIT, unit_preset
-from ..synth.unit_losses import UNITTrainer
-from .classifier_data import KeySelect
+from streamaug.synth.ops import cosine_alpha
+from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_translator
+from streamaug.eval.plots import save_sample_grid
+from streamaug.train.patches import build_patch_sets
+from streamaug.models.unit import UNIT, unit_preset
+from streamaug.train.unit_losses import UNITTrainer
+from streamaug.data.select import KeySelect
 
 
 @dataclass

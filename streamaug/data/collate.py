@@ -105,3 +105,16 @@ def collate_xray(samples: Sequence[dict[str, Any]], shared: bool = False) -> dic
     if "synthetic" not in batch and any("synthetic" in s for s in samples):
         batch["synthetic"] = torch.tensor([bool(s.get("synthetic", False)) for s in samples])
     return batch
+
+
+def unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """Split a :func:`streamaug.collate_xray` batch back into sample dicts."""
+    n = len(batch["image"])
+    out = []
+    for i in range(n):
+        sample = {}
+        for name, value in batch.items():
+            item = value[i]
+            sample[name] = int(item) if name == "label" else (bool(item) if name == "synthetic" else item)
+        out.append(sample)
+    return out

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from streamaug.synth.registry import get_translator
+from streamaug.models.registry import get_translator
 
 __all__ = ["FORMAT", "CheckpointError", "save_translator", "read_checkpoint", "load_translator"]
 
@@ -127,7 +127,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         CheckpointError: unreadable/truncated/not a checkpoint, other format version, missing key.
     """
     path = Path(path)
-    hint = "re-export it with streamaug.synth.checkpoint.save_translator (or retrain the translator)"
+    hint = "re-export it with streamaug.models.checkpoint.save_translator (or retrain the translator)"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such translator checkpoint file")
     try:

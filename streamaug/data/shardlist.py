@@ -1,6 +1,6 @@
 """Shard listing, per-shard sample counts, and the assignment of shards to readers.
 
-A *reader* is one DataLoader worker of one rank (:class:`streamaug.distributed.Slot`). The
+A *reader* is one DataLoader worker of one rank (:class:`streamaug.data.distributed.Slot`). The
 assignment is a pure function of the shard list, their sample counts, ``(seed, epoch)`` and the
 number of ranks and workers, so every process computes the same plan without talking to the
 others, and a resumed run recomputes it exactly.
@@ -17,13 +17,10 @@ from typing import Sequence
 import numpy as np
 from webdataset.tariterators import base_plus_ext
 
-from .io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
+from streamaug.io.errors import ShardError
+from streamaug.io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
 
 MANIFEST = "manifest.json"
-
-
-class ShardError(RuntimeError):
-    """A shard could not be listed or read; the message names the shard and the fix."""
 
 
 def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: str | None = None) -> list[str]:
@@ -55,19 +52,19 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
                 out.extend(hits)
     if not out:
         raise ShardError(f"no shards found for {urls!r}: pass .tar paths, a folder of shards, a brace "
-                         "pattern, or a manifest.json written by `python -m streamaug.pack`")
+                         "pattern, or a manifest.json written by `python -m streamaug.cli.pack`")
     return out
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
-    """Read a ``manifest.json`` written by ``python -m streamaug.pack``."""
+    """Read a ``manifest.json`` written by ``python -m streamaug.cli.pack``."""
     try:
         with open(path) as f:
             manifest = json.load(f)
     except (OSError, json.JSONDecodeError) as err:
-        raise ShardError(f"cannot read shard manifest {path}: {err}. Re-run `python -m streamaug.pack`.") from err
+        raise ShardError(f"cannot read shard manifest {path}: {err}. Re-run `python -m streamaug.cli.pack`.") from err
     if "splits" not in manifest:
-        raise ShardError(f"{path} is not a streamaug shard manifest (no 'splits'); re-run `python -m streamaug.pack`")
+        raise ShardError(f"{path} is not a streamaug shard manifest (no 'splits'); re-run `python -m streamaug.cli.pack`")
     return manifest
 
 

@@ -31,8 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamaug.distributed import current_slot
-from streamaug.labels import to_int_label
+from streamaug.data.distributed import current_slot
+from streamaug.io.labels import to_int_label
 
 __all__ = ["write_zarr", "ZarrXRays", "ZARR_FORMAT"]
 
@@ -99,13 +99,13 @@ class ZarrXRays(torch.utils.data.IterableDataset):
     """Stream a store written by :func:`write_zarr` as shard-style sample dicts.
 
     Each sample: ``key`` (str), ``image`` float32 ``(1, H, W)`` in ``[0, 1]``, ``label`` int
-    (:func:`streamaug.labels.to_int_label` of ``meta["label"]``), ``boxes`` float32 ``(k, 4)``
+    (:func:`streamaug.io.labels.to_int_label` of ``meta["label"]``), ``boxes`` float32 ``(k, 4)``
     (``meta["boxes"]``, ``x0 y0 x1 y1``), ``meta`` (the stored metadata plus ``source``,
     ``format="zarr"``, ``size``, ``shard`` = the store path), and ``mask`` float32 ``(1, H, W)``
     when the image has one.
 
     Splitting: the (shuffled) key order is dealt round-robin over all readers
-    (``streamaug.distributed.current_slot()``: ranks x DataLoader workers), so every key is read
+    (``streamaug.data.distributed.current_slot()``: ranks x DataLoader workers), so every key is read
     exactly once per epoch across the job; reader counts may differ by one sample. With
     ``resampled=True`` each reader draws keys with replacement forever (seeded by seed, epoch and
     its slot). The order depends only on ``(seed, epoch)``: call :meth:`set_epoch` before each

@@ -24,7 +24,7 @@ import numpy as np
 
 import torch
 
-from .eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, paired_bootstrap_seeds
+from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, paired_bootstrap_seeds
 
 T = TypeVar("T")
 
@@ -192,7 +192,7 @@ def prior_corrected_filter(best: str | os.PathLike, positives: int, normals: int
     Returns:
         ``str(out)``.
     """
-    from .models.drn import load_classifier, save_classifier
+    from streamaug.models.drn import load_classifier, save_classifier
 
     loaded = load_classifier(best)
     shift = math.log(max(normals, 1) / max(positives, 1))

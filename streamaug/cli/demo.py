@@ -1,4 +1,4 @@
-"""``python -m streamaug.demo``: the whole method, end to end, in a few minutes on a laptop CPU.
+"""``python -m streamaug.cli.demo``: the whole method, end to end, in a few minutes on a laptop CPU.
 
 1. write a procedural phantom set laid out like BTXRD (or use ``--data DIR``), pack it to shards;
 2. train a tiny UNIT translator on normal / lesion patches;
@@ -20,11 +20,11 @@ import torch
 
 def _sample_grid(path: Path, translator: Path, shards: Path, size: int, n: int = 6) -> Path:
     """Original / translated / blended for ``n`` test normals, through the device stage."""
-    from .collate import collate_xray
-    from .stream import XRayShards
-    from .synth.grid import save_sample_grid
-    from .synth.blend import paste_blend
-    from .synth.stage import SynthesisStage
+    from streamaug.data.collate import collate_xray
+    from streamaug.data.stream import XRayShards
+    from streamaug.eval.plots import save_sample_grid
+    from streamaug.synth.ops import paste_blend
+    from streamaug.synth.stage import SynthesisStage
 
     normals = [s for s in XRayShards(shards, split="test", shuffle=False, resize=size, sites=True,
                                      equalize="none") if s["label"] == 0 and len(s["sites"])][:n]
@@ -45,13 +45,13 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
              image_size: int = 64, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
              synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
-    from .eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, plot_roc
-    from .models.drn import load_classifier
-    from .pack import pack
-    from .phantom import write_phantom_dataset
-    from .train.classifier import train_classifier
-    from .train.classifier_data import RunConfig
-    from .train.translator import TranslatorRun, train_translator
+    from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, plot_roc
+    from streamaug.models.drn import load_classifier
+    from streamaug.cli.pack import pack
+    from streamaug.phantom import write_phantom_dataset
+    from streamaug.train.classifier import train_classifier
+    from streamaug.train.classifier_data import RunConfig
+    from streamaug.train.translator import TranslatorRun, train_translator
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -108,18 +108,19 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
 
 
 def _score_split(best: Path, shards: Path, split: str, size: int) -> tuple[list[int], list[float]]:
-    from .collate import collate_xray
-    from .eval import score_loader
-    from .models.drn import load_classifier
-    from .stream import XRayShards
+    from streamaug.data.collate import collate_xray
+    from streamaug.eval import score_loader
+    from streamaug.models.drn import load_classifier
+    from streamaug.data.stream import XRayShards
 
     ds = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none")
     y, s, _ = score_loader(load_classifier(best).model, torch.utils.data.DataLoader(ds, 64, collate_fn=collate_xray))
     return [int(v) for v in y], [float(v) for v in s]
 
 
-def main(argv: Sequence[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(prog="python -m streamaug.demo", description=__doc__,
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streamaug-demo``: parse the options, run :func:`run_demo`; the exit code."""
+    p = argparse.ArgumentParser(prog="python -m streamaug.cli.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_out"))
     p.add_argument("--data", type=Path, default=None, help="a folder laid out like BTXRD (metadata.csv, images/)")
@@ -133,10 +134,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     a = p.parse_args(argv)
-    return run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
-                    epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
-                    synthetic_fraction=a.synthetic_fraction, seed=a.seed, device=a.device)
+    run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
+             epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
+             synthetic_fraction=a.synthetic_fraction, seed=a.seed, device=a.device)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -26,17 +26,14 @@ import numpy as np
 import torch
 from webdataset.tariterators import base_plus_ext
 
-from .distributed import Slot, current_slot
-from .io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
-from .labels import to_int_label
-from .shardlist import ShardError, expand_urls, find_manifest, plan_epoch, scan_metadata, shard_counts
+from streamaug.data.distributed import Slot, current_slot
+from streamaug.io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
+from streamaug.io.labels import to_int_label
+from streamaug.io.errors import SampleError, ShardError
+from streamaug.data.shardlist import expand_urls, find_manifest, plan_epoch, scan_metadata, shard_counts
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
 STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded")
-
-
-class SampleError(RuntimeError):
-    """A sample could not be decoded; the message names shard and key."""
 
 
 class _Counters:
@@ -118,7 +115,7 @@ def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generato
 def decode_sample(raw: dict[str, Any], label_fn: Callable[[Any], int] = to_int_label) -> dict[str, Any]:
     """Raw tar sample -> sample dict (see docs/ARCHITECTURE.md): ``key``, ``image`` (1, H, W),
     ``label``, ``boxes`` (k, 4), ``meta`` and ``mask`` when present."""
-    from .io.readers import decode_xray
+    from streamaug.io.readers import decode_xray
 
     key, url = raw["__key__"], raw["__url__"]
     ext = next((e for e in IMAGE_EXTS if e in raw), None)
@@ -154,7 +151,7 @@ def resize_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, An
 
 
 class XRayShards(torch.utils.data.IterableDataset):
-    """A stream of X-ray samples from WebDataset tar shards written by ``python -m streamaug.pack``.
+    """A stream of X-ray samples from WebDataset tar shards written by ``python -m streamaug.cli.pack``.
 
     Args:
         urls: shard paths, a brace pattern, a glob, a folder, or a ``manifest.json``.
@@ -182,7 +179,7 @@ class XRayShards(torch.utils.data.IterableDataset):
             reads everything (e.g. a validation set each rank scores in full).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
-    (:func:`streamaug.shardlist.plan_epoch`) gives each rank the largest rank total, padding
+    (:func:`streamaug.data.shardlist.plan_epoch`) gives each rank the largest rank total, padding
     the others, so DDP ranks run the same number of steps. Resume: the stream keeps
     ``(epoch, consumed, yielded)`` per reader in :meth:`state_dict`; torchdata's
     ``StatefulDataLoader`` saves and restores it per worker, and the restored reader replays
@@ -215,7 +212,7 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     def _make_sites(self, sites: Any) -> Any:
         if sites is True:
-            from .sites import LesionBoxBank, SiteProposer
+            from streamaug.sites import LesionBoxBank, SiteProposer
 
             manifest = find_manifest(self.shards[0])
             if manifest is None:
@@ -251,7 +248,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         """Samples each rank yields per epoch (None for an unbounded stream)."""
         if self.resampled:
             return self.epoch_length
-        from .distributed import rank_world
+        from streamaug.data.distributed import rank_world
 
         world = rank_world()[1] if self.distributed else 1
         plan = plan_epoch(self.counts, world=world, num_workers=1, seed=self.seed, epoch=self.epoch,

@@ -1,6 +1,6 @@
 """Pack a folder of X-rays plus a metadata CSV into WebDataset shards and a ``manifest.json``.
 
-``python -m streamaug.pack --root DIR --metadata CSV --out DIR [--shard-size N]
+``python -m streamaug.cli.pack --root DIR --metadata CSV --out DIR [--shard-size N]
 [--on-error skip|raise] [--prefix NAME] [--boxes-column COL] [--key-column COL] [--label-column COL]``
 
 Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
@@ -406,8 +406,8 @@ def _sha256(path: Path) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command-line entry point (``python -m streamaug.pack`` / ``streamaug-pack``)."""
-    ap = argparse.ArgumentParser(prog="python -m streamaug.pack", description=__doc__.split("\n")[0])
+    """Command-line entry point (``python -m streamaug.cli.pack`` / ``streamaug-pack``)."""
+    ap = argparse.ArgumentParser(prog="python -m streamaug.cli.pack", description=__doc__.split("\n")[0])
     ap.add_argument("--root", required=True, help="folder the CSV paths are relative to")
     ap.add_argument("--metadata", required=True, help="metadata CSV with an 'image' column")
     ap.add_argument("--out", required=True, help="output folder for shards and manifest.json")

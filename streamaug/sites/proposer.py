@@ -6,15 +6,15 @@ cut (lesion images) or where a synthetic lesion may be translated in (normal ima
 - Lesion image (``label == 1`` with boxes): one square per box, side ``s * max(box w, box h)``,
   placed at random so that the box lies inside it (:func:`lesion_crops`).
 - Normal image (``label == 0``): ``n`` matched lesion records are drawn from a
-  :class:`~streamaug.lesion_bank.LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
+  :class:`~streamaug.sites.bank.LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
   way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
   dropped. Means are summed directly over the crops when they cover less than the image, else read
-  from an integral image, O(1) per crop (numba kernels in :mod:`streamaug._site_kernels`).
+  from an integral image, O(1) per crop (numba kernels in :mod:`streamaug.sites._kernels`).
 
 Randomness is a pure function of ``(seed, epoch, sample key)``, so the same sample gets the same
 sites in any worker, in any process and in any order: a SplitMix64 generator starts from a SHAKE-256
 hash of the three (:func:`sample_seed`). Each image's proposal is one compiled call
-(:mod:`streamaug._propose_kernels`), which also draws its random numbers.
+(:mod:`streamaug.sites._propose_kernels`), which also draws its random numbers.
 """
 from __future__ import annotations
 
@@ -25,13 +25,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamaug import _propose_kernels as _pk
-from streamaug._site_kernels import box_means, crop_means, integral_image, lesion_crops, parse_boxes
-from streamaug.labels import to_int_label
-from streamaug.lesion_bank import LesionBoxBank
+from streamaug.sites import _propose_kernels as _pk
+from streamaug.sites.boxes import parse_boxes
+from streamaug.io.labels import to_int_label
+from streamaug.sites.bank import LesionBoxBank
 
-__all__ = ["LesionBoxBank", "SiteProposer", "sample_seed", "integral_image", "box_means", "crop_means",
-           "lesion_crops", "parse_boxes"]
+__all__ = ["SiteProposer", "sample_seed"]
 
 _EMPTY = np.zeros((0, 4), dtype=np.int64)
 _NO_BUFFER = np.empty(0, dtype=np.float64)
@@ -56,7 +55,7 @@ def sample_seed(seed: int, epoch: int, key: str) -> int:
         >>> sample_seed(0, 1, "IMG1") == sample_seed(0, 1, "IMG1"), sample_seed(0, 1, "IMG1") == sample_seed(0, 2, "IMG1")
         (True, False)
     """
-    data = (b"streamaug.sites/2" + (int(seed) & _MASK64).to_bytes(8, "little")
+    data = (b"streamaug.sites.proposer/2" + (int(seed) & _MASK64).to_bytes(8, "little")
             + (int(epoch) & _MASK64).to_bytes(8, "little") + str(key).encode("utf-8"))
     return int.from_bytes(hashlib.shake_256(data).digest(8), "little")
 
@@ -86,7 +85,7 @@ class SiteProposer:
     (the usual case: ~0.3 ``H x W`` for BTXRD boxes), else read from an integral image; for that,
     each process keeps one scratch buffer of ``8 (H+1)(W+1)`` bytes for the largest image seen
     (33 MB at 2048x2048), allocated on first use, reused across samples and not pickled. Each image
-    is one call of a compiled kernel (:mod:`streamaug._propose_kernels`); the kernels are compiled,
+    is one call of a compiled kernel (:mod:`streamaug.sites._propose_kernels`); the kernels are compiled,
     or loaded from numba's disk cache, when the proposer is built (~0.5 s once per process), so
     forked DataLoader workers inherit them instead of each loading them again at every epoch's
     start; a process that unpickles a proposer (spawn) loads them on first use.

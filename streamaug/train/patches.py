@@ -13,10 +13,10 @@ from typing import Any, Callable, Sequence
 
 import torch
 
-from ..shardlist import find_manifest
-from ..sites import LesionBoxBank, SiteProposer
-from ..stream import XRayShards
-from .blend import crop_sites
+from streamaug.data.shardlist import find_manifest
+from streamaug.sites import LesionBoxBank, SiteProposer
+from streamaug.data.stream import XRayShards
+from streamaug.synth.ops import crop_sites
 
 
 @dataclass
@@ -63,7 +63,7 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float =
         resize: resize images before cropping (as the stream would).
         seed: seeds site placement and the balancing subsample.
         select: keep only images for which ``select(key, metadata_json)`` is true (e.g. the kept
-            positives of a rare-positive run, :class:`streamaug.train.classifier_data.KeySelect`).
+            positives of a rare-positive run, :class:`streamaug.data.select.KeySelect`).
 
     Returns:
         :class:`PatchSets` with ``info`` = counts, images used and the data fingerprint.

@@ -1,9 +1,9 @@
-"""The benchmark suite, ``python -m streamaug.bench``, and its Markdown tables.
+"""The benchmark suite, ``python -m streamaug.cli.bench``, and its Markdown tables.
 
 :func:`run_suite` runs every comparison with the settings of :data:`SUITE` (loaders on BTXRD and on
 generated 2048x2048 DICOM shards, synthesis stage vs translator, memory over a long stream, and on
 CUDA the classifier steps); :func:`report` prints the tables recorded in ``benchmarks/RESULTS.md``.
-The measuring itself (timing, memory, the loaders compared) is in :mod:`streamaug.bench_measure`.
+The measuring itself (timing, memory, the loaders compared) is in :mod:`streamaug.cli.bench_measure`.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .bench_measure import (KINDS, classifier_step, compare, loader_factories, make_lesion_stream, memory_snapshot,
+from streamaug.cli.bench_measure import (KINDS, classifier_step, compare, loader_factories, make_lesion_stream, memory_snapshot,
                             memory_trend, synthesis_bench)
 
 LABELS = {"plain": "plain wds", "stream": "stream", "stream_sites": "stream+sites", "synth": "stream+synth"}
@@ -70,9 +70,9 @@ def dicom_shards(cache: str | os.PathLike, n: int, size: int = 2048) -> list[str
     """``n`` phantom DICOMs (``size``x``size``, 16-bit) packed into shards of 8, cached in ``cache``."""
     from pathlib import Path
 
-    from .pack import pack
-    from .phantom import write_phantom_dataset
-    from .shardlist import expand_urls
+    from streamaug.cli.pack import pack
+    from streamaug.phantom import write_phantom_dataset
+    from streamaug.data.shardlist import expand_urls
 
     root = Path(cache) / f"dicom{size}-n{n}"
     if not (root / "shards" / "manifest.json").exists():
@@ -96,7 +96,7 @@ def run_suite(shards: str, *, quick: bool = False, cache: str | None = None, dic
     import platform
     import tempfile
 
-    from .shardlist import expand_urls
+    from streamaug.data.shardlist import expand_urls
 
     cfg = {**SUITE["quick" if quick else "full"], **override}
     cuda = torch.cuda.is_available()
@@ -169,11 +169,11 @@ def report(res: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamaug.bench [--shards DIR] [--quick] [--out results.json]``."""
+    """``python -m streamaug.cli.bench [--shards DIR] [--quick] [--out results.json]``."""
     import argparse
     import json
 
-    ap = argparse.ArgumentParser(prog="python -m streamaug.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m streamaug.cli.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed BTXRD folder (train split used)")
     ap.add_argument("--quick", action="store_true", help="short settings (about 2 minutes on 2 cores)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")

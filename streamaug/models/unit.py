@@ -16,7 +16,7 @@ term reduces to ``mean(mu^2)``; translation at inference uses ``mu``.
 Scaling: the public API takes and returns patches in ``[0, 1]``. Internally the networks work in
 ``[-1, 1]`` (``x * 2 - 1`` in, ``(tanh + 1) / 2`` out) like the official code, so the loss weights
 keep their meaning. Discriminators (multi-scale LSGAN) live here too; losses and the optimizer step
-are in :mod:`streamaug.synth.unit_losses`.
+are in :mod:`streamaug.train.unit_losses`.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from streamaug.synth.registry import register_translator
+from streamaug.models.registry import register_translator
 
 __all__ = ["UNITConfig", "UNIT", "MultiScaleDiscriminator", "unit_preset", "PRESETS"]
 

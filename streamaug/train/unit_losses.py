@@ -3,7 +3,7 @@
 Per step, with ``h`` = normal and ``l`` = lesion patches mapped to ``[-1, 1]``:
 
 1. discriminator update (LSGAN): ``D(real) -> 1``, ``D(fake.detach()) -> 0`` for both domains;
-2. generator update, the sum of (weights in :class:`~streamaug.synth.unit.UNITConfig`)
+2. generator update, the sum of (weights in :class:`~streamaug.models.unit.UNITConfig`)
 
    * ``gan_w``: LSGAN ``(D_l(x_{h->l}) - 1)^2 + (D_h(x_{l->h}) - 1)^2``;
    * ``recon_x_w``: L1 within-domain reconstruction ``|G_h(z_h) - x_h|`` (+ ``l``);
@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from streamaug.synth.unit import UNIT, UNITConfig
+from streamaug.models.unit import UNIT, UNITConfig
 
 __all__ = ["UNITTrainer", "lsgan_dis_loss", "lsgan_gen_loss"]
 
@@ -50,13 +50,13 @@ class UNITTrainer:
     """Holds the two Adam optimizers and runs one UNIT step: discriminators, then generators.
 
     Args:
-        model: the :class:`~streamaug.synth.unit.UNIT` to train (already on its device/dtype).
+        model: the :class:`~streamaug.models.unit.UNIT` to train (already on its device/dtype).
         config: loss weights and Adam settings; defaults to ``model.config``.
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward passes under ``torch.autocast`` on the
             model's device (no grad scaler needed for bf16). ``None``: plain precision.
 
     Examples:
-        >>> from streamaug.synth.unit import unit_preset
+        >>> from streamaug.models.unit import unit_preset
         >>> _ = torch.manual_seed(0)
         >>> model = UNIT(unit_preset("tiny"))
         >>> trainer = UNITTrainer(model)

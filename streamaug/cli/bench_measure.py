@@ -1,10 +1,10 @@
-"""Measuring primitives behind ``python -m streamaug.bench`` and ``benchmarks/*.py``.
+"""Measuring primitives behind ``python -m streamaug.cli.bench`` and ``benchmarks/*.py``.
 
 What is measured and how: process memory from ``/proc``, the loaders under comparison
 (:func:`loader_factories`), throughput of a loader (:func:`measure`, :func:`compare`) or of a call
 (:func:`time_calls`), the synthesis stage against its translator (:func:`synthesis_bench`), RSS over
 a long stream (:func:`memory_trend`) and a classifier step to consume batches
-(:func:`classifier_step`). The suite and its tables live in :mod:`streamaug.bench`.
+(:func:`classifier_step`). The suite and its tables live in :mod:`streamaug.cli.bench`.
 
 Nothing here asserts a speed; every number comes from a timed run. Loaders are compared
 *alternating* (A, B, C, A, B, C, ... for several rounds) so slow phases of a shared machine hit
@@ -26,8 +26,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from .collate import collate_xray
-from .labels import to_int_label
+from streamaug.data.collate import collate_xray
+from streamaug.io.labels import to_int_label
 
 LoaderFactory = Callable[[], Iterable[dict[str, Any]]]
 Consume = Callable[[dict[str, Any]], None]
@@ -114,10 +114,10 @@ def make_lesion_stream(urls: Sequence[str], *, workers: int, batch: int, preset:
     """A ``LesionStream`` with an untrained UNIT ``preset`` translator and a ``PseudoLabel`` filter
     on an untrained ``drn_tiny`` (threshold 0: every candidate is scored, all are kept), images
     scored at ``filter_size``. Weights do not matter for speed."""
-    from .filters.pseudo_label import PseudoLabel
-    from .models import get_classifier
-    from .synth.lesion_stream import LesionStream
-    from .synth.unit import UNIT, unit_preset
+    from streamaug.filters.pseudo_label import PseudoLabel
+    from streamaug.models import get_classifier
+    from streamaug.synth.lesion_stream import LesionStream
+    from streamaug.models.unit import UNIT, unit_preset
 
     filt = PseudoLabel(get_classifier("drn_tiny")(), threshold=0.0, input_size=filter_size, device=device)
     return LesionStream(list(urls), translator=UNIT(unit_preset(preset)), filter=filt, device=device, seed=seed,
@@ -133,7 +133,7 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
     """
     from torch.utils.data import DataLoader
 
-    from .stream import XRayShards
+    from streamaug.data.stream import XRayShards
 
     def dl(ds: Any) -> DataLoader:
         return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_xray)
@@ -243,7 +243,7 @@ def time_calls(fn: Callable[[], int], seconds: float) -> float:
 # ---------------------------------------------------------------------------------------- synthesis
 def normal_batch(urls: Sequence[str], batch: int, seed: int = 1) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """``batch`` decoded normal images that have sites, from ``XRayShards(sites=True)``."""
-    from .stream import XRayShards
+    from streamaug.data.stream import XRayShards
 
     images, sites = [], []
     for sample in XRayShards(list(urls), resampled=True, sites=True, seed=seed):
@@ -264,11 +264,11 @@ def synthesis_bench(urls: Sequence[str], *, preset: str = "tiny", device: str = 
 
     ``bf16``: autocast bfloat16 for the translator, as the stage does it (CUDA only; ignored on CPU).
     """
-    from .filters.pseudo_label import PseudoLabel
-    from .models import get_classifier
-    from .synth.blend import crop_sites, paste_blend
-    from .synth.stage import SynthesisStage
-    from .synth.unit import UNIT, unit_preset
+    from streamaug.filters.pseudo_label import PseudoLabel
+    from streamaug.models import get_classifier
+    from streamaug.synth.ops import crop_sites, paste_blend
+    from streamaug.synth.stage import SynthesisStage
+    from streamaug.models.unit import UNIT, unit_preset
 
     dev = torch.device(device)
     translator = UNIT(unit_preset(preset)).to(dev).eval()
@@ -349,7 +349,7 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
 
 def classifier_step(model_name: str, device: str | torch.device) -> Consume:
     """A ``consume`` callback: one forward+backward+SGD step of a fresh ``model_name`` per batch."""
-    from .models import get_classifier
+    from streamaug.models import get_classifier
 
     dev = torch.device(device)
     model = get_classifier(model_name)().to(dev).train()

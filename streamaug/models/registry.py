@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 _REGISTRY: dict[str, type[nn.Module]] = {}
-_BUILTIN_MODULES = ("streamaug.synth.unit",)
+_BUILTIN_MODULES = ("streamaug.models.unit",)
 T = TypeVar("T", bound=type)
 
 

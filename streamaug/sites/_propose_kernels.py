@@ -1,12 +1,12 @@
 """Fused per-sample site proposal: one numba call per image (used by :class:`streamaug.SiteProposer`).
 
-The geometry and the crop means are the kernels of :mod:`streamaug._site_kernels`; this module
+The geometry and the crop means are the kernels of :mod:`streamaug.sites._kernels`; this module
 chains them, with their random numbers, inside one compiled call per image, because the Python and
 numpy glue between the steps cost several times the arithmetic (a DataLoader worker's caches are
 cold after decoding an image, so every small numpy call is slow there).
 
 Randomness: a SplitMix64 generator (Steele et al., 2014) whose 64-bit state starts at the sample's
-seed (:func:`streamaug.sites.sample_seed`). It is integer arithmetic only, so a sample gets the same
+seed (:func:`streamaug.sites.proposer.sample_seed`). It is integer arithmetic only, so a sample gets the same
 sites on every machine. The state lives in a one-element ``uint64`` array.
 
 Draw order for one image (fixed: changing it changes every sample's sites):
@@ -22,8 +22,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from streamaug import _site_kernels
-from streamaug._site_kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
+from streamaug.sites import _kernels as _site_kernels
+from streamaug.sites._kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
                                      gather_boxes_kernel, integral_image_kernel, place_crops_kernel)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -120,7 +120,7 @@ def normal_sites_kernel(img: np.ndarray, pool: np.ndarray, bank_boxes: np.ndarra
                         seed: np.uint64, max_sites: int, buffer: np.ndarray) -> tuple:  # pragma: no cover
     """A normal image's sites: candidates, the dark ones dropped, capped.
 
-    Crop means are summed directly when that is cheaper (:func:`streamaug._site_kernels.direct_is_cheaper`),
+    Crop means are summed directly when that is cheaper (:func:`streamaug.sites._kernels.direct_is_cheaper`),
     else read from an integral image written into ``buffer`` (flat float64; a larger one is allocated
     when it is too small and returned, so the caller can keep it).
 
@@ -152,7 +152,7 @@ _WARM = False
 
 def warm_up() -> None:
     """Compile (or load from numba's cache) every site kernel, these and those of
-    :mod:`streamaug._site_kernels`, for their one signature each; once per process."""
+    :mod:`streamaug.sites._kernels`, for their one signature each; once per process."""
     global _WARM
     if _WARM:
         return

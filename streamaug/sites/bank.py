@@ -1,7 +1,7 @@
 """The lesion-box bank that normal images are matched against for patch sites (Gupta et al., §3.2).
 
 :class:`LesionBoxBank` holds the boxes of the training lesion images with their region, view and image
-size; :class:`streamaug.sites.SiteProposer` draws ``n`` matched records per normal image from it.
+size; :class:`streamaug.sites.proposer.SiteProposer` draws ``n`` matched records per normal image from it.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from streamaug import _site_kernels as _k
-from streamaug._site_kernels import parse_boxes
-from streamaug.labels import to_int_label
+from streamaug.sites import _kernels as _k
+from streamaug.sites.boxes import parse_boxes
+from streamaug.io.labels import to_int_label
 
 __all__ = ["LesionBoxBank"]
 
