@@ -18,7 +18,7 @@ import numpy as np
 from webdataset.tariterators import base_plus_ext
 
 from streamaug.io.errors import ShardError
-from streamaug.io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
+from streamaug.io.tar import READ_ERRORS, is_url, iter_tar_files, open_tar_stream
 
 MANIFEST = "manifest.json"
 
@@ -28,13 +28,18 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
 
     Accepts a list of paths, a brace pattern (``data-{000..009}.tar``), a glob, a folder
     (its ``*.tar`` files, or the shards its ``manifest.json`` lists for ``split``) or a
-    ``manifest.json`` path.
+    ``manifest.json`` path. ``http(s)://`` and ``pipe:CMD`` URLs (as in WebDataset) are
+    brace-expanded but not globbed: ``"pipe:cat /data/x-{0..3}.tar"``.
 
     Raises:
         ShardError: when the spec matches no shard.
     """
     if isinstance(urls, (list, tuple)):
         out = [str(u) for u in urls]
+    elif is_url(urls):
+        import braceexpand
+
+        out = list(braceexpand.braceexpand(str(urls)))
     else:
         spec = str(urls)
         path = Path(spec)
@@ -80,7 +85,10 @@ def manifest_shards(path: str | os.PathLike, split: str | None) -> list[str]:
 
 
 def find_manifest(shard: str | os.PathLike) -> Path | None:
-    """The ``manifest.json`` in the shard's folder or the folder above it (split folders)."""
+    """The ``manifest.json`` in the shard's folder or the folder above it (split folders); None
+    for URLs (their samples are counted by reading the headers)."""
+    if is_url(shard):
+        return None
     here = Path(shard).resolve().parent
     for folder in (here, here.parent):
         if (folder / MANIFEST).exists():

@@ -3,7 +3,7 @@
 Stages, each a generator (``iterator -> iterator``), in the order a sample meets them::
 
     plan (shards -> this reader) -> read tar -> shuffle buffer -> [resume skip] -> decode
-        -> resize -> propose sites -> yield
+        -> resize -> propose sites -> transform -> yield
 
 Shuffling works on raw bytes, before decoding, so a resumed stream skips already-seen samples
 without decoding them. Example with a ``DataLoader``::
@@ -177,6 +177,10 @@ class XRayShards(torch.utils.data.IterableDataset):
             counts are then found by scanning the shards' JSON once.
         distributed: split shards across ``torch.distributed`` ranks (default). False: every rank
             reads everything (e.g. a validation set each rank scores in full).
+        transform: a per-sample function ``sample dict -> sample dict`` applied last (after resize
+            and sites), inside the DataLoader workers; its errors follow ``on_error`` like a decode
+            error. It must be picklable for worker processes started by spawn (a module-level
+            function or a ``functools.partial`` of one).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
     (:func:`streamaug.data.shardlist.plan_epoch`) gives each rank the largest rank total, padding
@@ -191,7 +195,8 @@ class XRayShards(torch.utils.data.IterableDataset):
                  on_error: str = "raise", sites: Any = None, resize: int | tuple[int, int] | None = None,
                  equalize: str = "pad", label_fn: Callable[[Any], int] = to_int_label,
                  buffer_size: int = 256, select: Callable[[str, dict], bool] | None = None,
-                 distributed: bool = True) -> None:
+                 distributed: bool = True, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 ) -> None:
         super().__init__()
         if on_error not in ("raise", "skip", "warn"):
             raise ValueError(f"on_error must be 'raise', 'skip' or 'warn', got {on_error!r}")
@@ -201,7 +206,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         self.label_fn, self.buffer_size = label_fn, buffer_size if shuffle else 0
         self.resize = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
         self.sites = self._make_sites(sites)
-        self.select, self.distributed = select, distributed
+        self.select, self.distributed, self.transform = select, distributed, transform
         self.counts = None if resampled else (
             shard_counts(self.shards) if select is None else
             [sum(bool(select(k, m)) for k, m in scan_metadata(s)) for s in self.shards])
@@ -303,6 +308,8 @@ class XRayShards(torch.utils.data.IterableDataset):
                 sample = resize_sample(sample, self.resize)
             if self.sites is not None:
                 sample = self.sites(sample)
+            if self.transform is not None:
+                sample = self.transform(sample)
             return sample
         except Exception as err:  # noqa: BLE001 - the policy decides
             where = f"sample {raw.get('__key__')!r} of shard {raw.get('__url__')}"

@@ -1,11 +1,13 @@
 """A fast reader for the regular files of a tar stream (the hot path of :func:`streamaug.data.stream.read_tar`).
 
-Why not :mod:`tarfile`: parsing each 512-byte header in Python through ``tarfile`` cost ~50 us per
-member (~160 us per three-file sample, 15 % of decoding a 256-px BTXRD sample on one core). This
-reader parses the fields a shard needs with a few slices, ~10x faster. It reads ustar, pax
+Why not :mod:`tarfile`: it parses each 512-byte header through several layers of Python, a
+noticeable share of decoding a small image; this reader parses the fields a shard needs with a few
+slices (``benchmarks/tar_read.py`` compares the two; figures in ``benchmarks/RESULTS.md``). It reads ustar, pax
 (``x``/``g`` records: ``path``, ``size``) and GNU long names (``L``); other member types
 (directories, links, devices, GNU sparse) are skipped with their data. Compressed shards
-(gzip, bzip2, xz) are read through the standard library's decompressors.
+(gzip, bzip2, xz) are read through the standard library's decompressors. Shards may be local
+paths or, as in WebDataset, ``http(s)://...`` and ``pipe:CMD`` URLs, opened by webdataset's own
+URL opener (:func:`webdataset.gopen.gopen`); a failing command or download is an ``OSError``.
 
 It is stricter than ``tarfile`` where ``tarfile`` loses data silently: a header with a bad
 checksum after the first member raises instead of ending the archive there. Errors are
@@ -16,7 +18,9 @@ from __future__ import annotations
 import bz2
 import gzip
 import lzma
+import io
 import os
+import re
 import tarfile
 import zlib
 from typing import BinaryIO, Iterator
@@ -36,15 +40,64 @@ class TarHeaderError(tarfile.ReadError):
     """A header failed its checksum or holds an unreadable field."""
 
 
+_URL = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
+_COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File, b"\xfd7zXZ": lzma.LZMAFile}
+
+
+def is_url(spec: str | os.PathLike) -> bool:
+    """True for ``pipe:CMD`` and ``scheme://...`` shard specs (read through webdataset's opener).
+
+    >>> [is_url(s) for s in ("pipe:cat a.tar", "http://host/a.tar", "/data/a.tar", "a.tar")]
+    [True, True, False, False]
+    """
+    return bool(_URL.match(os.fspath(spec)))
+
+
+class _Source(io.RawIOBase):
+    """A raw, read-only, non-seekable view of any object with ``read(n)``; closing it closes
+    ``closers`` in order (the decompressor, then the pipe, whose close checks the exit status)."""
+
+    def __init__(self, source: BinaryIO, *closers: BinaryIO) -> None:
+        self._source, self._closers = source, (source, *closers)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._source.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                for c in self._closers:
+                    c.close()
+            finally:
+                super().close()
+
+
 def open_tar_stream(path: str | os.PathLike) -> BinaryIO:
-    """Open a tar file for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes."""
-    fh = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
-    magic = fh.peek(6)[:6]
-    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
-    for prefix, open_compressed in opener.items():
+    """Open a shard for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes.
+
+    Args:
+        path: a local path, or an ``http(s)://`` / ``pipe:CMD`` URL (see :func:`is_url`).
+
+    Returns:
+        A binary stream; closing it closes the file, decompressor or pipe behind it.
+    """
+    spec = os.fspath(path)
+    if is_url(spec):
+        from webdataset.gopen import gopen
+
+        pipe = gopen(spec, "rb")
+        fh: BinaryIO = io.BufferedReader(_Source(pipe), buffer_size=1 << 16)  # type: ignore[assignment]
+    else:
+        fh = open(spec, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
+    magic = fh.peek(6)[:6]  # type: ignore[attr-defined]
+    for prefix, decompressor in _COMPRESSED.items():
         if magic.startswith(prefix):
-            fh.close()
-            return open_compressed(path, "rb")  # type: ignore[return-value]
+            return io.BufferedReader(_Source(decompressor(fh), fh), buffer_size=1 << 16)  # type: ignore
     return fh
 
 
