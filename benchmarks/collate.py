@@ -1,6 +1,6 @@
 """collate_xray stacking into shared memory (``shared=True``, the default) vs a plain stack, per loader.
 
-Usage: ``python benchmarks/collate.py --shards /tmp/shards/btxrd [--workers 2] [--rounds 4]``
+Usage: ``python benchmarks/collate.py --shards SHARDS [--workers 2] [--rounds 4]``
 
 Four loaders on the same shards, workers and batch size, measured alternating: the plain
 WebDataset decode (see ``benchmarks/loader.py``) and ``XRayShards(resampled=True, sites=True)``,
@@ -20,19 +20,18 @@ from torch.utils.data import DataLoader
 from streamaug import XRayShards
 from streamaug.cli.bench_measure import measure, plain_dataset
 from streamaug.data.collate import collate_xray
-from streamaug.data.shardlist import expand_urls
+from streamaug.cli.bench import add_shards_argument, shard_urls
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed folder (with manifest.json)")
-    ap.add_argument("--split", default="train")
+    add_shards_argument(ap)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
     ap.add_argument("--rounds", type=int, default=4)
     args = ap.parse_args()
-    urls = expand_urls(args.shards, args.split)
+    urls = shard_urls(args.shards, args.split)
     datasets = {"plain wds": plain_dataset(urls), "stream+sites": XRayShards(urls, resampled=True, sites=True)}
     loaders = {(name, shared): DataLoader(ds, batch_size=args.batch, num_workers=args.workers,
                                           collate_fn=partial(collate_xray, shared=shared))

@@ -16,17 +16,18 @@ import statistics
 import subprocess
 import sys
 
+from streamaug.cli.bench import add_shards_argument, shard_urls
+
 CHILD = r"""
 import json, sys, time
 from torch.utils.data import DataLoader
 from streamaug import XRayShards, collate_xray
 from streamaug.sites import _propose_kernels
-from streamaug.data.shardlist import expand_urls
 shards, mode, workers, epochs = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 real = _propose_kernels.warm_up
 if mode == "cold":
     _propose_kernels.warm_up = lambda: None   # the parent skips the load ...
-ds = XRayShards(expand_urls(shards, "train"), sites=True)
+ds = XRayShards(shards.split(","), sites=True)
 _propose_kernels.warm_up = real               # ... each worker does it on its first sample
 out = []
 for epoch in range(epochs):
@@ -42,13 +43,13 @@ print(json.dumps(out))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed folder (with manifest.json)")
+    add_shards_argument(ap)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=3)
     args = ap.parse_args()
     res = {}
     for mode in ("cold", "warm"):
-        out = subprocess.run([sys.executable, "-c", CHILD, args.shards, mode, str(args.workers), str(args.epochs)],
+        out = subprocess.run([sys.executable, "-c", CHILD, ",".join(shard_urls(args.shards, args.split)), mode, str(args.workers), str(args.epochs)],
                              capture_output=True, text=True, check=True)
         res[mode] = json.loads(out.stdout.strip().splitlines()[-1])
         print(f"{mode}: seconds to the first {args.workers} batches per epoch {[round(s, 3) for s in res[mode]]}")

@@ -1,6 +1,6 @@
 """XRayShards vs a plain WebDataset decode loader on the same shards, workers and batch size.
 
-Usage: ``python benchmarks/loader.py --shards /tmp/shards/btxrd [--workers 0 2] [--seconds 4]``
+Usage: ``python benchmarks/loader.py --shards SHARDS [--workers 0 2] [--seconds 4]``
 
 Loaders, measured alternating (plain, stream+sites, stream, plain, ...) for ``--rounds`` rounds:
 
@@ -17,24 +17,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from streamaug.cli.bench import loader_table
+
 from streamaug.cli.bench_measure import compare, loader_factories
-from streamaug.data.shardlist import expand_urls
+from streamaug.cli.bench import add_shards_argument, loader_table, shard_urls
 
 GOAL = 0.95
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed folder (with manifest.json)")
-    ap.add_argument("--split", default="train", help="split of the packed folder")
+    add_shards_argument(ap)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args()
-    urls = expand_urls(args.shards, args.split)
+    urls = shard_urls(args.shards, args.split)
     results = []
     for workers in args.workers:
         factories = loader_factories(urls, workers=workers, batch=args.batch,

@@ -13,18 +13,18 @@ from __future__ import annotations
 import argparse
 
 from streamaug.cli.bench_measure import make_lesion_stream, memory_trend
-from streamaug.data.shardlist import expand_urls
+from streamaug.cli.bench import add_shards_argument, shard_urls
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed folder (with manifest.json)")
+    add_shards_argument(ap)
     ap.add_argument("--batches", type=int, default=1500)
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=32)
     args = ap.parse_args()
-    ls = make_lesion_stream(expand_urls(args.shards, "train"), workers=args.workers, batch=args.batch)
+    ls = make_lesion_stream(shard_urls(args.shards, args.split), workers=args.workers, batch=args.batch)
     t = memory_trend(lambda: ls.iter_batches(args.batch), batches=args.batches, every=args.every)
     print("| batch | main RSS MB | workers RSS MB | live workers |\n|---|---|---|---|")
     for batch, main_mb, workers_mb, live in t["samples"]:

@@ -18,9 +18,9 @@ import argparse
 
 import torch
 
-from streamaug.cli.bench import synthesis_table
+
 from streamaug.cli.bench_measure import compare, loader_factories, synthesis_bench
-from streamaug.data.shardlist import expand_urls
+from streamaug.cli.bench import add_shards_argument, shard_urls, synthesis_table
 
 GOAL = 0.7
 
@@ -31,7 +31,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--batch", type=int, default=32, help="patches (= images) per call")
     ap.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the translator (CUDA)")
-    ap.add_argument("--shards", default="/tmp/shards/btxrd")
+    add_shards_argument(ap)
     ap.add_argument("--workers", type=int, default=2, help="DataLoader workers for the stream comparison")
     ap.add_argument("--seconds", type=float, default=2.0)
     ap.add_argument("--rounds", type=int, default=3)
@@ -41,7 +41,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    urls = expand_urls(args.shards, "train")
+    urls = shard_urls(args.shards, args.split)
     s = synthesis_bench(urls, preset=args.preset, device=args.device, batch=args.batch, bf16=args.bf16,
                         rounds=args.rounds, seconds=args.seconds, filter_size=args.filter_size)
     print(f"preset {s['preset']} (patch {s['patch']}), {s['batch']} images {s['image']}, {s['filter_model']}, "

@@ -1,6 +1,6 @@
 """Reading every file of a split's shards: ``tarfile`` (as WebDataset reads them) vs ``streamaug.io.tar``.
 
-Usage: ``python benchmarks/tar_read.py --shards /tmp/shards/btxrd [--split train] [--rounds 5]``
+Usage: ``python benchmarks/tar_read.py --shards SHARDS [--split train] [--rounds 5]``
 
 Both read each shard sequentially and return every regular file's bytes (``tarfile.open(path,
 "r|*")`` + ``extractfile(member).read()``, vs ``iter_tar_files(open_tar_stream(path))``); the files
@@ -15,7 +15,7 @@ import tarfile
 import time
 
 from streamaug.io.tar import iter_tar_files, open_tar_stream
-from streamaug.data.shardlist import expand_urls
+from streamaug.cli.bench import add_shards_argument, shard_urls
 
 
 def with_tarfile(urls: list[str]) -> int:
@@ -40,11 +40,10 @@ def with_streamaug(urls: list[str]) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd")
-    ap.add_argument("--split", default="train")
+    add_shards_argument(ap)
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
-    urls = expand_urls(args.shards, args.split)
+    urls = shard_urls(args.shards, args.split)
     with tarfile.open(urls[0]) as tar:
         first = tar.next()
         pax = bool(first is not None and first.pax_headers)

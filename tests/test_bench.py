@@ -32,7 +32,7 @@ def test_suite_keys_and_positive_rates(shards: Path) -> None:
     res = run_suite(str(shards / "shards"), quick=True, cache=str(shards / "cache"), log=lambda m: None, **TINY)
     json.dumps(res)  # JSON-able
     assert {"settings", "machine", "loaders", "synthesis", "memory_trend", "gpu", "memory", "total_s"} <= set(res)
-    assert [(r["dataset"], r["workers"]) for r in res["loaders"]] == [("btxrd256", 0), ("btxrd256", 1), ("dicom64", 0)]
+    assert [(r["dataset"], r["workers"]) for r in res["loaders"]] == [("shards", 0), ("shards", 1), ("dicom64", 0)]
     for r in res["loaders"]:
         c = r["compare"]
         for kind in ("plain", "stream", "stream_sites", "synth"):

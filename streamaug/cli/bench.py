@@ -66,28 +66,50 @@ SUITE = {  # per mode: rounds x seconds per loader, worker counts, DICOM images,
 }
 
 
-def dicom_shards(cache: str | os.PathLike, n: int, size: int = 2048) -> list[str]:
-    """``n`` phantom DICOMs (``size``x``size``, 16-bit) packed into shards of 8, cached in ``cache``."""
+def phantom_shards(cache: str | os.PathLike | None = None, n: int = 512, size: int = 256,
+                   fmt: str = "png", shard_size: int = 32) -> str:
+    """A packed folder of ``n`` phantom radiographs (``size`` px, ``fmt`` png or dcm, half with
+    lesions), generated once into ``cache`` (default ``$TMPDIR/streamaug-bench``) and reused.
+
+    The benchmark scripts use it when no ``--shards`` folder is given. Returns the folder (its
+    ``train`` split holds every image).
+    """
+    import tempfile
     from pathlib import Path
 
     from streamaug.cli.pack import pack
     from streamaug.phantom import write_phantom_dataset
+
+    root = Path(cache or os.path.join(tempfile.gettempdir(), "streamaug-bench")) / f"{fmt}{size}-n{n}"
+    if not (root / "shards" / "manifest.json").exists():
+        write_phantom_dataset(root / "raw", n // 2, n - n // 2, size=(size, size), fmt=fmt, splits=(1, 0, 0))
+        pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=shard_size, progress=False,
+             overwrite=True)
+    return str(root / "shards")
+
+
+def add_shards_argument(ap: Any) -> None:
+    """``--shards`` (optional) and ``--split`` for the benchmark scripts."""
+    ap.add_argument("--shards", default=None,
+                    help="a folder packed by streamaug-pack (with manifest.json); default: 512 phantom "
+                         "256-px radiographs generated once into $TMPDIR/streamaug-bench")
+    ap.add_argument("--split", default="train", help="split of the packed folder")
+
+
+def shard_urls(shards: str | None, split: str = "train") -> list[str]:
+    """The shard list of ``--shards`` (phantom shards when None)."""
     from streamaug.data.shardlist import expand_urls
 
-    root = Path(cache) / f"dicom{size}-n{n}"
-    if not (root / "shards" / "manifest.json").exists():
-        write_phantom_dataset(root / "raw", n // 2, n - n // 2, size=(size, size), fmt="dcm", splits=(1, 0, 0))
-        pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=8, progress=False,
-             overwrite=True)
-    return expand_urls(root / "shards", "train")
+    return expand_urls(shards or phantom_shards(), split)
 
 
-def run_suite(shards: str, *, quick: bool = False, cache: str | None = None, dicom: bool = True,
+def run_suite(shards: str | None, *, quick: bool = False, cache: str | None = None, dicom: bool = True,
               log: Callable[[str], None] = print, **override: Any) -> dict[str, Any]:
     """The whole suite; returns a JSON-able dict (see ``benchmarks/RESULTS.md``).
 
     Args:
-        shards: packed BTXRD folder (``train`` split used) or any ``XRayShards`` spec.
+        shards: a packed folder (``train`` split used) or any ``XRayShards`` spec; None: phantom
+            shards (:func:`phantom_shards`).
         quick: the short settings of :data:`SUITE`.
         cache: where the DICOM shards are generated (default ``$TMPDIR/streamaug-bench``).
         dicom: also run the 2048x2048 16-bit DICOM shards.
@@ -101,17 +123,18 @@ def run_suite(shards: str, *, quick: bool = False, cache: str | None = None, dic
     cfg = {**SUITE["quick" if quick else "full"], **override}
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
+    if shards is None:
+        shards = phantom_shards(cache)
     urls = expand_urls(shards, "train") if os.path.isdir(shards) and os.path.exists(
         os.path.join(shards, "manifest.json")) else expand_urls(shards)
     res: dict[str, Any] = {"settings": cfg, "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                            "torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": cuda,
                            "gpu": torch.cuda.get_device_name() if cuda else None}, "loaders": []}
     started = time.perf_counter()
-    sets = [("btxrd256", urls, cfg["workers"], cfg["batch"], cfg["rounds"], cfg["seconds"])]
+    sets = [(os.path.basename(os.path.normpath(shards)) if os.path.isdir(shards) else "shards", urls, cfg["workers"], cfg["batch"], cfg["rounds"], cfg["seconds"])]
     if dicom:
         t = time.perf_counter()
-        durls = dicom_shards(cache or os.path.join(tempfile.gettempdir(), "streamaug-bench"), cfg["dicom_n"],
-                             cfg["dicom_size"])
+        durls = shard_urls(phantom_shards(cache, cfg["dicom_n"], cfg["dicom_size"], fmt="dcm", shard_size=8))
         res["dicom_setup_s"] = time.perf_counter() - t
         sets.append((f"dicom{cfg['dicom_size']}", durls, cfg["dicom_workers"], cfg["dicom_batch"], cfg["dicom_rounds"],
                      cfg["dicom_seconds"]))
@@ -174,10 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import json
 
     ap = argparse.ArgumentParser(prog="python -m streamaug.cli.bench", description=__doc__.split("\n")[0])
-    ap.add_argument("--shards", default="/tmp/shards/btxrd", help="packed BTXRD folder (train split used)")
+    ap.add_argument("--shards", default=None, help="a packed folder, e.g. BTXRD packed by streamaug-pack (train "
+                    "split used); default: phantom radiographs generated once into --cache")
     ap.add_argument("--quick", action="store_true", help="short settings (about 2 minutes on 2 cores)")
     ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--cache", default=None, help="folder for the generated DICOM shards")
+    ap.add_argument("--cache", default=None, help="folder for the generated phantom and DICOM shards "
+                    "(default $TMPDIR/streamaug-bench)")
     ap.add_argument("--no-dicom", action="store_true", help="skip the 2048x2048 DICOM shards")
     args = ap.parse_args(argv)
     res = run_suite(args.shards, quick=args.quick, cache=args.cache, dicom=not args.no_dicom)
