@@ -41,16 +41,12 @@ def integral_image_kernel(img: np.ndarray, out: np.ndarray) -> np.ndarray:  # pr
 @numba.njit(cache=True, nogil=True)
 def box_means_kernel(integral: np.ndarray, boxes: np.ndarray) -> np.ndarray:  # pragma: no cover
     """Mean of the image inside each ``x0 y0 x1 y1`` (end-exclusive) box; NaN for empty boxes."""
-    m = boxes.shape[0]
-    out = np.empty(m, dtype=np.float64)
-    for i in range(m):
+    out = np.full(boxes.shape[0], np.nan)
+    for i in range(boxes.shape[0]):
         x0, y0, x1, y1 = boxes[i, 0], boxes[i, 1], boxes[i, 2], boxes[i, 3]
-        area = (x1 - x0) * (y1 - y0)
-        if area <= 0:
-            out[i] = np.nan
-        else:
+        if x1 > x0 and y1 > y0:
             total = integral[y1, x1] - integral[y0, x1] - integral[y1, x0] + integral[y0, x0]
-            out[i] = total / area
+            out[i] = total / ((x1 - x0) * (y1 - y0))
     return out
 
 

@@ -84,15 +84,8 @@ def crop_means(img: np.ndarray, boxes: np.ndarray) -> np.ndarray:
     :func:`box_means` when the boxes cover less than the image (see :func:`direct_is_cheaper`).
     Agrees with :func:`box_means` up to float rounding (both accumulate in float64).
 
-    Args:
-        img: ``(H, W)`` array (converted to C-contiguous float32).
-        boxes: ``(m, 4)`` integer boxes ``x0 y0 x1 y1`` (end-exclusive) inside ``[0, W] x [0, H]``.
-
-    Returns:
-        ``(m,)`` float64 means; NaN for boxes with zero area.
-
-    Raises:
-        ValueError: on bad shapes or boxes outside the image.
+    Args and returns as :func:`box_means`, with ``img`` an ``(H, W)`` array (converted to
+    C-contiguous float32) in place of the integral image.
 
     Examples:
         >>> crop_means(np.arange(4, dtype=np.float32).reshape(2, 2), np.array([[0, 0, 2, 2], [1, 0, 2, 2]])).tolist()
