@@ -26,3 +26,34 @@ def test_doctests(module):
     mod = importlib.import_module(module)
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.failed == 0
+
+
+def test_editors_see_every_lazy_name():
+    """The ``TYPE_CHECKING`` imports of ``streamaug/__init__.py`` name exactly the lazy public names,
+    each from the module ``__getattr__`` loads it from."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(streamaug.__file__).read_text())
+    block = next(n for n in tree.body if isinstance(n, ast.If) and getattr(n.test, "id", "") == "TYPE_CHECKING")
+    seen = {alias.name: node.module for node in block.body if isinstance(node, ast.ImportFrom)
+            for alias in node.names}
+    assert seen == streamaug._PUBLIC
+
+
+@pytest.mark.parametrize("name,module", [("cosine_alpha", "streamaug.synth"), ("SynthesisStage", "streamaug.synth"),
+                                         ("LesionStream", "streamaug.synth"), ("unbatch", "streamaug")])
+def test_names_users_look_for(name, module):
+    assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_unbatch_inverts_collate():
+    import torch
+
+    samples = [{"key": f"k{i}", "image": torch.full((1, 4, 4), float(i)), "label": i % 2,
+                "boxes": torch.ones(i, 4), "meta": {"i": i}} for i in range(3)]
+    back = streamaug.unbatch(streamaug.collate_xray(samples))
+    assert [s["key"] for s in back] == ["k0", "k1", "k2"] and [s["label"] for s in back] == [0, 1, 0]
+    for want, got in zip(samples, back):
+        assert torch.equal(want["image"], got["image"]) and torch.equal(want["boxes"], got["boxes"])
+        assert got["meta"] == want["meta"]
