@@ -68,7 +68,8 @@ def test_module_entry_point_and_scripts_import() -> None:
                          check=True, cwd=root)
     assert "--quick" in out.stdout and "--no-dicom" in out.stdout
     code = ("import runpy, sys; sys.argv = ['x', '--help']\n"
-            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start', 'collate', 'tar_read'):\n"
+            "for name in ('loader', 'synthesis', 'run_all', 'sites', 'memory', 'epoch_start', 'collate', 'tar_read',"
+            " 'train_step'):\n"
             "    try:\n"
             "        runpy.run_path(f'benchmarks/{name}.py', run_name='__main__')\n"
             "    except SystemExit as e:\n"
@@ -109,3 +110,10 @@ def test_collate_and_tar_read_scripts_run(shards: Path) -> None:
     rows = _rows(out, "us per file")
     assert [r[0] for r in rows] == ["tarfile", "streamaug.io.tar"] and all(float(r[1]) > 0 for r in rows)
     assert "pax header per file: False" in out  # the packer writes an int mtime
+
+
+def test_train_step_script_runs(shards: Path) -> None:
+    out = _script("train_step", "--shards", str(shards / "shards"), "--workers", "0", "--batch", "4", "--size", "64",
+                  "--rounds", "1", "--seconds", "0.05")
+    last = out.strip().splitlines()[-1]
+    assert "lesion / plain = " in last and float(last.rsplit(" ", 1)[-1]) > 0
