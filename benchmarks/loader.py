@@ -10,7 +10,8 @@ Loaders, measured alternating (plain, stream+sites, stream, plain, ...) for ``--
 - ``stream``: the same without site proposal.
 
 Prints img/s per loader (median over rounds) and stream/plain ratios (median of per-round ratios).
-Goal: stream+sites / plain >= 0.95.
+Goal: stream+sites / plain >= 0.95. ``--per-sample`` hands samples from the workers one by one
+(``DataLoader(ds, batch_size=None)``) instead of in batches of ``--batch``.
 """
 from __future__ import annotations
 
@@ -30,17 +31,18 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 2], help="DataLoader worker counts")
     ap.add_argument("--seconds", type=float, default=4.0, help="timed seconds per loader per round")
     ap.add_argument("--rounds", type=int, default=3, help="alternating rounds")
-    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch", type=int, default=32, help="images per batch")
+    ap.add_argument("--per-sample", action="store_true", help="hand samples over one by one (batch_size=None)")
     ap.add_argument("--json", default=None, help="also write the raw results here")
     args = ap.parse_args()
     urls = shard_urls(args.shards, args.split)
     results = []
     for workers in args.workers:
-        factories = loader_factories(urls, workers=workers, batch=args.batch,
+        factories = loader_factories(urls, workers=workers, batch=0 if args.per_sample else args.batch,
                                      kinds=("plain", "stream_sites", "stream"))
         c = compare(factories, rounds=args.rounds, seconds=args.seconds, baseline="plain")
         results.append({"dataset": f"{args.split} ({len(urls)} shards)", "workers": workers,
-                        "batch": args.batch, "compare": c})
+                        "batch": "none" if args.per_sample else args.batch, "compare": c})
         print(f"workers={workers}: per-round img/s " + ", ".join(f"{k} {c[k]['rounds']}" for k in factories),
               flush=True)
     print(loader_table(results))

@@ -128,6 +128,7 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
                      device: str = "cpu", preset: str = "tiny") -> dict[str, LoaderFactory]:
     """One factory per kind; every kind uses the same shards, ``batch`` and ``workers``.
 
+    ``batch=0``: per-sample hand-off, ``DataLoader(ds, batch_size=None)`` (not for ``synth``).
     ``plain``: :func:`plain_dataset`; ``stream``/``stream_sites``: ``XRayShards(resampled=True)``
     without/with ``sites=True``; ``synth``: :func:`make_lesion_stream` (its own ``workers``).
     """
@@ -136,6 +137,8 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
     from streamaug.data.stream import XRayShards
 
     def dl(ds: Any) -> DataLoader:
+        if batch == 0:
+            return DataLoader(ds, batch_size=None, num_workers=workers)
         return DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate_xray)
 
     out: dict[str, LoaderFactory] = {}
@@ -189,7 +192,8 @@ def measure(make: LoaderFactory, seconds: float, *, warmup: int = 2,
         batch = next(it)
         if consume is not None:
             consume(batch)
-        images, batches = images + len(batch["image"]), batches + 1
+        n = len(batch["image"]) if batch["image"].dim() == 4 else 1  # a batch, or one (C, H, W) sample
+        images, batches = images + n, batches + 1
         _sync()
         elapsed = time.perf_counter() - start
         if elapsed >= seconds:

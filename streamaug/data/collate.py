@@ -118,3 +118,36 @@ def unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
             sample[name] = int(item) if name == "label" else (bool(item) if name == "synthetic" else item)
         out.append(sample)
     return out
+
+
+def one_storage(sample: dict[str, Any]) -> dict[str, Any]:
+    """A shallow copy of ``sample`` whose top-level tensors are views into one shared storage.
+
+    A DataLoader worker hands each tensor of a sample to the main process through its own
+    shared-memory segment and file descriptor, which costs far more than copying a few small
+    arrays: a sample with ``image``, ``mask``, ``boxes`` and ``sites`` pays that four times where a
+    plain decode (image, mask, JSON) pays it twice. With one storage, pickling shares it once per
+    sample (``benchmarks/loader.py --per-sample`` compares; figures in ``benchmarks/RESULTS.md``).
+    Values, dtypes and shapes are unchanged; each view starts at an 8-byte aligned offset.
+
+    Examples:
+        >>> s = one_storage({"image": torch.ones(1, 2, 2), "boxes": torch.zeros(1, 4, dtype=torch.int64), "key": "a"})
+        >>> s["image"].untyped_storage().data_ptr() == s["boxes"].untyped_storage().data_ptr()
+        True
+        >>> s["boxes"].dtype, s["image"].sum().item(), s["key"]
+        (torch.int64, 4.0, 'a')
+    """
+    tensors = [(k, v) for k, v in sample.items() if isinstance(v, torch.Tensor) and v.device.type == "cpu"]
+    if len(tensors) < 2:
+        return dict(sample)
+    offsets, total = [], 0
+    for _, v in tensors:
+        total = -(-total // 8) * 8
+        offsets.append(total)
+        total += v.numel() * v.element_size()
+    storage = torch.UntypedStorage(max(total, 8))
+    out = dict(sample)
+    for (name, v), offset in zip(tensors, offsets):
+        view = torch.empty((), dtype=v.dtype).set_(storage, offset // v.element_size(), v.shape)
+        out[name] = view.copy_(v)
+    return out

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from webdataset.tariterators import base_plus_ext
 
+from streamaug.data.collate import one_storage
 from streamaug.data.distributed import Slot, current_slot
 from streamaug.io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
 from streamaug.io.labels import to_int_label
@@ -329,6 +330,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         if self.sites is not None and hasattr(self.sites, "set_epoch"):
             self.sites.set_epoch(epoch)
         raws, quota = self._raw_passes(epoch)
+        in_worker = torch.utils.data.get_worker_info() is not None  # hand-off: one storage per sample
         for position, raw in enumerate(raws):
             if quota is not None and yielded >= quota:
                 return
@@ -343,4 +345,4 @@ class XRayShards(torch.utils.data.IterableDataset):
             yielded += 1
             self._state["yielded"] = yielded
             self._counters.add("yielded")
-            yield sample
+            yield one_storage(sample) if in_worker else sample
