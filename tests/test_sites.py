@@ -178,6 +178,24 @@ def test_from_manifest(tmp_path):
         LesionBoxBank.from_manifest(manifest, split="test")
     with pytest.raises(ValueError, match="lesion_boxes"):
         LesionBoxBank.from_manifest({"format": "streamaug-shards/1"})
+    assert LesionBoxBank.from_manifest(manifest, select=lambda key, e: key != "A").keys == ["B"]
+
+
+def test_stream_bank_follows_select(tmp_path):
+    """A rare-positive ``select`` must not leak the boxes of the positives it drops into the bank."""
+    from shardgen import write_shards
+    from streamaug import XRayShards
+    from streamaug.data.select import KeySelect
+
+    write_shards(tmp_path, n=8, shard_size=4)  # k000000 and k000004 are lesions
+    manifest = json.loads((tmp_path / "manifest.json").read_text())
+    entry = {"split": "train", "label": "tumor", "region": "lower_limb", "view": "frontal", "width": 16,
+             "height": 16, "boxes": [[2, 3, 9, 10]]}
+    manifest["lesion_boxes"] = [{**entry, "key": "k000000"}, {**entry, "key": "k000004"}]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    everything = XRayShards(str(tmp_path), sites=True)
+    rare = XRayShards(str(tmp_path), sites=True, select=KeySelect("lower_limb", frozenset({"k000004"})))
+    assert everything.sites.bank.keys == ["k000000", "k000004"] and rare.sites.bank.keys == ["k000004"]
 
 
 # --------------------------------------------------------------------------- the proposer

@@ -165,7 +165,8 @@ class XRayShards(torch.utils.data.IterableDataset):
         on_error: ``"raise"`` (an error naming shard and key), ``"skip"`` (skip and count, see
             :attr:`stats`) or ``"warn"`` (skip, count and warn).
         sites: a :class:`streamaug.SiteProposer`, or ``True`` to build one from the packer's
-            manifest (its train-split lesion boxes), or None for no site proposal.
+            manifest (its train-split lesion boxes that ``select`` keeps, so a rare-positive
+            selection does not leak the boxes it drops), or None for no site proposal.
         resize: ``(H, W)`` or an int: resize every image (boxes and sites follow).
         equalize: ``"pad"`` (default) gives every rank the same number of samples per epoch: ranks
             whose shards hold fewer samples re-read their first ones (counted in ``stats['padded']``);
@@ -206,8 +207,8 @@ class XRayShards(torch.utils.data.IterableDataset):
         self.epoch_length, self.on_error, self.equalize = epoch_length, on_error, equalize
         self.label_fn, self.buffer_size = label_fn, buffer_size if shuffle else 0
         self.resize = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
-        self.sites = self._make_sites(sites)
         self.select, self.distributed, self.transform = select, distributed, transform
+        self.sites = self._make_sites(sites)
         self.counts = None if resampled else (
             shard_counts(self.shards) if select is None else
             [sum(bool(select(k, m)) for k, m in scan_metadata(s)) for s in self.shards])
@@ -224,7 +225,8 @@ class XRayShards(torch.utils.data.IterableDataset):
             if manifest is None:
                 raise ShardError(f"sites=True needs the packer's manifest.json beside {self.shards[0]}; "
                                  "pass sites=SiteProposer(LesionBoxBank.from_records(...)) instead")
-            return SiteProposer(LesionBoxBank.from_manifest(manifest, split="train"), seed=self.seed)
+            bank = LesionBoxBank.from_manifest(manifest, split="train", select=self.select)
+            return SiteProposer(bank, seed=self.seed)
         return sites or None
 
     # -- epochs and resume -------------------------------------------------------------------

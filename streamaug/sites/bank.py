@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +113,8 @@ class LesionBoxBank:
 
     @classmethod
     def from_manifest(
-        cls, manifest: str | os.PathLike | Mapping[str, Any], split: str | None = "train"
+        cls, manifest: str | os.PathLike | Mapping[str, Any], split: str | None = "train",
+        select: Callable[[str, dict], bool] | None = None,
     ) -> LesionBoxBank:
         """Build a bank from ``manifest.json``'s ``lesion_boxes`` list.
 
@@ -121,10 +122,13 @@ class LesionBoxBank:
             manifest: path to ``manifest.json`` (or its folder), or the parsed dict.
             split: keep entries of this split only (``None``: all entries, including those
                 without a split). Entries whose ``label`` reads as normal are skipped.
+            select: keep only entries with ``select(key, entry)`` true (the stream's sample
+                selection; an entry holds ``key``, ``label``, ``region``, ``view``, ``width``,
+                ``height`` and ``boxes``), so a rare-positive selection also limits the bank.
 
         Raises:
             ValueError: if the manifest has no ``lesion_boxes`` or nothing is left after the split
-                filter (the message lists the splits present).
+                and ``select`` filters (the message lists the splits present).
         """
         if not isinstance(manifest, Mapping):
             path = os.fspath(manifest)
@@ -136,11 +140,12 @@ class LesionBoxBank:
         if entries is None:
             raise ValueError("manifest has no 'lesion_boxes' list (repack with a boxes column)")
         kept = [e for e in entries if (split is None or e.get("split") == split)
-                and to_int_label(e.get("label", 1)) != 0]
+                and to_int_label(e.get("label", 1)) != 0 and (select is None or select(str(e.get("key")), e))]
         bank = cls.from_records(kept)
         if len(bank) == 0:
             present = sorted({str(e.get("split")) for e in entries})
-            raise ValueError(f"no lesion boxes for split={split!r} in manifest (splits present: {present})")
+            chosen = " that select keeps" if select is not None else ""
+            raise ValueError(f"no lesion boxes for split={split!r}{chosen} in manifest (splits present: {present})")
         return bank
 
     # ---- queries
