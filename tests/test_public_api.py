@@ -57,3 +57,17 @@ def test_unbatch_inverts_collate():
     for want, got in zip(samples, back):
         assert torch.equal(want["image"], got["image"]) and torch.equal(want["boxes"], got["boxes"])
         assert got["meta"] == want["meta"]
+
+
+def test_missing_optional_parts_name_their_extra(monkeypatch):
+    import sys
+
+    from streamaug.data.zarr_source import ZarrXRays
+    from streamaug.eval.plots import save_sample_grid
+
+    monkeypatch.setitem(sys.modules, "zarr", None)  # import fails as if the extra were not installed
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"pip install streamaug\[zarr\]"):
+        ZarrXRays("/nonexistent.zarr")
+    with pytest.raises(ImportError, match=r"pip install streamaug\[plots\]"):
+        save_sample_grid("/nonexistent.png", [])

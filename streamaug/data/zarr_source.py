@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamaug._optional import optional_import
 from streamaug.data.distributed import current_slot
 from streamaug.io.labels import to_int_label
 
@@ -64,7 +65,7 @@ def write_zarr(
         ValueError: a duplicate or invalid key, a bad shape/dtype, a float image outside
             ``[0, 1]``, a mask whose shape differs from its image, or non-JSON metadata.
     """
-    import zarr
+    zarr = optional_import("zarr", extra="streamaug[zarr]", purpose="the zarr source")
 
     if os.path.exists(path) and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
@@ -120,7 +121,7 @@ class ZarrXRays(torch.utils.data.IterableDataset):
 
     def __init__(self, path: str | os.PathLike, *, shuffle: bool = True, seed: int = 0, resampled: bool = False):
         super().__init__()
-        import zarr
+        zarr = optional_import("zarr", extra="streamaug[zarr]", purpose="the zarr source")
 
         self.path = str(path)
         try:
@@ -167,7 +168,7 @@ class ZarrXRays(torch.utils.data.IterableDataset):
 
     def load(self, index: int) -> dict:
         """Read sample ``index`` (position in :attr:`keys`) as a sample dict."""
-        import zarr
+        zarr = optional_import("zarr", extra="streamaug[zarr]", purpose="the zarr source")
 
         if self._group is None:
             self._group = zarr.open_group(self.path, mode="r")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from streamaug._optional import optional_import
+
 __all__ = ["save_sample_grid"]
 
 Row = torch.Tensor | Sequence[torch.Tensor]
@@ -59,8 +61,7 @@ def save_sample_grid(
         >>> p.stat().st_size > 0
         True
     """
-    import matplotlib
-
+    matplotlib = optional_import("matplotlib", extra="streamaug[plots]", purpose="sample grids")
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 

@@ -28,6 +28,8 @@ import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
+from streamaug._optional import optional_import
+
 ArrayLike = Sequence[float] | np.ndarray
 _CHUNK_ELEMS = 4_000_000  # boots x samples per chunk in resampled_auc (bounds memory)
 
@@ -311,6 +313,7 @@ def plot_roc(
     Returns:
         The path written.
     """
+    optional_import("matplotlib", extra="streamaug[plots]", purpose="ROC plots")
     from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
 
     fig = Figure(figsize=(5, 5), dpi=120)
