@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from streamaug.models.drn import load_classifier
+from streamaug.models.checkpoint import load_classifier
 from streamaug.cli.pack import pack
 from streamaug.phantom import write_phantom_dataset
 from streamaug.models.checkpoint import save_translator

@@ -46,7 +46,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
              synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
     from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, plot_roc
-    from streamaug.models.drn import load_classifier
+    from streamaug.models.checkpoint import load_classifier
     from streamaug.cli.pack import pack
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
@@ -110,7 +110,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
 def _score_split(best: Path, shards: Path, split: str, size: int) -> tuple[list[int], list[float]]:
     from streamaug.data.collate import collate_xray
     from streamaug.eval import score_loader
-    from streamaug.models.drn import load_classifier
+    from streamaug.models.checkpoint import load_classifier
     from streamaug.data.stream import XRayShards
 
     ds = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none")

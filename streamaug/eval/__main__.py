@@ -23,7 +23,7 @@ def score_checkpoint(checkpoint: str | Path, shards: str, *, split: str | None, 
                      ) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Scores of a classifier checkpoint on every (region-selected) sample of ``shards``."""
     from streamaug.data.collate import collate_xray
-    from streamaug.models.drn import load_classifier
+    from streamaug.models.checkpoint import load_classifier
     from streamaug.data.stream import XRayShards
     from streamaug.data.select import KeySelect
 

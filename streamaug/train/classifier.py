@@ -38,7 +38,8 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
     from tqdm.auto import tqdm
 
     from streamaug.eval import score_loader
-    from streamaug.models.drn import DRN, DRNConfig, load_classifier, save_classifier
+    from streamaug.models.checkpoint import load_classifier, save_classifier
+    from streamaug.models.drn import DRN, DRNConfig
 
     rank, world, device = _ddp_setup(cfg.device)
     out = Path(cfg.out)
