@@ -152,8 +152,12 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     found = ckpt.get("format") if isinstance(ckpt, dict) else None
     if found != spec.format:
         other = next((k for k, s in _KINDS.items() if s.format == found), None)
-        what = f"a {other} checkpoint, not a {kind} one" if other else (
-            f"written by streamaug_version={ckpt.get('streamaug_version')!r}" if found else "not a streamaug checkpoint")
+        if other:
+            what = f"a {other} checkpoint, not a {kind} one"
+        elif found:
+            what = f"written by streamaug_version={ckpt.get('streamaug_version')!r}; use that version"
+        else:
+            what = "not a streamaug checkpoint"
         raise CheckpointError(f"{path}: checkpoint format {found!r} ({what}); this streamaug ({_version()}) "
                               f"reads {spec.format!r} here; {spec.fix}")
     missing = [k for k in spec.required if k not in ckpt]
