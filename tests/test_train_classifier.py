@@ -130,3 +130,16 @@ def test_ddp_two_cpu_ranks_on_the_lesion_stream_with_resume(shards, tmp_path):
     assert [r["epoch"] for r in log] == [0, 1]  # rank 0 alone logs; the resumed run went on at epoch 1
     assert all(r["synthetic"] > 0 for r in log)  # each rank ran its own synthesis stage
     assert load_classifier(out / "last.pt").extra["epoch"] == 1
+
+
+def test_cli_reports_a_checkpoint_error_without_a_traceback(tmp_path, capsys):
+    from streamaug.models import DRN, DRNConfig, save_classifier
+    from streamaug.train.__main__ import main as train_main
+
+    save_classifier(tmp_path / "best.pt", DRN(DRNConfig.preset("tiny")))
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["classifier", "--train-shards", "unused", "--val-shards", "unused", "--out", str(tmp_path),
+                    "--resume"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert f"error: {tmp_path}: --resume needs last.pt" in err and "Traceback" not in err

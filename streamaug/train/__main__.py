@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> None:
             module.add_arguments(sp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    module.main(args)
+    from streamaug.models.checkpoint import CheckpointError
+
+    try:
+        module.main(args)
+    except CheckpointError as err:  # a user error with its fix in the message: no traceback
+        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":
