@@ -106,6 +106,23 @@ def write_samples(path: Path, model: UNIT, normal: torch.Tensor, blend_n: float)
     model.train(was_training)
 
 
+def _resume_checkpoint(path: Path, run: TranslatorRun, device: torch.device) -> dict:
+    """The checkpoint to go on from, checked for trainer state and an unchanged config.
+
+    Raises:
+        CheckpointError: unreadable, no trainer state (saved for inference only), another config.
+    """
+    ckpt = read_checkpoint(path, device)
+    state = ckpt["trainer_state"]
+    if not isinstance(state, dict) or not {"trainer", "batch_rng", "torch_rng"} <= set(state):
+        raise CheckpointError(f"{path}: no trainer state (optimizer and RNG state) to resume from: it was saved "
+                              "for inference only (save_translator without trainer_state); resume needs the "
+                              "translator.pt that `streamaug-train translator` writes, or start a new run with "
+                              "another --out (without --resume)")
+    check_resume(path, (ckpt.get("extra") or {}).get("run"), run)
+    return ckpt
+
+
 def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a translator; returns the checkpoint path.
 
@@ -128,6 +145,7 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "translator.pt"
     device = torch.device(run.device)
+    ckpt = _resume_checkpoint(ckpt_path, run, device) if resume and ckpt_path.exists() else None  # refuse early
     torch.manual_seed(run.seed)
     overrides = {"patch_size": run.patch_size} if run.patch_size else {}
     config = unit_preset(run.preset, **overrides)
@@ -140,17 +158,10 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     trainer = UNITTrainer(model, autocast_dtype=torch.bfloat16 if run.bf16 else None)
     g = torch.Generator().manual_seed(run.seed)
     step = 0
-    if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, device)
-        check_resume(ckpt_path, (ckpt.get("extra") or {}).get("run"), run)
+    if ckpt is not None:
         if ckpt["manifest_sha256"] != data.info["data_sha256"]:
             raise CheckpointError(f"{ckpt_path}: trained on other data (manifest sha256 differs); use a new --out")
         state = ckpt["trainer_state"]
-        if not isinstance(state, dict) or not {"trainer", "batch_rng", "torch_rng"} <= set(state):
-            raise CheckpointError(f"{ckpt_path}: no trainer state (optimizer and RNG state) to resume from: it was "
-                                  "saved for inference only (save_translator without trainer_state); resume needs "
-                                  "the translator.pt that `streamaug-train translator` writes, or start a new run "
-                                  "with another --out (without --resume)")
         model.load_state_dict(ckpt["weights"])
         trainer.load_state_dict(state["trainer"])
         g.set_state(state["batch_rng"])
