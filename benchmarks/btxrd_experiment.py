@@ -40,6 +40,7 @@ from streamaug.eval.experiment import (SeedRun, grid_search_threshold, markdown_
                                   summarize_arm)
 from streamaug.cli.pack import pack
 from streamaug.data.shardlist import load_manifest, manifest_shards
+from streamaug.models.checkpoint import read_checkpoint
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
 from streamaug.data.select import KeySelect, rare_positive_select
@@ -181,7 +182,7 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
     ckpt = out / "translator.pt"
     saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
     if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
-            and torch.load(ckpt, weights_only=False, map_location="cpu").get("step") == run.steps:
+            and read_checkpoint(ckpt)["step"] == run.steps:
         log(f"reusing translator {ckpt}")
         return ckpt, counts
     shutil.rmtree(out, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""Tests for streamaug.models.checkpoint: round trip, resume state, and refusal of bad files."""
+"""Tests for streamaug.models.checkpoint: round trip, resume state, and refusal of bad files, for
+translators and classifiers alike (one reader, one error type)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,10 +8,13 @@ import pytest
 import torch
 
 from streamaug.models.checkpoint import (
+    CLASSIFIER_FORMAT,
     FORMAT,
     CheckpointError,
+    load_classifier,
     load_translator,
     read_checkpoint,
+    save_classifier,
     save_translator,
 )
 from streamaug.models.registry import build_translator, list_translators
@@ -181,3 +185,61 @@ def test_refuses_pickled_objects(tmp_path):
     torch.save({"format": FORMAT, "obj": Path("/x")}, path)
     with pytest.raises(CheckpointError, match="not a readable"):
         load_translator(path)
+
+
+# ----------------------------------------------------------------------------- classifiers: the same reader
+
+
+def _tiny_drn():
+    from streamaug.models import DRN, DRNConfig
+
+    torch.manual_seed(0)
+    return DRN(DRNConfig.preset("tiny"))
+
+
+def test_classifier_file_in_the_old_layout_still_loads(tmp_path):
+    """A streamaug-classifier/1 file as drn.save_classifier wrote it (no streamaug_version) loads."""
+    model = _tiny_drn().eval()
+    path = tmp_path / "old.pt"
+    torch.save({"format": CLASSIFIER_FORMAT, "arch": "drn", "config": model.config.to_dict(),
+                "state_dict": model.state_dict(), "extra": {"epoch": 2}, "torch": "2.2.0"}, path)
+    loaded = load_classifier(path)
+    assert loaded.config == model.config and loaded.extra == {"epoch": 2}
+    x = torch.rand(2, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded.model(x), model(x))
+
+
+def test_one_error_type_and_the_other_kind_is_named(tmp_path):
+    clf = save_classifier(tmp_path / "best.pt", _tiny_drn())
+    unit = tmp_path / "translator.pt"
+    _save_unit(unit)
+    with pytest.raises(CheckpointError, match=r"best\.pt.*a classifier checkpoint, not a translator one"):
+        load_translator(clf)
+    with pytest.raises(CheckpointError, match=r"translator\.pt.*a translator checkpoint, not a classifier one") as err:
+        load_classifier(unit)
+    assert "streamaug-train classifier" in str(err.value)  # the fix
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(CheckpointError, match=r"junk\.pt: not a readable streamaug classifier"):
+        load_classifier(tmp_path / "junk.pt")
+    with pytest.raises(CheckpointError, match="no such classifier checkpoint"):
+        load_classifier(tmp_path / "missing.pt")
+
+
+def test_classifier_with_unknown_arch_or_non_plain_extra_is_refused(tmp_path):
+    path = save_classifier(tmp_path / "c.pt", _tiny_drn())
+    _rewrite(path, arch="vit")
+    with pytest.raises(CheckpointError, match=r"c\.pt: unknown classifier 'vit'; registered: \['drn'"):
+        load_classifier(path)
+    with pytest.raises(TypeError, match="plain types"):
+        save_classifier(tmp_path / "d.pt", _tiny_drn(), extra={"path": Path("/tmp")})
+    assert not (tmp_path / "d.pt").exists()
+
+
+def test_old_import_paths_still_work():
+    import streamaug.models as models
+    import streamaug.models.drn as drn
+
+    assert drn.load_classifier is load_classifier and drn.save_classifier is save_classifier
+    assert models.load_classifier is load_classifier and drn.CHECKPOINT_FORMAT == CLASSIFIER_FORMAT
+    assert issubclass(CheckpointError, ValueError)

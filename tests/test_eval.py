@@ -1,6 +1,7 @@
 """Evaluation: bootstrap AUC, paired bootstrap, operating point, ROC plot, scoring a loader, CLI."""
 from __future__ import annotations
 
+import argparse
 import time
 
 import numpy as np
@@ -255,3 +256,22 @@ def test_scores_round_trip_and_cli(tmp_path, capsys) -> None:
     assert "*" in aug_line  # significant improvement over the baseline
     assert f"{roc_auc_score(y, strong):.3f}" in aug_line
     assert (tmp_path / "roc.png").exists()
+
+
+def test_every_eval_option_has_help() -> None:
+    from streamaug.eval.__main__ import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(sub.choices) == {"score", "compare"}
+    for name, parser in sub.choices.items():
+        no_help = [a.dest for a in parser._actions if a.dest != "help" and not (a.help and a.help.strip())]
+        assert not no_help, f"{name}: options without help {no_help}"
+
+
+def test_score_checkpoint_is_one_function_importable_everywhere() -> None:
+    import streamaug.eval
+    import streamaug.eval.__main__ as cli
+    from streamaug.eval.scoring import score_checkpoint
+
+    assert cli.score_checkpoint is score_checkpoint is streamaug.eval.score_checkpoint
+    assert streamaug.eval.score_loader is score_loader

@@ -144,3 +144,10 @@ def test_a_run_whose_filter_accepts_nothing_is_cached_as_failed(tmp_path, monkey
     ctx.fraction = 0.5  # another config: tried again
     assert driver.lesion_arm(ctx, "upper_limb", 0, "lesion_own", tmp_path / "t.pt", "f.pt", [0.9]) is None
     assert calls == [0.9, 0.9]
+
+
+def test_no_checkpoint_is_unpickled_with_code_execution():
+    """Checkpoints hold plain types and tensors: every load is weights_only=True (or the library's reader)."""
+    offenders = [str(p.relative_to(ROOT)) for folder in ("streamaug", "benchmarks") for p in (ROOT / folder).rglob("*.py")
+                 if "weights_only=False" in p.read_text()]
+    assert not offenders, offenders

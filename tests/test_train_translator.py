@@ -1,4 +1,5 @@
-"""python -m streamaug.train translator: a short run, exact resume, refusal of a changed config."""
+"""python -m streamaug.train translator: a short run, exact resume (log trimmed to the checkpoint),
+refusal of a changed config or of a checkpoint without trainer state."""
 from __future__ import annotations
 
 import dataclasses
@@ -38,11 +39,16 @@ def test_cli_trains_and_writes_everything(shards, tmp_path):
     assert sorted(p.name for p in (tmp_path / "samples").iterdir()) == ["step_000002.png", "step_000003.png"]
     info = json.loads((tmp_path / "run.json").read_text())["data"]
     assert info["patches_per_domain"] > 0 and info["lesion_images"] == 8
+    saved = model.meta["extra"]["run"]  # the resolved config, every field, travels with the weights
+    assert set(saved) == {f.name for f in dataclasses.fields(TranslatorRun)}
+    assert saved["steps"] == 3 and saved["s"] == 1.5 and saved["min_intensity"] == 0.15 and saved["shards"] == [shards]
 
 
 def test_resume_continues_identically(shards, tmp_path):
     straight = train_translator(run_cfg(shards, tmp_path / "a", 4), progress=False)
     train_translator(run_cfg(shards, tmp_path / "b", 2), progress=False)
+    with open(tmp_path / "b" / "losses.jsonl", "a") as log:  # logged by a run killed after its step-2 checkpoint
+        log.write('{"step": 3, "gen": 9.0}\n{"step": 4, "gen": 9.0}\n{"step": 5, "ge')
     resumed = train_translator(run_cfg(shards, tmp_path / "b", 4), resume=True, progress=False)
     wa = torch.load(straight, weights_only=True)["weights"]
     wb = torch.load(resumed, weights_only=True)["weights"]
@@ -58,3 +64,12 @@ def test_resume_with_changed_config_is_refused(shards, tmp_path):
     changed = dataclasses.replace(run_cfg(shards, tmp_path, 4), s=2.0)
     with pytest.raises(CheckpointError, match="different config"):
         train_translator(changed, resume=True, progress=False)
+
+
+def test_resume_from_a_checkpoint_without_trainer_state_is_refused(shards, tmp_path):
+    ckpt = train_translator(run_cfg(shards, tmp_path, 2), progress=False)
+    payload = torch.load(ckpt, weights_only=True)
+    payload["trainer_state"] = None  # as save_translator writes it for inference
+    torch.save(payload, ckpt)
+    with pytest.raises(CheckpointError, match=r"translator\.pt: no trainer state .*start a new run"):
+        train_translator(run_cfg(shards, tmp_path, 4), resume=True, progress=False)

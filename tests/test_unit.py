@@ -216,3 +216,16 @@ def test_identity_returns_input():
     m = build_translator("identity", patch_size=8)
     x = torch.rand(3, 1, 8, 8)
     assert torch.equal(m.translate(x), x)
+
+
+def test_registry_class_rejects_duplicates_and_lists_known_names():
+    from streamaug.models.registry import Registry
+
+    reg = Registry("widget")
+    assert reg.register("a", 1) == 1 and reg.names() == ["a"]
+    with pytest.raises(ValueError, match="widget 'a' is already registered"):
+        reg.register("a", 2)
+    with pytest.raises(KeyError, match=r"unknown widget 'b'; registered: \['a'\]"):
+        reg.get("b")
+    with pytest.raises(ValueError, match="already registered"):
+        register_translator("identity")(IdentityTranslator)

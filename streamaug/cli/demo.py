@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 
 def _sample_grid(path: Path, translator: Path, shards: Path, size: int, n: int = 6) -> Path:
@@ -46,7 +50,8 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
              synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
     from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, plot_roc
-    from streamaug.models.drn import load_classifier
+    from streamaug.eval.scoring import score_checkpoint
+    from streamaug.models.checkpoint import load_classifier
     from streamaug.cli.pack import pack
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
@@ -55,40 +60,41 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    bars = sys.stderr.isatty()  # progress bars only on a terminal, never into a log file
     if data is None:
-        print(f"[1/5] writing {n_normal} normal + {n_lesion} lesion phantom radiographs")
-        data = write_phantom_dataset(out / "phantom", n_normal, n_lesion, size=(128, 128), seed=seed, progress=True)
+        logger.info("[1/5] writing %d normal + %d lesion phantom radiographs", n_normal, n_lesion)
+        data = write_phantom_dataset(out / "phantom", n_normal, n_lesion, size=(128, 128), seed=seed, progress=bars)
     shards = out / "shards"
-    print(f"[1/5] packing {data} -> {shards}")
-    pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=True)
+    logger.info("[1/5] packing %s -> %s", data, shards)
+    pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=bars)
 
-    print("[2/5] training a tiny UNIT translator (normal -> lesion patches)")
+    logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches)")
     translator = train_translator(TranslatorRun(shards=[str(shards)], out=str(out / "translator"), preset="tiny",
                                                 steps=translator_steps, s=1.5, n=5, split="train", seed=seed,
                                                 device=device, sample_every=max(1, translator_steps // 3)))
     common = dict(train_shards=[str(shards)], val_shards=[str(shards)], train_split="train", val_split="val",
                   image_size=image_size, epochs=epochs, batch_size=32, positive_ratio=positive_ratio, seed=seed,
                   device=device, lr=1e-3)
-    print(f"[3/5] baseline classifier, positives cut to {positive_ratio:g} per normal")
+    logger.info("[3/5] baseline classifier, positives cut to %g per normal", positive_ratio)
     base = train_classifier(RunConfig(out=str(out / "baseline"), **common))
     base_extra = load_classifier(base).extra
-    y_val, s_val = _score_split(base, shards, "val", image_size)
+    y_val, s_val, _ = score_checkpoint(base, shards, split="val", image_size=image_size, device=device)
     threshold = operating_point(y_val, s_val)["threshold"]
-    print(f"[4/5] classifier on the lesion stream ({synthetic_fraction:.0%} synthetic, pseudo-label "
-          f"threshold {threshold:.3f} = the baseline's validation operating point)")
+    logger.info("[4/5] classifier on the lesion stream (%.0f%% synthetic, pseudo-label threshold %.3f = the "
+                "baseline's validation operating point)", 100 * synthetic_fraction, threshold)
     aug = train_classifier(RunConfig(out=str(out / "augmented"), stream="lesion", translator=str(translator),
                                      filter_classifier=str(base), filter_threshold=float(threshold),
                                      synthetic_fraction=synthetic_fraction, s=1.5, n=5, **common))
-    print("[5/5] scoring the test split")
-    y, s_base = _score_split(base, shards, "test", image_size)
-    _, s_aug = _score_split(aug, shards, "test", image_size)
+    logger.info("[5/5] scoring the test split")
+    y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
+    _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
     auc_b, auc_a = bootstrap_auc(y, s_base, seed=seed), bootstrap_auc(y, s_aug, seed=seed)
     delta = paired_bootstrap(y, s_base, s_aug, seed=seed)
     roc = plot_roc(out / "roc.png", {"baseline": (y, s_base), "augmented": (y, s_aug)}, title="demo test ROC")
     grid = _sample_grid(out / "samples.png", translator, shards, image_size)
     history = load_classifier(aug).extra.get("history", [])
     summary = {
-        "test_images": len(y), "test_positives": int(sum(y)), "positive_ratio": positive_ratio,
+        "test_images": len(y), "test_positives": int(y.sum()), "positive_ratio": positive_ratio,
         "baseline_auc": auc_b, "augmented_auc": auc_a, "delta": delta, "significant": is_significant(delta),
         "filter_threshold": float(threshold), "synthetic_per_epoch": [h.get("synthetic", 0) for h in history],
         "baseline_val_auc": base_extra.get("val_auc"), "roc_png": str(roc), "samples_png": str(grid),
@@ -97,7 +103,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda a: f"{a[0]:.3f} (95% CI {a[1]:.3f}-{a[2]:.3f})"  # noqa: E731
     print("\n=== streamaug demo ===")
-    print(f"test set: {len(y)} images, {int(sum(y))} with lesions; training positives cut to {positive_ratio:g}/normal")
+    print(f"test set: {len(y)} images, {int(y.sum())} with lesions; training positives cut to {positive_ratio:g}/normal")
     print(f"baseline AUC : {fmt(auc_b)}")
     print(f"augmented AUC: {fmt(auc_a)}")
     print(f"difference   : {delta[0]:+.3f} (95% CI {delta[1]:+.3f} to {delta[2]:+.3f})"
@@ -107,33 +113,34 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     return summary
 
 
-def _score_split(best: Path, shards: Path, split: str, size: int) -> tuple[list[int], list[float]]:
-    from streamaug.data.collate import collate_xray
-    from streamaug.eval import score_loader
-    from streamaug.models.drn import load_classifier
-    from streamaug.data.stream import XRayShards
-
-    ds = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none")
-    y, s, _ = score_loader(load_classifier(best).model, torch.utils.data.DataLoader(ds, 64, collate_fn=collate_xray))
-    return [int(v) for v in y], [float(v) for v in s]
+def build_parser() -> argparse.ArgumentParser:
+    """The demo's options (each with help)."""
+    p = argparse.ArgumentParser(prog="python -m streamaug.cli.demo", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("demo_out"),
+                   help="output folder: data, shards, runs, roc.png, samples.png, summary.json (default: %(default)s)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="a folder laid out like BTXRD (metadata.csv, images/); default: write a phantom set")
+    p.add_argument("--n-normal", type=int, default=600, help="phantom normal images (default: %(default)s)")
+    p.add_argument("--n-lesion", type=int, default=300, help="phantom lesion images (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=64,
+                   help="side the classifiers see images at (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=8, help="epochs of each classifier (default: %(default)s)")
+    p.add_argument("--translator-steps", type=int, default=300,
+                   help="training steps of the UNIT translator (default: %(default)s)")
+    p.add_argument("--positive-ratio", type=float, default=0.1,
+                   help="training positives kept per normal, to make them rare (default: %(default)s)")
+    p.add_argument("--synthetic-fraction", type=float, default=0.25,
+                   help="share of the augmented arm's samples that are synthetic (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data, selection and training (default: %(default)s)")
+    p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``streamaug-demo``: parse the options, run :func:`run_demo`; the exit code."""
-    p = argparse.ArgumentParser(prog="python -m streamaug.cli.demo", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, default=Path("demo_out"))
-    p.add_argument("--data", type=Path, default=None, help="a folder laid out like BTXRD (metadata.csv, images/)")
-    p.add_argument("--n-normal", type=int, default=600)
-    p.add_argument("--n-lesion", type=int, default=300)
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--translator-steps", type=int, default=300)
-    p.add_argument("--positive-ratio", type=float, default=0.1)
-    p.add_argument("--synthetic-fraction", type=float, default=0.25)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
+    """``streamaug-demo``: parse the options, log progress to stderr, run :func:`run_demo`; the exit code."""
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
              epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
              synthetic_fraction=a.synthetic_fraction, seed=a.seed, device=a.device)

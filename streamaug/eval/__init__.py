@@ -1,7 +1,8 @@
-"""Evaluation: AUC with bootstrap CIs, paired bootstrap, operating point, ROC plots.
+"""Evaluation: AUC with bootstrap CIs, paired bootstrap, operating point, ROC plots, scoring.
 
 ``python -m streamaug.eval score`` scores a checkpoint on shards into a JSON report;
-``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`).
+``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`);
+:func:`score_checkpoint` is the scoring both use.
 """
 from streamaug.eval.stats import (
     bootstrap_auc,
@@ -17,7 +18,8 @@ from streamaug.eval.stats import (
     score_loader,
     sens_spec_at,
 )
+from streamaug.eval.scoring import score_checkpoint
 
 __all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
            "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores",
-           "score_loader", "sens_spec_at"]
+           "score_checkpoint", "score_loader", "sens_spec_at"]

@@ -12,29 +12,12 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import torch
 
-from streamaug.eval.stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap, plot_roc,
-                    save_scores, score_loader, sens_spec_at)
+from streamaug.eval.scoring import score_checkpoint
+from streamaug.eval.stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap,
+                                  plot_roc, save_scores, sens_spec_at)
 
-
-def score_checkpoint(checkpoint: str | Path, shards: str, *, split: str | None, region: str | None = None,
-                     image_size: int | None = None, device: str = "cpu", workers: int = 0
-                     ) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Scores of a classifier checkpoint on every (region-selected) sample of ``shards``."""
-    from streamaug.data.collate import collate_xray
-    from streamaug.models.drn import load_classifier
-    from streamaug.data.stream import XRayShards
-    from streamaug.data.select import KeySelect
-
-    loaded = load_classifier(checkpoint, device=device)
-    size = image_size or loaded.extra.get("input_size")
-    ds = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none",
-                    select=KeySelect(region) if region else None, distributed=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=workers, collate_fn=collate_xray)
-    y, s, keys = score_loader(loaded.model, loader, device)
-    keep = np.asarray(y) >= 0  # unknown labels (-1) are not scored against
-    return np.asarray(y)[keep], np.asarray(s)[keep], [k for k, m in zip(keys, keep) if m]
+__all__ = ["build_parser", "main", "score_checkpoint"]  # score_checkpoint: for imports from here
 
 
 def _score(args: argparse.Namespace) -> dict:
@@ -98,30 +81,42 @@ def _compare(args: argparse.Namespace) -> None:
         print("wrote", plot_roc(args.roc, curves, n_boot=args.n_boot, seed=args.seed))
 
 
-def main(argv: Sequence[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``score`` and ``compare`` subcommands and their options (each with help)."""
     p = argparse.ArgumentParser(prog="python -m streamaug.eval", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="command", required=True)
-    sc = sub.add_parser("score", help="score a classifier checkpoint on shards; write a JSON report")
-    sc.add_argument("checkpoint")
-    sc.add_argument("--shards", required=True)
-    sc.add_argument("--split", default="test")
+    sc = sub.add_parser("score", help="score a classifier checkpoint on shards; write a JSON report",
+                        description="Score a classifier checkpoint on shards; write a JSON report.")
+    sc.add_argument("checkpoint", help="classifier checkpoint (best.pt of `streamaug-train classifier`)")
+    sc.add_argument("--shards", required=True,
+                    help="shards to score: a packed folder (with --split), a manifest.json or a .tar pattern")
+    sc.add_argument("--split", default="test", help="split of the packed folder to score (default: %(default)s)")
     sc.add_argument("--val-split", default=None, help="choose the operating point on this split")
-    sc.add_argument("--region", default=None)
-    sc.add_argument("--image-size", type=int, default=None, help="default: the checkpoint's input size")
-    sc.add_argument("--out", default="report.json")
-    sc.add_argument("--roc", default=None)
-    sc.add_argument("--scores", default=None, help="also write key,label,score CSV here")
-    sc.add_argument("--device", default="cpu")
-    sc.add_argument("--workers", type=int, default=0)
-    cp = sub.add_parser("compare", help="AUC with CI per score CSV, paired difference to the first")
+    sc.add_argument("--region", default=None, help="only images of this region (e.g. lower_limb); default: all")
+    sc.add_argument("--image-size", type=int, default=None, help="side images are resized to; default: the checkpoint's input size")
+    sc.add_argument("--out", default="report.json",
+                    help="the JSON report: AUC, 95%% CI, operating point (default: %(default)s)")
+    sc.add_argument("--roc", default=None, help="also draw the ROC curve into this PNG")
+    sc.add_argument("--scores", default=None, help="also write key,label,score CSV here (the input of compare)")
+    sc.add_argument("--device", default="cpu", help="torch device the model runs on (default: %(default)s)")
+    sc.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default: %(default)s)")
+    cp = sub.add_parser("compare", help="AUC with CI per score CSV, paired difference to the first",
+                        description="AUC with 95% CI per score CSV and the paired bootstrap difference to the "
+                                    "first (the baseline).")
     cp.add_argument("scores", nargs="+", help="test-set CSVs (key,label,score); the first is the baseline")
     cp.add_argument("--val", nargs="+", help="validation CSVs, one per test CSV, for the operating point")
-    cp.add_argument("--roc")
+    cp.add_argument("--roc", help="also draw every model's ROC curve into this PNG")
     for q in (sc, cp):
-        q.add_argument("--n-boot", type=int, default=2000)
-        q.add_argument("--seed", type=int, default=0)
-    args = p.parse_args(argv)
+        q.add_argument("--n-boot", type=int, default=2000,
+                       help="bootstrap resamples for the CIs and the paired test (default: %(default)s)")
+        q.add_argument("--seed", type=int, default=0, help="seed of the bootstrap resampling (default: %(default)s)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """``streamaug-eval``: parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand."""
+    args = build_parser().parse_args(argv)
     (_score if args.command == "score" else _compare)(args)
 
 

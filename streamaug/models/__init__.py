@@ -1,83 +1,71 @@
-"""Classifiers and a tiny registry (the torchvision/timm habit).
+"""Models: the DRN classifier, the UNIT translator, one registry and one checkpoint format per kind.
 
-A registry entry is a factory ``(**overrides) -> nn.Module``; tests iterate over
-:func:`list_classifiers`, so every registered model is smoke-tested.
+Classifiers (the torchvision/timm habit): :func:`get_classifier` returns a *factory*
+``(**overrides) -> nn.Module``; call it to get the model, e.g. ``get_classifier("drn_small")()``
+or ``get_classifier("drn_tiny")(dropout=0.1)``. :func:`list_classifiers` names them all and
+:func:`register_classifier` adds one (a duplicate name is an error). Translators are classes:
+:func:`get_translator`, :func:`list_translators`, :func:`build_translator` and the
+:func:`register_translator` class decorator (see :mod:`streamaug.models.registry`).
+
+Checkpoints (:mod:`streamaug.models.checkpoint`): :func:`save_classifier` / :func:`load_classifier`
+and :func:`save_translator` / :func:`load_translator`; every refusal is a :class:`CheckpointError`
+(a ``ValueError``) naming the file and the fix.
 
 Examples:
     >>> from streamaug.models import get_classifier, list_classifiers
     >>> "drn_tiny" in list_classifiers()
     True
     >>> model = get_classifier("drn_tiny")(dropout=0.1)
+    >>> model.config.dropout
+    0.1
 """
 from __future__ import annotations
 
-import functools
-from typing import Callable
-
-from torch import nn
-
-from streamaug.models.drn import (
-    CHECKPOINT_FORMAT,
-    DRN,
-    DRN_PRESETS,
-    DRNConfig,
+from streamaug.models.checkpoint import (
+    CLASSIFIER_FORMAT,
+    CheckpointError,
     LoadedClassifier,
     load_classifier,
+    load_translator,
+    read_checkpoint,
     save_classifier,
+    save_translator,
+)
+from streamaug.models.drn import DRN, DRN_PRESETS, DRNConfig
+from streamaug.models.registry import (
+    ClassifierFactory,
+    Registry,
+    build_translator,
+    get_classifier,
+    get_translator,
+    list_classifiers,
+    list_translators,
+    register_classifier,
+    register_translator,
 )
 
-ClassifierFactory = Callable[..., nn.Module]
-_REGISTRY: dict[str, ClassifierFactory] = {}
-
-
-def register_classifier(name: str, factory: ClassifierFactory) -> ClassifierFactory:
-    """Register ``factory`` under ``name``.
-
-    Args:
-        name: registry key, e.g. ``"drn_tiny"``.
-        factory: callable ``(**overrides) -> nn.Module``.
-
-    Returns:
-        ``factory``, so this can wrap a function definition via ``functools.partial``.
-
-    Raises:
-        ValueError: ``name`` is already registered.
-    """
-    if name in _REGISTRY:
-        raise ValueError(f"classifier {name!r} is already registered")
-    _REGISTRY[name] = factory
-    return factory
-
-
-def get_classifier(name: str) -> ClassifierFactory:
-    """The factory registered under ``name``; ``KeyError`` lists the known names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown classifier {name!r}; registered: {list_classifiers()}") from None
-
-
-def list_classifiers() -> list[str]:
-    """Registered names, sorted."""
-    return sorted(_REGISTRY)
-
-
-def _build_drn(preset: str, **overrides: object) -> DRN:
-    return DRN(DRNConfig.preset(preset, **overrides))
-
-
-for _preset in DRN_PRESETS:
-    register_classifier(f"drn_{_preset}", functools.partial(_build_drn, _preset))
+CHECKPOINT_FORMAT = CLASSIFIER_FORMAT  # the classifier format's older name
 
 __all__ = [
     "CHECKPOINT_FORMAT",
+    "CLASSIFIER_FORMAT",
+    "CheckpointError",
+    "ClassifierFactory",
     "DRN",
     "DRN_PRESETS",
     "DRNConfig",
     "LoadedClassifier",
+    "Registry",
+    "build_translator",
     "get_classifier",
+    "get_translator",
     "list_classifiers",
+    "list_translators",
     "load_classifier",
+    "load_translator",
+    "read_checkpoint",
     "register_classifier",
+    "register_translator",
     "save_classifier",
+    "save_translator",
 ]

@@ -1,37 +1,75 @@
-"""Translator checkpoints: config next to weights, optimizer state and step (the nanoGPT habit).
+"""Checkpoints: one atomic writer, one validating reader, one error type, for every model kind.
 
-A checkpoint is a ``torch.save``'d dict of plain Python types and tensors only, so it loads with
-``torch.load(weights_only=True)`` (no pickled classes, no code execution)::
+The config lives next to the weights (the nanoGPT habit), so a path alone rebuilds the model. A
+checkpoint is a ``torch.save``'d dict of plain Python types and tensors only, so it loads with
+``torch.load(weights_only=True)`` (no pickled classes, no code execution). Two formats:
+
+* translators, ``streamaug-translator/1`` (:func:`save_translator` / :func:`load_translator`)::
 
     {"format": "streamaug-translator/1", "streamaug_version": "0.1.0", "model": "unit",
      "config": {...}, "patch_size": 128, "s": 2.0, "region": "humerus",
      "manifest_sha256": "...", "step": 20000, "weights": {name: tensor},
      "extra": {...} | None, "trainer_state": {...} | None}
 
-``s`` is the patch-size factor of Gupta et al. §3.2 (patch side = ``s`` x larger box side) and
-``region`` the body part the translator was trained on; both travel to the synthesis stage.
+  ``s`` is the patch-size factor of Gupta et al. §3.2 (patch side = ``s`` x larger box side) and
+  ``region`` the body part the translator was trained on; both travel to the synthesis stage.
+
+* classifiers, ``streamaug-classifier/1`` (:func:`save_classifier` / :func:`load_classifier`)::
+
+    {"format": "streamaug-classifier/1", "streamaug_version": "0.1.0", "arch": "drn", "config": {...},
+     "state_dict": {name: tensor}, "extra": {...}, "torch": "2.x"}
+
+  ``arch`` is a :func:`~streamaug.models.registry.get_classifier` name whose factory takes the
+  config as keywords; ``extra`` holds the run config, epoch, validation AUC and, in a trainer's
+  ``last.pt``, the optimizer state for ``--resume``.
+
+Every refusal is a :class:`CheckpointError` (a ``ValueError``) whose message names the file and
+the fix.
 """
 from __future__ import annotations
 
 import os
-import pickle
-import zipfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 import torch.nn as nn
 
-from streamaug.models.registry import get_translator
+from streamaug.models.registry import get_classifier, get_translator
 
-__all__ = ["FORMAT", "CheckpointError", "save_translator", "read_checkpoint", "load_translator"]
+if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
+    from streamaug.models.drn import DRN, DRNConfig
+
+__all__ = ["FORMAT", "CLASSIFIER_FORMAT", "CheckpointError", "LoadedClassifier", "save_checkpoint",
+           "read_checkpoint", "save_translator", "load_translator", "save_classifier", "load_classifier"]
 
 FORMAT = "streamaug-translator/1"
-_REQUIRED = ("format", "model", "config", "patch_size", "s", "region", "manifest_sha256", "step", "weights")
+CLASSIFIER_FORMAT = "streamaug-classifier/1"
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """What one checkpoint kind must hold, and how to make a good one (for error messages)."""
+
+    format: str
+    required: tuple[str, ...]
+    fix: str
+
+
+_KINDS = {
+    "translator": _Kind(FORMAT, ("format", "model", "config", "patch_size", "s", "region", "manifest_sha256",
+                                 "step", "weights"),
+                        "re-export it with streamaug.models.checkpoint.save_translator (or retrain the translator "
+                        "with `streamaug-train translator`)"),
+    "classifier": _Kind(CLASSIFIER_FORMAT, ("format", "arch", "config", "state_dict"),
+                        "pass a classifier checkpoint written by save_classifier (best.pt or last.pt of "
+                        "`streamaug-train classifier`), or retrain the classifier"),
+}
 
 
 class CheckpointError(ValueError):
-    """A file that is not a usable translator checkpoint; the message names the file and the fix."""
+    """A file that is not a usable checkpoint; the message names the file and the fix."""
 
 
 def _check_plain(obj: Any, where: str) -> None:
@@ -55,6 +93,77 @@ def _version() -> str:
     from streamaug import __version__
 
     return __version__
+
+
+def _weights(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` atomically (temp file + rename), after checking it holds plain types only.
+
+    Args:
+        path: destination file (``.pt``); parent folders are created.
+        payload: the checkpoint dict; its ``format`` names the kind.
+
+    Returns:
+        The written path.
+
+    Raises:
+        TypeError: ``payload`` holds objects other than plain types and tensors (they would not load
+            with ``weights_only=True``); the message names the offending key.
+    """
+    _check_plain(payload, "checkpoint")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
+                    kind: str = "translator") -> dict[str, Any]:
+    """Load and validate a checkpoint dict (tensors on ``device``); for resume and inspection.
+
+    Args:
+        path: the checkpoint file.
+        device: ``map_location`` of the tensors.
+        kind: ``"translator"`` or ``"classifier"``: which format and keys the file must have.
+
+    Returns:
+        The checkpoint dict.
+
+    Raises:
+        CheckpointError: missing, unreadable or truncated file, not a checkpoint, a checkpoint of the
+            other kind or format version, a missing key. The message names the file and the fix.
+    """
+    path = Path(path)
+    spec = _KINDS[kind]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such {kind} checkpoint file; check the path")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # noqa: BLE001 - garbage raises anything (struct.error, EOFError, ...): named below
+        raise CheckpointError(
+            f"{path}: not a readable streamaug {kind} checkpoint (truncated or another file type: "
+            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {spec.fix}"
+        ) from err
+    found = ckpt.get("format") if isinstance(ckpt, dict) else None
+    if found != spec.format:
+        other = next((k for k, s in _KINDS.items() if s.format == found), None)
+        if other:
+            what = f"a {other} checkpoint, not a {kind} one"
+        elif found:
+            what = f"written by streamaug_version={ckpt.get('streamaug_version')!r}; use that version"
+        else:
+            what = "not a streamaug checkpoint"
+        raise CheckpointError(f"{path}: checkpoint format {found!r} ({what}); this streamaug ({_version()}) "
+                              f"reads {spec.format!r} here; {spec.fix}")
+    missing = [k for k in spec.required if k not in ckpt]
+    if missing:
+        raise CheckpointError(f"{path}: checkpoint lacks keys {missing}; {spec.fix}")
+    return ckpt
 
 
 def save_translator(
@@ -97,7 +206,7 @@ def save_translator(
     if getattr(model, "patch_size", patch_size) != patch_size:
         raise ValueError(f"patch_size={patch_size} but the model has patch_size={model.patch_size}")
     cfg = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-    ckpt = {
+    return save_checkpoint(path, {
         "format": FORMAT,
         "streamaug_version": _version(),
         "model": name,
@@ -107,49 +216,18 @@ def save_translator(
         "region": str(region),
         "manifest_sha256": str(manifest_sha256),
         "step": int(step),
-        "weights": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "weights": _weights(model),
         "extra": extra,
         "trainer_state": trainer_state,
-    }
-    _check_plain(ckpt, "checkpoint")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(ckpt, tmp)
-    os.replace(tmp, path)
-    return path
+    })
 
 
-def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load and validate a checkpoint dict (weights on ``device``); for resume and inspection.
-
-    Raises:
-        CheckpointError: unreadable/truncated/not a checkpoint, other format version, missing key.
-    """
-    path = Path(path)
-    hint = "re-export it with streamaug.models.checkpoint.save_translator (or retrain the translator)"
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such translator checkpoint file")
+def _load_weights(path: Path, model: nn.Module, weights: dict[str, torch.Tensor], fix: str) -> None:
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError,
-            ValueError, KeyError, AttributeError) as err:
-        raise CheckpointError(
-            f"{path}: not a readable streamaug translator checkpoint (truncated or another file type: "
-            f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); {hint}"
-        ) from err
-    if not isinstance(ckpt, dict) or "format" not in ckpt:
-        raise CheckpointError(f"{path}: not a streamaug translator checkpoint (no 'format' field); {hint}")
-    if ckpt["format"] != FORMAT:
-        raise CheckpointError(
-            f"{path}: checkpoint format {ckpt['format']!r}, this streamaug ({_version()}) reads {FORMAT!r}; "
-            f"use the streamaug version that wrote it (streamaug_version={ckpt.get('streamaug_version')!r}) "
-            f"or {hint}"
-        )
-    missing = [k for k in _REQUIRED if k not in ckpt]
-    if missing:
-        raise CheckpointError(f"{path}: checkpoint lacks keys {missing}; {hint}")
-    return ckpt
+        model.load_state_dict(weights, strict=True)
+    except RuntimeError as err:
+        detail = " ".join(line.strip() for line in str(err).splitlines()[:4])
+        raise CheckpointError(f"{path}: weights do not match the stored config ({detail}); {fix}") from err
 
 
 def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
@@ -171,7 +249,7 @@ def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu")
             class rejects, or weights that do not fit the config (missing/unexpected keys, shapes).
     """
     ckpt = read_checkpoint(path, device)
-    hint = "check that the checkpoint was written by save_translator with the config used in training"
+    fix = "check that the checkpoint was written by save_translator with the config used in training"
     try:
         cls = get_translator(ckpt["model"])
     except KeyError as err:
@@ -180,18 +258,86 @@ def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu")
         config = cls.config_cls.from_dict(dict(ckpt["config"]))  # type: ignore[attr-defined]
         model = cls(config)
     except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid {ckpt['model']!r} config: {err}; {hint}") from err
+        raise CheckpointError(f"{path}: invalid {ckpt['model']!r} config: {err}; {fix}") from err
     if model.patch_size != ckpt["patch_size"]:
         raise CheckpointError(
-            f"{path}: patch_size {ckpt['patch_size']} does not match config patch_size {model.patch_size}; {hint}"
+            f"{path}: patch_size {ckpt['patch_size']} does not match config patch_size {model.patch_size}; {fix}"
         )
-    try:
-        model.load_state_dict(ckpt["weights"], strict=True)
-    except RuntimeError as err:
-        first = str(err).splitlines()
-        detail = " ".join(line.strip() for line in first[:4])
-        raise CheckpointError(f"{path}: weights do not match the stored config ({detail}); {hint}") from err
+    _load_weights(Path(path), model, ckpt["weights"], fix)
     model.to(device).eval().requires_grad_(False)  # an inference module; training resumes from read_checkpoint
     model.id = f"{ckpt['model']}-{ckpt['region']}-{ckpt['manifest_sha256'][:8]}-step{ckpt['step']}"
     model.meta = {k: v for k, v in ckpt.items() if k not in ("weights", "trainer_state")}
     return model
+
+
+class LoadedClassifier(NamedTuple):
+    """What :func:`load_classifier` returns."""
+
+    model: DRN
+    config: DRNConfig
+    extra: dict[str, Any]
+
+
+def save_classifier(
+    path: str | os.PathLike[str],
+    model: DRN,
+    config: DRNConfig | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Save a classifier's weights with its config (nanoGPT style), atomically.
+
+    Args:
+        path: output file (``.pt``); parent folders are created.
+        model: the classifier (a :class:`~streamaug.models.drn.DRN`).
+        config: its config; defaults to ``model.config`` and must equal it when given.
+        extra: plain python values and tensors to keep (run config, epoch, val AUC, optimizer state,
+            ...); loaded with ``weights_only=True``, so no arbitrary objects.
+
+    Returns:
+        The path written.
+
+    Raises:
+        ValueError: ``config`` differs from ``model.config``.
+        TypeError: ``extra`` holds objects other than plain types and tensors.
+    """
+    config = config or model.config
+    if config != model.config:
+        raise ValueError(f"save_classifier: config {config} does not match the model's {model.config}")
+    return save_checkpoint(path, {
+        "format": CLASSIFIER_FORMAT,
+        "streamaug_version": _version(),
+        "arch": "drn",
+        "config": config.to_dict(),
+        "state_dict": _weights(model),
+        "extra": dict(extra or {}),
+        "torch": str(torch.__version__),
+    })
+
+
+def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedClassifier:
+    """Rebuild a classifier saved by :func:`save_classifier`.
+
+    Args:
+        path: checkpoint file.
+        device: where to put the model.
+
+    Returns:
+        ``(model, config, extra)``; the model is in eval mode on ``device``.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the file is not a streamaug classifier checkpoint, has
+            another format version, an unknown arch, or weights that do not fit its config. The
+            message names the file and the fix.
+    """
+    payload = read_checkpoint(path, device, kind="classifier")
+    fix = _KINDS["classifier"].fix
+    try:
+        factory = get_classifier(payload["arch"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: {err.args[0]}; import the module that registers it") from None
+    try:
+        model = factory(**payload["config"])
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: bad classifier config {payload['config']!r} ({err}); {fix}") from err
+    _load_weights(Path(path), model, payload["state_dict"], fix)
+    return LoadedClassifier(model.to(device).eval(), model.config, dict(payload.get("extra") or {}))

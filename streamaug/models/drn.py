@@ -21,8 +21,10 @@ stem    7x7 conv (no max-pool)    1       1         no
 
 The feature map therefore has output stride 8; adaptive average pooling and one linear
 layer give a single logit per image. Checkpoints keep the config next to the weights
-(:func:`save_classifier` / :func:`load_classifier`), so a pseudo-label filter can rebuild
-the classifier from a path alone.
+(:func:`streamaug.models.checkpoint.save_classifier` / :func:`~streamaug.models.checkpoint.load_classifier`,
+also importable from here), so a pseudo-label filter can rebuild the classifier from a path alone.
+Importing this module registers the classifiers ``drn`` (a full :class:`DRNConfig` as keywords) and
+``drn_<preset>`` for every preset of :data:`DRN_PRESETS`.
 
 Examples:
     >>> import torch
@@ -33,16 +35,21 @@ Examples:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-CHECKPOINT_FORMAT = "streamaug-classifier/1"
+# the checkpoint functions lived here; they are re-exported for existing imports
+from streamaug.models.checkpoint import CLASSIFIER_FORMAT as CHECKPOINT_FORMAT
+from streamaug.models.checkpoint import LoadedClassifier, load_classifier, save_classifier
+from streamaug.models.registry import register_classifier
+
+__all__ = ["CHECKPOINT_FORMAT", "DRN", "DRN_PRESETS", "BasicBlock", "DRNConfig", "LoadedClassifier",
+           "load_classifier", "save_classifier"]
 _STRIDES = (1, 2, 2, 2, 1, 1, 1, 1)
 _RESIDUAL = (False, False, True, True, True, True, False, False)
 
@@ -231,83 +238,16 @@ class DRN(nn.Module):
         return torch.sigmoid(self(x))
 
 
-class LoadedClassifier(NamedTuple):
-    """What :func:`load_classifier` returns."""
-
-    model: DRN
-    config: DRNConfig
-    extra: dict[str, Any]
+def _build(**config: Any) -> DRN:
+    """``DRN(DRNConfig(**config))``: the ``drn`` factory, which classifier checkpoints are rebuilt with."""
+    return DRN(DRNConfig(**config))
 
 
-def save_classifier(
-    path: str | os.PathLike[str],
-    model: DRN,
-    config: DRNConfig | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
-    """Save weights with their config (nanoGPT style), atomically.
-
-    Args:
-        path: output file (``.pt``); parent folders are created.
-        model: the classifier.
-        config: its config; defaults to ``model.config`` and must equal it when given.
-        extra: plain python values and tensors to keep (epoch, val AUC, operating
-            point, ...); loaded with ``weights_only=True``, so no arbitrary objects.
-
-    Returns:
-        The path written.
-    """
-    config = config or model.config
-    if config != model.config:
-        raise ValueError(f"save_classifier: config {config} does not match the model's {model.config}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": "drn",
-        "config": config.to_dict(),
-        "state_dict": state,
-        "extra": dict(extra or {}),
-        "torch": str(torch.__version__),
-    }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
-    return path
+def _build_preset(preset: str, **overrides: Any) -> DRN:
+    """A :data:`DRN_PRESETS` model with fields replaced: the ``drn_<preset>`` factories."""
+    return DRN(DRNConfig.preset(preset, **overrides))
 
 
-def load_classifier(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> LoadedClassifier:
-    """Rebuild a classifier saved by :func:`save_classifier`.
-
-    Args:
-        path: checkpoint file.
-        device: where to put the model.
-
-    Returns:
-        ``(model, config, extra)``; the model is in eval mode on ``device``.
-
-    Raises:
-        ValueError: the file is not a streamaug classifier checkpoint, has another format
-            version, or its weights do not fit its config. The message names the file.
-    """
-    path = Path(path)
-    try:
-        payload = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # noqa: BLE001 - re-raised with the file name
-        raise ValueError(f"{path}: cannot read classifier checkpoint ({err})") from err
-    found = payload.get("format") if isinstance(payload, dict) else None
-    if found != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT!r}")
-    if payload.get("arch") != "drn":
-        raise ValueError(f"{path}: unknown classifier arch {payload.get('arch')!r}, expected 'drn'")
-    try:
-        config = DRNConfig(**payload["config"])
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{path}: bad classifier config {payload['config']!r} ({err})") from err
-    model = DRN(config)
-    try:
-        model.load_state_dict(payload["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"{path}: weights do not match config {config}: {err}") from err
-    return LoadedClassifier(model.to(device).eval(), config, dict(payload.get("extra", {})))
+register_classifier("drn", _build)
+for _preset in DRN_PRESETS:
+    register_classifier(f"drn_{_preset}", functools.partial(_build_preset, _preset))

@@ -1,37 +1,121 @@
-"""A tiny translator registry (the torchvision/timm habit): ``register``, ``get``, ``list``.
+"""One small registry (the torchvision/timm habit): ``register``, ``get``, ``list``.
 
-A translator is an ``nn.Module`` class with
+:class:`Registry` maps names to objects; a duplicate name is an error and an unknown name lists the
+known ones. Two instances use it:
 
-* ``config_cls``: a dataclass with ``patch_size``, ``to_dict()`` and ``from_dict(dict)``;
-* ``__init__(config)``;
-* attribute ``patch_size`` and ``translate(patches (B, C, P, P) in [0, 1]) -> (B, C, P, P) in [0, 1]``.
+* translators (:func:`register_translator`, :func:`get_translator`, :func:`list_translators`,
+  :func:`build_translator`): an entry is an ``nn.Module`` class with
 
-Built-in translators (``"unit"``, ``"identity"``) are registered on first lookup, so importing this
-module stays cheap and free of import cycles. Tests iterate :func:`list_translators`, so every
-registered translator is smoke-tested.
+  * ``config_cls``: a dataclass with ``patch_size``, ``to_dict()`` and ``from_dict(dict)``;
+  * ``__init__(config)``;
+  * attribute ``patch_size`` and ``translate(patches (B, C, P, P) in [0, 1]) -> (B, C, P, P) in [0, 1]``.
+
+* classifiers (:func:`register_classifier`, :func:`get_classifier`, :func:`list_classifiers`): an
+  entry is a factory ``(**overrides) -> nn.Module`` mapping ``(B, 1, H, W)`` images to ``(B,)``
+  logits. ``get_classifier("drn_small")`` returns the factory; call it to get the model.
+  ``"drn"`` takes a full :class:`~streamaug.models.drn.DRNConfig` as keywords (what classifier
+  checkpoints are rebuilt with); ``"drn_paper"``, ``"drn_small"``, ``"drn_tiny"`` are its presets.
+
+Built-in entries (``"unit"``, ``"identity"``, the DRNs) are registered on first lookup, so importing
+this module stays cheap and free of import cycles. Tests iterate :func:`list_translators` and
+:func:`list_classifiers`, so every registered model is smoke-tested.
+
+Examples:
+    >>> "drn_tiny" in list_classifiers()
+    True
+    >>> model = get_classifier("drn_tiny")(dropout=0.1)
+    >>> model.config.dropout
+    0.1
 """
 from __future__ import annotations
 
 import dataclasses
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Generic, TypeVar
 
 import torch
 import torch.nn as nn
 
 __all__ = [
+    "Registry",
     "register_translator",
     "get_translator",
     "list_translators",
     "build_translator",
+    "register_classifier",
+    "get_classifier",
+    "list_classifiers",
+    "ClassifierFactory",
     "IdentityConfig",
     "IdentityTranslator",
 ]
 
-_REGISTRY: dict[str, type[nn.Module]] = {}
-_BUILTIN_MODULES = ("streamaug.models.unit",)
+V = TypeVar("V")
 T = TypeVar("T", bound=type)
+ClassifierFactory = Callable[..., nn.Module]
+
+
+class Registry(Generic[V]):
+    """Names to entries; a duplicate name is an error, an unknown one lists the known names.
+
+    Args:
+        kind: what the entries are, for messages (``"translator"``).
+        builtins: modules that register the built-in entries when imported; they are imported on
+            the first :meth:`get` / :meth:`names`, so this registry's module imports none of them.
+
+    Examples:
+        >>> r = Registry("colour")
+        >>> r.register("red", 1)
+        1
+        >>> r.get("red"), r.names()
+        (1, ['red'])
+        >>> r.get("blue")
+        Traceback (most recent call last):
+        KeyError: "unknown colour 'blue'; registered: ['red']"
+    """
+
+    def __init__(self, kind: str, builtins: tuple[str, ...] = ()) -> None:
+        self.kind = kind
+        self._builtins = builtins
+        self._entries: dict[str, V] = {}
+
+    def register(self, name: str, entry: V) -> V:
+        """Add ``entry`` under ``name`` and return it.
+
+        Raises:
+            ValueError: ``name`` is already registered.
+        """
+        if name in self._entries:
+            raise ValueError(f"{self.kind} {name!r} is already registered ({self._entries[name]!r}); "
+                             "pick another name")
+        self._entries[name] = entry
+        return entry
+
+    def get(self, name: str) -> V:
+        """The entry registered under ``name``.
+
+        Raises:
+            KeyError: unknown name (the message lists the known ones).
+        """
+        self._load_builtins()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise KeyError(f"unknown {self.kind} {name!r}; registered: {self.names()}") from None
+
+    def names(self) -> list[str]:
+        """Sorted registered names."""
+        self._load_builtins()
+        return sorted(self._entries)
+
+    def _load_builtins(self) -> None:
+        for module in self._builtins:
+            importlib.import_module(module)  # registers on first import; later calls are dict lookups
+
+
+_TRANSLATORS: Registry[type[nn.Module]] = Registry("translator", ("streamaug.models.unit",))
+_CLASSIFIERS: Registry[ClassifierFactory] = Registry("classifier", ("streamaug.models.drn",))
 
 
 def register_translator(name: str) -> Callable[[T], T]:
@@ -45,24 +129,18 @@ def register_translator(name: str) -> Callable[[T], T]:
 
     Raises:
         ValueError: when ``name`` is already registered.
+        TypeError: the class lacks ``config_cls`` or ``translate``.
     """
 
     def deco(cls: T) -> T:
-        if name in _REGISTRY:
-            raise ValueError(f"translator {name!r} is already registered ({_REGISTRY[name].__qualname__})")
         for attr in ("config_cls", "translate"):
             if not hasattr(cls, attr):
                 raise TypeError(f"translator {name!r}: class {cls.__qualname__} lacks {attr!r}")
+        _TRANSLATORS.register(name, cls)
         cls.name = name  # type: ignore[attr-defined]
-        _REGISTRY[name] = cls
         return cls
 
     return deco
-
-
-def _load_builtins() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(mod)
 
 
 def get_translator(name: str) -> type[nn.Module]:
@@ -75,11 +153,7 @@ def get_translator(name: str) -> type[nn.Module]:
         >>> get_translator("identity").__name__
         'IdentityTranslator'
     """
-    _load_builtins()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown translator {name!r}; registered: {list_translators()}") from None
+    return _TRANSLATORS.get(name)
 
 
 def list_translators() -> list[str]:
@@ -89,8 +163,7 @@ def list_translators() -> list[str]:
         >>> {"identity", "unit"} <= set(list_translators())
         True
     """
-    _load_builtins()
-    return sorted(_REGISTRY)
+    return _TRANSLATORS.names()
 
 
 def build_translator(name: str, config: Any = None, **overrides: Any) -> nn.Module:
@@ -109,6 +182,29 @@ def build_translator(name: str, config: Any = None, **overrides: Any) -> nn.Modu
     elif overrides:
         config = dataclasses.replace(config, **overrides)
     return cls(config)
+
+
+def register_classifier(name: str, factory: ClassifierFactory) -> ClassifierFactory:
+    """Register ``factory`` (``(**overrides) -> nn.Module``) under ``name``; returns ``factory``.
+
+    Raises:
+        ValueError: ``name`` is already registered.
+    """
+    return _CLASSIFIERS.register(name, factory)
+
+
+def get_classifier(name: str) -> ClassifierFactory:
+    """The factory registered under ``name``; call it (with overrides) to get the model.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+    """
+    return _CLASSIFIERS.get(name)
+
+
+def list_classifiers() -> list[str]:
+    """Sorted names of all registered classifiers."""
+    return _CLASSIFIERS.names()
 
 
 @dataclass

@@ -1,8 +1,9 @@
-"""``python -m streamaug.train {translator,classifier} ...``"""
+"""``python -m streamaug.train {translator,classifier} ...`` (console script ``streamaug-train``)."""
 from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
 COMMANDS = {
@@ -12,18 +13,25 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Parse ``argv`` (default ``sys.argv[1:]``), log progress to stderr, run the chosen trainer."""
     argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="python -m streamaug.train")
     sub = parser.add_subparsers(dest="command", required=True)
     chosen = argv[0] if argv and argv[0] in COMMANDS else None
     module = None
     for name, (module_name, help_text) in COMMANDS.items():
-        sp = sub.add_parser(name, help=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text)
         if name == chosen:  # import only the command that runs
             module = importlib.import_module(module_name)
             module.add_arguments(sp)
     args = parser.parse_args(argv)
-    module.main(args)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from streamaug.models.checkpoint import CheckpointError
+
+    try:
+        module.main(args)
+    except CheckpointError as err:  # a user error with its fix in the message: no traceback
+        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
 
 
 if __name__ == "__main__":

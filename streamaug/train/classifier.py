@@ -12,15 +12,22 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import logging
 import os
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
+from streamaug.models.checkpoint import CheckpointError, load_classifier, save_classifier
+from streamaug.models.drn import DRN, DRNConfig
 from streamaug.train.classifier_data import RunConfig, build_train_stream, build_val_stream, count_selected, device_augment
+from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
+
+logger = logging.getLogger(__name__)
+# what last.pt holds beyond best.pt, so that a run can go on
+TRAINER_STATE = ("epoch", "best_auc", "history", "optimizer", "scheduler", "torch_rng", "aug_rng")
 
 
 def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
@@ -32,17 +39,55 @@ def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
+def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, Any] | None:
+    """The state in ``OUT/last.pt`` to go on from (weights under ``"model"``), or None for a fresh run.
+
+    Raises:
+        CheckpointError: ``last.pt`` is missing beside a ``best.pt``, holds no trainer state (it is a
+            ``best.pt``), or was trained with another config.
+    """
+    last = out / "last.pt"
+    if not last.exists():
+        if (out / "best.pt").exists():
+            raise CheckpointError(f"{out}: --resume needs {last.name}, which holds the optimizer state; this folder "
+                                  "has only best.pt (weights for inference). Restore last.pt, or start a new run "
+                                  "with another --out (without --resume)")
+        return None
+    loaded = load_classifier(last, device=device)
+    missing = [k for k in TRAINER_STATE if k not in loaded.extra]
+    if missing:
+        raise CheckpointError(f"{last}: no trainer state to resume from (lacks {missing}): it is a best.pt-style "
+                              "checkpoint (weights for inference). --resume needs the last.pt that "
+                              "`streamaug-train classifier` writes each epoch; restore it, or start a new run with "
+                              "another --out (without --resume)")
+    check_resume(last, loaded.extra.get("run"), cfg)
+    return {"model": loaded.model.state_dict(), **loaded.extra}
+
+
 def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) and return the path of the best checkpoint."""
+    """Train (or resume) a classifier.
+
+    Args:
+        cfg: the run config (saved in ``best.pt`` and ``last.pt``).
+        resume: continue from ``OUT/last.pt`` (same config but :attr:`RunConfig.RESUMABLE`); a
+            fresh run when the folder holds no checkpoint.
+        progress: show progress bars (they switch themselves off when stderr is not a terminal).
+
+    Returns:
+        The path of the best checkpoint, ``OUT/best.pt``.
+
+    Raises:
+        CheckpointError: (a ``ValueError``) the run cannot be resumed; the message says why and what to do.
+    """
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
     from streamaug.eval import score_loader
-    from streamaug.models.drn import DRN, DRNConfig, load_classifier, save_classifier
 
     rank, world, device = _ddp_setup(cfg.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    state = _resume_state(out, cfg, device) if resume else None  # refuse early, before reading data
     torch.manual_seed(cfg.seed)
     n_real = count_selected(cfg)
     train_batches, stream = build_train_stream(cfg, n_real=n_real, world=world, device=device)
@@ -51,25 +96,20 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=0.9, patience=cfg.patience)
     start, best_auc, history, aug_rng = 0, -1.0, [], None
-    if resume and (out / "last.pt").exists():
-        last = load_classifier(out / "last.pt", device=device)
-        saved = last.extra.get("run", {})
-        changed = {k: (saved.get(k), v) for k, v in dataclasses.asdict(cfg).items()
-                   if k not in RunConfig.RESUMABLE and saved.get(k) != v}
-        if changed:
-            raise ValueError(f"{out / 'last.pt'}: --resume with a different config {changed} (saved, given)")
-        model.load_state_dict(last.model.state_dict())
-        opt.load_state_dict(last.extra["optimizer"])
-        sched.load_state_dict(last.extra["scheduler"])
-        torch.set_rng_state(last.extra["torch_rng"])
-        aug_rng = last.extra["aug_rng"]
-        start, best_auc, history = last.extra["epoch"] + 1, last.extra["best_auc"], last.extra["history"]
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        aug_rng = state["aug_rng"]
+        start, best_auc, history = state["epoch"] + 1, state["best_auc"], state["history"]
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
     if aug_rng is not None:
         gen.set_state(aug_rng)
     main_rank = rank == 0
+    log = JsonlLog(out / "log.jsonl", "epoch", upto=start - 1) if main_rank else None
     for epoch in range(start, cfg.epochs):
         t0 = time.perf_counter()
         model.train()
@@ -77,8 +117,8 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             stream.set_epoch(epoch)
         seen = synthetic = 0
         losses = []
-        bar = tqdm(train_batches(), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not (progress and main_rank),
-                   unit="batch", leave=False)
+        bar = tqdm(train_batches(), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+                   disable=None if progress and main_rank else True)  # None: off when not a terminal
         for batch in bar:
             x = device_augment(batch["image"].to(device), cfg.augment, gen)
             y = batch["label"].to(device).float()
@@ -108,12 +148,12 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             save_classifier(out / "last.pt", model, extra={
                 **extra, "best_auc": best_auc, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                 "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()})
-            with open(out / "log.jsonl", "a") as log:
-                log.write(json.dumps(record) + "\n")
-            if progress:
-                print(f"epoch {epoch + 1}: loss {record['train_loss']:.4f} val AUC {val_auc:.4f} "
-                      f"({seen} samples, {synthetic} synthetic, {record['seconds']}s)")
+            log.write(record)
+            logger.info("epoch %d: loss %.4f val AUC %.4f (%d samples, %d synthetic, %ss)", epoch + 1,
+                        record["train_loss"], val_auc, seen, synthetic, record["seconds"])
         best_auc = max(best_auc, val_auc) if val_auc == val_auc else best_auc
+    if log is not None:
+        log.close()
     if world > 1:
         torch.distributed.barrier()
     if not (out / "best.pt").exists() and main_rank:  # no epoch improved on -1 (e.g. NaN AUCs)
@@ -122,42 +162,16 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    a = p.add_argument
-    a("--train-shards", nargs="+", required=True, help="training shards (a packed folder with --train-split)")
-    a("--val-shards", nargs="+", required=True)
-    a("--train-split", default=None, help="split name when --train-shards is a packed folder")
-    a("--val-split", default=None)
-    a("--out", required=True)
-    a("--region", default=None, help="only images of this region (e.g. lower_limb)")
-    a("--stream", default="plain", choices=["plain", "lesion"], help="lesion: on-the-fly synthesis")
-    a("--translator", default=None, help="translator.pt for --stream lesion")
-    a("--filter-classifier", default=None, help="baseline classifier (best.pt) for the pseudo-label filter")
-    a("--filter-threshold", type=float, default=0.9)
-    a("--synthetic-fraction", type=float, default=0.25)
-    a("--positive-ratio", type=float, default=None, help="keep real positives at R per normal (e.g. 0.1)")
-    a("--oversample", type=int, default=1, help="repeat every real positive this many times per epoch")
-    a("--augment", default="flip", choices=["none", "flip", "classic"])
-    a("--preset", default="tiny", choices=["tiny", "small", "paper"])
-    a("--image-size", type=int, default=128)
-    a("--epochs", type=int, default=12)
-    a("--batch-size", type=int, default=32)
-    a("--lr", type=float, default=1e-4)
-    a("--weight-decay", type=float, default=1e-4)
-    a("--patience", type=int, default=1)
-    a("--workers", type=int, default=0)
-    a("--seed", type=int, default=0)
-    a("--device", default="cpu")
-    a("--blend-n", type=float, default=2.0)
-    a("--s", type=float, default=1.0, help="site size factor for the lesion stream")
-    a("--n", type=int, default=7)
-    a("--resume", action="store_true")
+    """The options: one per :class:`RunConfig` field, and ``--resume``."""
+    add_config_arguments(p, RunConfig, required=("train_shards", "val_shards", "out"))
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/last.pt with the same options (--epochs may grow)")
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """``streamaug-train classifier``: parse the options (unless given parsed), train; the best checkpoint."""
     if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="python -m streamaug.train classifier")
+        p = argparse.ArgumentParser(prog="python -m streamaug.train classifier", description=__doc__)
         add_arguments(p)
         args = p.parse_args(args)
-    fields = {f.name for f in dataclasses.fields(RunConfig)}
-    cfg = RunConfig(**{k: v for k, v in vars(args).items() if k in fields})
-    return train_classifier(cfg, resume=args.resume)
+    return train_classifier(config_from_args(RunConfig, args), resume=args.resume)

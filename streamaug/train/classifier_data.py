@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Literal
 
 import numpy as np
 import torch
@@ -13,11 +13,44 @@ from streamaug.io.labels import to_int_label
 from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest, scan_metadata
 from streamaug.data.select import KeySelect, rare_positive_select
 from streamaug.data.stream import XRayShards
+from streamaug.models.drn import DRN_PRESETS
 
 
 @dataclass
 class RunConfig:
-    """Everything a classifier run depends on; saved in its checkpoints."""
+    """Everything a classifier run depends on; saved in its checkpoints and compared on ``--resume``.
+
+    Every field is a ``streamaug-train classifier`` option (``batch_size`` -> ``--batch-size``).
+
+    Attributes:
+        train_shards: training shards: paths, or a packed folder with --train-split.
+        val_shards: validation shards: paths, or a packed folder with --val-split.
+        train_split: split name when --train-shards is a packed folder.
+        val_split: split name when --val-shards is a packed folder.
+        out: run folder: best.pt, last.pt and log.jsonl go here.
+        region: only images of this region (e.g. lower_limb); default: all.
+        stream: plain: the real images only; lesion: on-the-fly lesion synthesis (needs --translator).
+        translator: translator.pt for --stream lesion.
+        filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter; default: no filter.
+        filter_threshold: pseudo-label threshold: keep synthetic positives the filter scores at least this.
+        synthetic_fraction: share of each epoch's samples that are synthetic (--stream lesion).
+        positive_ratio: keep real training positives at this many per normal (e.g. 0.1); default: all.
+        oversample: repeat every real positive this many times per epoch (--stream plain).
+        augment: device augmentation: none, flip (horizontal flips) or classic (flips, affine, brightness/contrast).
+        preset: DRN size preset.
+        image_size: side images are resized to, for training and validation.
+        epochs: epochs in all (a resumed run continues up to this).
+        batch_size: images per batch (per rank under torchrun).
+        lr: Adam learning rate (decayed x0.9 when the validation AUC plateaus).
+        weight_decay: Adam weight decay.
+        patience: epochs without validation-AUC gain before the learning rate decays.
+        workers: DataLoader worker processes (per rank).
+        seed: seeds the selection of rare positives, the stream order, initialisation and augmentation.
+        device: torch device (cpu, cuda; under torchrun each rank takes its LOCAL_RANK GPU).
+        blend_n: exponent n of the cosine blending mask (--stream lesion).
+        s: site size factor: lesion-site side / larger box side (--stream lesion).
+        n: matched lesion images whose boxes place sites on each normal (--stream lesion).
+    """
 
     train_shards: list[str] = field(default_factory=list)
     val_shards: list[str] = field(default_factory=list)
@@ -25,15 +58,15 @@ class RunConfig:
     val_split: str | None = None
     out: str = "runs/classifier"
     region: str | None = None
-    stream: str = "plain"
+    stream: Literal["plain", "lesion"] = "plain"
     translator: str | None = None
     filter_classifier: str | None = None
     filter_threshold: float = 0.9
     synthetic_fraction: float = 0.25
     positive_ratio: float | None = None
     oversample: int = 1
-    augment: str = "flip"
-    preset: str = "tiny"
+    augment: Literal["none", "flip", "classic"] = "flip"
+    preset: str = field(default="tiny", metadata={"choices": sorted(DRN_PRESETS)})
     image_size: int = 128
     epochs: int = 12
     batch_size: int = 32

@@ -74,7 +74,7 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float =
     from tqdm.auto import tqdm
 
     stream = XRayShards(shards, split=split, shuffle=False, resize=resize, equalize="none", select=select)
-    samples = [x for x in tqdm(stream, desc="reading images", disable=not progress, unit="img")
+    samples = [x for x in tqdm(stream, desc="reading images", disable=None if progress else True, unit="img")
                if region is None or _region_of(x) == region]
     lesions = [x for x in samples if x["label"] == 1 and len(x["boxes"])]
     normals = [x for x in samples if x["label"] == 0]
@@ -86,7 +86,7 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: float =
 
     def cut(group: list[dict[str, Any]]) -> torch.Tensor:
         out = []
-        for x in tqdm(group, desc="cutting patches", disable=not progress, unit="img", leave=False):
+        for x in tqdm(group, desc="cutting patches", disable=None if progress else True, unit="img", leave=False):
             sites = proposer(x)["sites"]
             if len(sites):
                 out.append(crop_sites(x["image"][None], sites, torch.zeros(len(sites), dtype=torch.long), patch_size))

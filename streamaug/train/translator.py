@@ -1,7 +1,7 @@
 """``python -m streamaug.train translator``: train a UNIT normal->lesion patch translator.
 
 Reads shards once, cuts the balanced patch sets (Gupta et al. §3.2), trains UNIT with a progress
-bar, logs losses to ``OUT/losses.jsonl``, writes sample grids (normal / translated / blended) to
+bar, logs losses to ``OUT/losses.jsonl`` (flushed per step), writes sample grids (normal / translated / blended) to
 ``OUT/samples/``, and keeps ``OUT/translator.pt`` (weights, config, patch size, s, region, data
 hash, step, optimizer and RNG state). ``--resume`` continues from it; on CPU with a fixed seed the
 resumed run reproduces the uninterrupted one exactly.
@@ -11,29 +11,58 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 
-from streamaug.synth.ops import cosine_alpha
-from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_translator
-from streamaug.eval.plots import save_sample_grid
-from streamaug.train.patches import build_patch_sets
-from streamaug.models.unit import UNIT, unit_preset
-from streamaug.train.unit_losses import UNITTrainer
 from streamaug.data.select import KeySelect
+from streamaug.eval.plots import save_sample_grid
+from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_translator
+from streamaug.models.unit import PRESETS as UNIT_PRESETS
+from streamaug.models.unit import UNIT, unit_preset
+from streamaug.synth.ops import cosine_alpha
+from streamaug.train.patches import build_patch_sets
+from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
+from streamaug.train.unit_losses import UNITTrainer
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
 class TranslatorRun:
-    """Everything a run depends on; saved in the checkpoint and compared on ``--resume``."""
+    """Everything a translator run depends on; saved in the checkpoint and compared on ``--resume``.
+
+    Every field is a ``streamaug-train translator`` option (``batch_size`` -> ``--batch-size``).
+
+    Attributes:
+        shards: shard paths, a packed folder or its manifest.json (lesion and normal images together).
+        out: run folder: translator.pt, losses.jsonl, run.json and samples/ go here.
+        preset: UNIT size preset.
+        steps: training steps in all (a resumed run continues up to this).
+        patch_size: patch side P in pixels; default: the preset's.
+        s: crop side / larger lesion-box side (Gupta et al. 3.2; paper: 1 or 2).
+        n: matched lesion images per normal image (where normal patches are cut).
+        region: only images of this region (e.g. lower_limb); default: all.
+        split: split of a packed folder or manifest (ignored for plain .tar lists).
+        resize: resize images to this side before cutting patches; default: as stored.
+        min_intensity: drop normal patches darker than this mean intensity in [0, 1] (no bone).
+        batch_size: patches per domain per step.
+        seed: seeds patch sites, balancing, initialisation and batches.
+        device: torch device to train on (cpu, cuda, cuda:1, ...).
+        bf16: autocast to bfloat16 (CUDA).
+        sample_every: write a sample grid (normal / translated / blended) every this many steps.
+        ckpt_every: save OUT/translator.pt every this many steps.
+        blend_n: exponent n of the cosine blending mask in the sample grids.
+        positives: keys of the only lesion images to use (e.g. the kept rare positives); default: all.
+    """
 
     shards: list[str] = field(default_factory=list)
     out: str = "runs/translator"
-    preset: str = "tiny"
+    preset: str = field(default="tiny", metadata={"choices": sorted(UNIT_PRESETS)})
     steps: int = 1000
     patch_size: int | None = None  # None: the preset's
     s: float = 1.0
@@ -77,25 +106,46 @@ def write_samples(path: Path, model: UNIT, normal: torch.Tensor, blend_n: float)
     model.train(was_training)
 
 
-def _check_resume(ckpt: dict[str, Any], run: TranslatorRun, path: Path) -> None:
-    saved = (ckpt.get("extra") or {}).get("run")
-    if saved is None:
-        raise CheckpointError(f"{path}: no run config stored; cannot resume it (start a new --out)")
-    diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(run).items()
-            if k not in TranslatorRun.RESUMABLE and saved.get(k) != v}
-    if diff:
-        raise CheckpointError(f"{path}: --resume with a different config {diff} (saved, given); "
-                              "use the original arguments or a new --out")
+def _resume_checkpoint(path: Path, run: TranslatorRun, device: torch.device) -> dict:
+    """The checkpoint to go on from, checked for trainer state and an unchanged config.
+
+    Raises:
+        CheckpointError: unreadable, no trainer state (saved for inference only), another config.
+    """
+    ckpt = read_checkpoint(path, device)
+    state = ckpt["trainer_state"]
+    if not isinstance(state, dict) or not {"trainer", "batch_rng", "torch_rng"} <= set(state):
+        raise CheckpointError(f"{path}: no trainer state (optimizer and RNG state) to resume from: it was saved "
+                              "for inference only (save_translator without trainer_state); resume needs the "
+                              "translator.pt that `streamaug-train translator` writes, or start a new run with "
+                              "another --out (without --resume)")
+    check_resume(path, (ckpt.get("extra") or {}).get("run"), run)
+    return ckpt
 
 
 def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool = True) -> Path:
-    """Train (or resume) a translator; returns the checkpoint path."""
+    """Train (or resume) a translator; returns the checkpoint path.
+
+    Args:
+        run: the run config (saved in the checkpoint and ``OUT/run.json``).
+        resume: continue from ``OUT/translator.pt`` when it exists (same config but
+            :attr:`TranslatorRun.RESUMABLE`); a fresh run otherwise.
+        progress: show progress bars (they switch themselves off when stderr is not a terminal).
+
+    Returns:
+        ``OUT/translator.pt``.
+
+    Raises:
+        CheckpointError: the checkpoint to resume is unreadable, holds no trainer state, was trained
+            with another config or on other data.
+    """
     from tqdm.auto import tqdm
 
     out = Path(run.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "translator.pt"
     device = torch.device(run.device)
+    ckpt = _resume_checkpoint(ckpt_path, run, device) if resume and ckpt_path.exists() else None  # refuse early
     torch.manual_seed(run.seed)
     overrides = {"patch_size": run.patch_size} if run.patch_size else {}
     config = unit_preset(run.preset, **overrides)
@@ -108,13 +158,11 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     trainer = UNITTrainer(model, autocast_dtype=torch.bfloat16 if run.bf16 else None)
     g = torch.Generator().manual_seed(run.seed)
     step = 0
-    if resume and ckpt_path.exists():
-        ckpt = read_checkpoint(ckpt_path, device)
-        _check_resume(ckpt, run, ckpt_path)
+    if ckpt is not None:
         if ckpt["manifest_sha256"] != data.info["data_sha256"]:
             raise CheckpointError(f"{ckpt_path}: trained on other data (manifest sha256 differs); use a new --out")
-        model.load_state_dict(ckpt["weights"])
         state = ckpt["trainer_state"]
+        model.load_state_dict(ckpt["weights"])
         trainer.load_state_dict(state["trainer"])
         g.set_state(state["batch_rng"])
         torch.set_rng_state(state["torch_rng"])
@@ -131,14 +179,14 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     (out / "run.json").write_text(json.dumps({"run": dataclasses.asdict(run), "config": config.to_dict(),
                                               "data": data.info}, indent=2))
     model.train()
-    bar = tqdm(total=run.steps, initial=step, desc="translator", disable=not progress, unit="step")
-    with open(out / "losses.jsonl", "a") as log:
+    bar = tqdm(total=run.steps, initial=step, desc="translator", disable=None if progress else True, unit="step")
+    with JsonlLog(out / "losses.jsonl", "step", upto=step) as log:
         t0 = time.perf_counter()
         while step < run.steps:
             losses = trainer.step(_batch(data.normal, run.batch_size, g, device),
                                   _batch(data.lesion, run.batch_size, g, device))
             step += 1
-            log.write(json.dumps({"step": step, **{k: round(v, 5) for k, v in losses.items()}}) + "\n")
+            log.write({"step": step, **{k: round(v, 5) for k, v in losses.items()}})
             bar.update(1)
             bar.set_postfix(gen=f"{losses['gen']:.3f}", dis=f"{losses['dis']:.3f}")
             if step % run.sample_every == 0 or step == run.steps:
@@ -148,41 +196,25 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
         bar.close()
     if step == 0 or not ckpt_path.exists():
         save()
-    print(f"translator: {step} steps, {data.info['patches_per_domain']} patches per domain, "
-          f"{time.perf_counter() - t0:.1f}s; wrote {ckpt_path}")
+    logger.info("translator: %d steps, %d patches per domain, %.1fs; wrote %s", step,
+                data.info["patches_per_domain"], time.perf_counter() - t0, ckpt_path)
     return ckpt_path
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--shards", nargs="+", required=True, help="shard paths, a packed folder or manifest.json")
-    p.add_argument("--out", required=True)
-    p.add_argument("--preset", default="tiny", choices=["tiny", "small", "paper"])
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--patch-size", type=int, default=None)
-    p.add_argument("--s", type=float, default=1.0, help="crop side / larger box side (paper: 1 or 2)")
-    p.add_argument("--n", type=int, default=7, help="matched lesion images per normal image")
-    p.add_argument("--region", default=None, help="only images of this region (e.g. lower_limb)")
-    p.add_argument("--split", default="train", help="split of a packed folder (ignored for plain .tar lists)")
-    p.add_argument("--resize", type=int, default=None)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--bf16", action="store_true", help="autocast to bfloat16 (CUDA)")
-    p.add_argument("--sample-every", type=int, default=200)
-    p.add_argument("--ckpt-every", type=int, default=200)
-    p.add_argument("--resume", action="store_true")
+    """The options: one per :class:`TranslatorRun` field, and ``--resume``."""
+    add_config_arguments(p, TranslatorRun, required=("shards", "out"), defaults={"split": "train"})
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/translator.pt with the same options (--steps may grow)")
 
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """``streamaug-train translator``: parse the options (unless given parsed), train; the checkpoint path."""
     if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="python -m streamaug.train translator")
+        p = argparse.ArgumentParser(prog="python -m streamaug.train translator", description=__doc__)
         add_arguments(p)
         args = p.parse_args(args)
-    shards = args.shards[0] if len(args.shards) == 1 else list(args.shards)
-    split = args.split if isinstance(shards, str) and (Path(shards).is_dir() or shards.endswith(".json")) else None
-    run = TranslatorRun(shards=[shards] if isinstance(shards, str) else shards, out=args.out, preset=args.preset,
-                        steps=args.steps, patch_size=args.patch_size, s=args.s, n=args.n, region=args.region,
-                        split=split, resize=args.resize, batch_size=args.batch_size, seed=args.seed,
-                        device=args.device, bf16=args.bf16, sample_every=args.sample_every,
-                        ckpt_every=args.ckpt_every)
+    run = config_from_args(TranslatorRun, args)
+    packed = len(run.shards) == 1 and (Path(run.shards[0]).is_dir() or run.shards[0].endswith(".json"))
+    run.split = run.split if packed else None  # plain .tar lists have no splits
     return train_translator(run, resume=args.resume)
