@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamaug.cli.pack import PackError, main, pack, parse_boxes
+from streamaug.cli.pack import PackError, main, pack
+from streamaug.sites.boxes import parse_boxes
 
 COLUMNS = ["image_id", "image", "mask", "label", "region", "view", "age", "boxes_xyxy", "split"]
 
@@ -59,15 +60,6 @@ def _all_shards(out: Path, manifest: dict) -> list[Path]:
     return [out / s["name"] for split in manifest["splits"].values() for s in split["shards"]]
 
 
-def test_parse_boxes():
-    assert parse_boxes("1 2 3 4;5,6,7.5,8") == [[1, 2, 3, 4], [5, 6, 7.5, 8]]
-    assert parse_boxes("  ") == [] and parse_boxes(None) == []
-    with pytest.raises(ValueError, match="expected 4"):
-        parse_boxes("1 2 3")
-    with pytest.raises(ValueError):
-        parse_boxes("1 2 3 x")
-
-
 def test_pack_round_trip_and_manifest(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     rows = _dataset(root)
@@ -93,7 +85,7 @@ def test_pack_round_trip_and_manifest(tmp_path):
         assert s["mask.png"] == (root / row["mask"]).read_bytes()
         doc = json.loads(s["json"])
         assert {k: doc[k] for k in COLUMNS} == row  # every column, as given
-        assert doc["boxes"] == parse_boxes(row["boxes_xyxy"]) and "rows" not in doc
+        assert doc["boxes"] == parse_boxes(row["boxes_xyxy"]).tolist() and "rows" not in doc
     assert [b["key"] for b in manifest["lesion_boxes"]] == ["IMG0", "IMG3"]
     bank = manifest["lesion_boxes"][0]
     assert bank == {"key": "IMG0", "split": "train", "label": "tumor", "region": "lower_limb", "view": "frontal",
@@ -233,7 +225,7 @@ def test_real_btxrd_subset_is_lossless(shared_data, tmp_path):
         s = samples[row["image_id"]]
         assert s["png"] == (root / row["image"]).read_bytes() and s["mask.png"] == (root / row["mask"]).read_bytes()
         doc = json.loads(s["json"])
-        assert {c: doc[c] for c in columns} == row and doc["boxes"] == parse_boxes(row["boxes_xyxy"])
+        assert {c: doc[c] for c in columns} == row and doc["boxes"] == parse_boxes(row["boxes_xyxy"]).tolist()
     n_boxes = sum(1 for r in rows if r["boxes_xyxy"])
     assert len(manifest["lesion_boxes"]) == n_boxes
 
@@ -251,9 +243,133 @@ def test_real_nih_subset_merges_boxes(shared_data, tmp_path):
         mine = [r for r in rows if r["image_id"] == key]
         doc = json.loads(s["json"])
         assert s["png"] == (root / mine[0]["image"]).read_bytes()
-        assert doc["boxes"] == [b for r in mine for b in parse_boxes(r["box_xyxy_256"])]
+        assert doc["boxes"] == [b for r in mine for b in parse_boxes(r["box_xyxy_256"]).tolist()]
         assert set(columns) <= set(doc)
         if len(mine) > 1:  # merged: one entry per CSV row, differing columns kept per row
             assert len(doc["rows"]) == len(mine)
             assert [r.get("finding", doc["finding"]) for r in doc["rows"]] == [r["finding"] for r in mine]
     assert sum(len(b["boxes"]) for b in manifest["lesion_boxes"]) == len(rows)
+
+
+# --- what the packer may read and write ---------------------------------------------------------
+
+def test_paths_outside_root_are_bad_rows_and_never_read(tmp_path):
+    root = tmp_path / "data"
+    rows = _dataset(root, 2)
+    secret = tmp_path / "secret.png"
+    _write_png(secret, np.full((16, 20), 7, np.uint8))
+    (root / "images" / "link.png").symlink_to(secret)
+    rows += [dict(rows[1], image_id="UP", image="../secret.png", mask=""),             # line 4
+             dict(rows[1], image_id="ABS", image=str(secret), mask=""),                # line 5
+             dict(rows[1], image_id="LINK", image="images/link.png", mask=""),         # line 6
+             dict(rows[1], image_id="MASK", image="images/IMG0.png", mask="../secret.png")]  # line 7
+    csv_path = _write_csv(tmp_path / "m.csv", rows, COLUMNS)
+    manifest = pack(root, csv_path, tmp_path / "out", on_error="skip", progress=False)
+    skipped = {e["line"]: e["reason"] for e in manifest["skipped"]}
+    assert sorted(skipped) == [4, 5, 6, 7] and manifest["count"] == 2
+    assert "'..'" in skipped[4] and "absolute" in skipped[5] and "outside --root" in skipped[6]
+    assert "'..'" in skipped[7]
+    for shard in _all_shards(tmp_path / "out", manifest):
+        assert secret.read_bytes() not in shard.read_bytes()
+    with pytest.raises(PackError, match=r"m\.csv line 4 \(key 'UP', \.\./secret\.png\): path '\.\./secret\.png'"):
+        pack(root, csv_path, tmp_path / "out2", progress=False)
+
+
+def test_empty_image_cell_is_a_bad_row(tmp_path, capsys):
+    root = tmp_path / "data"
+    rows = _dataset(root, 2) + [dict(_dataset(root, 1)[0], image_id="NOIMG", image="", mask="")]
+    csv_path = _write_csv(tmp_path / "m.csv", rows, COLUMNS)
+    argv = ["--root", str(root), "--metadata", str(csv_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    assert "m.csv line 4 (key 'NOIMG', ): empty 'image' cell" in capsys.readouterr().err
+    assert main([*argv, "--on-error", "skip"]) == 0
+    assert "skipped: line 4 (NOIMG, ): empty 'image' cell" in capsys.readouterr().err
+    assert json.loads((tmp_path / "o" / "manifest.json").read_text())["count"] == 2
+
+
+def test_unexpected_decoder_error_is_reported_with_its_line(tmp_path, monkeypatch):
+    import streamaug.io.readers as readers
+
+    root = tmp_path / "data"
+    csv_path = _write_csv(tmp_path / "m.csv", _dataset(root, 3), COLUMNS)
+    real = readers._decode_pillow
+
+    def flaky(data, *, source, **kwargs):
+        if "IMG1.png" in source and "images" in source:
+            raise RuntimeError("decoder bug")
+        return real(data, source=source, **kwargs)
+
+    monkeypatch.setattr(readers, "_decode_pillow", flaky)
+    manifest = pack(root, csv_path, tmp_path / "out", on_error="skip", progress=False)
+    assert manifest["count"] == 2 and manifest["skipped"] == [
+        {"line": 3, "key": "IMG1", "file": "images/IMG1.png",
+         "reason": "unexpected RuntimeError while decoding: decoder bug"}]
+    with pytest.raises(PackError, match=r"m\.csv line 3 \(key 'IMG1'.*RuntimeError") as info:
+        pack(root, csv_path, tmp_path / "out2", progress=False)
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_failed_pack_leaves_out_as_it_was(tmp_path, monkeypatch):
+    import streamaug.io.readers as readers
+
+    root, out = tmp_path / "data", tmp_path / "out"
+    good = _write_csv(tmp_path / "good.csv", _dataset(root, 4), COLUMNS)
+    bad = _write_csv(tmp_path / "bad.csv", _dataset(root, 4) + [dict(_dataset(root, 1)[0], image_id="X",
+                                                                      image="images/none.png")], COLUMNS)
+    with pytest.raises(PackError, match="missing file"):  # shards of the first 4 were written, then this
+        pack(root, bad, out, shard_size=1, progress=False)
+    assert not out.exists() and _leftovers(tmp_path) == []  # nothing for XRayShards(out) to stream
+    out.mkdir()
+    with pytest.raises(PackError):
+        pack(root, bad, out, shard_size=1, progress=False)
+    assert list(out.iterdir()) == []
+
+    first = pack(root, good, out, shard_size=1, progress=False)
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    with pytest.raises(PackError, match="missing file"):
+        pack(root, bad, out, shard_size=3, overwrite=True, progress=False)
+    monkeypatch.setattr(readers, "_decode_pillow", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        pack(root, good, out, shard_size=3, overwrite=True, progress=False)
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before  # the good pack, untouched
+    assert json.loads((out / "manifest.json").read_text()) == first and _leftovers(tmp_path) == []
+    monkeypatch.undo()
+
+    again = pack(root, good, out, shard_size=3, overwrite=True, progress=False)
+    assert sorted(p.relative_to(out) for p in out.rglob("*.tar")) == sorted(Path(p.relative_to(out)) for p in
+                                                                           _all_shards(out, again))
+    assert _leftovers(tmp_path) == []
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(PackError, match=r"more than a pack: \['notes\.txt'\]"):
+        pack(root, good, out, overwrite=True, progress=False)
+    assert (out / "notes.txt").read_text() == "mine" and (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize("prefix", ["../x", "a/b", "..", "a\\b"])
+def test_prefix_must_be_a_plain_name(tmp_path, prefix):
+    root = tmp_path / "data"
+    csv_path = _write_csv(tmp_path / "m.csv", _dataset(root, 2), COLUMNS)
+    with pytest.raises(PackError, match="--prefix .* must be a plain file name"):
+        pack(root, csv_path, tmp_path / "sub" / "out", prefix=prefix, progress=False)
+    assert not (tmp_path / "sub").exists() and not list(tmp_path.rglob("*.tar"))
+
+
+def test_boxes_are_read_by_the_sites_parser(tmp_path):
+    import streamaug.cli.pack_csv as pack_csv
+
+    assert pack_csv.parse_boxes is parse_boxes  # one parser for the packer and the site bank
+    root = tmp_path / "data"
+    rows = _dataset(root, 5)
+    cells = ["1 2 3 4;5,6,7.5,8", "5.0 1 8 9", "1 2 3", "1 2 3 x", "nan 1 2 3"]
+    csv_path = _write_csv(tmp_path / "m.csv", [dict(r, boxes_xyxy=c) for r, c in zip(rows, cells)], COLUMNS)
+    manifest = pack(root, csv_path, tmp_path / "out", on_error="skip", progress=False)
+    docs = {k: json.loads(s["json"]) for k, s in _read_tars(_all_shards(tmp_path / "out", manifest)).items()}
+    assert docs["IMG0"]["boxes"] == [[1, 2, 3, 4], [5, 6, 7.5, 8]] and docs["IMG1"]["boxes"] == [[5, 1, 8, 9]]
+    assert isinstance(docs["IMG1"]["boxes"][0][0], int)  # whole numbers are written as ints
+    reasons = {e["line"]: e["reason"] for e in manifest["skipped"]}
+    assert "cannot read '1 2 3' as boxes" in reasons[4] and "cannot read '1 2 3 x'" in reasons[5]
+    assert "non-finite" in reasons[6]

@@ -154,6 +154,52 @@ def test_components_counts_blobs_and_merges_u_shapes():
     assert components(np.zeros((4, 4), bool)) == []
 
 
+def _flood_boxes(mask: np.ndarray) -> list[list[int]]:
+    """Reference: 4-connected flood fill from each unvisited pixel in raster order."""
+    seen, boxes = np.zeros(mask.shape, bool), []
+    for y, x in zip(*np.nonzero(mask)):
+        if seen[y, x]:
+            continue
+        seen[y, x], stack, box = True, [(y, x)], [x, y, x + 1, y + 1]
+        while stack:
+            cy, cx = stack.pop()
+            box = [min(box[0], cx), min(box[1], cy), max(box[2], cx + 1), max(box[3], cy + 1)]
+            for ny, nx in ((cy - 1, cx), (cy + 1, cx), (cy, cx - 1), (cy, cx + 1)):
+                if 0 <= ny < mask.shape[0] and 0 <= nx < mask.shape[1] and mask[ny, nx] and not seen[ny, nx]:
+                    seen[ny, nx] = True
+                    stack.append((ny, nx))
+        boxes.append([int(v) for v in box])
+    return sorted(boxes, key=lambda b: (b[1], b[0]))  # stable: ties stay in raster order of first pixel
+
+
+def test_components_match_a_flood_fill_and_use_scipy(monkeypatch):
+    import scipy.ndimage
+
+    rng = np.random.default_rng(0)
+    for density in (0.2, 0.45, 0.6):  # many diagonal-only contacts (separate under 4-connectivity)
+        mask = rng.random((24, 31)) < density
+        assert components(mask) == _flood_boxes(mask)
+    nested = np.zeros((9, 9), bool)  # a ring and a dot inside: same (y0, x0) ordering rule
+    nested[0, :], nested[:, 0], nested[8, :], nested[:, 8], nested[4, 4] = True, True, True, True, True
+    assert components(nested) == [[0, 0, 9, 9], [4, 4, 5, 5]] == _flood_boxes(nested)
+    calls = []
+    real = scipy.ndimage.label
+    monkeypatch.setattr(scipy.ndimage, "label", lambda *a, **k: calls.append(1) or real(*a, **k))
+    components(nested)
+    assert calls == [1]  # no hand-written labelling left
+
+
+@pytest.mark.realdata
+def test_components_reproduce_btxrd_boxes(shared_data):
+    root = shared_data / "btxrd"
+    with open(root / "metadata.csv", newline="") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["boxes_xyxy"]][:150]
+    for row in rows:
+        want = [[int(v) for v in box.split()] for box in row["boxes_xyxy"].split(";")]
+        got = components(np.asarray(Image.open(root / row["mask"])) > 0)
+        assert got == sorted(want, key=lambda b: (b[1], b[0])), row["image_id"]
+
+
 def test_bad_arguments_raise(tmp_path):
     with pytest.raises(ValueError):
         make_phantom(0, lesion=True, region="pelvis")

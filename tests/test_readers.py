@@ -9,10 +9,10 @@ import pydicom
 import pytest
 import torch
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
+from dicomgen import dicom_bytes as _dicom
 from streamaug.io import dicom as dicom_mod
 from streamaug.io.readers import MissingCodecError, XRayDecodeError, decode_xray, read_xray
 
@@ -20,25 +20,6 @@ from streamaug.io.readers import MissingCodecError, XRayDecodeError, decode_xray
 def _png(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _dicom(arr: np.ndarray, *, bits: int = 12, photometric: str = "MONOCHROME2", signed: bool = False,
-           **fields) -> bytes:
-    """A minimal uncompressed single-frame DICOM file holding ``arr`` (uint16 or int16)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.Rows, ds.Columns = arr.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
-    ds.PixelRepresentation = int(signed)
-    ds.PixelData = arr.astype(np.int16 if signed else np.uint16).tobytes()
-    for name, value in fields.items():
-        setattr(ds, name, value)
-    buf = io.BytesIO()
-    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 

@@ -13,7 +13,8 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
 * **Sample.** ``<key>.<ext>`` holds the image bytes exactly as stored (``ext`` is the lower-cased
   file suffix, sniffed from the bytes when there is none), ``<key>.mask.<ext>`` the mask bytes
   (``mask.png`` for PNG masks; an empty ``mask`` cell means no mask), and ``<key>.json`` every column
-  plus ``boxes`` (a list of ``[x0, y0, x1, y1]``; ints stay ints, ``[]`` for none). With
+  plus ``boxes`` (a list of ``[x0, y0, x1, y1]`` read by :func:`streamaug.sites.boxes.parse_boxes`;
+  whole numbers are written as ints, so ``5.0`` becomes ``5``; ``[]`` for none). With
   ``--label-column COL`` and no ``label`` column, ``label`` is a copy of ``COL``.
 * **Several rows, one image** (e.g. one row per box): they become one sample. Boxes are
   concatenated in row order; a column equal in every row is stored once; a column that differs is
@@ -23,26 +24,35 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
 * **Splits.** One set of shards per value of ``split``
   (``OUT/<split>/<prefix>-<split>-000000.tar``); an empty cell is split ``unassigned``. Without a
   ``split`` column: ``OUT/<prefix>-000000.tar`` and the manifest names the split ``all``.
-* **Bad rows** (missing or undecodable image/mask, mask size differing from the image, a box that
-  is degenerate or outside the image, an invalid key, conflicting duplicate rows) are reported
-  as ``CSV line N (key, file): reason``. ``--on-error raise`` (default) stops at the first one;
-  ``skip`` leaves the row out (an image whose rows are all bad is left out) and records it in
-  ``manifest["skipped"]``.
+* **Paths.** ``image`` and ``mask`` must stay inside ``--root``: absolute paths, ``..`` and links
+  that resolve outside it are bad rows; nothing outside ``--root`` is read.
+* **Bad rows** (an empty ``image`` cell, a path outside ``--root``, missing or undecodable
+  image/mask, any other error while decoding, mask size differing from the image, a box that is
+  unreadable, non-finite, degenerate or outside the image, an invalid key, conflicting duplicate
+  rows) are reported as ``CSV line N (key, file): reason``. ``--on-error raise`` (default) stops
+  at the first one; ``skip`` leaves the row out (an image whose rows are all bad is left out) and
+  records it in ``manifest["skipped"]``.
 * **Manifest** counts labels and regions per split as given (``unknown`` for empty); the
   ``lesion_boxes`` bank has one entry per sample with boxes (plus its ``shard``). Shards are
   written with a fixed mtime, so packing the same input twice gives the same ``sha256``.
+* **Output.** Everything is written into a hidden folder beside ``--out``
+  (``.<name>.packing-<random>``) that replaces ``--out`` only once the manifest is written: a
+  failed or interrupted pack leaves ``--out`` as it was (absent, empty, or the previous pack).
+  ``--out`` must be absent or empty unless ``--overwrite``, which replaces a folder holding only
+  a pack (``manifest.json`` and ``.tar`` shards; anything else is refused, never deleted).
+  ``--prefix`` must be a plain file name.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import datetime as _dt
 import hashlib
 import json
-import math
 import os
 import random
 import re
+import secrets
+import shutil
 import sys
 import time
 from collections import Counter
@@ -50,45 +60,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamaug.io.readers import XRayDecodeError, decode_xray, sniff_ext
+from streamaug.cli.pack_csv import PackError, SampleBuilder, read_csv
 
-__all__ = ["pack", "main", "parse_boxes", "PackError", "MANIFEST_FORMAT"]
+__all__ = ["pack", "main", "PackError", "MANIFEST_FORMAT"]
 
 MANIFEST_FORMAT = "streamaug-shards/1"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _MTIME = 946684800  # 2000-01-01: fixed so shards are byte-reproducible; an int, so no pax header per file
-
-
-class PackError(ValueError):
-    """A bad CSV row under ``on_error="raise"``, or an unusable CSV/output folder."""
-
-
-def parse_boxes(text: str | None) -> list[list[int | float]]:
-    """Parse ``"x0 y0 x1 y1;x0 y0 x1 y1"`` (spaces or commas inside a box) into a list of boxes.
-
-    >>> parse_boxes("1 2 3 4; 5.5 6 7 8")
-    [[1, 2, 3, 4], [5.5, 6, 7, 8]]
-    >>> parse_boxes("")
-    []
-    """
-    boxes = []
-    for part in (text or "").split(";"):
-        fields = part.replace(",", " ").split()
-        if not fields:
-            continue
-        if len(fields) != 4:
-            raise ValueError(f"box {part.strip()!r} has {len(fields)} numbers, expected 4 (x0 y0 x1 y1)")
-        box = []
-        for f in fields:
-            try:
-                v: int | float = int(f)
-            except ValueError:
-                v = float(f)  # raises ValueError for non-numbers
-            if not math.isfinite(v):
-                raise ValueError(f"box {part.strip()!r} has a non-finite number")
-            box.append(v)
-        boxes.append(box)
-    return boxes
 
 
 def pack(
@@ -111,33 +89,35 @@ def pack(
     Args:
         root: folder the CSV's ``image``/``mask`` paths are relative to.
         metadata: the CSV file.
-        out: output folder (created); gets the shards and ``manifest.json``.
+        out: output folder (created, or replaced at the end); gets the shards and ``manifest.json``.
         shard_size: samples per shard.
         on_error: ``"raise"`` or ``"skip"`` for bad rows.
-        prefix: shard name prefix (default: the name of ``root``).
+        prefix: shard name prefix, a plain file name (default: the name of ``root``).
         boxes_column: column with boxes (default ``boxes_xyxy`` when present, else none).
         key_column: column with the sample key (default ``image_id``, else the file stem).
         label_column: column copied to ``label`` when the CSV has no ``label`` column.
         shuffle_seed: shuffle the sample order before writing (default: CSV order).
-        overwrite: replace an existing pack in ``out`` (its listed shards are deleted).
+        overwrite: replace an existing pack in ``out``, once the new one is complete.
         progress: show a tqdm progress bar.
 
     Returns:
         The manifest dict (also written to ``out/manifest.json``).
 
     Raises:
-        PackError: a bad row with ``on_error="raise"``, a missing required column, or an
-            existing ``manifest.json`` without ``overwrite``.
+        PackError: a bad row with ``on_error="raise"``, a missing required column, a bad
+            ``prefix``, or an ``out`` that is not empty (without ``overwrite``) or holds more than a
+            pack. ``out`` is then left as it was.
     """
-    from tqdm import tqdm
-
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     root, metadata, out = Path(root), Path(metadata), Path(out)
     prefix = prefix or root.resolve().name
-    columns, rows = _read_csv(metadata)
+    if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\\0"):
+        raise PackError(f"--prefix {prefix!r} must be a plain file name: not empty, '.' or '..', and without "
+                        "'/' or '\\' (the default is the name of --root)")
+    columns, rows = read_csv(metadata)
     for col, what in ((key_column, "--key-column"), (label_column, "--label-column"), (boxes_column, "--boxes-column")):
         if col is not None and col not in columns:
             raise PackError(f"{metadata}: {what} {col!r} is not a column (columns: {columns})")
@@ -152,7 +132,7 @@ def pack(
     if label_column and label_column != "label" and "label" in columns:
         raise PackError(f"{metadata}: has a 'label' column already; drop --label-column {label_column!r}")
     key_column = key_column or ("image_id" if "image_id" in columns else None)
-    _prepare_out(out, overwrite)
+    _check_out(out, overwrite)
 
     groups: dict[str, list[tuple[int, dict]]] = {}
     for line, row in rows:
@@ -162,63 +142,72 @@ def pack(
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
 
-    packer = _Packer(root, out, metadata, columns, prefix=prefix, shard_size=shard_size, on_error=on_error,
-                     boxes_column=boxes_column, label_column=label_column, has_split="split" in columns)
+    source = {"root": str(root.resolve()), "metadata": str(metadata.resolve()),
+              "metadata_sha256": _sha256(metadata), "columns": columns, "key_column": key_column,
+              "boxes_column": boxes_column, "label_column": label_column, "shard_size": shard_size,
+              "on_error": on_error, "shuffle_seed": shuffle_seed, "csv_rows": len(rows)}
+    samples = SampleBuilder(root, metadata, columns, on_error=on_error, boxes_column=boxes_column,
+                            label_column=label_column)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = _sibling(out, "packing")
+    work.mkdir()
+    try:
+        manifest = _pack_into(work, samples, [(key, groups[key]) for key in order], source, prefix=prefix,
+                              progress=progress)
+        _replace(out, work)
+    except BaseException:  # a failed or interrupted pack leaves out as it was
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return manifest
+
+
+def _pack_into(work: Path, samples: SampleBuilder, groups: list[tuple[str, list[tuple[int, dict]]]], source: dict,
+               *, prefix: str, progress: bool) -> dict:
+    """Write the sample of every ``(key, rows)`` group, then the manifest, into the empty folder ``work``."""
+    from tqdm import tqdm
+
+    packer = _Packer(samples, work, prefix=prefix, shard_size=source["shard_size"],
+                     has_split="split" in samples.columns)
     t0 = time.perf_counter()
     try:
-        for key in tqdm(order, desc=f"pack {metadata.name}", unit="img", disable=not progress):
-            packer.add(key, groups[key])
-    finally:  # on an error the shards written so far are closed (no manifest is written)
+        for key, group in tqdm(groups, desc=f"pack {samples.metadata.name}", unit="img", disable=not progress):
+            packer.add(key, group)
+    finally:  # on an error the shards written so far are closed (and then deleted by pack)
         splits = packer.close()
     manifest = {
         "format": MANIFEST_FORMAT,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "source": {"root": str(root.resolve()), "metadata": str(metadata.resolve()),
-                   "metadata_sha256": _sha256(metadata), "columns": columns, "key_column": key_column,
-                   "boxes_column": boxes_column, "label_column": label_column, "shard_size": shard_size,
-                   "on_error": on_error, "shuffle_seed": shuffle_seed, "csv_rows": len(rows)},
+        "source": source,
         "count": sum(s["count"] for s in splits.values()),
         "splits": splits,
         "lesion_boxes": packer.lesion_boxes,
-        "skipped_count": len(packer.skipped),
-        "skipped": packer.skipped,
+        "skipped_count": len(samples.skipped),
+        "skipped": samples.skipped,
         "seconds": round(time.perf_counter() - t0, 2),
     }
-    tmp = out / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    tmp.replace(out / "manifest.json")
+    (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
 class _Packer:
-    """Validates each key's rows and writes its sample into its split's shards, keeping the counts."""
+    """Writes each key's checked sample into its split's shards, keeping the counts."""
 
-    def __init__(self, root: Path, out: Path, metadata: Path, columns: list[str], *, prefix: str,
-                 shard_size: int, on_error: str, boxes_column: str | None, label_column: str | None,
-                 has_split: bool):
-        self.root, self.out, self.metadata, self.columns = root, out, metadata, columns
-        self.prefix, self.shard_size, self.on_error = prefix, shard_size, on_error
-        self.boxes_column, self.label_column, self.has_split = boxes_column, label_column, has_split
+    def __init__(self, samples: SampleBuilder, out: Path, *, prefix: str, shard_size: int, has_split: bool):
+        self.samples, self.out, self.prefix = samples, out, prefix
+        self.shard_size, self.has_split = shard_size, has_split
         self.writers: dict[str, _SplitWriter] = {}
         self.splits: dict[str, dict] = {}
         self.lesion_boxes: list[dict] = []
-        self.skipped: list[dict] = []
-
-    def bad(self, line: int, key: str, file: str, reason: str) -> None:
-        """Report a bad row: raise (``on_error="raise"``) or record it in ``skipped``."""
-        if self.on_error == "raise":
-            raise PackError(f"{self.metadata} line {line} (key {key!r}, {file}): {reason}")
-        self.skipped.append({"line": line, "key": key, "file": file, "reason": reason})
 
     def add(self, key: str, group: list[tuple[int, dict]]) -> None:
         """Validate the rows of ``key`` and write its sample (nothing when every row is bad)."""
-        sample = self.build(key, group)
+        sample = self.samples.build(key, group)
         if sample is None:
             return
         doc, files, size = sample
         split = (doc.get("split") or "unassigned") if self.has_split else "all"
         if not _SPLIT_RE.match(split):
-            self.bad(group[0][0], key, doc["image"], f"split {split!r} is not a plain name ([A-Za-z0-9_-])")
+            self.samples.bad(group[0][0], key, doc["image"], f"split {split!r} is not a plain name ([A-Za-z0-9_-])")
             return
         if split not in self.writers:
             self.writers[split] = _SplitWriter(self.out, self.prefix, split if self.has_split else None,
@@ -241,77 +230,6 @@ class _Packer:
             info.update(shards=writer.close(), labels=dict(sorted(info["labels"].items())),
                         regions=dict(sorted(info["regions"].items())))
         return dict(sorted(self.splits.items()))
-
-    def build(self, key: str, group: list[tuple[int, dict]]) -> tuple[dict, dict[str, bytes], tuple] | None:
-        """Validate one key's rows; return ``(json doc, {ext: bytes}, (H, W))`` or ``None``."""
-        line0, first = group[0]
-        image_rel = first["image"]
-        if not key or "." in key or "/" in key or "\\" in key:
-            for line, row in group:
-                self.bad(line, key, row["image"], f"invalid key {key!r}: must be non-empty without '.', "
-                         "'/' or '\\' (use --key-column or rename the file)")
-            return None
-        kept = []
-        for line, row in group[1:]:
-            clash = [c for c in ("image", "mask", "split") if c in self.columns and row[c] != first[c]]
-            if clash:
-                self.bad(line, key, row["image"], f"same key as line {line0} but different {', '.join(clash)}")
-            else:
-                kept.append((line, row))
-        kept.insert(0, (line0, first))
-
-        loaded = self.load_files(key, kept)
-        if loaded is None:
-            return None
-        files, size = loaded
-        h, w = size
-        good = []
-        for line, row in kept:
-            try:
-                boxes = parse_boxes(row.get(self.boxes_column)) if self.boxes_column else []
-            except ValueError as err:
-                self.bad(line, key, image_rel, f"column {self.boxes_column!r}: {err}")
-                continue
-            reason = next((_box_problem(b, w, h) for b in boxes if _box_problem(b, w, h)), None)
-            if reason:
-                self.bad(line, key, image_rel, f"column {self.boxes_column!r}: {reason}")
-                continue
-            good.append((line, row, boxes))
-        if not good:
-            return None
-
-        doc: dict[str, Any] = dict(good[0][1])
-        if self.label_column and "label" not in self.columns:
-            doc["label"] = doc[self.label_column]
-        doc["boxes"] = [b for _, _, boxes in good for b in boxes]
-        if len(good) > 1:
-            differing = [c for c in self.columns if any(r[c] != good[0][1][c] for _, r, _ in good)]
-            doc["rows"] = [{"line": line, **{c: r[c] for c in differing}, "boxes": boxes}
-                           for line, r, boxes in good]
-        return doc, files, size
-
-    def load_files(self, key: str, kept: list[tuple[int, dict]]) -> tuple[dict[str, bytes], tuple] | None:
-        """Read and decode the image (and mask) of ``key``: ``({ext: bytes}, (H, W))`` or ``None``."""
-        image_rel, mask_rel = kept[0][1]["image"], (kept[0][1].get("mask") or "").strip()
-        files: dict[str, bytes] = {}
-        try:
-            size: tuple = ()
-            for name, rel in (("", image_rel), ("mask.", mask_rel)):
-                if not rel:
-                    continue
-                data = (self.root / rel).read_bytes()
-                ext = Path(rel).suffix.lower().lstrip(".") or sniff_ext(data) or "bin"
-                decoded, _ = decode_xray(data, ext, source=str(self.root / rel))
-                if size and tuple(decoded.shape[-2:]) != size:
-                    raise XRayDecodeError(f"mask {rel} is {tuple(decoded.shape[-2:])}, image is {size}")
-                size = size or tuple(decoded.shape[-2:])
-                files[name + ext] = data
-        except (OSError, XRayDecodeError) as err:
-            reason = f"missing file: {err.filename}" if isinstance(err, FileNotFoundError) else str(err)
-            for line, row in kept:
-                self.bad(line, key, row["image"], reason)
-            return None
-        return files, size
 
 
 class _SplitWriter:
@@ -351,45 +269,44 @@ class _SplitWriter:
         return self.done
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[tuple[int, dict]]]:
-    """Columns and ``(line number, row)`` pairs (header is line 1); strips nothing but the BOM."""
+def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse, before anything is written, an ``out`` that a finished pack may not replace.
+
+    Raises:
+        PackError: ``out`` is a file or a link, holds anything without ``overwrite``, or holds
+            files other than a pack's (``manifest.json`` and ``.tar`` shards) with it.
+    """
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise PackError(f"--out {out} is a file or a symbolic link, not a folder; choose another --out")
+    held = sorted(p for p in out.rglob("*") if p.is_symlink() or not p.is_dir()) if out.exists() else []
+    if held and not overwrite:
+        what = "a pack (manifest.json)" if (out / "manifest.json").exists() else f"{len(held)} files"
+        raise PackError(f"{out} already holds {what}; pass --overwrite or choose another --out")
+    foreign = [str(p.relative_to(out)) for p in held
+               if p.is_symlink() or (p.suffix != ".tar" and p.name not in ("manifest.json", "manifest.json.tmp"))]
+    if foreign:
+        raise PackError(f"--overwrite would replace all of {out}, which holds more than a pack: {foreign[:5]}"
+                        f"{' ...' if len(foreign) > 5 else ''}; move those files or choose another --out")
+
+
+def _sibling(out: Path, what: str) -> Path:
+    """A fresh hidden name beside ``out``: ``.<name>.<what>-<random>`` (same file system: renames are atomic)."""
+    return out.parent / f".{out.name}.{what}-{secrets.token_hex(4)}"
+
+
+def _replace(out: Path, work: Path) -> None:
+    """Move the finished folder ``work`` to ``out``; a previous ``out`` is deleted only after that."""
+    if not out.exists():
+        os.replace(work, out)
+        return
+    old = _sibling(out, "old")
+    os.replace(out, old)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            columns = list(reader.fieldnames or [])
-            rows = []
-            for row in reader:
-                if None in row:
-                    raise PackError(f"{path} line {reader.line_num}: more cells than the header has columns")
-                rows.append((reader.line_num, {c: (v if v is not None else "") for c, v in row.items()}))
-    except OSError as err:
-        raise PackError(f"{path}: cannot read the metadata CSV ({err.strerror or err})") from err
-    if len(set(columns)) != len(columns):
-        raise PackError(f"{path}: duplicate column names in the header {columns}")
-    return columns, rows
-
-
-def _prepare_out(out: Path, overwrite: bool) -> None:
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        if not overwrite:
-            raise PackError(f"{out} already holds a pack (manifest.json); pass --overwrite or choose another --out")
-        old = json.loads(manifest.read_text())
-        for split in old.get("splits", {}).values():
-            for shard in split.get("shards", []):
-                (out / shard["name"]).unlink(missing_ok=True)
-        manifest.unlink()
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _box_problem(box: list, width: int, height: int) -> str | None:
-    """Why ``box`` (``x0 y0 x1 y1``, end-exclusive) is unusable in a ``width`` x ``height`` image."""
-    x0, y0, x1, y1 = box
-    if x0 >= x1 or y0 >= y1:
-        return f"degenerate box {box} (needs x0 < x1 and y0 < y1)"
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        return f"box {box} is outside the {width}x{height} image (needs x0, y0 >= 0, x1 <= width, y1 <= height)"
-    return None
+        os.replace(work, out)
+    except BaseException:
+        os.replace(old, out)
+        raise
+    shutil.rmtree(old)
 
 
 def _as_name(value: Any) -> str:

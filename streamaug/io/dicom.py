@@ -30,7 +30,13 @@ whatever the centre's magnitude. It matches the pydicom pipeline within ~1e-6. A
 Sequence, a VOI LUT Sequence, zero slope and wider integers take the pydicom float64 path.
 
 Colour DICOMs (``SamplesPerPixel == 3``; pydicom converts YBR to RGB) become gray with the
-ITU-R 601 luma weights and are divided by ``2**BitsStored - 1``; no VOI is applied to them.
+ITU-R 601 luma weights (:func:`~streamaug.io.pixels.rgb_to_gray`) divided by ``2**BitsStored - 1``;
+no VOI is applied to them.
+
+Checks (each an :class:`XRayDecodeError` naming the file): the header's ``Rows x Columns x
+NumberOfFrames`` against ``max_pixels``, before any pixel is decoded; the decoded shape against the
+header; finite rescale slope/intercept that keep the stored range finite; a finite window
+centre/width; finite float pixel data; and a last finite check of the finished image.
 
 Compressed transfer syntaxes need pixel-data plugins; when none can decode the data a
 :class:`~streamaug.io.readers.MissingCodecError` names the file, the transfer syntax and the packages
@@ -40,6 +46,7 @@ to install (``pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`` or
 from __future__ import annotations
 
 import io
+import math
 import warnings
 from typing import Any
 
@@ -48,21 +55,24 @@ import torch
 
 from streamaug._optional import optional_import
 from streamaug.io.errors import MissingCodecError, XRayDecodeError
+from streamaug.io.pixels import MAX_PIXELS, check_pixel_count, rgb_to_gray, to_image
 
 __all__ = ["decode_dicom", "dicom_meta", "CODEC_HINT"]
 
 #: What to install for compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000).
 CODEC_HINT = 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pip install "streamaug[dicom-codecs]")'
-_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float64)
 
 
-def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True) -> tuple[torch.Tensor, dict]:
+def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True,
+                 max_pixels: int | None = MAX_PIXELS) -> tuple[torch.Tensor, dict]:
     """Decode DICOM bytes into a normalised single-channel image (see the module docstring).
 
     Args:
         data: the DICOM file's bytes (Part 10 file; a missing preamble is tolerated).
         source: a name for the data used in ``meta`` and error messages.
         apply_voi: apply the VOI LUT / window when the header has one (default ``True``).
+        max_pixels: refuse images with more pixels (``Rows x Columns x NumberOfFrames``, read
+            from the header before decoding); ``None``: no limit.
 
     Returns:
         ``(image, meta)``: float32 tensor ``(1, H, W)`` in ``[0, 1]`` and the dict described in
@@ -70,30 +80,35 @@ def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True
         ``"none"``), ``window`` (``(center, width)`` when one was applied) and ``frames``.
 
     Raises:
-        XRayDecodeError: not a DICOM, no pixel data, or corrupt pixel data.
+        XRayDecodeError: not a DICOM, no pixel data, corrupt pixel data, more than ``max_pixels``
+            pixels, pixel data of another shape than the header's, non-finite rescale or window
+            values, or float pixel data with NaN/inf.
         MissingCodecError: compressed pixel data that no installed plugin can decode.
     """
     pydicom = optional_import("pydicom", purpose="reading DICOM")
     ds = _read_dataset(pydicom, data, source)
-    arr = _pixel_array(ds, source)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    if frames > 1:
-        arr = arr[0]
+    rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
+    check_pixel_count(rows, cols, max_pixels, source, frames=frames)
+    arr = _frame0(_pixel_array(ds, source), (rows, cols), frames, samples, source)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     voi, window = "none", None
 
-    if samples == 3 or arr.ndim == 3:
-        out = _finish(arr.astype(np.float64) @ _LUMA / float(2**bits - 1), photometric)
+    if samples == 3:
+        out = _finish(rgb_to_gray(arr, 2**bits - 1), photometric)
     elif arr.dtype.kind == "f":  # Float Pixel Data: no stored-bits range exists
+        if not np.isfinite(arr).all():
+            raise XRayDecodeError(f"{source}: float pixel data holds {int((~np.isfinite(arr)).sum())} NaN or "
+                                  "infinite values; fix the values or re-export the file")
         lo, hi = float(arr.min()), float(arr.max())
         out = _finish((arr.astype(np.float64) - lo) / ((hi - lo) or 1.0), photometric)
     else:
         fast = _fast_voi(ds, arr, bits, signed, apply_voi, photometric, source)
         out, voi, window = fast or _pydicom_voi(ds, arr, bits, signed, apply_voi, photometric, source)
-    image = torch.from_numpy(np.ascontiguousarray(out, dtype=np.float32)).unsqueeze(0)
+    image = to_image(out, source)
     meta = dicom_meta(ds, source)
     meta.update(size=(int(image.shape[1]), int(image.shape[2])), bits=bits, voi=voi, window=window,
                 frames=frames)
@@ -111,20 +126,19 @@ def _pydicom_voi(
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     voi, window = "none", None
-    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    y_range = _output_range(ds, bits, signed, source)
+    lo, hi = sorted(y_range)
     mod = apply_modality_lut(arr, ds)
-    lo, hi = _modality_range(ds, stored_lo, stored_hi)
     out = mod
     if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
         if _has_voi_lut(ds):
             out = apply_voi_lut(mod, ds, index=0, prefer_lut=True)
             lut = np.asarray(_lut_values(ds), dtype=np.float64)
             lo, hi, voi = float(lut.min()), float(lut.max()), "lut"
-        elif ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        elif (params := _window_params(ds, source)) is not None:
             try:
                 out = apply_voi_lut(mod, ds, index=0, prefer_lut=False)
-                lo, hi = _window_output_range(ds, bits, signed)
-                voi, window = "window", (_first(ds.WindowCenter), _first(ds.WindowWidth))
+                (lo, hi), voi, window = y_range, "window", params
             except ValueError as err:  # e.g. width < 1: fall back to the stored range
                 warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=3)
                 out = mod
@@ -148,26 +162,24 @@ def _fast_voi(
     """
     if arr.dtype.kind not in "iu" or arr.dtype.itemsize > 2 or ds.get("ModalityLUTSequence"):
         return None
-    slope, intercept = 1.0, 0.0
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-    if slope == 0.0 or not (np.isfinite(slope) and np.isfinite(intercept)):
+    slope, intercept = _rescale(ds, source)
+    if slope == 0.0:
         return None
+    lo, hi = sorted(_output_range(ds, bits, signed, source))
     invert = photometric == "MONOCHROME1"
     if apply_voi and photometric in ("MONOCHROME1", "MONOCHROME2"):
         if _has_voi_lut(ds):
             return None
-        if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-            center, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
+        params = _window_params(ds, source)
+        if params is not None:
+            center, width = params
             func = str(ds.get("VOILUTFunction") or "LINEAR").strip().upper()
             try:
                 out = _window(arr, slope, intercept, center, width, func, invert)
             except ValueError as err:  # e.g. width < 1: fall back to the stored range, as pydicom does
                 warnings.warn(f"{source}: ignoring invalid VOI window ({err})", stacklevel=3)
             else:
-                return out, "window", (center, width)
-    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    lo, hi = _modality_range(ds, stored_lo, stored_hi)
+                return out, "window", params
     out = _unit_affine(arr, slope, intercept, lo, 1.0 / ((hi - lo) or 1.0), 0.0, invert)
     return np.clip(out, 0.0, 1.0, out=out), "none", None
 
@@ -285,27 +297,75 @@ def _pixel_array(ds: Any, source: str) -> np.ndarray:
                               f"{_first_line(err)}); the file is truncated or corrupt") from err
 
 
-def _modality_range(ds: Any, stored_lo: float, stored_hi: float) -> tuple[float, float]:
-    """Range of the modality LUT output for stored values in ``[stored_lo, stored_hi]``."""
+def _output_range(ds: Any, bits: int, signed: bool, source: str) -> tuple[float, float]:
+    """``(y_min, y_max)``: the modality LUT's output for the ends of the *Bits Stored* range.
+
+    Exactly the window output range of ``pydicom.pixels.apply_windowing`` (unsorted: a negative
+    slope gives ``y_min > y_max``); sorted, it normalises images without VOI. A Modality LUT
+    Sequence gives its entries' range ``[0, 2**bits - 1]``.
+
+    Raises:
+        XRayDecodeError: rescale values that send the stored range beyond float64 (e.g. slope
+            ``1e308``) or collapse it to one value (e.g. intercept ``1e308``).
+    """
     if ds.get("ModalityLUTSequence"):
         return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    if "RescaleSlope" in ds and "RescaleIntercept" in ds:
-        slope, intercept = float(ds.RescaleSlope), float(ds.RescaleIntercept)
-        a, b = stored_lo * slope + intercept, stored_hi * slope + intercept
-        return min(a, b), max(a, b)
-    return float(stored_lo), float(stored_hi)
+    stored_lo, stored_hi = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    slope, intercept = _rescale(ds, source)
+    y_min, y_max = stored_lo * slope + intercept, stored_hi * slope + intercept
+    if not math.isfinite(y_max - y_min) or (slope != 0 and y_min == y_max):
+        raise XRayDecodeError(f"{source}: Rescale Slope {slope:g} / Intercept {intercept:g} map the stored range "
+                              f"[{stored_lo}, {stored_hi}] to [{y_min:g}, {y_max:g}], which float64 cannot "
+                              "hold apart; fix (0028,1053)/(0028,1052) in the header")
+    return y_min, y_max
 
 
-def _window_output_range(ds: Any, bits: int, signed: bool) -> tuple[float, float]:
-    """Output range of ``pydicom.pixels.apply_windowing`` (``y_min``, ``y_max``) for ``ds``."""
-    if ds.get("ModalityLUTSequence"):
-        return 0.0, float(2 ** int(ds.ModalityLUTSequence[0].LUTDescriptor[2]) - 1)
-    y_min, y_max = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        y_min = y_min * float(slope) + float(intercept)
-        y_max = y_max * float(slope) + float(intercept)
-    return float(y_min), float(y_max)
+def _rescale(ds: Any, source: str) -> tuple[float, float]:
+    """``(slope, intercept)`` of the header, ``(1, 0)`` unless both are present (pydicom's rule)."""
+    if "RescaleSlope" not in ds or "RescaleIntercept" not in ds:
+        return 1.0, 0.0
+    return _finite_pair(ds, "RescaleSlope", "RescaleIntercept", source, "(0028,1053)/(0028,1052)")
+
+
+def _window_params(ds: Any, source: str) -> tuple[float, float] | None:
+    """``(center, width)`` of the first VOI window, ``None`` when the header has none."""
+    if ds.get("WindowCenter") is None or ds.get("WindowWidth") is None:
+        return None
+    return _finite_pair(ds, "WindowCenter", "WindowWidth", source, "(0028,1050)/(0028,1051)")
+
+
+def _finite_pair(ds: Any, first: str, second: str, source: str, tags: str) -> tuple[float, float]:
+    """The first values of two numeric header fields.
+
+    Raises:
+        XRayDecodeError: either is empty, not a number, NaN or infinite.
+    """
+    try:
+        pair = _first(ds.get(first)), _first(ds.get(second))
+    except (TypeError, ValueError, IndexError):
+        pair = math.nan, math.nan
+    if not (math.isfinite(pair[0]) and math.isfinite(pair[1])):
+        raise XRayDecodeError(f"{source}: {first} {ds.get(first)!r} / {second} {ds.get(second)!r} are not finite "
+                              f"numbers; fix {tags} in the header")
+    return pair
+
+
+def _frame0(arr: np.ndarray, size: tuple[int, int], frames: int, samples: int, source: str) -> np.ndarray:
+    """Frame 0 of ``ds.pixel_array``, ``(H, W)`` or ``(H, W, 3)``, once its shape matches the header.
+
+    Raises:
+        XRayDecodeError: a shape other than the header's (e.g. pydicom reads the excess data of a
+            1 x 1 image as frames) or a Samples per Pixel other than 1 or 3.
+    """
+    if samples not in (1, 3):
+        raise XRayDecodeError(f"{source}: Samples per Pixel {samples} is not supported (1 gray or 3 colour); "
+                              "convert the image to MONOCHROME2 or RGB")
+    want = ((frames,) if frames > 1 else ()) + size + ((3,) if samples == 3 else ())
+    if arr.shape != want:
+        raise XRayDecodeError(f"{source}: pixel data decodes to shape {arr.shape} but the header (Rows, Columns, "
+                              f"Number of Frames, Samples per Pixel) says {want}; the header or the pixel data "
+                              "is corrupt: re-export the file")
+    return arr[0] if frames > 1 else arr
 
 
 def _has_voi_lut(ds: Any) -> bool:

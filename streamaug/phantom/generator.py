@@ -253,46 +253,18 @@ def _blur121(a: np.ndarray) -> np.ndarray:
 def components(mask: np.ndarray) -> list[list[int]]:
     """Boxes ``[x0, y0, x1, y1]`` (end-exclusive) of the 4-connected components of ``mask``.
 
-    Run-length labelling with union-find, so it is cheap for a few compact blobs at any size.
-
     Args:
         mask: ``(H, W)`` bool or integer array, nonzero = foreground.
 
     Returns:
-        One box per component, sorted by ``(y0, x0)``.
+        One box per component, sorted by ``(y0, x0)`` (ties in labelling order: first pixel in
+        raster order).
     """
-    parent: list[int] = []
-    runs: list[tuple[int, int, int]] = []  # (row, start, end)
+    from scipy import ndimage
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    prev: list[int] = []
-    rows = np.nonzero(mask.any(axis=1))[0]
-    last_row = -2
-    for y in rows:
-        edges = np.flatnonzero(np.diff(np.concatenate(([0], (mask[y] != 0).astype(np.int8), [0]))))
-        cur = []
-        for s, e in zip(edges[::2].tolist(), edges[1::2].tolist()):
-            i = len(runs)
-            runs.append((int(y), s, e))
-            parent.append(i)
-            if y == last_row + 1:
-                for j in prev:
-                    _, ps, pe = runs[j]
-                    if ps < e and s < pe:
-                        ri, rj = find(i), find(j)
-                        parent[max(ri, rj)] = min(ri, rj)
-            cur.append(i)
-        prev, last_row = cur, int(y)
-    boxes: dict[int, list[int]] = {}
-    for i, (y, s, e) in enumerate(runs):
-        b = boxes.setdefault(find(i), [s, y, e, y + 1])
-        b[0], b[1], b[2], b[3] = min(b[0], s), min(b[1], y), max(b[2], e), max(b[3], y + 1)
-    return sorted(boxes.values(), key=lambda b: (b[1], b[0]))
+    labels, _ = ndimage.label(np.asarray(mask) != 0)  # the default structure is 4-connected
+    boxes = [[sx.start, sy.start, sx.stop, sy.stop] for sy, sx in ndimage.find_objects(labels)]
+    return sorted(boxes, key=lambda b: (b[1], b[0]))
 
 
 def _resize(a: np.ndarray, shape: tuple[int, int], mode: str = "bilinear") -> np.ndarray:
