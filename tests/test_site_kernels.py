@@ -104,8 +104,10 @@ def test_box_means_empty_nan_and_errors():
     assert box_means(ii, np.zeros((0, 4), np.int64)).shape == (0,)
     with pytest.raises(ValueError, match="outside"):
         box_means(ii, np.array([[0, 0, 6, 4]]))
-    with pytest.raises(ValueError, match="outside"):
+    with pytest.raises(ValueError, match="degenerate"):
         box_means(ii, np.array([[3, 0, 2, 4]]))
+    with pytest.raises(ValueError, match="non-finite"):
+        crop_means(np.ones((4, 5), np.float32), np.array([[0.0, 0.0, np.nan, 4.0]]))
     with pytest.raises(ValueError, match=r"\(m, 4\)"):
         box_means(ii, np.array([[0, 0, 1]]))
 

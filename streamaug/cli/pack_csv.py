@@ -8,7 +8,6 @@ docstring of :mod:`streamaug.cli.pack`. Every problem of a row is reported throu
 from __future__ import annotations
 
 import csv
-import math
 import os
 import re
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from streamaug.io.readers import XRayDecodeError, decode_xray, sniff_ext
-from streamaug.sites.boxes import parse_boxes
+from streamaug.sites.boxes import box_problem, parse_boxes
 
 __all__ = ["PackError", "SampleBuilder", "read_csv"]
 
@@ -116,7 +115,7 @@ class SampleBuilder:
                 self.bad(line, key, first["image"], f"column {self.boxes_column!r}: cannot read {text!r} as "
                          f"boxes 'x0 y0 x1 y1;...' ({err})")
                 continue
-            reason = next(filter(None, (_box_problem(b, w, h) for b in boxes)), None)
+            reason = next(filter(None, (box_problem(b, h, w) for b in boxes)), None)
             if reason:
                 self.bad(line, key, first["image"], f"column {self.boxes_column!r}: {reason}")
                 continue
@@ -192,15 +191,3 @@ def _reason(err: Exception) -> str:
 def _box_lists(boxes: np.ndarray) -> list[list[int | float]]:
     """JSON boxes from :func:`~streamaug.sites.boxes.parse_boxes`' float array: whole numbers as ints."""
     return [[int(v) if v.is_integer() else v for v in map(float, box)] for box in boxes]
-
-
-def _box_problem(box: list, width: int, height: int) -> str | None:
-    """Why ``box`` (``x0 y0 x1 y1``, end-exclusive) is unusable in a ``width`` x ``height`` image."""
-    x0, y0, x1, y1 = box
-    if not all(math.isfinite(v) for v in box):
-        return f"box {box} has a non-finite number"
-    if x0 >= x1 or y0 >= y1:
-        return f"degenerate box {box} (needs x0 < x1 and y0 < y1)"
-    if x0 < 0 or y0 < 0 or x1 > width or y1 > height:
-        return f"box {box} is outside the {width}x{height} image (needs x0, y0 >= 0, x1 <= width, y1 <= height)"
-    return None

@@ -13,7 +13,7 @@ import torch
 from streamaug.sites._kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
                                       integral_image_kernel, place_crops_kernel)
 
-__all__ = ["box_means", "crop_means", "direct_is_cheaper", "integral_image", "lesion_crops", "parse_boxes"]
+__all__ = ["box_means", "box_problem", "crop_means", "direct_is_cheaper", "integral_image", "lesion_crops", "parse_boxes"]
 
 _EMPTY = np.zeros((0, 4), dtype=np.int64)
 
@@ -110,19 +110,49 @@ def direct_is_cheaper(boxes: np.ndarray, height: int, width: int) -> bool:
     return bool(direct_is_cheaper_kernel(b, int(height), int(width)))
 
 
+def box_problem(boxes: Any, height: int, width: int, *, allow_empty: bool = False) -> str | None:
+    """Why some box of ``boxes`` is unusable in a ``height x width`` image, or None when all are fine.
+
+    The one box rule of the package (the packer's CSV check and the site geometry use it): every
+    value finite, ``x0 < x1`` and ``y0 < y1`` (``<=`` with ``allow_empty``), and the box inside
+    ``[0, width] x [0, height]`` (end-exclusive pixels).
+
+    Args:
+        boxes: ``(m, 4)`` or ``(4,)`` numbers ``x0 y0 x1 y1``.
+        height, width: the image size.
+        allow_empty: accept boxes of zero width or height.
+
+    Examples:
+        >>> box_problem([[0, 0, 4, 4]], 8, 8) is None, box_problem([[2, 0, 2, 4]], 8, 8)
+        (True, 'degenerate box [2.0, 0.0, 2.0, 4.0] (needs x0 < x1 and y0 < y1)')
+        >>> box_problem([0, 0, 9, 4], 8, 8)
+        'box [0.0, 0.0, 9.0, 4.0] is outside the 8x8 image (needs x0, y0 >= 0, x1 <= width, y1 <= height)'
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    for box in b[~np.isfinite(b).all(axis=1)][:1]:
+        return f"box {box.tolist()} has a non-finite number"
+    inverted = (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1]) if allow_empty else (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1])
+    for box in b[inverted][:1]:
+        relation = "<=" if allow_empty else "<"
+        return f"degenerate box {box.tolist()} (needs x0 {relation} x1 and y0 {relation} y1)"
+    outside = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height)
+    for box in b[outside][:1]:
+        return (f"box {box.tolist()} is outside the {width}x{height} image "
+                "(needs x0, y0 >= 0, x1 <= width, y1 <= height)")
+    return None
+
+
 def _checked_boxes(boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``(m, 4)`` C-contiguous int64 boxes, validated to lie inside a ``height x width`` image."""
+    """``(m, 4)`` C-contiguous int64 boxes that pass :func:`box_problem` (zero area allowed)."""
     b = np.asarray(boxes)
     if b.size == 0:
         return np.zeros((0, 4), dtype=np.int64)
     if b.ndim != 2 or b.shape[1] != 4:
         raise ValueError(f"boxes must be (m, 4), got shape {b.shape}")
-    b = np.ascontiguousarray(b, dtype=np.int64)
-    bad = (b[:, 0] < 0) | (b[:, 1] < 0) | (b[:, 2] > width) | (b[:, 3] > height)
-    bad |= (b[:, 2] < b[:, 0]) | (b[:, 3] < b[:, 1])
-    if bad.any():
-        raise ValueError(f"boxes outside a {height}x{width} image or inverted: {b[bad][:3].tolist()}")
-    return b
+    problem = box_problem(b, height, width, allow_empty=True)
+    if problem:
+        raise ValueError(problem)
+    return np.ascontiguousarray(b, dtype=np.int64)
 
 
 def lesion_crops(
