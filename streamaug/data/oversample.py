@@ -19,7 +19,7 @@ import numpy as np
 
 from streamaug.data.collate import collate_xray, unbatch
 
-__all__ = ["is_positive", "oversample", "oversample_batches"]
+__all__ = ["is_positive", "oversample", "oversample_batches", "rebatch"]
 
 T = TypeVar("T")
 
@@ -87,9 +87,21 @@ def oversample_batches(batches: Iterable[dict[str, Any]], times: float, batch_si
     ``min_gap`` defaults to ``batch_size``; the last batch may be smaller.
     """
     samples = (s for batch in batches for s in unbatch(batch))
+    yield from rebatch(oversample(samples, times, gap=gap, min_gap=min_gap or min(batch_size, int(gap)),
+                                  select=select, seed=seed), batch_size)
+
+
+def rebatch(samples: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
+    """:func:`streamaug.collate_xray` batches of ``batch_size`` consecutive samples (the last may be smaller).
+
+    Examples:
+        >>> import torch
+        >>> xs = [{"image": torch.zeros(1, 2, 2), "label": i % 2} for i in range(5)]
+        >>> [b["label"].tolist() for b in rebatch(xs, 2)]
+        [[0, 1], [0, 1], [0]]
+    """
     buf: list[dict[str, Any]] = []
-    for sample in oversample(samples, times, gap=gap, min_gap=min_gap or min(batch_size, int(gap)),
-                             select=select, seed=seed):
+    for sample in samples:
         buf.append(sample)
         if len(buf) == batch_size:
             yield collate_xray(buf)

@@ -38,6 +38,7 @@ import torch
 from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamaug.data.collate import collate_xray, unbatch
+from streamaug.data.oversample import rebatch
 from streamaug.data.stream import XRayShards
 from streamaug.synth._select import LabelSelect
 from streamaug.synth.stage import SynthesisStage, epoch_seed
@@ -221,14 +222,7 @@ class LesionStream(torch.utils.data.IterableDataset):
 
     def iter_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Yield :func:`streamaug.collate_xray` batches of ``batch_size`` mixed samples."""
-        buf: list[dict[str, Any]] = []
-        for sample in self:
-            buf.append(sample)
-            if len(buf) == batch_size:
-                yield collate_xray(buf)
-                buf = []
-        if buf:
-            yield collate_xray(buf)
+        return rebatch(self, batch_size)
 
     @property
     def stats(self) -> dict[str, Any]:
