@@ -11,8 +11,10 @@ candidates scored per accepted sample in ranked mode with a PseudoLabel on an un
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -31,6 +33,19 @@ class RateFilter:
     def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = torch.rand(len(images), generator=self.generator)
         return scores < self.rate, scores
+
+
+def pack_rows(root: Path, rows: list[dict[str, str]], out: Path, shard_size: int = 32) -> Path:
+    """Pack the given metadata rows of ``root`` into ``out / "shards"`` (their CSV goes to ``out``)."""
+    from streamaug.cli.pack import pack
+
+    table = out / "rows.csv"
+    with open(table, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    pack(root, table, out / "shards", shard_size=shard_size, progress=False)
+    return out / "shards"
 
 
 def measure(shards: str, *, rates=(0.02, 1.0), samples: int = 2000, ranked_samples: int = 200,

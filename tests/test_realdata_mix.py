@@ -5,9 +5,7 @@ import csv
 
 import pytest
 
-from streamaug.cli.pack import pack
-
-from realdata_mix import measure
+from realdata_mix import measure, pack_rows
 
 
 @pytest.fixture(scope="module")
@@ -16,14 +14,8 @@ def lower_limb_subset(shared_data, tmp_path_factory):
     root = shared_data / "btxrd"
     with open(root / "metadata.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["region"] == "lower_limb" and r["split"] == "train"]
-    keep = [r for r in rows if r["label"] == "tumor"][:40] + [r for r in rows if r["label"] == "normal"][:120]
-    out = tmp_path_factory.mktemp("btxrd_mix")
-    with open(out / "subset.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(keep)
-    pack(root, out / "subset.csv", out / "shards", shard_size=32, progress=False)
-    return str(out / "shards")
+    by_label = {label: [r for r in rows if r["label"] == label] for label in ("tumor", "normal")}
+    return str(pack_rows(root, by_label["tumor"][:40] + by_label["normal"][:120], tmp_path_factory.mktemp("mix")))
 
 
 @pytest.mark.realdata
