@@ -190,3 +190,26 @@ def test_paste_is_differentiable_and_validates():
         paste_blend(img, torch.rand(2, 1, 8, 8), torch.tensor([[2, 2, 10, 10]]), torch.tensor([0]), 2.0)
     empty = paste_blend(img, torch.zeros(0, 1, 8, 8), torch.zeros(0, 4), torch.zeros(0, dtype=torch.long), 2.0)
     assert torch.equal(empty, img)
+
+
+def test_paste_weight_scales_the_mask(device):
+    """``weight`` multiplies alpha: ones change nothing, zeros leave the image, a half-plane is local."""
+    torch.manual_seed(5)
+    img = torch.rand(2, 1, 24, 24, device=device)
+    trans = torch.rand(2, 1, 10, 10, device=device)
+    boxes = torch.tensor([[2, 3, 12, 13], [6, 6, 22, 20]], device=device)
+    bidx = torch.tensor([0, 1], device=device)
+    plain = paste_blend(img, trans, boxes, bidx, 2.0)
+    ones = torch.ones(2, 1, 10, 10, device=device)
+    assert torch.equal(paste_blend(img, trans, boxes, bidx, 2.0, weight=ones), plain)
+    assert torch.equal(paste_blend(img, trans, boxes, bidx, 2.0, weight=ones * 0), img)
+    half = ones.clone()
+    half[..., :, 5:] = 0  # no content in the patch's right half
+    out = paste_blend(img, trans, boxes, bidx, 2.0, weight=half)
+    ref = _reference_paste(torch.cat([img, torch.ones_like(img)], 1)[:, :1], trans, boxes, bidx, 2.0)
+    x0, y0, x1, y1 = boxes[0].tolist()
+    right = (x0 + x1) // 2 + 1
+    assert torch.equal(out[0, :, :, right:], img[0, :, :, right:])  # weight 0: untouched
+    torch.testing.assert_close(out[0, :, y0:y1, x0:x0 + 3].double(), ref[0, :, y0:y1, x0:x0 + 3], atol=1e-5, rtol=0)
+    with pytest.raises(ValueError, match="weight"):
+        paste_blend(img, trans, boxes, bidx, 2.0, weight=ones[:, :, :5])

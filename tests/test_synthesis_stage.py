@@ -89,8 +89,8 @@ def test_apply_replaces_accepted_normals_and_records_provenance():
     assert len(syn) == 2 and all(out["label"][i] == 1 for i in syn)
     for i in syn:
         prov = out["provenance"][i]
-        assert prov["source_key"] == f"n{i}" and prov["box"] == [4, 6, 20, 22]
-        assert prov["translator"] == "darken-test" and prov["blend_n"] == 2.0
+        assert prov["source_key"] == f"n{i}" and prov["box"] == [4, 6, 20, 22] and out["key"][i] == f"n{i}-syn"
+        assert prov["translator"] == "darken-test" and prov["blend_n"] == 2.0 and prov["synthesizer"] == "translate"
         assert out["boxes"][i].tolist() == [[4.0, 6.0, 20.0, 22.0]]
     for i in set(range(8)) - set(syn):
         assert torch.equal(out["image"][i], batch["image"][i]) and out["label"][i] == 0
@@ -152,3 +152,132 @@ def test_filter_that_accepts_nothing_raises_instead_of_hanging(tmp_path):
                      filter=PseudoLabel(MeanScore(center=-5.0), threshold=0.99))
     with pytest.raises(NoAcceptedCandidates, match="accepted no candidate"):
         list(stream)
+
+
+# ----------------------------------------------------------------------------- one synthesizer interface
+
+
+def test_translate_with_the_identity_translator_reproduces_the_old_stage():
+    """crop -> translate -> clamp -> paste_blend, as the stage did before synthesizers: bit-equal."""
+    from streamaug.models.registry import IdentityConfig, IdentityTranslator
+    from streamaug.synth import Translate, crop_sites, paste_blend
+
+    batch = bright_batch(b=5)
+    boxes = torch.tensor([[4, 6, 20, 22], [0, 0, 12, 9], [10, 3, 31, 30]])
+    source = torch.tensor([0, 3, 4])
+    old = paste_blend(batch["image"][source], crop_sites(batch["image"], boxes, source, 8).clamp(0, 1), boxes,
+                      torch.arange(3), 3.0)
+    translator = IdentityTranslator(IdentityConfig(patch_size=8))
+    for stage in (SynthesisStage(translator, blend_n=3.0, min_intensity=None),
+                  SynthesisStage(synthesizer=Translate(translator, blend_n=3.0), min_intensity=None)):
+        out = stage.synthesize(batch["image"], boxes, source)
+        assert torch.equal(out.images, old) and out.keep.all()
+        assert stage.provenance(out, 0, "n0")["translator"] == "IdentityTranslator"
+
+
+def test_no_extra_candidates_without_a_filter_and_the_fraction_is_of_the_batch():
+    stage = SynthesisStage(Darken(), fraction=0.25, oversample=2.0, min_intensity=None)
+    out = stage.apply(bright_batch(b=8))
+    assert int(out["synthetic"].sum()) == 2  # a share of the whole batch: 0.25 * 8
+    assert stage.stats["generated"] == 2 and stage.stats["candidates_per_accepted"] == 1.0
+    assert stage.stats["achieved_fraction"] == 0.25 and stage.stats["asked_fraction"] == 0.25
+
+
+def test_apply_carries_rounding_and_reports_a_shortfall():
+    stage = SynthesisStage(Darken(), fraction=0.3, min_intensity=None)
+    got = [int(stage.apply(bright_batch(b=5))["synthetic"].sum()) for _ in range(10)]
+    assert sum(got) == 15 and set(got) <= {1, 2}  # 0.3 * 5 = 1.5 per batch, carried: exact over 10
+    few = bright_batch(b=8)
+    few["label"][:7] = 1  # one normal: 2 were asked, 1 is possible
+    stage = SynthesisStage(Darken(), fraction=0.25, min_intensity=None)
+    stage.apply(few)
+    assert stage.stats["achieved_fraction"] == 1 / 8 and stage.stats["asked_fraction"] == 0.25
+
+
+# ----------------------------------------------------------------------------- a filter that ranks
+
+
+def varied_batch(b=32, size=32, seed=0):
+    """Normals of different brightness, four sites each: candidates score differently."""
+    g = torch.Generator().manual_seed(seed)
+    images = (0.3 + 0.6 * torch.rand(b, 1, 1, 1, generator=g)) * torch.ones(b, 1, size, size)
+    sites = [torch.tensor([[2, 2, 14, 14], [16, 2, 30, 16], [2, 16, 18, 30], [12, 12, 28, 28]])] * b
+    return {"image": images, "label": torch.zeros(b, dtype=torch.long), "sites": sites,
+            "key": [f"n{i}" for i in range(b)], "boxes": [torch.zeros(0, 4)] * b}
+
+
+def test_ranked_mode_delivers_the_fraction_where_a_threshold_passes_nothing():
+    strict = MeanScore(center=0.0)  # every candidate scores below 0.9
+    fixed = SynthesisStage(Darken(), filter=PseudoLabel(strict, threshold=0.9), fraction=0.25, min_intensity=None)
+    assert int(fixed.apply(varied_batch())["synthetic"].sum()) == 0
+    ranked = PseudoLabel(strict, threshold=None)  # mode "rank", no floor
+    stage = SynthesisStage(Darken(), filter=ranked, fraction=0.25, min_intensity=None)
+    out = stage.apply(varied_batch())
+    syn = out["synthetic"].nonzero().flatten()
+    assert len(syn) == 8 and ranked.mode == "rank"
+    assert stage.stats["candidates_per_accepted"] == 2.0 <= 3  # oversample 2 at the defaults
+    batch = varied_batch(seed=1)
+    boxes, source, want = stage.plan(batch, 8)
+    res = stage.synthesize(batch["image"], boxes, source, want=want)
+    assert len(boxes) == 16 and int(res.keep.sum()) == 8  # the best 8 of 16 candidates
+    assert bool(res.scores[res.keep].min() >= res.scores[~res.keep].max())
+
+
+def test_ranked_mode_keeps_the_best_and_the_threshold_stays_a_floor():
+    images = torch.linspace(0.2, 0.8, 8).view(8, 1, 1, 1).expand(8, 1, 8, 8).contiguous()
+    f = PseudoLabel(MeanScore(center=0.5), threshold=None)
+    keep, scores = f(images, want=3)
+    assert keep.tolist() == [True, True, True] + [False] * 5  # the darkest three score highest
+    floor = PseudoLabel(MeanScore(center=0.5), threshold=0.5, mode="rank")
+    keep, scores = floor(images, want=6)
+    assert keep.tolist() == (scores >= 0.5).tolist() and int(keep.sum()) == 4
+    keep, _ = f(images, want=3, groups=torch.tensor([0, 0, 1, 1, 2, 2, 3, 3]))
+    assert keep.tolist() == [True, False, True, False, True, False, False, False]
+    with pytest.raises(ValueError, match="needs a threshold"):
+        PseudoLabel(MeanScore(0.5), threshold=None, mode="threshold")
+
+
+def test_calibrate_sets_the_threshold_from_real_positive_scores():
+    f = PseudoLabel(MeanScore(center=0.5), threshold=0.9)
+    positives = {"image": torch.linspace(0.3, 0.7, 5).view(5, 1, 1, 1).expand(5, 1, 4, 4),
+                 "label": torch.tensor([1, 1, 0, 1, 1])}
+    scores = f.positive_scores([positives])
+    assert len(scores) == 4
+    t = f.calibrate(scores, quantile=0.25)
+    assert f.threshold == t == pytest.approx(float(torch.quantile(scores.double(), 0.25)))
+    keep, s = f(positives["image"])
+    assert torch.equal(keep, s >= t)
+
+
+# ----------------------------------------------------------------------------- resume of stage.wrap
+
+
+def test_wrap_resumes_with_a_stateful_loader(tmp_path):
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    write_shards(tmp_path, n=48, shard_size=6, size=32, lesion_every=3)
+    bank = LesionBoxBank.from_records([{"key": "L", "region": "lower_limb", "view": "frontal", "width": 32,
+                                        "height": 32, "boxes": [[8, 8, 20, 20]], "label": "tumor"}])
+
+    def wrapped():
+        ds = XRayShards(tmp_path, sites=SiteProposer(bank, s=1.0, n=3, min_intensity=0.0), seed=4)
+        loader = StatefulDataLoader(ds, batch_size=6, collate_fn=collate_xray)
+        rate = PseudoLabel(MeanScore(center=0.6), threshold=None)
+        out = SynthesisStage(Darken(), filter=rate, fraction=0.4, min_intensity=None, seed=9).wrap(loader)
+        out.set_epoch(2)
+        return out
+
+    def rows(batches):
+        return [(b["key"], b["label"].tolist(), b["image"]) for b in batches]
+
+    full = rows(wrapped())
+    first = wrapped()
+    it = iter(first)
+    head = rows([next(it) for _ in range(3)])
+    state = first.state_dict()
+    again = wrapped()
+    again.load_state_dict(state)
+    tail = rows(again)
+    assert len(full) == 8 and len(tail) == 5
+    for (k1, l1, x1), (k2, l2, x2) in zip(full, head + tail):
+        assert k1 == k2 and l1 == l2 and torch.equal(x1, x2)

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass
 class AcceptanceStats:
-    """Running counts; ``rate`` is ``accepted / generated`` (0 before anything was generated)."""
+    """Running counts.
+
+    ``rate`` is ``accepted / generated`` (0 before anything was generated); ``per_accepted`` is its
+    inverse, the candidates scored per accepted sample (None before anything was accepted).
+    """
 
     generated: int = 0
     accepted: int = 0
@@ -19,5 +24,16 @@ class AcceptanceStats:
     def rate(self) -> float:
         return self.accepted / self.generated if self.generated else 0.0
 
-    def as_dict(self) -> dict[str, float]:
-        return {"generated": self.generated, "accepted": self.accepted, "rate": self.rate}
+    @property
+    def per_accepted(self) -> float | None:
+        return self.generated / self.accepted if self.accepted else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"generated": self.generated, "accepted": self.accepted, "rate": self.rate,
+                "candidates_per_accepted": self.per_accepted}
+
+    def state_dict(self) -> dict[str, int]:
+        return {"generated": self.generated, "accepted": self.accepted}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.generated, self.accepted = int(state["generated"]), int(state["accepted"])

@@ -1,12 +1,20 @@
-"""Synthesis on the device: crop sites -> translate -> blend -> filter -> mix.
+"""Synthesis on the device: sites -> synthesize -> blend -> filter -> mix.
 
 * :mod:`streamaug.synth.ops`: ``cosine_alpha``, ``crop_sites``, ``paste_blend`` (batched tensor ops);
+* :mod:`streamaug.synth.base`: the synthesizer interface (parameters drawn apart from their use);
+* :mod:`streamaug.synth.translate`: :class:`Translate` (UNIT patch translation, Gupta et al.);
+* :mod:`streamaug.synth.copy_paste`: :class:`CopyPaste` (real lesion crops, TumorCP-style);
+* :mod:`streamaug.synth.mix`: :class:`Mix` (several synthesizers, weighted);
 * :mod:`streamaug.synth.stage`: :class:`SynthesisStage` (wraps an existing ``DataLoader``);
 * :mod:`streamaug.synth.lesion_stream`: :class:`LesionStream` (real and synthetic samples, mixed).
 """
+from streamaug.synth.base import Made, Synthesizer
+from streamaug.synth.copy_paste import CopyPaste, LesionCrops
 from streamaug.synth.lesion_stream import LesionStream, NoAcceptedCandidates
+from streamaug.synth.mix import Mix
 from streamaug.synth.ops import cosine_alpha, crop_sites, paste_blend
-from streamaug.synth.stage import SynthesisStage, Synthesized
+from streamaug.synth.stage import SynthesisLoader, SynthesisStage, Synthesized
+from streamaug.synth.translate import Translate
 
-__all__ = ["LesionStream", "NoAcceptedCandidates", "SynthesisStage", "Synthesized", "cosine_alpha", "crop_sites",
-           "paste_blend"]
+__all__ = ["CopyPaste", "LesionCrops", "LesionStream", "Made", "Mix", "NoAcceptedCandidates", "SynthesisLoader",
+           "SynthesisStage", "Synthesized", "Synthesizer", "Translate", "cosine_alpha", "crop_sites", "paste_blend"]

@@ -2,69 +2,130 @@
 
 Where each part runs::
 
-    DataLoader workers (CPU)            consuming process (device)
-    ------------------------            --------------------------------------------------
-    read shards -> decode -> sites  ->  batch -> crop -> translate -> blend -> filter -> mix
+    DataLoader workers (CPU)                     consuming process (device)
+    ------------------------                     -----------------------------------------------
+    real:      read shards -> decode          -> real samples, every label
+    sources:   read normals -> decode -> sites -> batch -> synthesize -> blend -> filter -> synthetic
+    positives: read positives= -> decode      -> real positives
+                                                 mix: each sample is synthetic, from positives= or
+                                                 real, drawn with the asked fractions
+
+The real samples have a stream of their own over the same shards (all labels, in the shards'
+proportions), drawn apart from synthesis: how many candidates the filter accepts changes how many
+normals the sources stream decodes, never the label make-up of the real samples. The sources
+stream reads only normals (label 0, decided from the JSON before decoding).
 
 Iterate it in the process that owns the device (``DataLoader(stream, num_workers=0)`` or
-:meth:`LesionStream.iter_batches`); its own ``num_workers`` CPU workers do the decoding.
+:meth:`LesionStream.iter_batches`); its own ``num_workers`` CPU workers per inner loader decode.
+
+Resume: :meth:`LesionStream.state_dict` after any sample holds the mix generator, the counts, and
+for each inner loader its ``StatefulDataLoader`` state *before* the batch now being consumed, how
+many of that batch's samples were taken, and (for synthesis) the stage's and filter's state before
+that batch. :meth:`load_state_dict` then replays that batch exactly (same sites, same parameters,
+same scores) and skips what was taken, so the samples after a resume are those of an
+uninterrupted run, without storing any image.
 """
 from __future__ import annotations
 
+import functools
 import os
+import warnings
 from collections import deque
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 import torch
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamaug.data.collate import collate_xray, unbatch
+from streamaug.data.oversample import rebatch
 from streamaug.data.stream import XRayShards
-from streamaug.synth.stage import SynthesisStage
+from streamaug.synth._select import LabelSelect
+from streamaug.synth.stage import SynthesisStage, epoch_seed
+
+_KINDS = ("real_positive", "real_normal", "real_other", "synthetic", "positives")
 
 
 class NoAcceptedCandidates(RuntimeError):
     """The pseudo-label filter accepted no synthetic candidate in ``max_empty_batches`` batches: the
-    stream stops instead of spinning forever (lower the threshold or check the translator)."""
+    stream stops instead of spinning forever (lower the threshold, rank, or check the translator)."""
+
+
+class _Feed:
+    """A ``StatefulDataLoader`` read batch by batch; ``point`` is its state before the next batch."""
+
+    def __init__(self, make_loader: Callable[[], StatefulDataLoader], state: dict | None) -> None:
+        self.loader = make_loader()
+        if state is not None:
+            self.loader.load_state_dict(state)
+        self.point, self._it = state, None
+
+    def next_batch(self) -> dict[str, Any]:
+        if self._it is None:
+            self._it = iter(self.loader)
+        batch = next(self._it)
+        self.point = self.loader.state_dict()
+        return batch
+
+
+class _Queue:
+    """Samples of the batch (or synthesis round) being consumed, and how to make them again."""
+
+    def __init__(self) -> None:
+        self.items: deque = deque()
+        self.state: dict[str, Any] = {"filled": False, "point": None, "stage": None, "taken": 0}
+
+    def fill(self, items: list[dict[str, Any]], point: dict | None, stage: dict | None = None) -> None:
+        self.items = deque(items)
+        self.state = {"filled": True, "point": point, "stage": stage, "taken": 0}
+
+    def pop(self) -> dict[str, Any]:
+        self.state["taken"] += 1
+        return self.items.popleft()
 
 
 class LesionStream(torch.utils.data.IterableDataset):
-    """Real normals, real positives and accepted synthetic positives, mixed in asked proportions.
+    """Real samples, samples from ``positives=`` and synthetic positives, mixed in asked proportions.
 
     Args:
-        normal_shards: shards whose normal images (label 0, with sites) are the synthesis sources;
-            their other images are passed through as real samples.
-        translator: a translator module or checkpoint path (:func:`streamaug.load_translator`).
+        normal_shards: the source shards: real samples are drawn from all of them (every label, as
+            they come), synthetic ones are made from their normals (label 0, with sites).
+        translator: shorthand for ``synthesizer=Translate(translator)``: a translator module or
+            checkpoint path (:func:`streamaug.load_translator`).
+        synthesizer: a :class:`streamaug.synth.Translate`, :class:`streamaug.synth.CopyPaste`,
+            :class:`streamaug.synth.Mix` or a list of (synthesizer, weight) pairs.
         filter: e.g. :class:`streamaug.PseudoLabel`; None accepts every candidate.
         positives: optional shards of real positives, mixed in at ``positive_fraction``.
         synthetic_fraction: share of emitted samples that are synthetic positives.
         positive_fraction: share drawn from ``positives`` (default 0.1 when given, else 0).
-        blend_n: exponent of the cosine blending mask.
+        blend_n: exponent of the cosine blending mask (for ``translator=``).
         device: where the synthesis stage runs; emitted images live there.
-        seed: seeds the shard streams, the site choice and the mixing.
-        sites: passed to :class:`streamaug.XRayShards` (``True``: from the packer's manifest).
+        seed: seeds the shard streams, the site choice, the synthesis parameters and the mix.
+        sites: passed to the sources' :class:`streamaug.XRayShards` (``True``: from the manifest).
         split: split of ``normal_shards`` when it is a packed folder/manifest.
         resize: ``(H, W)`` or int, applied by the workers (needed when image sizes differ).
-        num_workers: CPU DataLoader workers decoding and proposing sites.
-        device_batch: images per synthesis batch on the device.
+        num_workers: CPU DataLoader workers of each inner loader (real, sources, positives).
+        device_batch: images per batch of each inner loader (a synthesis round uses one or more).
         epoch_length: samples per ``iter()`` (None: unbounded).
-        max_empty_batches: raise after this many synthesis batches in a row accept nothing.
+        max_empty_batches: raise after this many source batches in a row give no synthetic sample.
+        on_error: shard and sample error policy (see :class:`streamaug.XRayShards`).
         select: ``select(key, metadata) -> bool`` on ``normal_shards`` (see :class:`XRayShards`).
-        **stage_kwargs: passed to :class:`streamaug.SynthesisStage` (``min_intensity``, ``dtype``).
+        **stage_kwargs: passed to :class:`streamaug.SynthesisStage` (``oversample``,
+            ``sites_per_image``, ``min_intensity``, ``dtype``).
 
     Every synthetic sample has ``synthetic=True``, ``label=1``, ``boxes`` = the blended site and
-    ``provenance`` = ``{source_key, box, translator, blend_n, score}``; ``stats`` counts what was
-    generated, accepted and emitted.
+    ``provenance`` = ``{source_key, box, score, synthesizer, blend_n, ...}``; :attr:`stats` reports the
+    emitted label make-up and the candidates scored per accepted sample.
     """
 
-    def __init__(self, normal_shards: str | Sequence[str], *, translator: torch.nn.Module | str | os.PathLike,
-                 filter: Callable | None = None, positives: str | Sequence[str] | None = None,
-                 synthetic_fraction: float = 0.25, positive_fraction: float | None = None,
-                 blend_n: float = 2.0, device: str | torch.device = "cpu", seed: int = 0, sites: Any = True,
-                 split: str | None = None, resize: int | tuple[int, int] | None = None, num_workers: int = 0,
-                 device_batch: int = 32, epoch_length: int | None = None, max_empty_batches: int = 50,
-                 on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
-                 **stage_kwargs: Any) -> None:
+    def __init__(self, normal_shards: str | Sequence[str], *, translator: torch.nn.Module | str | os.PathLike | None = None,
+                 synthesizer: Any = None, filter: Callable | None = None,
+                 positives: str | Sequence[str] | None = None, synthetic_fraction: float = 0.25,
+                 positive_fraction: float | None = None, blend_n: float = 2.0, device: str | torch.device = "cpu",
+                 seed: int = 0, sites: Any = True, split: str | None = None,
+                 resize: int | tuple[int, int] | None = None, num_workers: int = 0, device_batch: int = 32,
+                 epoch_length: int | None = None, max_empty_batches: int = 50, on_error: str = "raise",
+                 select: Callable[[str, dict], bool] | None = None, **stage_kwargs: Any) -> None:
         super().__init__()
         positive_fraction = (0.1 if positives is not None else 0.0) if positive_fraction is None else positive_fraction
         if positive_fraction and positives is None:
@@ -76,29 +137,45 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.device = torch.device(device)
         self.seed, self.num_workers, self.device_batch = seed, num_workers, device_batch
         self.epoch_length, self.max_empty_batches = epoch_length, max_empty_batches
-        self.normals = XRayShards(normal_shards, split=split, resampled=True, seed=seed, sites=sites,
-                                  resize=resize, on_error=on_error, select=select)
+        common = {"split": split, "resampled": True, "resize": resize, "on_error": on_error}
+        self.real = XRayShards(normal_shards, seed=seed, select=select, **common)
+        self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites, select=LabelSelect(0, select), **common)
         self.positives = None if positives is None else XRayShards(
-            positives, resampled=True, seed=seed + 1, resize=resize, on_error=on_error)
-        self.stage = SynthesisStage(translator, filter=filter, blend_n=blend_n, device=self.device, seed=seed,
-                                    **stage_kwargs)
-        self.emitted = {"real": 0, "positive": 0, "synthetic": 0}
+            positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
+        self.stage = SynthesisStage(translator, synthesizer=synthesizer, filter=filter, blend_n=blend_n,
+                                    device=self.device, seed=seed, **stage_kwargs)
+        _check_resize(self.stage.synthesizer, resize)
+        self.emitted = dict.fromkeys(_KINDS, 0)
         self.epoch = 0
+        self._run: _Run | None = None
+        self._resume: dict[str, Any] | None = None
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch: the shard streams, the site choice and the mix all depend on it."""
+        """Select the epoch: the shard streams, the sites, the synthesis and the mix all depend on it.
+        Moving to another epoch drops a pending resume."""
+        if self._resume is not None and self._resume["epoch"] != epoch:
+            self._resume = None
         self.epoch = int(epoch)
-        self.normals.set_epoch(epoch)
-        if self.positives is not None:
-            self.positives.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The position after the last sample emitted (see the module docstring); picklable."""
+        if self._run is not None:
+            return self._run.state_dict()
+        if self._resume is not None:
+            return self._resume
+        return {"epoch": self.epoch, "n": 0, "rng": None, "queues": {}, "emitted": dict(self.emitted)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (from :meth:`state_dict`) on the next iteration."""
+        self._resume, self.epoch, self._run = state, int(state["epoch"]), None
+        self.emitted = dict(state["emitted"])
 
     # -- sources --------------------------------------------------------------------------------
-    def _batches(self, dataset: XRayShards) -> Iterator[dict[str, Any]]:
-        loader = torch.utils.data.DataLoader(
-            dataset, batch_size=self.device_batch, num_workers=self.num_workers, collate_fn=collate_xray,
-            pin_memory=self.device.type == "cuda", persistent_workers=self.num_workers > 0)
-        while True:
-            yield from loader
+    def _loader(self, dataset: XRayShards) -> StatefulDataLoader:
+        with warnings.catch_warnings():  # torchdata 0.11 calls the deprecated torch.set_vital in __init__
+            warnings.filterwarnings("ignore", message="'set_vital' is deprecated")
+            return StatefulDataLoader(dataset, batch_size=self.device_batch, num_workers=self.num_workers,
+                                      collate_fn=collate_xray, pin_memory=self.device.type == "cuda")
 
     def _to_device(self, sample: dict[str, Any]) -> dict[str, Any]:
         sample["image"] = sample["image"].to(self.device, non_blocking=True)
@@ -106,74 +183,119 @@ class LesionStream(torch.utils.data.IterableDataset):
         sample.setdefault("provenance", None)
         return sample
 
-    def _refill_synthetic(self, batches: Iterator, synthetic: deque, real: deque) -> None:
-        """Pull normal batches until the synthesis stage accepts at least one candidate."""
-        for attempt in range(self.max_empty_batches):
-            batch = next(batches)
-            b = len(batch["image"])
-            sources = [i for i in range(b) if int(batch["label"][i]) == 0 and len(batch["sites"][i])]
-            source_set = set(sources)
-            real.extend(self._to_device(s) for i, s in enumerate(unbatch(batch)) if i not in source_set)
-            if not sources:
+    def _synthesize(self, feed: _Feed) -> list[dict[str, Any]]:
+        """Synthetic samples from the next source batches: one candidate set per batch, at most one
+        sample per normal; more batches only while a batch gives none."""
+        for _ in range(self.max_empty_batches):
+            batch = feed.next_batch()
+            boxes, source, want = self.stage.plan(batch, len(batch["label"]))
+            if not want or not len(boxes):
                 continue
-            boxes, source = self.stage.choose_sites(batch["sites"], sources)
-            result = self.stage.synthesize(batch["image"], boxes, source)
-            accepted = torch.nonzero(result.keep).flatten().tolist()
-            for j in accepted:
-                i = int(result.source[j])
-                synthetic.append({
-                    "key": f"{batch['key'][i]}-syn", "image": result.images[j], "label": 1,
-                    "boxes": result.boxes[j][None].float().cpu(), "meta": batch["meta"][i],
-                    "synthetic": True, "provenance": self.stage.provenance(result, j, batch["key"][i])})
-            if accepted:
-                return
+            result = self.stage.synthesize(batch["image"], boxes, source, want=want)
+            made = [self.stage.sample(result, j, batch["key"][int(result.source[j])],
+                                      batch["meta"][int(result.source[j])])
+                    for j in torch.nonzero(result.keep).flatten().tolist()]
+            if made:
+                return made
         raise NoAcceptedCandidates(
             f"the synthesis stage accepted no candidate in {self.max_empty_batches} batches "
-            f"(stats: {self.stage.stats}); lower the filter threshold, check the translator, or check "
-            "that the normal shards have sites (sites=True needs lesion boxes in the manifest)")
+            f"(stats: {self.stage.stats}); lower the filter threshold, use PseudoLabel(mode='rank'), check the "
+            "translator, or check that the normal shards have sites (sites=True needs lesion boxes in the manifest)")
 
     # -- the mix --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rng = np.random.default_rng([self.seed, self.epoch, 0x1E51])
-        self.stage.generator.manual_seed(self.seed * 7919 + self.epoch)
-        normal_batches = self._batches(self.normals)
-        positive_batches = self._batches(self.positives) if self.positives is not None else None
-        synthetic: deque = deque()
-        real: deque = deque()
-        positive: deque = deque()
+        resume, self._resume = self._resume, None
+        run = self._run = _Run(self, resume["epoch"] if resume else self.epoch, resume)
         f_syn, f_pos = self.fractions
-        n = 0
-        while self.epoch_length is None or n < self.epoch_length:
-            u = rng.random()
+        while self.epoch_length is None or run.n < self.epoch_length:
+            u = run.rng.random()
             if u < f_syn:
-                if not synthetic:
-                    self._refill_synthetic(normal_batches, synthetic, real)
-                kind, sample = "synthetic", synthetic.popleft()
+                kind, sample = "synthetic", run.take("sources")
             elif u < f_syn + f_pos:
-                if not positive:
-                    positive.extend(self._to_device(s) for s in unbatch(next(positive_batches)))
-                kind, sample = "positive", positive.popleft()
+                kind, sample = "positives", run.take("positives")
             else:
-                if not real:
-                    real.extend(self._to_device(s) for s in unbatch(next(normal_batches)))
-                kind, sample = "real", real.popleft()
+                sample = run.take("real")
+                kind = {1: "real_positive", 0: "real_normal"}.get(int(sample["label"]), "real_other")
             self.emitted[kind] += 1
-            n += 1
+            run.n += 1
             yield sample
 
     def iter_batches(self, batch_size: int) -> Iterator[dict[str, Any]]:
         """Yield :func:`streamaug.collate_xray` batches of ``batch_size`` mixed samples."""
-        buf: list[dict[str, Any]] = []
-        for sample in self:
-            buf.append(sample)
-            if len(buf) == batch_size:
-                yield collate_xray(buf)
-                buf = []
-        if buf:
-            yield collate_xray(buf)
+        return rebatch(self, batch_size)
 
     @property
     def stats(self) -> dict[str, Any]:
-        """``emitted`` per kind, the stage's ``generated``/``accepted``/``rate``, and the shard
-        stream's error counts."""
-        return {"emitted": dict(self.emitted), **self.stage.stats, "normals": self.normals.stats}
+        """``emitted`` label make-up (``real_positive``, ``real_normal``, ``real_other``,
+        ``synthetic``, ``positives``), ``real_positive_share`` (real positives / real samples),
+        ``synthetic_share``, the stage's ``generated``/``accepted``/``rate``/``candidates_per_accepted``/
+        ``dark_crops``, and the inner streams' error counts (``real``, ``sources``)."""
+        e = self.emitted
+        real, total = e["real_positive"] + e["real_normal"] + e["real_other"], sum(e.values())
+        stage = {k: v for k, v in self.stage.stats.items()
+                 if k in ("generated", "accepted", "rate", "candidates_per_accepted", "dark_crops")}
+        return {"emitted": dict(e), "real_positive_share": e["real_positive"] / real if real else None,
+                "synthetic_share": e["synthetic"] / total if total else None, **stage,
+                "real": self.real.stats, "sources": self.sources.stats}
+
+
+class _Run:
+    """One epoch's iteration: the mix generator, the inner loaders and their queues."""
+
+    def __init__(self, stream: LesionStream, epoch: int, resume: dict[str, Any] | None) -> None:
+        self.stream, self.epoch, self.n = stream, epoch, 0
+        stream.stage.set_epoch(epoch)
+        self.rng = np.random.default_rng(epoch_seed(stream.seed, epoch, 0x1E51))
+        saved = (resume or {}).get("queues", {})
+        self.feeds: dict[str, _Feed] = {}
+        self.queues: dict[str, _Queue] = {}
+        for name in ("real", "sources", "positives"):
+            dataset = getattr(stream, name)
+            if dataset is None:
+                continue
+            dataset.set_epoch(epoch)
+            point = saved[name]["point"] if name in saved else None
+            self.feeds[name] = _Feed(functools.partial(stream._loader, dataset), point)
+            self.queues[name] = _Queue()
+        if resume is not None:
+            self.n = int(resume["n"])
+            if resume["rng"] is not None:
+                self.rng.bit_generator.state = resume["rng"]
+            for name, state in saved.items():
+                if state["filled"]:  # make the batch being consumed again, skip what was taken
+                    if state["stage"] is not None:
+                        stream.stage.load_state_dict(state["stage"])
+                    self._fill(name)
+                    for _ in range(int(state["taken"])):
+                        self.queues[name].pop()
+
+    def _fill(self, name: str) -> None:
+        feed, queue = self.feeds[name], self.queues[name]
+        point = feed.point
+        if name == "sources":
+            stage = self.stream.stage.state_dict()
+            queue.fill(self.stream._synthesize(feed), point, stage)
+        else:
+            queue.fill([self.stream._to_device(s) for s in unbatch(feed.next_batch())], point)
+
+    def take(self, name: str) -> dict[str, Any]:
+        if not self.queues[name].items:
+            self._fill(name)
+        return self.queues[name].pop()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "n": self.n, "rng": self.rng.bit_generator.state,
+                "queues": {name: dict(q.state) for name, q in self.queues.items()},
+                "emitted": dict(self.stream.emitted)}
+
+
+def _check_resize(synthesizer: Any, resize: int | tuple[int, int] | None) -> None:
+    """Lesion crops cut at another image size than the stream's would be matched to the wrong sites."""
+    size = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
+    for synth in getattr(synthesizer, "synthesizers", [synthesizer]):
+        if hasattr(synth, "resize"):
+            own = synth.resize
+            own = (own, own) if isinstance(own, int) else (tuple(own) if own else None)
+            if own != size:
+                raise ValueError(f"{type(synth).__name__}(resize={synth.resize}) cuts lesions at another size than "
+                                 f"the stream's resize={resize}; pass the same resize to both")

@@ -32,14 +32,13 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def _alpha_from_coords(i: torch.Tensor, j: torch.Tensor, n: float) -> torch.Tensor:
-    """``cos(|i|^n pi/2) cos(|j|^n pi/2)``, written as ``sin((1 - |.|^n) pi/2)``.
+def _alpha_1d(t: torch.Tensor, n: float) -> torch.Tensor:
+    """One factor of the separable cosine mask: ``cos(|t|^n pi/2)``, written as ``sin((1 - |t|^n) pi/2)``.
 
     The sine form is exactly 0 at the border (``cos(pi/2)`` is ~-4e-8 in float32) and exactly 1 at 0.
+    :func:`cosine_alpha` and :func:`paste_blend` both build the mask from it (rows times columns).
     """
-    half_pi = math.pi / 2
-    a = torch.sin((1 - i.abs().pow(n)) * half_pi) * torch.sin((1 - j.abs().pow(n)) * half_pi)
-    return a.clamp(0.0, 1.0)
+    return torch.sin((1 - t.abs().pow(n)) * (math.pi / 2)).clamp(0.0, 1.0)
 
 
 def cosine_alpha(
@@ -89,7 +88,7 @@ def cosine_alpha(
     cdt = _compute_dtype(out_dtype)
     i = torch.linspace(-1.0, 1.0, height, device=device, dtype=cdt)
     j = torch.linspace(-1.0, 1.0, width, device=device, dtype=cdt)
-    return _alpha_from_coords(i[:, None], j[None, :], n).to(out_dtype)
+    return (_alpha_1d(i, n)[:, None] * _alpha_1d(j, n)[None, :]).to(out_dtype)
 
 
 def _check_sites(images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
@@ -169,6 +168,7 @@ def paste_blend(
     boxes: torch.Tensor,
     batch_index: torch.Tensor,
     n: float,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     r"""Resize translated patches to their sites and alpha-blend them into a copy of the images.
 
@@ -184,12 +184,17 @@ def paste_blend(
     never over sites. Memory is ``O(K * h_max * w_max)``, not ``O(K * H * W)``. Boxes reaching past
     the image border are clipped (their alpha still follows the full box).
 
+    ``weight`` multiplies the mask where part of a patch has no content (a lesion crop that ran past
+    its image's border, see :class:`streamaug.synth.CopyPaste`): it is resampled with the patch, in the
+    same ``grid_sample`` call, so ``out = a * w * x_{h->l} + (1 - a * w) * x``.
+
     Args:
         images: ``(B, C, H, W)`` originals ``x_h``.
         translated: ``(K, C, P, P)`` translated patches ``x_{h->l}`` (any ``P``; non-square allowed).
         boxes: ``(K, 4)`` sites ``x0 y0 x1 y1`` (pixels, end-exclusive).
         batch_index: ``(K,)`` image of each site.
         n: blending exponent (Gupta et al. use the "default mask"; ``n`` is a hyper-parameter).
+        weight: optional ``(K, 1, P, P)`` factor in ``[0, 1]`` on the mask (None: 1 everywhere).
 
     Returns:
         ``(B, C, H, W)`` blended images, same dtype/device as ``images``.
@@ -210,6 +215,8 @@ def paste_blend(
         raise ValueError(
             f"translated must be (K={b.shape[0]}, C={images.shape[1]}, P, P), got {tuple(translated.shape)}"
         )
+    if weight is not None and weight.shape != (translated.shape[0], 1, *translated.shape[2:]):
+        raise ValueError(f"weight must be (K, 1, P, P) like translated, got {tuple(weight.shape)}")
     out = images.clone()
     if b.shape[0] == 0:
         return out
@@ -224,7 +231,6 @@ def paste_blend(
     c = torch.arange(wm, device=device)
     flat = out.view(-1)  # out is a fresh contiguous clone
     chan = torch.arange(ch, device=device)
-    half_pi = math.pi / 2
     for s in range(int(slot.max()) + 1):
         sel = (slot == s).nonzero().squeeze(1)
         bk, hk, wk, x0, y0 = bidx[sel], hs[sel], ws[sel], b[sel, 0], b[sel, 1]
@@ -232,11 +238,12 @@ def paste_blend(
         i = -1.0 + 2.0 * r[None, :].to(cdt) / (hk[:, None] - 1).clamp(min=1).to(cdt)  # (k, hm)
         j = -1.0 + 2.0 * c[None, :].to(cdt) / (wk[:, None] - 1).clamp(min=1).to(cdt)  # (k, wm)
         grid = torch.stack([j[:, None, :].expand(-1, hm, wm), i[:, :, None].expand(-1, hm, wm)], dim=-1)
-        patch = F.grid_sample(translated[sel].to(cdt), grid, mode="bilinear",
-                              padding_mode="border", align_corners=True)  # (k, C, hm, wm)
-        # alpha is separable: per-row and per-column factors (same values as _alpha_from_coords)
-        ai = torch.sin((1 - i.abs().pow(n)) * half_pi).clamp(0, 1)  # (k, hm)
-        aj = torch.sin((1 - j.abs().pow(n)) * half_pi).clamp(0, 1)  # (k, wm)
+        src_k = translated[sel] if weight is None else torch.cat([translated[sel], weight[sel].to(translated)], 1)
+        patch = F.grid_sample(src_k.to(cdt), grid, mode="bilinear",
+                              padding_mode="border", align_corners=True)  # (k, C (+1), hm, wm)
+        if weight is not None:
+            patch, wgt = patch[:, :ch].contiguous(), patch[:, ch]
+        ai, aj = _alpha_1d(i, n), _alpha_1d(j, n)  # (k, hm), (k, wm): the separable mask's factors
         yy = y0[:, None] + r[None, :]  # (k, hm) image rows
         xx = x0[:, None] + c[None, :]
         valid = ((r[None, :] < hk[:, None]) & (yy >= 0) & (yy < height))[:, :, None] & (
@@ -248,6 +255,8 @@ def paste_blend(
             + (yy[kk, rr] * width + xx[kk, cc])[:, None]
         src = ((kk * ch)[:, None] + chan[None, :]) * (hm * wm) + (rr * wm + cc)[:, None]
         a = (ai[kk, rr] * aj[kk, cc])[:, None]  # (N, 1)
+        if weight is not None:
+            a = a * wgt[kk, rr, cc][:, None]
         base = flat[dst].to(cdt)
         flat[dst] = (a * patch.reshape(-1)[src] + (1 - a) * base).to(images.dtype)
     return out

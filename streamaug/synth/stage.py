@@ -1,4 +1,4 @@
-"""``SynthesisStage``: crop sites -> translate -> blend -> filter, batched on one device.
+"""``SynthesisStage``: sites -> synthesize (translate, copy-paste, ...) -> blend -> filter, batched on one device.
 
 The stage runs in the consuming process (where the GPU is); CPU DataLoader workers have already
 decoded the images and proposed sites (``sample["sites"]``). ``wrap(loader)`` applies it to the
@@ -8,20 +8,30 @@ batches of an existing ``DataLoader``::
                            device="cuda", fraction=0.25)
     for batch in stage.wrap(loader):   # loader yields collate_xray batches with "sites"
         logits = model(batch["image"]); loss = bce(logits, batch["label"].float())
+
+How many candidates: for ``want`` synthetic samples, ``want`` candidates without a filter (one site
+of each of ``want`` normals), else ``ceil(oversample * want)``, spread over the batch's normals, up
+to ``sites_per_image`` sites of each. The best ``want`` are kept (filter scores, at most one per
+source image; in threshold mode only those ``>= t``), so a ranking filter
+(``PseudoLabel(mode="rank")``) scores ``oversample`` candidates per accepted sample.
 """
 from __future__ import annotations
 
 import math
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
 import torch
 
 from streamaug.data.collate import Ragged
 from streamaug.filters.intensity import BoneContent
+from streamaug.filters.rank import select_top
 from streamaug.filters.stats import AcceptanceStats
-from streamaug.synth.ops import crop_sites, paste_blend
+from streamaug.synth.base import Synthesizer
+from streamaug.synth.mix import Mix
+from streamaug.synth.translate import Translate
 
 
 @dataclass
@@ -33,9 +43,11 @@ class Synthesized:
         source: ``(K,)`` long, index of the source image in the input batch.
         boxes: ``(K, 4)`` long, the blended site ``x0 y0 x1 y1`` in image pixels.
         scores: ``(K,)`` float, filter scores (NaN without a filter).
-        keep: ``(K,)`` bool, accepted by the filter (all True without a filter).
-        translated: ``(K, 1, P, P)`` translated patches (for sample grids).
-        patches: ``(K, 1, P, P)`` the source patches.
+        keep: ``(K,)`` bool, chosen (passed the filter and, with ``want``, among the best).
+        translated: ``(K, 1, P, P)`` what was pasted into each site (for sample grids), or None.
+        patches: ``(K, 1, P, P)`` the source patches, or None.
+        params: the synthesizer's random parameters (replay them with ``synthesizer.apply``).
+        passed: ``(K,)`` bool, passed the filter (before the ``want`` limit).
     """
 
     images: torch.Tensor
@@ -43,151 +55,294 @@ class Synthesized:
     boxes: torch.Tensor
     scores: torch.Tensor
     keep: torch.Tensor
-    translated: torch.Tensor
-    patches: torch.Tensor
+    translated: torch.Tensor | None
+    patches: torch.Tensor | None
+    params: dict[str, Any] = field(default_factory=dict)
+    passed: torch.Tensor | None = None
 
 
-def _translator_id(translator: torch.nn.Module) -> str:
-    return str(getattr(translator, "id", None) or type(translator).__name__)
+def as_synthesizer(spec: Any, *, blend_n: float = 2.0, dtype: torch.dtype | None = None,
+                   device: str | torch.device = "cpu") -> Synthesizer:
+    """A :class:`Synthesizer` from a synthesizer (moved to ``device``), a list of them or of
+    ``(synthesizer, weight)`` pairs (:class:`Mix`), or a translator module or checkpoint path
+    (:class:`Translate` with ``blend_n`` and ``dtype``)."""
+    if isinstance(spec, Synthesizer):
+        return spec.to(device)
+    if isinstance(spec, (list, tuple)):
+        return Mix(spec).to(device)
+    return Translate(spec, blend_n=blend_n, dtype=dtype, device=device)
+
+
+def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
+    """A 63-bit seed for one epoch of one random stream (numpy's SeedSequence of the three)."""
+    return int(np.random.SeedSequence([int(seed), int(epoch), int(salt)]).generate_state(1, np.uint64)[0] >> 1)
 
 
 class SynthesisStage:
     """Make lesion positives from normal images on the device.
 
     Args:
-        translator: a module with ``patch_size`` and ``translate((K,1,P,P)) -> (K,1,P,P)``, or a
-            checkpoint path for :func:`streamaug.load_translator`.
+        translator: shorthand for ``synthesizer=Translate(translator, blend_n=..., dtype=...)``: a
+            module with ``patch_size`` and ``translate`` or a checkpoint path.
+        synthesizer: a :class:`streamaug.synth.Translate`, :class:`streamaug.synth.CopyPaste`, a
+            :class:`streamaug.synth.Mix`, or a list of synthesizers / ``(synthesizer, weight)`` pairs.
         filter: a callable ``images (K,1,H,W) -> (keep (K,) bool, scores (K,))`` such as
-            :class:`streamaug.PseudoLabel`, or None to accept every candidate.
-        blend_n: exponent ``n`` of the cosine blending mask.
-        device: where cropping, translation, blending and filtering run.
-        fraction: for :meth:`wrap`: the share of each batch replaced by synthetic positives.
-        oversample: for :meth:`wrap`: candidates made per wanted positive (filters reject some).
-        min_intensity: device-side bone-content check on the crops (None to skip).
+            :class:`streamaug.PseudoLabel`, or None to accept every candidate. A filter with
+            ``mode == "rank"`` is called as ``filter(images, want=, groups=)``.
+        blend_n: exponent ``n`` of the cosine blending mask (for ``translator=``).
+        device: where cropping, synthesis, blending and filtering run.
+        fraction: for :meth:`apply`: the share of each batch (all its samples) replaced by synthetic
+            positives. Per-batch rounding is carried over to the next batch, so the share is exact on
+            average; a batch with too few normals (or a filter that passes too few) gives less, which
+            :attr:`stats` reports as ``achieved_fraction``.
+        oversample: with a filter, candidates scored per wanted positive (no extra ones without).
+        sites_per_image: with a filter, at most this many candidate sites of one image.
+        min_intensity: device-side bone-content check on the site boxes' exact means (None to skip).
         dtype: autocast dtype for the translator on CUDA (e.g. ``torch.bfloat16``); None: float32.
-        seed: seeds the choice of site per image.
+        seed: seeds the choice of images and sites and the synthesizer's parameters.
     """
 
-    def __init__(self, translator: torch.nn.Module | str | os.PathLike, *,
-                 filter: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+    def __init__(self, translator: torch.nn.Module | str | os.PathLike | None = None, *,
+                 synthesizer: Synthesizer | Sequence[Any] | None = None,
+                 filter: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None,
                  blend_n: float = 2.0, device: str | torch.device = "cpu", fraction: float = 0.25,
-                 oversample: float = 2.0, min_intensity: float | None = 0.15,
+                 oversample: float = 2.0, sites_per_image: int = 2, min_intensity: float | None = 0.15,
                  dtype: torch.dtype | None = None, seed: int = 0) -> None:
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must lie in [0, 1], got {fraction}")
+        if oversample < 1 or sites_per_image < 1:
+            raise ValueError(f"need oversample >= 1 and sites_per_image >= 1, got {oversample}, {sites_per_image}")
+        if (translator is None) == (synthesizer is None):
+            raise ValueError("pass one of translator= (a UNIT checkpoint or module) or synthesizer=")
         self.device = torch.device(device)
-        if isinstance(translator, (str, os.PathLike)):
-            from streamaug.models.checkpoint import load_translator
-
-            translator = load_translator(translator, device=self.device)
-        self.translator = translator.to(self.device).eval()
-        self.translator_id = _translator_id(self.translator)
-        self.patch_size = int(self.translator.patch_size)
-        self.filter, self.blend_n, self.fraction, self.oversample = filter, float(blend_n), fraction, oversample
+        self.synthesizer = as_synthesizer(synthesizer if synthesizer is not None else translator,
+                                          blend_n=blend_n, dtype=dtype, device=self.device)
+        self.filter, self.fraction, self.oversample = filter, fraction, float(oversample)
+        self.sites_per_image = int(sites_per_image)
         self.bone = BoneContent(min_intensity) if min_intensity is not None else None
-        self.dtype = dtype
+        self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.acceptance = AcceptanceStats()
+        self._counts = {"samples": 0, "synthetic": 0, "asked": 0}
+        self._carry = 0.0
+
+    # -- what the synthesizer is ---------------------------------------------------------------
+    @property
+    def translator(self) -> torch.nn.Module | None:
+        """The translator module of a :class:`Translate` synthesizer (else None)."""
+        return getattr(self.synthesizer, "translator", None)
+
+    @property
+    def translator_id(self) -> str | None:
+        return getattr(self.synthesizer, "id", None)
+
+    @property
+    def patch_size(self) -> int | None:
+        return getattr(self.synthesizer, "patch_size", None)
+
+    @property
+    def blend_n(self) -> float:
+        return self.synthesizer.blend_n
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the choice of images, sites and synthesis parameters for ``epoch`` (replayable)."""
+        self.generator.manual_seed(epoch_seed(self.seed, epoch, 0x5173))
 
     # -- the batched core ---------------------------------------------------------------------
-    def choose_sites(self, sites: list[torch.Tensor], candidates: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-        """One random site per candidate image -> ``(boxes (K,4) long, source (K,) long)``."""
+    def choose_sites(self, sites: Sequence[torch.Tensor], candidates: Sequence[int], k: int | None = None,
+                     per_image: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random distinct sites of the ``candidates`` images, round-robin: one site of each image in
+        the given order, then a second one of each, ... up to ``per_image`` each and ``k`` in all.
+
+        Returns:
+            ``(boxes (K, 4) long, source (K,) long)``.
+        """
+        perms = [torch.randperm(len(torch.as_tensor(sites[i]).reshape(-1, 4)), generator=self.generator)
+                 for i in candidates]
         boxes, source = [], []
-        for i in candidates:
-            s = torch.as_tensor(sites[i]).reshape(-1, 4)
-            if len(s):
-                boxes.append(s[int(torch.randint(len(s), (1,), generator=self.generator))])
-                source.append(i)
+        for r in range(per_image):
+            for i, perm in zip(candidates, perms):
+                if r < len(perm) and (k is None or len(boxes) < k):
+                    boxes.append(torch.as_tensor(sites[i]).reshape(-1, 4)[int(perm[r])])
+                    source.append(i)
         if not boxes:
             return torch.zeros(0, 4, dtype=torch.long), torch.zeros(0, dtype=torch.long)
         return torch.stack(boxes).long(), torch.tensor(source, dtype=torch.long)
 
+    def plan(self, batch: dict[str, Any], want: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Candidate sites for ``want`` synthetic samples from the normals (label 0, with sites) of a
+        ``collate_xray`` batch, in random order; returns ``(boxes, source, want)`` with ``want``
+        lowered to the number of such normals."""
+        normals = [i for i in range(len(batch["label"])) if int(batch["label"][i]) == 0 and len(batch["sites"][i])]
+        images = [normals[i] for i in torch.randperm(len(normals), generator=self.generator).tolist()]
+        want = min(want, len(images))
+        if self.filter is None:
+            boxes, source = self.choose_sites(batch["sites"], images[:want])
+        else:
+            boxes, source = self.choose_sites(batch["sites"], images, k=math.ceil(want * self.oversample),
+                                              per_image=self.sites_per_image)
+        return boxes, source, want
+
+    def _score(self, images: torch.Tensor, source: torch.Tensor,
+               want: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(passed, scores)`` of the filter (all passed, NaN scores without one)."""
+        k = len(images)
+        if self.filter is None:
+            return (torch.ones(k, dtype=torch.bool, device=self.device),
+                    torch.full((k,), float("nan"), device=self.device))
+        if getattr(self.filter, "mode", "threshold") == "rank":
+            passed, scores = self.filter(images, want=want, groups=source)
+        else:
+            passed, scores = self.filter(images)
+        return passed.to(self.device), scores.to(self.device, torch.float32)
+
     @torch.no_grad()
-    def synthesize(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor) -> Synthesized:
-        """Crop, translate, blend and filter.
+    def synthesize(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
+                   want: int | None = None) -> Synthesized:
+        """Bone check, synthesize, blend, filter, choose.
 
         Args:
             images: ``(B, 1, H, W)`` normal images in ``[0, 1]``.
             boxes: ``(K, 4)`` sites ``x0 y0 x1 y1`` (end-exclusive), one per candidate.
             source: ``(K,)`` index of each candidate's image in ``images``.
+            want: keep at most this many, the best first and at most one per source image (None:
+                every candidate that passes the filter).
 
         Returns:
-            :class:`Synthesized` with ``K' <= K`` candidates (dark crops dropped when
+            :class:`Synthesized` with ``K' <= K`` candidates (dark sites dropped when
             ``min_intensity`` is set).
         """
         images = images.to(self.device, non_blocking=True)
         boxes, source = boxes.to(self.device).long(), source.to(self.device).long()
-        patches = crop_sites(images, boxes, source, self.patch_size)
-        if self.bone is not None and len(patches):
-            bright = self.bone(patches)
-            patches, boxes, source = patches[bright], boxes[bright], source[bright]
-        if len(patches) == 0:
-            empty = images.new_zeros((0, *images.shape[1:]))
+        if self.bone is not None and len(boxes):
+            bright = self.bone.boxes(images, boxes, source)
+            boxes, source = boxes[bright], source[bright]
+        k = len(boxes)
+        if k == 0:
             none = torch.zeros(0, dtype=torch.bool, device=self.device)
-            return Synthesized(empty, source, boxes, images.new_zeros(0), none, patches, patches)
-        use_amp = self.dtype is not None and self.device.type == "cuda"
-        with torch.autocast(self.device.type, dtype=self.dtype or torch.float32, enabled=use_amp):
-            translated = self.translator.translate(patches)
-        translated = translated.float().clamp(0, 1)
-        k = len(source)
-        blended = paste_blend(images[source], translated.to(images.dtype), boxes,
-                              torch.arange(k, device=self.device), self.blend_n)
-        if self.filter is not None:
-            keep, scores = self.filter(blended)
-            keep, scores = keep.to(self.device), scores.to(self.device, torch.float32)
-        else:
-            keep = torch.ones(k, dtype=torch.bool, device=self.device)
-            scores = torch.full((k,), float("nan"), device=self.device)
+            return Synthesized(images.new_zeros((0, *images.shape[1:])), source, boxes, images.new_zeros(0),
+                               none, None, None, {}, none)
+        params = self.synthesizer.generate_parameters(images, boxes, source, self.generator)
+        made = self.synthesizer.apply(images, boxes, source, params)
+        passed, scores = self._score(made.images, source, want)
+        keep = passed if want is None else select_top(scores, want, eligible=passed, groups=source)
         self.acceptance.update(k, int(keep.sum()))
-        return Synthesized(blended, source, boxes, scores, keep, translated, patches)
+        return Synthesized(made.images, source, boxes, scores, keep, made.translated, made.patches, params, passed)
 
     def provenance(self, result: Synthesized, j: int, source_key: str) -> dict[str, Any]:
-        """The provenance record of candidate ``j`` of ``result``."""
+        """The provenance record of candidate ``j`` of ``result``: ``source_key``, ``box``, ``score``
+        and the synthesizer's record (``synthesizer``, ``blend_n``, ``translator`` or ``lesion_key``, ...)."""
         return {"source_key": source_key, "box": [int(v) for v in result.boxes[j].tolist()],
-                "translator": self.translator_id, "blend_n": self.blend_n,
-                "score": float(result.scores[j])}
+                "score": float(result.scores[j]), **self.synthesizer.provenance(result.params, j)}
+
+    def sample(self, result: Synthesized, j: int, key: str, meta: Any = None) -> dict[str, Any]:
+        """Candidate ``j`` of ``result`` as a sample dict: ``key`` (``<source key>-syn``), ``image``,
+        ``label`` 1, ``boxes`` (the blended site), ``meta``, ``synthetic`` True, ``provenance``."""
+        return {"key": f"{key}-syn", "image": result.images[j], "label": 1,
+                "boxes": result.boxes[j][None].float().cpu(), "meta": meta, "synthetic": True,
+                "provenance": self.provenance(result, j, key)}
 
     # -- drop-in for an existing DataLoader -----------------------------------------------------
     def apply(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """Replace up to ``round(fraction * B)`` normal images of a ``collate_xray`` batch by
-        accepted synthetic positives (label 1, ``synthetic`` True, ``boxes`` = the blended site,
-        ``provenance`` set). Rejected candidates leave their normal image in place, so the batch
-        size never changes. The batch needs ``image``, ``label`` and ``sites``."""
+        """Replace ``fraction`` of a ``collate_xray`` batch by synthetic positives made from its
+        normals (each replaced normal becomes the :meth:`sample` made from it). Candidates that are
+        not chosen leave their normal image in place, so the batch size never changes. The batch
+        needs ``image``, ``label`` and ``sites``."""
         if "sites" not in batch:
             raise KeyError("SynthesisStage needs batch['sites']: build the stream with sites=True "
                            "(XRayShards(..., sites=True)) or propose them with streamaug.SiteProposer")
         images = batch["image"].to(self.device, non_blocking=True)
-        labels = batch["label"].clone()
         b = len(images)
-        want = round(self.fraction * b)
-        normals = [i for i in range(b) if int(labels[i]) == 0 and len(batch["sites"][i])]
-        order = torch.randperm(len(normals), generator=self.generator).tolist()
-        candidates = [normals[i] for i in order[: max(want, math.ceil(want * self.oversample))]]
-        synthetic = torch.zeros(b, dtype=torch.bool)
-        provenance: list[Any] = list(batch.get("provenance") or [None] * b)
-        boxes_out = list(batch.get("boxes") or [torch.zeros(0, 4)] * b)
-        images = images.clone()
-        if want and candidates:
-            boxes, source = self.choose_sites(batch["sites"], candidates)
-            result = self.synthesize(images, boxes, source)
-            keys = batch.get("key") or [str(i) for i in range(b)]
-            for j in torch.nonzero(result.keep).flatten().tolist()[:want]:
+        self._carry += self.fraction * b
+        asked = min(b, int(math.floor(self._carry + 0.5)))
+        self._carry -= asked
+        boxes, source, want = self.plan(batch, asked)
+        keys = list(batch.get("key") or map(str, range(b)))
+        out = {**batch, "image": images.clone(), "label": batch["label"].clone(),
+               "synthetic": torch.zeros(b, dtype=torch.bool), "key": list(keys),
+               "provenance": list(batch.get("provenance") or [None] * b),
+               "boxes": list(batch.get("boxes") or [torch.zeros(0, 4)] * b)}
+        placed = 0
+        if want and len(boxes):
+            result = self.synthesize(images, boxes, source, want=want)
+            metas = batch.get("meta") or [None] * b
+            for j in torch.nonzero(result.keep).flatten().tolist():
                 i = int(result.source[j])
-                images[i] = result.images[j]
-                labels[i], synthetic[i] = 1, True
-                boxes_out[i] = result.boxes[j][None].float().cpu()
-                provenance[i] = self.provenance(result, j, keys[i])
-        return {**batch, "image": images, "label": labels, "synthetic": synthetic,
-                "boxes": Ragged.from_list(boxes_out), "provenance": provenance}
+                made = self.sample(result, j, keys[i], metas[i])
+                for name in ("key", "image", "label", "synthetic", "boxes", "provenance"):
+                    out[name][i] = made[name]
+                placed += 1
+        self._counts["samples"] += b
+        self._counts["synthetic"] += placed
+        self._counts["asked"] += asked
+        out["boxes"] = Ragged.from_list(out["boxes"])
+        return out
 
-    def wrap(self, loader: Iterable[dict[str, Any]]) -> Iterator[dict[str, Any]]:
-        """Yield the batches of ``loader`` with synthesis applied (see :meth:`apply`)."""
-        for batch in loader:
-            yield self.apply(batch)
+    def wrap(self, loader: Iterable[dict[str, Any]]) -> SynthesisLoader:
+        """The batches of ``loader`` with synthesis applied (see :meth:`apply`); resumable with a
+        ``StatefulDataLoader`` (see :class:`SynthesisLoader`)."""
+        return SynthesisLoader(self, loader)
+
+    # -- state ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """The generator, the rounding carry, the counts and the filter's state (if it has one)."""
+        return {"generator": self.generator.get_state(), "carry": self._carry, "counts": dict(self._counts),
+                "acceptance": self.acceptance.state_dict(),
+                "bone": self.bone.stats.state_dict() if self.bone is not None else None,
+                "filter": self.filter.state_dict() if hasattr(self.filter, "state_dict") else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+        self._carry, self._counts = float(state["carry"]), dict(state["counts"])
+        self.acceptance.load_state_dict(state["acceptance"])
+        if self.bone is not None and state["bone"] is not None:
+            self.bone.stats.load_state_dict(state["bone"])
+        if state["filter"] is not None and hasattr(self.filter, "load_state_dict"):
+            self.filter.load_state_dict(state["filter"])
 
     @property
     def stats(self) -> dict[str, Any]:
-        """``generated`` (blended candidates), ``accepted`` (passed the filter), ``rate``, and
-        ``dark_crops`` (crops dropped by the bone-content check before translation)."""
+        """``generated`` (candidates blended and scored), ``accepted`` (chosen), ``rate``,
+        ``candidates_per_accepted``, ``dark_crops`` (sites dropped by the bone check before
+        synthesis) and, for :meth:`apply`, ``samples``, ``synthetic``, ``asked_fraction`` and
+        ``achieved_fraction`` (synthetic / samples)."""
         dark = self.bone.stats.generated - self.bone.stats.accepted if self.bone is not None else 0
-        return {**self.acceptance.as_dict(), "dark_crops": dark}
+        n = self._counts["samples"]
+        return {**self.acceptance.as_dict(), "dark_crops": dark, "samples": n, "synthetic": self._counts["synthetic"],
+                "asked_fraction": self.fraction, "achieved_fraction": self._counts["synthetic"] / n if n else None}
+
+
+class SynthesisLoader:
+    """``stage.wrap(loader)``: iterate ``loader`` with :meth:`SynthesisStage.apply` on every batch.
+
+    ``set_epoch`` reseeds the stage and calls the loader's dataset's ``set_epoch``; ``state_dict`` /
+    ``load_state_dict`` save and restore the stage with the loader (a torchdata
+    ``StatefulDataLoader``) so a run resumed after ``k`` batches gives the batches that followed.
+    """
+
+    def __init__(self, stage: SynthesisStage, loader: Iterable[dict[str, Any]]) -> None:
+        self.stage, self.loader = stage, loader
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in self.loader:
+            yield self.stage.apply(batch)
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.stage.set_epoch(epoch)
+        dataset = getattr(self.loader, "dataset", self.loader)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+
+    def state_dict(self) -> dict[str, Any]:
+        loader = self.loader.state_dict() if hasattr(self.loader, "state_dict") else None
+        return {"stage": self.stage.state_dict(), "loader": loader}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stage.load_state_dict(state["stage"])
+        if state["loader"] is not None:
+            if not hasattr(self.loader, "load_state_dict"):
+                raise TypeError("this state holds a loader position: wrap a torchdata StatefulDataLoader")
+            self.loader.load_state_dict(state["loader"])

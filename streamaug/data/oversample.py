@@ -1,0 +1,110 @@
+"""Oversampling with the copies spread out: each chosen sample (by default a real positive) is yielded
+``times`` times, its copies scheduled at random later positions at least ``min_gap`` apart.
+
+Repeating a sample and shuffling through a buffer keeps its copies within one buffer of each other,
+so they often fall into one batch (the same gradient counted twice) and cluster in neighbouring
+ones. Here the copy schedule is explicit: a sample yielded at output position ``t`` gets copies at
+``t + g_1``, ``t + g_1 + g_2``, ... with independent gaps ``g`` uniform on
+``[min_gap, 2 * gap - min_gap]`` (mean ``gap``). Everything is a function of the input order and
+``seed``, so a run replays. Stages are plain generators (``iterator -> iterator``)::
+
+    batches = oversample_batches(loader, times=3, batch_size=32, gap=200, seed=[seed, epoch])
+"""
+from __future__ import annotations
+
+import heapq
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+
+import numpy as np
+
+from streamaug.data.collate import collate_xray, unbatch
+
+__all__ = ["is_positive", "oversample", "oversample_batches", "rebatch"]
+
+T = TypeVar("T")
+
+
+def is_positive(sample: dict[str, Any]) -> bool:
+    """The default choice: samples with ``label == 1``."""
+    return int(sample["label"]) == 1
+
+
+def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap: int = 32,
+               select: Callable[[T], bool] = is_positive, seed: int | Sequence[int] = 0) -> Iterator[T]:
+    """Yield every sample once, and each selected one ``times`` times in all, the copies spread out.
+
+    Args:
+        samples: the input samples, in order.
+        times: copies per selected sample, the original included (``>= 1``); a fractional part is
+            a probability (``2.5``: 2 or 3 copies, 2.5 on average).
+        gap: mean distance, in output positions, between consecutive copies of one sample. Choose
+            about ``epoch length / times`` so the copies of a sample stay within its epoch.
+        min_gap: smallest distance between consecutive copies (e.g. the batch size: copies then
+            land in different batches unless other copies fall due at the same position and push
+            them a few places on).
+        select: which samples get copies (default :func:`is_positive`).
+        seed: seeds the copy counts and gaps (e.g. ``[seed, epoch]``).
+
+    Yields:
+        The samples and copies (the same objects; copies are not cloned). Copies still due when the
+        input ends come last, in schedule order.
+
+    Examples:
+        >>> out = list(oversample(range(10), 3, gap=4, min_gap=2, select=lambda x: x == 0))
+        >>> out.count(0), len(out)
+        (3, 12)
+    """
+    if times < 1:
+        raise ValueError(f"times must be >= 1, got {times}")
+    if not 1 <= min_gap <= gap:
+        raise ValueError(f"need 1 <= min_gap <= gap, got min_gap={min_gap}, gap={gap}")
+    rng = np.random.default_rng(seed)
+    extra, frac = int(times) - 1, times - int(times)
+    due: list[tuple[int, int, T]] = []  # (position, order, sample): a heap of scheduled copies
+    out = order = 0
+    for sample in samples:
+        while due and due[0][0] <= out:
+            yield heapq.heappop(due)[2]
+            out += 1
+        yield sample
+        if select(sample):
+            n = extra + int(frac > 0 and rng.random() < frac)
+            positions = out + np.cumsum(rng.uniform(min_gap, 2 * gap - min_gap, size=n).round().astype(np.int64))
+            for position in positions.tolist():
+                heapq.heappush(due, (position, order, sample))
+                order += 1
+        out += 1
+    while due:
+        yield heapq.heappop(due)[2]
+
+
+def oversample_batches(batches: Iterable[dict[str, Any]], times: float, batch_size: int, *,
+                       gap: float = 256, min_gap: int | None = None,
+                       select: Callable[[dict[str, Any]], bool] = is_positive,
+                       seed: int | Sequence[int] = 0) -> Iterator[dict[str, Any]]:
+    """:func:`oversample` over the samples of ``collate_xray`` batches, re-batched to ``batch_size``.
+
+    ``min_gap`` defaults to ``batch_size``; the last batch may be smaller.
+    """
+    samples = (s for batch in batches for s in unbatch(batch))
+    yield from rebatch(oversample(samples, times, gap=gap, min_gap=min_gap or min(batch_size, int(gap)),
+                                  select=select, seed=seed), batch_size)
+
+
+def rebatch(samples: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
+    """:func:`streamaug.collate_xray` batches of ``batch_size`` consecutive samples (the last may be smaller).
+
+    Examples:
+        >>> import torch
+        >>> xs = [{"image": torch.zeros(1, 2, 2), "label": i % 2} for i in range(5)]
+        >>> [b["label"].tolist() for b in rebatch(xs, 2)]
+        [[0, 1], [0, 1], [0]]
+    """
+    buf: list[dict[str, Any]] = []
+    for sample in samples:
+        buf.append(sample)
+        if len(buf) == batch_size:
+            yield collate_xray(buf)
+            buf = []
+    if buf:
+        yield collate_xray(buf)

@@ -1,0 +1,234 @@
+"""``CopyPaste``: paste real lesion crops at proposed normal sites (TumorCP-style, with the cosine blend).
+
+A lesion crop is a square of side ``c = margin * max(box w, box h)`` centred on a real positive's
+lesion box, kept in a canvas of ``size x size`` pixels with a second channel saying where the source
+image had content: a crop that ran past its image's border stays a clipped square (weight 0 there),
+never a stretched one. Pasting maps the canvas onto the site without changing its aspect (a
+non-square site sees the middle of the square), after a random flip, rotation by a multiple of
+90 degrees, scale and contrast, with the lesion's mean intensity matched to the site's, and blends
+it with the cosine mask of the site (:func:`streamaug.synth.paste_blend` with the canvas weight).
+Only the site's pixels change.
+
+Lesions are matched to sites by size: a lesion whose crop side ``c`` lies within ``size_tolerance``
+of the site side is drawn (uniformly among them; the nearest one when none is that close), so a
+small lesion is not blown up to fill a large site.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from streamaug.synth._select import LabelSelect
+from streamaug.synth.base import Made, Synthesizer
+from streamaug.synth.ops import crop_sites, paste_blend
+
+
+@dataclass
+class LesionCrops:
+    """Square crops centred on real lesions, at one canvas size.
+
+    Attributes:
+        canvases: ``(N, 2, R, R)`` float16: the image crop, and where it had content (1) or not (0).
+        keys: the source image key of each crop.
+        boxes: ``(N, 4)`` float32 lesion box in its image (pixels of the stream's image size).
+        sides: ``(N,)`` float32 crop side ``c`` in those pixels.
+        extent: ``(N,)`` float32 the lesion's half-size in canvas units (``max(w, h) / c``).
+        centre: ``(N, 2)`` float32 the lesion centre in canvas units (0 up to rounding).
+    """
+
+    canvases: torch.Tensor
+    keys: list[str]
+    boxes: torch.Tensor
+    sides: torch.Tensor
+    extent: torch.Tensor
+    centre: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @classmethod
+    def from_samples(cls, samples: Iterable[dict[str, Any]], *, margin: float = 2.0, size: int = 64,
+                     max_lesions: int | None = None) -> LesionCrops:
+        """Crop every box of every label-1 sample (``image`` ``(1, H, W)``, ``boxes`` ``(k, 4)``, ``key``)."""
+        if margin < 1:
+            raise ValueError(f"margin must be >= 1 (the crop holds the whole lesion), got {margin}")
+        canvases, keys, boxes, sides, extent, centre = [], [], [], [], [], []
+        for sample in samples:
+            if int(sample.get("label", 0)) != 1:
+                continue
+            image = sample["image"].float()
+            height, width = image.shape[-2:]
+            content = torch.cat([image.reshape(1, height, width), torch.ones(1, height, width)])
+            for x0, y0, x1, y1 in torch.as_tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4).tolist():
+                w, h = x1 - x0, y1 - y0
+                if w <= 0 or h <= 0 or (max_lesions is not None and len(keys) >= max_lesions):
+                    continue
+                c = max(2, round(margin * max(w, h)))
+                cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+                xs, ys = round(cx - c / 2), round(cy - c / 2)
+                lx0, ly0, lx1, ly1 = max(xs, 0), max(ys, 0), min(xs + c, width), min(ys + c, height)
+                if lx1 <= lx0 or ly1 <= ly0:
+                    continue
+                canvas = torch.zeros(2, c, c)
+                canvas[:, ly0 - ys:ly1 - ys, lx0 - xs:lx1 - xs] = content[:, ly0:ly1, lx0:lx1]
+                canvases.append(F.interpolate(canvas[None], size=(size, size), mode="bilinear", antialias=True,
+                                              align_corners=False)[0].half())
+                keys.append(str(sample["key"]))
+                boxes.append([x0, y0, x1, y1])
+                sides.append(float(c))
+                extent.append(max(w, h) / c)
+                centre.append([(cx - (xs + c / 2)) / (c / 2), (cy - (ys + c / 2)) / (c / 2)])
+        if not keys:
+            raise ValueError("no lesion box found: CopyPaste needs label-1 samples with boxes")
+        return cls(torch.stack(canvases), keys, torch.tensor(boxes), torch.tensor(sides), torch.tensor(extent),
+                   torch.tensor(centre))
+
+    @classmethod
+    def from_shards(cls, urls: str | Sequence[str], *, split: str | None = None,
+                    select: Callable[[str, dict], bool] | None = None, resize: int | tuple[int, int] | None = None,
+                    margin: float = 2.0, size: int = 64, max_lesions: int | None = None,
+                    on_error: str = "raise") -> LesionCrops:
+        """Read the lesion images of packed shards once (``select`` and label 1 decided before decoding)."""
+        from streamaug.data.stream import XRayShards
+
+        shards = XRayShards(urls, split=split, shuffle=False, resize=resize, select=LabelSelect(1, select),
+                            equalize="none", distributed=False, on_error=on_error)
+        return cls.from_samples(shards, margin=margin, size=size, max_lesions=max_lesions)
+
+    def to(self, device: str | torch.device) -> LesionCrops:
+        self.canvases = self.canvases.to(device)
+        return self
+
+
+class CopyPaste(Synthesizer):
+    """Paste a real lesion crop, randomly flipped, rotated, scaled and contrast-jittered, at each site.
+
+    Args:
+        lesion_shards: packed shards whose label-1 images with boxes give the lesions (None with ``crops``).
+        split: split of ``lesion_shards`` (use the training split: no test lesion may leak).
+        select: ``select(key, meta)`` on ``lesion_shards`` (e.g. one region, the kept rare positives).
+        resize: the stream's ``resize``: lesions must be cut at the size the sites are proposed at.
+        crops: ready :class:`LesionCrops` instead of reading shards.
+        margin: crop side as a multiple of the lesion box's larger side (the ``s`` of the paper).
+        size: canvas side ``R`` the crops are kept at.
+        center: keep the lesion at the site's centre (where the cosine mask is 1); False draws an
+            offset that keeps it inside the site (the mask fades it).
+        flip, rot90: random horizontal flip; random rotation by ``k * 90`` degrees.
+        scale: range of the lesion's size relative to a crop that fills the site.
+        contrast: range of the gain applied around the lesion's mean.
+        match_intensity: shift the lesion's mean to the site's mean (over the pasted area).
+        size_tolerance: a lesion matches a site when ``1 / tol <= site side / c <= tol``.
+        blend_n: exponent of the cosine mask.
+        device: where the canvases live.
+
+    Examples:
+        >>> lesion = {"key": "L1", "label": 1, "image": torch.rand(1, 64, 64),
+        ...           "boxes": torch.tensor([[20., 20., 36., 36.]])}
+        >>> cp = CopyPaste(crops=LesionCrops.from_samples([lesion], size=16))
+        >>> made = cp(torch.rand(1, 1, 64, 64), torch.tensor([[8, 8, 40, 40]]), torch.tensor([0]),
+        ...           torch.Generator().manual_seed(0))
+        >>> made.images.shape, cp.provenance(cp.generate_parameters(None, torch.tensor([[8, 8, 40, 40]]),
+        ...                                  torch.tensor([0])), 0)["lesion_key"]
+        (torch.Size([1, 1, 64, 64]), 'L1')
+    """
+
+    name = "copy_paste"
+
+    def __init__(self, lesion_shards: str | Sequence[str] | None = None, *, split: str | None = None,
+                 select: Callable[[str, dict], bool] | None = None, resize: int | tuple[int, int] | None = None,
+                 crops: LesionCrops | None = None, margin: float = 2.0, size: int = 64, center: bool = True,
+                 flip: bool = True, rot90: bool = True, scale: tuple[float, float] = (0.8, 1.25),
+                 contrast: tuple[float, float] = (0.8, 1.2), match_intensity: bool = True,
+                 size_tolerance: float = 1.5, blend_n: float = 2.0, device: str | torch.device = "cpu") -> None:
+        if crops is None:
+            if lesion_shards is None:
+                raise ValueError("CopyPaste needs lesion_shards or crops")
+            crops = LesionCrops.from_shards(lesion_shards, split=split, select=select, resize=resize,
+                                            margin=margin, size=size)
+        if size_tolerance < 1 or not 0 < scale[0] <= scale[1] or not 0 <= contrast[0] <= contrast[1]:
+            raise ValueError("need size_tolerance >= 1, 0 < scale[0] <= scale[1], 0 <= contrast[0] <= contrast[1]")
+        self.crops, self.resize = crops, resize
+        self.center, self.flip, self.rot90 = center, flip, rot90
+        self.scale, self.contrast = (float(scale[0]), float(scale[1])), (float(contrast[0]), float(contrast[1]))
+        self.match_intensity, self.log_tol, self.blend_n = match_intensity, math.log(size_tolerance), float(blend_n)
+        self._log_sides, self._by_side = torch.sort(crops.sides.log())
+        self.to(device)
+
+    def to(self, device: str | torch.device) -> CopyPaste:
+        self.crops.to(device)
+        return self
+
+    def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
+                            generator: torch.Generator | None = None) -> dict[str, Any]:
+        """``lesion`` (K,) crop index, ``flip`` (K,) bool, ``rot`` (K,) quarter turns, ``scale`` (K,),
+        ``gain`` (K,), ``shift`` (K, 2) lesion offset in canvas units."""
+        k = len(boxes)
+        b = boxes.detach().cpu().float().reshape(-1, 4)
+        target = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).clamp(min=1).log()
+        ls = self._log_sides
+        lo = torch.searchsorted(ls, target - self.log_tol)
+        count = torch.searchsorted(ls, target + self.log_tol, right=True) - lo
+        at = torch.searchsorted(ls, target).clamp(1, len(ls) - 1) if len(ls) > 1 else torch.zeros(k, dtype=torch.long)
+        nearest = torch.where((ls[at] - target).abs() < (ls[at - 1] - target).abs(), at, at - 1) \
+            if len(ls) > 1 else at
+        u = torch.rand(k, generator=generator)
+        pick = torch.where(count > 0, lo + (u * count).long().clamp(max=(count - 1).clamp(min=0)), nearest)
+        lesion = self._by_side[pick]
+        flip = torch.rand(k, generator=generator) < 0.5 if self.flip else torch.zeros(k, dtype=torch.bool)
+        rot = torch.randint(4, (k,), generator=generator) if self.rot90 else torch.zeros(k, dtype=torch.long)
+        scale = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(k, generator=generator)
+        gain = self.contrast[0] + (self.contrast[1] - self.contrast[0]) * torch.rand(k, generator=generator)
+        room = (1 / scale - self.crops.extent[lesion]).clamp(min=0)
+        shift = torch.zeros(k, 2) if self.center else (torch.rand(k, 2, generator=generator) * 2 - 1) * room[:, None]
+        return {"lesion": lesion, "flip": flip, "rot": rot, "scale": scale, "gain": gain, "shift": shift}
+
+    @torch.no_grad()
+    def apply(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
+              params: dict[str, Any]) -> Made:
+        """Warp each drawn canvas onto its site (one ``grid_sample``), match intensity, blend."""
+        dev, k, r = images.device, len(boxes), self.crops.canvases.shape[-1]
+        p = {name: t.to(dev) for name, t in params.items()}
+        b = boxes.to(dev).float().reshape(-1, 4)
+        h, w = b[:, 3] - b[:, 1], b[:, 2] - b[:, 0]
+        side = torch.maximum(h, w)
+        # patch coordinates run corner to corner over the site (paste_blend's convention); the canvas
+        # spans the square of the site's larger side at scale 1, so neither is stretched
+        t = torch.linspace(-1.0, 1.0, r, device=dev)
+        v = (t[None, :, None] * ((h - 1) / side / p["scale"])[:, None, None]).expand(k, r, r)
+        u = (t[None, None, :] * ((w - 1) / side / p["scale"])[:, None, None]).expand(k, r, r)
+        cos = torch.tensor([1.0, 0.0, -1.0, 0.0], device=dev)[p["rot"]][:, None, None]
+        sin = torch.tensor([0.0, 1.0, 0.0, -1.0], device=dev)[p["rot"]][:, None, None]
+        u, v = cos * u - sin * v, sin * u + cos * v
+        u = torch.where(p["flip"][:, None, None], -u, u)
+        offset = p["shift"] + self.crops.centre.to(dev)[p["lesion"]]
+        grid = torch.stack([u + offset[:, 0, None, None], v + offset[:, 1, None, None]], dim=-1)
+        canvas = self.crops.canvases[p["lesion"]].float()
+        warped = F.grid_sample(canvas, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        weight = warped[:, 1:].clamp(0, 1)
+        value = warped[:, :1] / weight.clamp(min=1e-6)  # the canvas is premultiplied by its content mask
+        total = weight.sum((1, 2, 3)).clamp(min=1e-6)
+        mean = (warped[:, :1].sum((1, 2, 3)) / total)[:, None, None, None]
+        site = crop_sites(images, boxes, source, r).float()
+        target = (weight * site).sum((1, 2, 3))[:, None, None, None] / total[:, None, None, None] \
+            if self.match_intensity else mean
+        lesion = ((value - mean) * p["gain"][:, None, None, None] + target).clamp(0, 1) * (weight > 0)
+        blended = paste_blend(images[source], lesion.to(images.dtype), boxes, torch.arange(k, device=dev),
+                              self.blend_n, weight=weight.to(images.dtype))
+        return Made(blended, lesion, site)
+
+    def provenance(self, params: dict[str, Any], j: int) -> dict[str, Any]:
+        i = int(params["lesion"][j])
+        return {"synthesizer": self.name, "blend_n": self.blend_n, "lesion_key": self.crops.keys[i],
+                "lesion_box": [round(float(x), 2) for x in self.crops.boxes[i]], "flip": bool(params["flip"][j]),
+                "rot90": int(params["rot"][j]), "scale": float(params["scale"][j]), "gain": float(params["gain"][j]),
+                "shift": [float(x) for x in params["shift"][j]]}
+
+    def describe(self) -> dict[str, Any]:
+        return {"synthesizer": self.name, "lesions": len(self.crops), "canvas": int(self.crops.canvases.shape[-1]),
+                "center": self.center, "flip": self.flip, "rot90": self.rot90, "scale": list(self.scale),
+                "contrast": list(self.contrast), "match_intensity": self.match_intensity,
+                "size_tolerance": math.exp(self.log_tol), "blend_n": self.blend_n, "resize": self.resize}

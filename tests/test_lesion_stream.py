@@ -1,0 +1,132 @@
+"""LesionStream: the label make-up of real samples at any acceptance rate, ranked filtering, exact resume."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shardgen import write_shards
+from streamaug import LesionStream, PseudoLabel
+from streamaug.models.registry import IdentityConfig, IdentityTranslator
+from streamaug.sites import LesionBoxBank, SiteProposer
+from streamaug.synth import CopyPaste, LesionCrops, Mix, Translate
+
+BANK = LesionBoxBank.from_records([{"key": "L", "region": "lower_limb", "view": "frontal", "width": 32,
+                                    "height": 32, "boxes": [[8, 8, 20, 20]], "label": "tumor"}])
+
+
+class RateFilter:
+    """A stub filter that accepts each candidate with probability ``rate`` (its own generator, with state)."""
+
+    def __init__(self, rate: float, seed: int = 0):
+        self.rate, self.generator = rate, torch.Generator().manual_seed(seed)
+
+    def __call__(self, images):
+        scores = torch.rand(len(images), generator=self.generator)
+        return scores < self.rate, scores
+
+    def state_dict(self):
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state):
+        self.generator.set_state(state["generator"])
+
+
+class Brightness(torch.nn.Module):
+    """An untrained-looking classifier: logit = mean brightness (scores near 0.6, below any t = 0.9)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(1.0))
+
+    def forward(self, x):
+        return self.w * x.flatten(1).mean(1)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """60 samples, one positive in five (source share 0.2 exactly per shard of five)."""
+    folder = tmp_path_factory.mktemp("lesion_stream")
+    write_shards(folder, n=60, shard_size=5, size=32, lesion_every=5)
+    return folder
+
+
+def _stream(shards, **kw):
+    kw.setdefault("translator", IdentityTranslator(IdentityConfig(patch_size=8)))
+    return LesionStream(shards, sites=SiteProposer(BANK, n=4, min_intensity=0.0), min_intensity=None,
+                        device_batch=8, **kw)
+
+
+@pytest.mark.parametrize("rate", [0.01, 0.1, 1.0])
+def test_real_label_make_up_matches_the_source_at_any_acceptance(shards, rate):
+    """Before: at low acceptance the real samples were mostly positives (sources were normals taken out
+    of the real stream), at 100 % they lacked positives; now the real stream is the source's."""
+    stream = _stream(shards, filter=RateFilter(rate), synthetic_fraction=0.1, epoch_length=200, seed=1)
+    samples = list(stream)
+    real = [s for s in samples if not s["synthetic"]]
+    share = sum(s["label"] == 1 for s in real) / len(real)
+    assert abs(share - 0.2) < 0.05
+    stats = stream.stats
+    assert stats["real_positive_share"] == share
+    e = stats["emitted"]
+    assert e["synthetic"] == len(samples) - len(real) and e["real_positive"] + e["real_normal"] == len(real)
+    assert abs(stats["synthetic_share"] - 0.1) < 0.05
+    # one candidate pair per normal: about 2 / (1 - (1 - rate)^2) candidates per accepted sample
+    assert stats["candidates_per_accepted"] == pytest.approx(2 / (1 - (1 - rate) ** 2), rel=0.5)
+
+
+def test_ranked_filter_in_the_stream_needs_few_candidates(shards):
+    strict = PseudoLabel(Brightness(), threshold=0.9)
+    with pytest.raises(Exception, match="accepted no candidate"):
+        list(_stream(shards, filter=strict, synthetic_fraction=0.5, epoch_length=10, max_empty_batches=3))
+    ranked = PseudoLabel(Brightness(), threshold=None)
+    stream = _stream(shards, filter=ranked, synthetic_fraction=0.5, epoch_length=60, seed=2)
+    samples = list(stream)
+    assert sum(s["synthetic"] for s in samples) == stream.stats["emitted"]["synthetic"] > 15
+    assert stream.stats["candidates_per_accepted"] <= 3
+    assert all(s["provenance"]["score"] < 0.9 for s in samples if s["synthetic"])
+
+
+def _mixed(shards, **kw):
+    crops = LesionCrops.from_shards(shards, margin=2.0, size=16)
+    synth = Mix([(Translate(IdentityTranslator(IdentityConfig(patch_size=8))), 1.0),
+                 (CopyPaste(crops=crops, center=False), 1.0)])
+    return _stream(shards, translator=None, synthesizer=synth, filter=RateFilter(0.5, seed=3), positives=shards,
+                   positive_fraction=0.1, synthetic_fraction=0.3, seed=7, **kw)
+
+
+@pytest.mark.parametrize("k", [0, 5, 23])
+def test_resume_after_k_samples_gives_the_samples_of_an_uninterrupted_run(shards, k):
+    uninterrupted = _mixed(shards, epoch_length=40)
+    full = list(uninterrupted)
+    first = _mixed(shards, epoch_length=40)
+    it = iter(first)
+    head = [next(it) for _ in range(k)]
+    state = first.state_dict()
+    resumed = _mixed(shards, epoch_length=40)
+    resumed.load_state_dict(state)
+    tail = list(resumed)
+    assert len(head) + len(tail) == 40
+    for a, b in zip(full, head + tail):
+        assert a["key"] == b["key"] and a["label"] == b["label"] and a["synthetic"] == b["synthetic"]
+        assert torch.equal(a["image"], b["image"])
+        assert a["provenance"] == b["provenance"]
+    assert resumed.stats["emitted"] == uninterrupted.stats["emitted"]
+    assert {s["provenance"]["synthesizer"] for s in full if s["synthetic"]} == {"translate", "copy_paste"}
+
+
+def test_resume_at_an_epoch_end_moves_on_to_the_next_epoch(shards):
+    stream = _stream(shards, synthetic_fraction=0.3, epoch_length=12, seed=4)
+    list(stream)
+    state = stream.state_dict()
+    again = _stream(shards, synthetic_fraction=0.3, epoch_length=12, seed=4)
+    again.load_state_dict(state)
+    assert list(again) == []  # that epoch is done
+    again.set_epoch(1)
+    stream.set_epoch(1)
+    assert [s["key"] for s in again] == [s["key"] for s in stream]
+
+
+def test_lesions_cut_at_another_size_than_the_stream_are_refused(shards):
+    crops = LesionCrops.from_shards(shards, size=8)
+    with pytest.raises(ValueError, match="resize"):
+        _stream(shards, translator=None, synthesizer=CopyPaste(crops=crops, resize=64), resize=32)

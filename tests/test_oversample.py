@@ -1,0 +1,53 @@
+"""streamaug.data.oversample: counts, spread of the copies, determinism, re-batching."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from streamaug.data.collate import collate_xray
+from streamaug.data.oversample import oversample, oversample_batches
+
+
+def _samples(n=3000, every=10):
+    return [{"key": f"k{i}", "image": torch.zeros(1, 2, 2), "label": int(i % every == 0)} for i in range(n)]
+
+
+def _copies(batches):
+    """key -> [(output position, batch index)] of every positive."""
+    where, p = {}, 0
+    for bi, batch in enumerate(batches):
+        for key, label in zip(batch["key"], batch["label"].tolist()):
+            if label:
+                where.setdefault(key, []).append((p, bi))
+            p += 1
+    return where
+
+
+def test_counts_and_fractional_times():
+    xs = _samples(2000)
+    out = list(oversample(xs, 3, gap=60, min_gap=8, seed=0))
+    assert len(out) == 2000 + 2 * 200 and all(out.count(x) == 3 for x in xs[:50] if x["label"])
+    frac = list(oversample(xs, 2.5, gap=60, min_gap=8, seed=0))
+    assert abs((len(frac) - 2000) / 200 - 1.5) < 0.15  # 1.5 extra copies per positive on average
+    assert [x["key"] for x in oversample(xs, 1, seed=0)] == [x["key"] for x in xs]
+    with pytest.raises(ValueError):
+        list(oversample(xs, 0.5))
+
+
+def test_copies_are_spread_across_batches_at_the_asked_gap():
+    loader = [collate_xray(_samples(2000)[i:i + 32]) for i in range(0, 2000, 32)]
+    where = _copies(oversample_batches(loader, 3, batch_size=32, gap=100, seed=1))
+    assert len(where) == 200 and all(len(v) == 3 for v in where.values())
+    gaps = [b[0] - a[0] for v in where.values() for a, b in zip(v, v[1:])]
+    assert abs(np.mean(gaps) - 100) < 10  # the mean gap is the asked one
+    shared = sum(len({bi for _, bi in v}) < len(v) for v in where.values())
+    assert shared / len(where) < 0.05  # copies of one positive rarely share a batch (a shuffle buffer: ~30 %)
+
+
+def test_deterministic_given_the_seed():
+    xs = _samples(500)
+    a = [x["key"] for x in oversample(xs, 3, gap=40, min_gap=4, seed=[3, 1])]
+    b = [x["key"] for x in oversample(xs, 3, gap=40, min_gap=4, seed=[3, 1])]
+    c = [x["key"] for x in oversample(xs, 3, gap=40, min_gap=4, seed=[3, 2])]
+    assert a == b and a != c
