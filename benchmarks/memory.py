@@ -5,7 +5,8 @@ Usage: ``python benchmarks/memory.py --shards DIR [--batches 1500] [--every 100]
 A ``LesionStream`` over the packed folder's train split (untrained ``tiny`` translator, ``PseudoLabel``
 on an untrained ``drn_tiny`` at threshold 0, 25 % synthetic, sites on) is read for ``--batches``
 batches; every ``--every`` batches it prints the batch, the main process's RSS, the summed RSS of the
-live child processes and how many there are, then the least-squares slopes in MB per 1000 batches.
+live child processes (LesionStream runs one loader for real samples and one for synthesis sources,
+each with --workers workers) and how many there are, then the least-squares slopes in MB per 1000 batches.
 A stream whose memory is flat has slopes near 0 once the shuffle buffers have filled.
 """
 from __future__ import annotations

@@ -94,7 +94,8 @@ def test_memory_and_epoch_start_scripts_run(shards: Path) -> None:
     folder = str(shards / "shards")
     out = _script("memory", "--shards", folder, "--batches", "4", "--every", "2", "--workers", "1", "--batch", "4")
     rows = _rows(out, "batch")
-    assert [int(r[0]) for r in rows] == [2, 4] and all(float(r[1]) > 0 and int(r[3]) == 1 for r in rows)
+    # LesionStream runs two loaders (real samples, synthesis sources), each with --workers 1
+    assert [int(r[0]) for r in rows] == [2, 4] and all(float(r[1]) > 0 and int(r[3]) == 2 for r in rows)
     assert "4 batches in" in out
     out = _script("epoch_start", "--shards", folder, "--workers", "1", "--epochs", "1")
     assert out.startswith("cold: ") and "\nwarm: " in out and "warm / cold (median epoch) = " in out

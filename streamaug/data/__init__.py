@@ -3,7 +3,7 @@
 Data path position: shards -> **split by rank/worker -> read -> decode -> (sites) -> batch**.
 """
 from streamaug.data.collate import Ragged, collate_xray, unbatch
-from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.data.select import KeySelect, LabelSelect, rare_positive_select
 from streamaug.data.stream import XRayShards
 
-__all__ = ["KeySelect", "Ragged", "XRayShards", "collate_xray", "rare_positive_select", "unbatch"]
+__all__ = ["KeySelect", "LabelSelect", "Ragged", "XRayShards", "collate_xray", "rare_positive_select", "unbatch"]

@@ -1,12 +1,14 @@
 """Sample selection decided before decoding: ``select(key, metadata) -> bool`` for :class:`XRayShards`."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from streamaug.data.shardlist import expand_urls, scan_metadata
 from streamaug.io.labels import to_int_label
 
-__all__ = ["KeySelect", "rare_positive_select"]
+__all__ = ["KeySelect", "LabelSelect", "rare_positive_select"]
 
 
 class KeySelect:
@@ -37,3 +39,18 @@ def rare_positive_select(shards: str | list[str], split: str | None, region: str
     kept = np.random.default_rng([seed, 0xA7E]).choice(len(pos), size=k, replace=False) if k else []
     keep = frozenset(pos[i] for i in kept)
     return KeySelect(region, keep), {"positives": k, "normals": neg, "positives_available": len(pos)}
+
+
+class LabelSelect:
+    """``select(key, meta)`` that also needs ``to_int_label(meta["label"]) == label``.
+
+    Examples:
+        >>> LabelSelect(0)("k", {"label": "normal"}), LabelSelect(0)("k", {"label": "tumor"})
+        (True, False)
+    """
+
+    def __init__(self, label: int, select: Callable[[str, dict], bool] | None = None) -> None:
+        self.label, self.select = int(label), select
+
+    def __call__(self, key: str, meta: dict) -> bool:
+        return to_int_label(meta.get("label")) == self.label and (self.select is None or bool(self.select(key, meta)))

@@ -151,6 +151,24 @@ def resize_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, An
     return sample
 
 
+def manifest_site_proposer(shards: Sequence[str], *, select: Callable[[str, dict], bool] | None = None,
+                           seed: int = 0) -> Any:
+    """The :class:`streamaug.SiteProposer` that ``sites=True`` builds: matched against the train-split
+    lesion boxes of the packer's manifest beside ``shards[0]``, keeping only those ``select`` keeps
+    (so a rare-positive selection does not leak the boxes of the positives it drops).
+
+    Raises:
+        ShardError: there is no manifest beside the shards.
+    """
+    from streamaug.sites import LesionBoxBank, SiteProposer
+
+    manifest = find_manifest(shards[0])
+    if manifest is None:
+        raise ShardError(f"sites=True needs the packer's manifest.json beside {shards[0]}; "
+                         "pass sites=SiteProposer(LesionBoxBank.from_records(...)) instead")
+    return SiteProposer(LesionBoxBank.from_manifest(manifest, split="train", select=select), seed=seed)
+
+
 class XRayShards(torch.utils.data.IterableDataset):
     """A stream of X-ray samples from WebDataset tar shards written by ``python -m streamaug.cli.pack``.
 
@@ -219,14 +237,7 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     def _make_sites(self, sites: Any) -> Any:
         if sites is True:
-            from streamaug.sites import LesionBoxBank, SiteProposer
-
-            manifest = find_manifest(self.shards[0])
-            if manifest is None:
-                raise ShardError(f"sites=True needs the packer's manifest.json beside {self.shards[0]}; "
-                                 "pass sites=SiteProposer(LesionBoxBank.from_records(...)) instead")
-            bank = LesionBoxBank.from_manifest(manifest, split="train", select=self.select)
-            return SiteProposer(bank, seed=self.seed)
+            return manifest_site_proposer(self.shards, select=self.select, seed=self.seed)
         return sites or None
 
     # -- epochs and resume -------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable, Sequence
 import torch
 import torch.nn.functional as F
 
-from streamaug.synth._select import LabelSelect
+from streamaug.data.select import LabelSelect
 from streamaug.synth.base import Made, Synthesizer
 from streamaug.synth.ops import crop_sites, paste_blend
 

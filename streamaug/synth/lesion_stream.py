@@ -39,8 +39,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
-from streamaug.data.stream import XRayShards
-from streamaug.synth._select import LabelSelect
+from streamaug.data.select import LabelSelect
+from streamaug.data.stream import XRayShards, manifest_site_proposer
 from streamaug.synth.stage import SynthesisStage, epoch_seed
 
 _KINDS = ("real_positive", "real_normal", "real_other", "synthetic", "positives")
@@ -139,6 +139,8 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.epoch_length, self.max_empty_batches = epoch_length, max_empty_batches
         common = {"split": split, "resampled": True, "resize": resize, "on_error": on_error}
         self.real = XRayShards(normal_shards, seed=seed, select=select, **common)
+        if sites is True:  # the bank follows the caller's select, not the normals-only one below
+            sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
         self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites, select=LabelSelect(0, select), **common)
         self.positives = None if positives is None else XRayShards(
             positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
