@@ -64,7 +64,7 @@ def test_pack_round_trip_and_manifest(tmp_path):
     root, out = tmp_path / "data", tmp_path / "out"
     rows = _dataset(root)
     csv_path = _write_csv(tmp_path / "meta.csv", rows, COLUMNS)
-    manifest = pack(root, csv_path, out, shard_size=2, prefix="x", progress=False)
+    manifest = pack(root, csv_path, out, shard_size=2, prefix="x", progress=False, shuffle_seed=None)
     assert json.loads((out / "manifest.json").read_text()) == manifest
     assert manifest["format"] == "streamaug-shards/1" and manifest["count"] == 6
     train, test = manifest["splits"]["train"], manifest["splits"]["test"]
@@ -173,10 +173,10 @@ def test_bad_row_raises_naming_the_row(tmp_path):
     root, csv_path = _bad_dataset(tmp_path)
     # rows are checked image by image in order of first appearance: IMG1 (line 7) before GONE (line 5)
     with pytest.raises(PackError, match=r"bad\.csv line 7 \(key 'IMG1', images/IMG1\.png\): .*outside the 20x16"):
-        pack(root, csv_path, tmp_path / "out", on_error="raise", progress=False)
+        pack(root, csv_path, tmp_path / "out", on_error="raise", progress=False, shuffle_seed=None)
     csv_path.write_text("\n".join(csv_path.read_text().splitlines()[:5]) + "\n")  # keep up to line 5
     with pytest.raises(PackError, match=r"bad\.csv line 5 \(key 'GONE', images/missing\.png\): missing file"):
-        pack(root, csv_path, tmp_path / "out2", on_error="raise", progress=False)
+        pack(root, csv_path, tmp_path / "out2", on_error="raise", progress=False, shuffle_seed=None)
     assert not (tmp_path / "out" / "manifest.json").exists()
 
 
@@ -272,7 +272,7 @@ def test_paths_outside_root_are_bad_rows_and_never_read(tmp_path):
     for shard in _all_shards(tmp_path / "out", manifest):
         assert secret.read_bytes() not in shard.read_bytes()
     with pytest.raises(PackError, match=r"m\.csv line 4 \(key 'UP', \.\./secret\.png\): path '\.\./secret\.png'"):
-        pack(root, csv_path, tmp_path / "out2", progress=False)
+        pack(root, csv_path, tmp_path / "out2", progress=False, shuffle_seed=None)
 
 
 def test_empty_image_cell_is_a_bad_row(tmp_path, capsys):
@@ -373,3 +373,26 @@ def test_boxes_are_read_by_the_sites_parser(tmp_path):
     reasons = {e["line"]: e["reason"] for e in manifest["skipped"]}
     assert "cannot read '1 2 3' as boxes" in reasons[4] and "cannot read '1 2 3 x'" in reasons[5]
     assert "non-finite" in reasons[6]
+
+
+def test_default_pack_mixes_labels_across_shards(tmp_path):
+    """A CSV sorted by label (as BTXRD's is) must not give shards of one label each."""
+    root = tmp_path / "root"
+    rows = [{"image_id": f"IMG{i}", "image": f"images/IMG{i}.png", "label": "tumor" if i < 20 else "normal"}
+            for i in range(40)]
+    for i in range(40):
+        _write_png(root / "images" / f"IMG{i}.png", np.full((8, 8), i, np.uint8))
+    csv_path = _write_csv(root / "meta.csv", rows, ["image_id", "image", "label"])
+
+    def shard_labels(out: Path, manifest: dict) -> list[set[str]]:
+        return [{json.loads(f["json"])["label"] for f in _read_tars([path]).values()}
+                for path in _all_shards(out, manifest)]
+
+    shuffled = pack(root, csv_path, tmp_path / "a", shard_size=10, progress=False)
+    labels = shard_labels(tmp_path / "a", shuffled)
+    assert len(labels) == 4 and all(lab == {"tumor", "normal"} for lab in labels)
+    again = pack(root, csv_path, tmp_path / "b", shard_size=10, progress=False)  # seeded: the same every time
+    assert [p.read_bytes() for p in _all_shards(tmp_path / "b", again)] == \
+        [p.read_bytes() for p in _all_shards(tmp_path / "a", shuffled)]
+    ordered = pack(root, csv_path, tmp_path / "c", shard_size=10, progress=False, shuffle_seed=None)
+    assert shard_labels(tmp_path / "c", ordered)[0] == {"tumor"}

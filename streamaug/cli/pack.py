@@ -80,7 +80,7 @@ def pack(
     boxes_column: str | None = None,
     key_column: str | None = None,
     label_column: str | None = None,
-    shuffle_seed: int | None = None,
+    shuffle_seed: int | None = 0,
     overwrite: bool = False,
     progress: bool = True,
 ) -> dict:
@@ -96,7 +96,10 @@ def pack(
         boxes_column: column with boxes (default ``boxes_xyxy`` when present, else none).
         key_column: column with the sample key (default ``image_id``, else the file stem).
         label_column: column copied to ``label`` when the CSV has no ``label`` column.
-        shuffle_seed: shuffle the sample order before writing (default: CSV order).
+        shuffle_seed: shuffle the sample order with this seed before writing (default 0), so every
+            shard holds a fair mix of labels even when the CSV is sorted by label (BTXRD's is: in CSV
+            order its train shards held one label each, and a stream that draws shards at random
+            swung in label make-up by hundreds of samples); None keeps the CSV order.
         overwrite: replace an existing pack in ``out``, once the new one is complete.
         progress: show a tqdm progress bar.
 
@@ -334,14 +337,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--boxes-column", default=None, help="column with 'x0 y0 x1 y1;...' boxes")
     ap.add_argument("--key-column", default=None, help="column with the sample key")
     ap.add_argument("--label-column", default=None, help="column copied to 'label' when there is none")
-    ap.add_argument("--shuffle-seed", type=int, default=None, help="shuffle sample order before writing")
+    ap.add_argument("--shuffle-seed", type=int, default=0,
+                    help="seed of the shuffle of the sample order before writing (default 0), so shards mix labels")
+    ap.add_argument("--keep-order", action="store_true", help="write samples in CSV order (no shuffle)")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing pack in --out")
     ap.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     args = ap.parse_args(argv)
     try:
         manifest = pack(args.root, args.metadata, args.out, shard_size=args.shard_size, on_error=args.on_error,
                         prefix=args.prefix, boxes_column=args.boxes_column, key_column=args.key_column,
-                        label_column=args.label_column, shuffle_seed=args.shuffle_seed,
+                        label_column=args.label_column, shuffle_seed=None if args.keep_order else args.shuffle_seed,
                         overwrite=args.overwrite, progress=not args.no_progress)
     except PackError as err:
         print(f"error: {err}", file=sys.stderr)
