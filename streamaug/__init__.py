@@ -13,6 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from streamaug.data.collate import collate_xray, unbatch
+    from streamaug.data.oversample import oversample, oversample_batches
     from streamaug.data.stream import XRayShards
     from streamaug.data.zarr_source import ZarrXRays, write_zarr
     from streamaug.filters.intensity import BoneContent
@@ -24,9 +25,12 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from streamaug.phantom import make_phantom, write_phantom_dataset
     from streamaug.sites.bank import LesionBoxBank
     from streamaug.sites.proposer import SiteProposer
+    from streamaug.synth.copy_paste import CopyPaste
     from streamaug.synth.lesion_stream import LesionStream, NoAcceptedCandidates
+    from streamaug.synth.mix import Mix
     from streamaug.synth.ops import cosine_alpha
     from streamaug.synth.stage import SynthesisStage
+    from streamaug.synth.translate import Translate
 
 _PUBLIC = {
     "read_xray": "streamaug.io.readers",
@@ -41,11 +45,16 @@ _PUBLIC = {
     "XRayShards": "streamaug.data.stream",
     "collate_xray": "streamaug.data.collate",
     "unbatch": "streamaug.data.collate",
+    "oversample": "streamaug.data.oversample",
+    "oversample_batches": "streamaug.data.oversample",
     "SiteProposer": "streamaug.sites.proposer",
     "LesionBoxBank": "streamaug.sites.bank",
     "load_translator": "streamaug.models.checkpoint",
     "cosine_alpha": "streamaug.synth.ops",
     "SynthesisStage": "streamaug.synth.stage",
+    "Translate": "streamaug.synth.translate",
+    "CopyPaste": "streamaug.synth.copy_paste",
+    "Mix": "streamaug.synth.mix",
     "LesionStream": "streamaug.synth.lesion_stream",
     "NoAcceptedCandidates": "streamaug.synth.lesion_stream",
     "PseudoLabel": "streamaug.filters.pseudo_label",

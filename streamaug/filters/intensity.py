@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from streamaug.filters.stats import AcceptanceStats
 
 
-def box_means(images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
+def site_means(images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
     """Mean of every box's pixels, exactly, from one integral image per image (batched).
 
     Args:
@@ -21,7 +21,7 @@ def box_means(images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tens
 
     Examples:
         >>> img = torch.arange(16.).view(1, 1, 4, 4)
-        >>> box_means(img, torch.tensor([[1, 1, 3, 3], [0, 0, 4, 1]]), torch.tensor([0, 0])).tolist()
+        >>> site_means(img, torch.tensor([[1, 1, 3, 3], [0, 0, 4, 1]]), torch.tensor([0, 0])).tolist()
         [7.5, 1.5]
     """
     if len(boxes) == 0:
@@ -67,5 +67,5 @@ class BoneContent:
         return self._keep(patches.flatten(1).float().mean(1))
 
     def boxes(self, images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor) -> torch.Tensor:
-        """``(K,)`` bool keep mask of the boxes of ``images`` (exact box means, see :func:`box_means`)."""
-        return self._keep(box_means(images, boxes, batch_index))
+        """``(K,)`` bool keep mask of the boxes of ``images`` (exact box means, see :func:`site_means`)."""
+        return self._keep(site_means(images, boxes, batch_index))
