@@ -122,3 +122,25 @@ def test_transform_errors_follow_on_error(shard_dir):
     ds = XRayShards(str(shard_dir), shuffle=False, transform=_fail_on_k1, on_error="skip", equalize="none")
     keys = [s["key"] for s in ds]
     assert "k000001" not in keys and len(keys) == 11 and ds.stats["skipped_samples"] == 1
+
+
+def test_decode_and_sites_work_as_webdataset_map_stages(tmp_path):
+    """The README's recipe: streamaug's decode and site stages inside a user's own WebDataset pipeline."""
+    import json
+
+    import webdataset as wds
+
+    from streamaug.data.stream import decode_sample
+    from streamaug.sites import LesionBoxBank, SiteProposer
+
+    write_shards(tmp_path, n=8, shard_size=4)
+    bank = LesionBoxBank.from_records([{"key": "L", "boxes": [[2, 3, 9, 10]], "width": 16, "height": 16}])
+    urls = [str(p) for p in sorted(tmp_path.glob("*.tar"))]
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).map(decode_sample).map(
+        SiteProposer(bank, n=1, min_intensity=0.0))
+    ours = {s["key"]: s for s in XRayShards(str(tmp_path), shuffle=False, sites=SiteProposer(bank, n=1, min_intensity=0.0))}
+    theirs = list(ds)
+    assert sorted(s["key"] for s in theirs) == sorted(ours)
+    for s in theirs:
+        assert torch.equal(s["image"], ours[s["key"]]["image"]) and torch.equal(s["sites"], ours[s["key"]]["sites"])
+        assert s["meta"]["index"] == json.loads(json.dumps(ours[s["key"]]["meta"]["index"]))
