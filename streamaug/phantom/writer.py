@@ -158,7 +158,7 @@ def write_phantom_dataset(out_dir: str | Path, n_normal: int, n_lesion: int, *, 
     if progress:
         from tqdm import tqdm
 
-        it = tqdm(it, total=len(rows), desc=f"phantoms -> {out}", unit="img")
+        it = tqdm(it, total=len(rows), desc=f"phantoms -> {out}", unit="img", disable=None)  # off when not a terminal
     for i, row in it:
         key = f"IMG{i:06d}"
         img_seed = int(np.random.SeedSequence([int(seed), i]).generate_state(1)[0])
