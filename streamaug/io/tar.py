@@ -7,49 +7,141 @@ reader parses the fields a shard needs with a few slices, ~10x faster. It reads 
 (directories, links, devices, GNU sparse) are skipped with their data. Compressed shards
 (gzip, bzip2, xz) are read through the standard library's decompressors.
 
-It is stricter than ``tarfile`` where ``tarfile`` loses data silently: a header with a bad
-checksum after the first member raises instead of ending the archive there. Errors are
-:class:`tarfile.ReadError` subclasses, so callers handle them like ``tarfile``'s.
+It is stricter than ``tarfile`` where ``tarfile`` loses data silently or fails without naming the
+problem:
+
+* a header with a bad checksum after the first member raises instead of ending the archive there;
+* a size field is checked before anything is read: negative, not a number, or past the end of the
+  file (when the file's size is known) raises; on a stream of unknown length (compressed) data is
+  read in bounded chunks, so a size that lies costs no memory;
+* the archive must end with its end-of-archive marker, two zero blocks followed by nothing but
+  zeros: a stream that stops at a member boundary is truncated, and a zero block followed by data
+  is a zeroed header, not the end.
+
+Errors are :class:`tarfile.ReadError` subclasses (:class:`TarTruncated`, :class:`TarHeaderError`),
+so callers handle them like ``tarfile``'s.
 """
 from __future__ import annotations
 
 import bz2
 import gzip
+import io
 import lzma
 import os
 import tarfile
 import zlib
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterator
 
 BLOCK = 512
+#: the largest read this reader asks of a stream whose length it does not know
+CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
+_MAX_SIZE = 1 << 63  # no file system holds a member this large; a bigger field is damage
 #: what reading a damaged (possibly compressed) shard can raise
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+_DECOMPRESSORS: tuple[tuple[bytes, Any], ...] = (
+    (b"\x1f\x8b", lambda fh: gzip.GzipFile(fileobj=fh, mode="rb")),
+    (b"BZh", lambda fh: bz2.BZ2File(fh, "rb")),
+    (b"\xfd7zXZ", lambda fh: lzma.LZMAFile(fh, "rb")))
 
 
 class TarTruncated(tarfile.ReadError):
-    """The stream ended inside a header or a member's data."""
+    """The stream ended inside a header, a member's data or the end-of-archive marker, or a size
+    field points past the end of the file."""
 
 
 class TarHeaderError(tarfile.ReadError):
-    """A header failed its checksum or holds an unreadable field."""
+    """A header failed its checksum or holds an unreadable field (a bad or negative size, a
+    zeroed header block followed by more members)."""
 
 
-def open_tar_stream(path: str | os.PathLike) -> BinaryIO:
-    """Open a tar file for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes."""
-    fh = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
-    magic = fh.peek(6)[:6]
-    opener = {b"\x1f\x8b": gzip.open, b"BZh": bz2.open, b"\xfd7zXZ": lzma.open}
-    for prefix, open_compressed in opener.items():
+class _HashingReader(io.RawIOBase):
+    """A raw file that feeds every byte read from it to ``hasher`` (``hashlib``-like)."""
+
+    def __init__(self, raw: BinaryIO, hasher: Any) -> None:
+        super().__init__()
+        self._raw, self._hasher = raw, hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self._hasher.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class _Decompressed:
+    """A decompressing stream that also closes the file under it (read-only, not seekable)."""
+
+    def __init__(self, stream: Any, under: BinaryIO) -> None:
+        self._stream, self._under = stream, under
+        self.read = stream.read
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._under.close()
+
+    def __enter__(self) -> "_Decompressed":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_tar_stream(path: str | os.PathLike, *, decompress: bool = True, hasher: Any = None) -> BinaryIO:
+    """Open a shard for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes.
+
+    This is the one place a shard is opened.
+
+    Args:
+        path: the shard.
+        decompress: False: the file's bytes as stored (e.g. to hash them).
+        hasher: a ``hashlib`` object fed every byte read from the file as stored (before
+            decompression). Read the stream to its end for the digest of the whole file.
+    """
+    fh: BinaryIO
+    if hasher is None:
+        fh = open(path, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
+    else:
+        raw = _HashingReader(open(path, "rb", buffering=0), hasher)  # noqa: SIM115
+        fh = io.BufferedReader(raw, 1 << 16)  # type: ignore[assignment]
+    if not decompress:
+        return fh
+    magic = fh.peek(6)[:6]  # type: ignore[attr-defined]
+    for prefix, decompressor in _DECOMPRESSORS:
         if magic.startswith(prefix):
-            fh.close()
-            return open_compressed(path, "rb")  # type: ignore[return-value]
+            return _Decompressed(decompressor(fh), fh)  # type: ignore[return-value]
     return fh
 
 
-def _read_exact(fh: BinaryIO, size: int, what: str) -> bytes:
-    data = fh.read(size)
+def _read_exact(fh: BinaryIO, size: int, what: str, bounded: bool) -> bytes:
+    """``size`` bytes; in chunks of at most :data:`CHUNK` unless ``bounded`` (the size was checked
+    against the file's length), so a lying size field on a stream costs no memory."""
+    if bounded or size <= CHUNK:
+        data = fh.read(size)
+    else:
+        parts, left = [], size
+        while left:
+            part = fh.read(min(left, CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        data = b"".join(parts)
     if len(data) != size:
         raise TarTruncated(f"unexpected end of data in {what} ({len(data)} of {size} bytes)")
     return data
@@ -61,10 +153,9 @@ def _number(field: bytes) -> int:
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
     text = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError as err:
-        raise TarHeaderError(f"bad numeric field {field!r}") from err
+    if text.translate(None, b"01234567"):  # int(text, 8) would take "-7", "0o7" and "1_7"
+        raise TarHeaderError(f"bad numeric field {field!r}")
+    return int(text, 8) if text else 0
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -96,12 +187,35 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def _skip(fh: BinaryIO, size: int, end: int | None) -> None:
-    """Move ``size`` bytes on: a seek when ``end`` (the file's size) is known, else a read."""
-    if end is None:
-        _read_exact(fh, size, "a member")
-    elif fh.seek(size, os.SEEK_CUR) > end:
-        raise TarTruncated(f"unexpected end of data in a member (the file ends at byte {end})")
+def _member_size(header: bytes, kind: bytes, fields: dict[str, str], at: int) -> int:
+    """The data size of the member whose header starts at byte ``at``, checked for sanity."""
+    size = _number(header[124:136])
+    if "size" in fields and kind in _REGULAR:
+        text = fields["size"]
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
+            raise TarHeaderError(f"bad pax size {text[:40]!r} for the member at byte {at}")
+        size = int(text)
+    if size < 0 or size >= _MAX_SIZE:
+        raise TarHeaderError(f"impossible size {size} in the header at byte {at}")
+    return size
+
+
+def _check_end(fh: BinaryIO, at: int) -> None:
+    """After the zero block at byte ``at``: at least one more zero block, then nothing but zeros."""
+    tail = 0
+    while True:
+        chunk = fh.read(CHUNK)
+        if not chunk:
+            break
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            where = at + BLOCK + tail + len(chunk) - len(rest)
+            raise TarHeaderError(f"a zero block at byte {at} is followed by data at byte {where}: a zeroed "
+                                 "header, not the end of the archive")
+        tail += len(chunk)
+    if tail < BLOCK:
+        raise TarTruncated(f"the archive ends {tail} bytes after the zero block at byte {at}: the end-of-archive "
+                           "marker (two zero blocks) is cut short")
 
 
 def _file_size(fh: BinaryIO) -> int | None:
@@ -110,20 +224,21 @@ def _file_size(fh: BinaryIO) -> int | None:
         if not fh.seekable() or not hasattr(fh, "raw"):
             return None
         return os.fstat(fh.fileno()).st_size
-    except (OSError, AttributeError, ValueError):
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
         return None
 
 
 def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of every regular file of the tar stream ``fh``, in archive order.
 
-    Ends at the end-of-archive block or at a clean end of the stream between members.
+    Ends at the end-of-archive marker, which must be there (two zero blocks, then only zeros).
     ``headers_only``: yield ``b""`` as the data and seek past it where the stream allows (listing a
     shard without reading its images).
 
     Raises:
-        TarTruncated: the stream ends inside a header or a member's data.
-        TarHeaderError: a header's checksum or a field is wrong.
+        TarTruncated: the stream ends inside a header, a member's data or before the end-of-archive
+            marker, or a size points past the end of the file.
+        TarHeaderError: a header's checksum or a field is wrong, or a zero block is followed by data.
 
     Examples:
         >>> import io, tarfile
@@ -138,33 +253,41 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
     pax_global: dict[str, str] = {}
     pax: dict[str, str] = {}
     long_name: str | None = None
-    first = True
-    end = _file_size(fh) if headers_only else None
+    end = _file_size(fh)
+    pos = fh.tell() if end is not None else 0
     while True:
         header = fh.read(BLOCK)
-        if not header or header == _ZERO_BLOCK:
-            return
         if len(header) != BLOCK:
-            raise TarTruncated(f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
+            if header:
+                raise TarTruncated(f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
+            if pos == 0:
+                raise TarTruncated("the file is empty: not a tar archive")
+            raise TarTruncated(f"the archive stops at byte {pos}, between two members, without its "
+                               "end-of-archive marker: it was cut short")
+        if header == _ZERO_BLOCK:
+            _check_end(fh, pos)
+            return
         if not _checksum_ok(header):
-            raise TarHeaderError("bad header checksum" + (" (not a tar file?)" if first else ""))
-        first = False
+            raise TarHeaderError(f"bad header checksum at byte {pos}" + (" (not a tar file?)" if pos == 0 else ""))
         kind = header[156:157]
         fields = {**pax_global, **pax} if pax_global else pax
-        size = _number(header[124:136])
-        if "size" in fields and kind in _REGULAR:
-            try:
-                size = int(fields["size"])
-            except ValueError as err:
-                raise TarHeaderError(f"bad pax size {fields['size']!r}") from err
+        size = _member_size(header, kind, fields, pos)
         pad = -size % BLOCK
+        pos += BLOCK
+        if end is not None and pos + size + pad > end:
+            raise TarTruncated(f"unexpected end of data: the header at byte {pos - BLOCK} gives a size of {size} "
+                               f"bytes, past the end of the file at byte {end} (cut short, or a damaged size field)")
         if headers_only and kind in _REGULAR:
             data = b""
-            _skip(fh, size + pad, end)
+            if end is None:
+                _read_exact(fh, size + pad, "a member", False)  # a stream: read (and drop) the data
+            else:
+                fh.seek(size + pad, os.SEEK_CUR)
         else:
-            data = _read_exact(fh, size, "a member") if size else b""
+            data = _read_exact(fh, size, "a member", end is not None) if size else b""
             if pad:
-                _read_exact(fh, pad, "a member's padding")
+                _read_exact(fh, pad, "a member's padding", True)
+        pos += size + pad
         if kind == b"x":
             pax = _pax_records(data)
         elif kind == b"g":
