@@ -20,17 +20,24 @@ problem:
 
 Errors are :class:`tarfile.ReadError` subclasses (:class:`TarTruncated`, :class:`TarHeaderError`),
 so callers handle them like ``tarfile``'s.
+
+On top of the members: :func:`group_samples` groups them into WebDataset samples (and refuses a
+shard whose names are out of WebDataset order), :func:`tar_samples` reads a shard's samples, and
+:func:`shard_sha256` hashes a shard's bytes as stored, as the packer's manifest records them.
 """
 from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import io
 import lzma
 import os
 import tarfile
 import zlib
-from typing import Any, BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from webdataset.tariterators import base_plus_ext
 
 BLOCK = 512
 #: the largest read this reader asks of a stream whose length it does not know
@@ -43,7 +50,7 @@ READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
 _DECOMPRESSORS: tuple[tuple[bytes, Any], ...] = (
     (b"\x1f\x8b", lambda fh: gzip.GzipFile(fileobj=fh, mode="rb")),
     (b"BZh", lambda fh: bz2.BZ2File(fh, "rb")),
-    (b"\xfd7zXZ", lambda fh: lzma.LZMAFile(fh, "rb")))
+    (b"\xfd7zXZ", lambda fh: lzma.LZMAFile(fh, "rb")))  # noqa: SIM115 - closed by _Decompressed
 
 
 class TarTruncated(tarfile.ReadError):
@@ -95,7 +102,7 @@ class _Decompressed:
         finally:
             self._under.close()
 
-    def __enter__(self) -> "_Decompressed":
+    def __enter__(self) -> _Decompressed:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -304,3 +311,69 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
                         name = f"{prefix}/{name}"
                 yield name, data
             pax, long_name = {}, None
+
+
+class ShardLayoutError(tarfile.ReadError):
+    """A shard's members are not in WebDataset order: a key comes back after other keys, or a
+    sample holds the same member twice (damaged names, or two samples merged)."""
+
+
+def group_samples(files: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
+    """WebDataset samples ``{"__key__": key, ext: data, ...}`` from ``(name, data)`` in archive order.
+
+    A sample is yielded once the next sample's first member (or the end of the archive) has been
+    read, so a sample cut short by damage is never yielded. Members without an extension are
+    ignored, as WebDataset does.
+
+    Raises:
+        ShardLayoutError: a key that comes back after another key, a member twice in one sample, or
+            a member named like a WebDataset field (``key.__url__``).
+    """
+    seen: set[str] = set()
+    current: dict[str, Any] | None = None
+    for name, data in files:
+        key, ext = base_plus_ext(name)
+        if key is None:
+            continue
+        ext = ext.lower()
+        if ext.startswith("__"):
+            raise ShardLayoutError(f"member {name!r} has a reserved extension (WebDataset keeps '__' names for "
+                                   "its own fields)")
+        if current is not None and current["__key__"] == key:
+            if ext in current:
+                raise ShardLayoutError(f"member {name!r} is in the shard twice")
+            current[ext] = data
+            continue
+        if key in seen:
+            raise ShardLayoutError(f"member {name!r} belongs to sample {key!r}, which ended earlier in the shard")
+        if current is not None:
+            yield current
+        seen.add(key)
+        current = {"__key__": key, ext: data}
+    if current is not None:
+        yield current
+
+
+def tar_samples(shard: str, hasher: Any = None) -> Iterator[dict[str, Any]]:
+    """Raw WebDataset samples ``{"__key__", ext: bytes, ..., "__url__": shard}`` of a tar shard
+    (see :func:`group_samples`); with ``hasher``, every byte of the stored file goes through it.
+
+    Raises:
+        tarfile.ReadError: (one of :data:`READ_ERRORS`) the shard is damaged.
+    """
+    with open_tar_stream(shard, hasher=hasher) as fh:
+        for raw in group_samples(iter_tar_files(fh)):
+            raw["__url__"] = shard
+            yield raw
+        if hasher is not None:
+            while fh.read(CHUNK):  # bytes after the archive's end count in the file's hash too
+                pass
+
+
+def shard_sha256(shard: str | os.PathLike) -> str:
+    """sha256 of the shard's bytes as stored (what the packer's manifest records)."""
+    h = hashlib.sha256()
+    with open_tar_stream(shard, decompress=False) as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
