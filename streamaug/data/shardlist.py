@@ -191,12 +191,14 @@ class ShardInfo:
         selected: samples the stream will take from it (``count``, or those ``select`` keeps).
         sha256: the manifest's sha256 of the shard file, or None.
         damage: what the scan found wrong (only with ``on_error`` "skip"/"warn"), else None.
+        readable: complete samples the scan found before the damage (None: not scanned).
     """
 
     count: int | None
     selected: int | None
     sha256: str | None = None
     damage: str | None = None
+    readable: int | None = None
 
 
 def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
@@ -220,12 +222,12 @@ def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Calla
         if select is not None:
             scan = scan_shard(shard)
             selected = sum(m is not None and bool(select(k, m)) for k, m in scan.entries)
-            info = ShardInfo(scan.count if listed is None else listed, selected, sha, scan.damage)
+            info = ShardInfo(scan.count if listed is None else listed, selected, sha, scan.damage, scan.count)
         elif listed is not None or not count:
             info = ShardInfo(listed, listed, sha)
         else:
             scan = scan_shard(shard, metadata=False)
-            info = ShardInfo(scan.count, scan.count, sha, scan.damage)
+            info = ShardInfo(scan.count, scan.count, sha, scan.damage, scan.count)
         if info.damage is not None and on_error == "raise":
             raise ShardError(f"cannot list shard {shard}: {info.damage}. The file is truncated or not a tar; "
                              "re-pack it, or pass on_error='skip' to count the samples before the damage and skip "

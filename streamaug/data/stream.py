@@ -34,6 +34,7 @@ from streamaug.io.errors import SampleError, ShardError
 from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, shard_infos
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
+_PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)
 STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded", "lost_samples")
 
 
@@ -313,16 +314,38 @@ class XRayShards(torch.utils.data.IterableDataset):
         from streamaug.data.distributed import rank_world
 
         world = rank_world()[1] if self.distributed else 1
-        plan = plan_epoch(self.counts, world=world, num_workers=max(1, num_workers), seed=self.seed,
-                          epoch=self.epoch, shuffle=self.shuffle, equalize=self.equalize, batch_size=self.batch_size)
-        return sum(p.quota for p in plan[0])
+        return sum(p.quota for p in self._plan(world, max(1, num_workers), self.epoch)[0])
+
+    def _plan(self, world: int, num_workers: int, epoch: int) -> list[list[Any]]:
+        try:
+            return plan_epoch(self.counts, world=world, num_workers=num_workers, seed=self.seed, epoch=epoch,
+                              shuffle=self.shuffle, equalize=self.equalize, batch_size=self.batch_size)
+        except ShardError as err:
+            damaged = [s for s, info in zip(self.shards, self.infos) if info.damage and not info.selected]
+            if not damaged:
+                raise
+            raise ShardError(f"shards {damaged} are damaged and hold no usable sample, so: {err}") from err
+
+    def _report_damage(self, i: int) -> None:
+        """Count shard ``i``, found damaged when it was listed, as bad (once per epoch, by one reader)."""
+        info = self.infos[i]
+        lost = info.count - info.readable if info.count is not None and info.readable is not None else 0
+        self._counters.add("bad_shards")
+        self._counters.add("lost_samples", lost)
+        if self.on_error == "warn":
+            warnings.warn(f"skipping the rest of shard {self.shards[i]} after its {info.readable} complete samples "
+                          f"({lost} samples lost): {info.damage}", stacklevel=2)
 
     # -- the pipeline --------------------------------------------------------------------------
     def _read(self, i: int, report: bool = True) -> Iterator[dict[str, Any]]:
         """Raw samples of shard ``i`` that ``select`` keeps (``report``: count what is bad)."""
         info = self.infos[i]
-        raws = read_tar(self.shards[i], self.on_error, self._counters, expected=info.count, sha256=info.sha256,
-                        verify=self.verify, report=report)
+        if info.damage is not None:  # found when listing: counted now, reading stops at the same place
+            if report:
+                self._report_damage(i)
+            report = False
+        raws = read_tar(self.shards[i], self.on_error, self._counters, expected=info.readable or info.count,
+                        sha256=info.sha256, verify=self.verify, report=report)
         return raws if self.select is None else self._selected(raws, report)
 
     def _selected(self, raws: Iterable[dict[str, Any]], report: bool) -> Iterator[dict[str, Any]]:
@@ -361,14 +384,15 @@ class XRayShards(torch.utils.data.IterableDataset):
                     i = int(rng.integers(len(self.shards)))
                     yield from shuffle_buffer(self._read(i), self.buffer_size, rng)
             return forever(), quota
-        plan = plan_epoch(self.counts, world=slot.world, num_workers=slot.num_workers, seed=self.seed, epoch=epoch,
-                          shuffle=self.shuffle, equalize=self.equalize, batch_size=self.batch_size)[slot.rank][slot.worker]
-        # Damaged shards with nothing to read are in no plan: one reader each still reads (and counts) them.
+        plan = self._plan(slot.world, slot.num_workers, epoch)[slot.rank][slot.worker]
+        # Damaged shards with nothing to read are in no plan: one reader each counts them.
         orphans = [i for i, info in enumerate(self.infos) if info.damage and not info.selected]
-        first = orphans[slot.index::slot.total] + list(plan.shards)
+        first = list(plan.shards)
         n_passes = 1 if self.equalize == "none" else 1 << 30
 
-        def passes() -> Iterator[dict[str, Any]]:
+        def passes() -> Iterator[Any]:
+            for i in orphans[slot.index::slot.total]:
+                self._report_damage(i)
             shards = first
             for n_pass in range(n_passes):  # pass 0 is the data; later passes pad to the quota
                 before, readable = progress[0], []
@@ -380,6 +404,7 @@ class XRayShards(torch.utils.data.IterableDataset):
                         yield raw
                     if got:
                         readable.append(i)
+                yield _PASS_END
                 shards = readable  # padding re-reads only shards that gave samples
                 if progress[0] == before and n_passes > 1:
                     names = [self.shards[i] for i in first]
@@ -417,11 +442,20 @@ class XRayShards(torch.utils.data.IterableDataset):
             self.sites.set_epoch(epoch)
         progress = [0]
         raws, quota = self._raw_passes(epoch, progress)
-        position = -1
-        while quota is None or yielded < quota:  # checked before reading on: no shard opened for nothing
+        position, n_pass = -1, 0
+        drain = not self.resampled  # a planned epoch reads its data pass out (passes end with _PASS_END)
+        while quota is None or yielded < quota or (drain and n_pass == 0):  # no padding pass started for nothing
             raw = next(raws, None)
             if raw is None:
                 return
+            if raw is _PASS_END:
+                n_pass += 1
+                continue
+            if quota is not None and yielded >= quota:
+                # The quota was met before the end of the data pass: the shards hold more samples than
+                # they list. Read the pass out, unyielded, so its shards' checks run and count them.
+                self._counters.add("lost_samples")
+                continue
             position += 1
             if position < consumed:
                 progress[0] += 1
