@@ -120,6 +120,16 @@ def test_resume_with_stateful_dataloader_is_exact(tmp_path, num_workers):
     assert sorted(full) == [f"k{i:06d}" for i in range(40)]
 
 
+def test_resume_at_the_end_of_an_epoch_yields_nothing_and_loses_nothing(tmp_path):
+    write_shards(tmp_path, n=10, shard_size=5)
+    ds = XRayShards(tmp_path, seed=2)
+    assert len(keys_of(ds)) == 10
+    state = ds.state_dict()
+    again = XRayShards(tmp_path, seed=2)
+    again.load_state_dict(state)
+    assert keys_of(again) == [] and again.stats["lost_samples"] == 0 and again.stats["yielded"] == 0
+
+
 def _corrupt_shard(path, good=3):
     with tarfile.open(path, "w") as tar:
         for i in range(good + 1):

@@ -2,8 +2,8 @@
 
 Stages, each a generator (``iterator -> iterator``), in the order a sample meets them::
 
-    plan (shards -> this reader) -> read tar -> shuffle buffer -> [resume skip] -> decode
-        -> resize -> propose sites -> yield
+    plan (shards -> this reader) -> [verify sha256] -> read tar (count check) -> shuffle buffer
+        -> [resume skip] -> decode -> resize -> propose sites -> yield
 
 Shuffling works on raw bytes, before decoding, so a resumed stream skips already-seen samples
 without decoding them. Example with a ``DataLoader``::
@@ -219,9 +219,12 @@ class XRayShards(torch.utils.data.IterableDataset):
             cached read; constant memory), ``"buffer"`` reads it once, holding one shard's samples
             in memory until the hash is checked (for shards that are costly to read twice),
             ``False`` does not check. Shards without a recorded sha256 are read unchecked. The
-            default is on because ``benchmarks/verify.py`` measured hashing as a small cost beside
-            decoding (the figures are in ``benchmarks/RESULTS.md``), while an altered shard
-            otherwise yields changed images and labels without a word.
+            default is on, hashing first, because in ``benchmarks/verify.py``'s side-by-side runs
+            (run it on your shards) hashing cost about as much as the run-to-run noise beside
+            decoding the same bytes (sha256 runs at about a GB/s on one core), while an altered
+            shard otherwise yields changed images and labels without a word; and hashing first
+            keeps memory flat whatever the shard size, where ``"buffer"``, no slower, holds a
+            whole shard per reader (GBs for a 1,000-sample shard of large DICOMs).
         batch_size: the ``DataLoader``'s batch size, for equal *batches* per rank (see below).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
@@ -298,10 +301,13 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counts shared across workers: ``yielded``, ``skipped_samples`` (bad samples skipped),
-        ``bad_shards`` (bad shards cut short or skipped), ``lost_samples`` (samples the manifest or
-        a scan lists for those shards that were not read), ``padded`` (re-read for equal ranks).
-        Without padding, ``yielded - padded + skipped_samples + lost_samples`` is every listed sample."""
+        """Counts shared across workers, summed over epochs: ``yielded``, ``skipped_samples`` (bad
+        samples skipped), ``bad_shards`` (bad shards cut short or skipped), ``lost_samples`` (samples
+        listed for bad shards that were not read), ``padded`` (re-read for equal ranks).
+
+        Each epoch every sample the manifest lists is yielded once (``yielded - padded``), skipped
+        or lost. Without a manifest a shard's count comes from a scan, which cannot see samples
+        after a damage: they are not counted, but the shard is, in ``bad_shards``."""
         return self._counters.as_dict()
 
     def samples_per_rank(self, num_workers: int = 1) -> int | None:
@@ -344,8 +350,9 @@ class XRayShards(torch.utils.data.IterableDataset):
             if report:
                 self._report_damage(i)
             report = False
-        raws = read_tar(self.shards[i], self.on_error, self._counters, expected=info.readable or info.count,
-                        sha256=info.sha256, verify=self.verify, report=report)
+        expected = info.readable if info.damage is not None else info.count
+        raws = read_tar(self.shards[i], self.on_error, self._counters, expected=expected, sha256=info.sha256,
+                        verify=self.verify, report=report)
         return raws if self.select is None else self._selected(raws, report)
 
     def _selected(self, raws: Iterable[dict[str, Any]], report: bool) -> Iterator[dict[str, Any]]:
@@ -451,14 +458,14 @@ class XRayShards(torch.utils.data.IterableDataset):
             if raw is _PASS_END:
                 n_pass += 1
                 continue
+            position += 1
+            if position < consumed:
+                progress[0] += 1
+                continue
             if quota is not None and yielded >= quota:
                 # The quota was met before the end of the data pass: the shards hold more samples than
                 # they list. Read the pass out, unyielded, so its shards' checks run and count them.
                 self._counters.add("lost_samples")
-                continue
-            position += 1
-            if position < consumed:
-                progress[0] += 1
                 continue
             self._state["consumed"] = position + 1
             sample = self._decode(raw)
