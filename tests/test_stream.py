@@ -173,17 +173,23 @@ def test_truncated_shard_raises_or_is_cut_never_hangs(tmp_path):
     assert ds.stats["lost_samples"] == 8 - len(got)
 
 
+class Hang(BaseException):
+    """Not an Exception (TimeoutError is an OSError, which a stream's error policy may swallow)."""
+
+
 def within(seconds, fn, *args):
-    """``fn(*args)``, or TimeoutError after ``seconds`` (a hang fails the test instead of the run)."""
+    """``fn(*args)``, or :class:`Hang` after ``seconds`` (a hang fails the test instead of the run)."""
     import signal
 
     def expire(*_):
-        raise TimeoutError(f"no result in {seconds} s")
+        raise Hang(f"no result in {seconds} s")
 
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
         return fn(*args)
+    except Hang:
+        pytest.fail(f"no result in {seconds} s: a hang")
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
