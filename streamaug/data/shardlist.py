@@ -1,4 +1,5 @@
-"""Shard listing, per-shard sample counts, and the assignment of shards to readers.
+"""Shard listing, per-shard sample counts, reading a shard against them, and the assignment of
+shards to readers.
 
 A *reader* is one DataLoader worker of one rank (:class:`streamaug.data.distributed.Slot`). The
 assignment is a pure function of the shard list, their sample counts, ``(seed, epoch)`` and the
@@ -8,17 +9,20 @@ others, and a resumed run recomputes it exactly.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
+import tarfile
+import warnings
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from streamaug.io.errors import ShardError
-from streamaug.io.tar import READ_ERRORS, group_samples, iter_tar_files, open_tar_stream
+from streamaug.io.tar import READ_ERRORS, group_samples, iter_tar_files, open_tar_stream, shard_sha256, tar_samples
 
 MANIFEST = "manifest.json"
 
@@ -240,6 +244,62 @@ def shard_counts(shards: Sequence[str]) -> list[int]:
     """Samples per shard: from the packer's ``manifest.json`` when it lists the shard, else by
     reading the tar headers (one pass over each shard, once per process)."""
     return [int(i.count or 0) for i in shard_infos(shards)]
+
+
+class ShardCheckError(tarfile.ReadError):
+    """A shard that reads as a tar but differs from its manifest: another sha256 or sample count."""
+
+
+def _verified(shard: str, sha256: str, how: bool | str) -> Iterable[dict[str, Any]]:
+    """The shard's raw samples once its bytes match ``sha256``: hashed first (``True``, a second
+    read of the file) or read once into memory while hashing (``"buffer"``)."""
+    if how == "buffer":
+        h = hashlib.sha256()
+        samples = list(tar_samples(shard, h))
+        digest = h.hexdigest()
+    else:
+        digest, samples = shard_sha256(shard), None
+    if digest != sha256:
+        raise ShardCheckError(f"its sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}...: the "
+                              "file changed after packing")
+    return samples if samples is not None else tar_samples(shard)
+
+
+def read_tar(shard: str, on_error: str, counters: Any, *, expected: int | None = None,
+             sha256: str | None = None, verify: bool | str = False, report: bool = True) -> Iterator[dict[str, Any]]:
+    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one tar shard, in file order.
+
+    A shard is bad when it is truncated or corrupt, its members are out of WebDataset order,
+    it holds another number of samples than ``expected`` (the manifest's or a scan's count), or
+    (``verify`` and a ``sha256``) its bytes differ from the manifest's: then no sample of it
+    is yielded, the hash being checked before the first one. A bad shard raises
+    :class:`ShardError` (``on_error="raise"``) or ends there, its partial last sample dropped,
+    counting it in ``bad_shards`` and the samples it was to hold in ``lost_samples``
+    (``report=False``: not counted, a padding pass re-reading a shard already counted) through
+    ``counters.add(name, value)``.
+    """
+    n, key = 0, None
+    try:
+        source = _verified(shard, sha256, verify) if verify and sha256 else tar_samples(shard)
+        for raw in source:
+            n, key = n + 1, raw["__key__"]
+            if expected is not None and n > expected and on_error == "raise":
+                raise ShardCheckError(f"it holds more samples than the {expected} listed for it")
+            yield raw
+        if expected is not None and n != expected:
+            raise ShardCheckError(f"it holds {n} complete samples, not the {expected} listed for it")
+    except READ_ERRORS as err:
+        at = f" after key {key!r}" if key is not None else ""
+        if on_error == "raise":
+            raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
+                             "on_error='skip' to count and skip the damaged part.") from err
+        if report:
+            counters.add("bad_shards")
+            lost = max(0, expected - n) if expected is not None else 0
+            counters.add("lost_samples", lost)
+            if on_error == "warn":
+                of = f" of the {expected} listed for it" if expected is not None else ""
+                warnings.warn(f"skipping the rest of shard {shard}{at} ({lost} samples{of} lost): {err}", stacklevel=2)
 
 
 @dataclass(frozen=True)

@@ -16,11 +16,9 @@ without decoding them. Example with a ``DataLoader``::
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import multiprocessing
-import tarfile
 import warnings
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
@@ -28,10 +26,9 @@ import numpy as np
 import torch
 
 from streamaug.data.distributed import Slot, current_slot
-from streamaug.io.tar import READ_ERRORS, shard_sha256, tar_samples
 from streamaug.io.labels import to_int_label
 from streamaug.io.errors import SampleError, ShardError
-from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, shard_infos
+from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, read_tar, shard_infos
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
 _PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)
@@ -63,61 +60,6 @@ class _Counters:
     def __setstate__(self, state: dict) -> None:
         self._arr = state["arr"] if state["arr"] is not None else multiprocessing.get_context().Array(
             "q", len(STAT_NAMES))
-
-
-class ShardCheckError(tarfile.ReadError):
-    """A shard that reads as a tar but differs from its manifest: another sha256 or sample count."""
-
-
-def _verified(shard: str, sha256: str, how: bool | str) -> Iterable[dict[str, Any]]:
-    """The shard's raw samples once its bytes match ``sha256``: hashed first (``True``, a second
-    read of the file) or read once into memory while hashing (``"buffer"``)."""
-    if how == "buffer":
-        h = hashlib.sha256()
-        samples = list(tar_samples(shard, h))
-        digest = h.hexdigest()
-    else:
-        digest, samples = shard_sha256(shard), None
-    if digest != sha256:
-        raise ShardCheckError(f"its sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}...: the "
-                              "file changed after packing")
-    return samples if samples is not None else tar_samples(shard)
-
-
-def read_tar(shard: str, on_error: str, counters: _Counters, *, expected: int | None = None,
-             sha256: str | None = None, verify: bool | str = False, report: bool = True) -> Iterator[dict[str, Any]]:
-    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one tar shard, in file order.
-
-    A shard is bad when it is truncated or corrupt, its members are out of WebDataset order,
-    it holds another number of samples than ``expected`` (the manifest's or a scan's count), or
-    (``verify`` and a ``sha256``) its bytes differ from the manifest's: then no sample of it
-    is yielded, the hash being checked before the first one. A bad shard raises
-    :class:`ShardError` (``on_error="raise"``) or ends there, its partial last sample dropped,
-    counting it in ``bad_shards`` and the samples it was to hold in ``lost_samples``
-    (``report=False``: not counted, a padding pass re-reading a shard already counted).
-    """
-    n, key = 0, None
-    try:
-        source = _verified(shard, sha256, verify) if verify and sha256 else tar_samples(shard)
-        for raw in source:
-            n, key = n + 1, raw["__key__"]
-            if expected is not None and n > expected and on_error == "raise":
-                raise ShardCheckError(f"it holds more samples than the {expected} listed for it")
-            yield raw
-        if expected is not None and n != expected:
-            raise ShardCheckError(f"it holds {n} complete samples, not the {expected} listed for it")
-    except READ_ERRORS as err:
-        at = f" after key {key!r}" if key is not None else ""
-        if on_error == "raise":
-            raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
-                             "on_error='skip' to count and skip the damaged part.") from err
-        if report:
-            counters.add("bad_shards")
-            lost = max(0, expected - n) if expected is not None else 0
-            counters.add("lost_samples", lost)
-            if on_error == "warn":
-                of = f" of the {expected} listed for it" if expected is not None else ""
-                warnings.warn(f"skipping the rest of shard {shard}{at} ({lost} samples{of} lost): {err}", stacklevel=2)
 
 
 def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
