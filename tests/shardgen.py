@@ -71,3 +71,14 @@ def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesio
             {"format": "streamaug-shards/1", "splits": {"all": {"shards": entries, "count": n}},
              "lesion_boxes": []}))
     return paths
+
+
+def set_size_field(data: bytes, name: bytes, field: bytes) -> bytes:
+    """Tar ``data`` with the size field of the header that holds ``name`` set to ``field`` (12 bytes)
+    and its checksum fixed, so only the size is wrong."""
+    out = bytearray(data)
+    at = data.find(name) // 512 * 512
+    out[at + 124:at + 136] = field
+    out[at + 148:at + 156] = b" " * 8
+    out[at + 148:at + 156] = b"%06o\0 " % sum(out[at:at + 512])
+    return bytes(out)

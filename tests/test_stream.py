@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from shardgen import png_bytes, tiny_image, write_shards
+from shardgen import png_bytes, set_size_field, tiny_image, write_shards
 from streamaug import XRayShards, collate_xray
 from streamaug.data.shardlist import ShardError, plan_epoch
 from streamaug.data.stream import SampleError
@@ -177,8 +177,8 @@ class Hang(BaseException):
     """Not an Exception (TimeoutError is an OSError, which a stream's error policy may swallow)."""
 
 
-def within(seconds, fn, *args):
-    """``fn(*args)``, or :class:`Hang` after ``seconds`` (a hang fails the test instead of the run)."""
+def within(seconds, fn, *args, **kwargs):
+    """``fn(*args, **kwargs)``, or :class:`Hang` after ``seconds`` (a hang fails the test instead of the run)."""
     import signal
 
     def expire(*_):
@@ -187,7 +187,7 @@ def within(seconds, fn, *args):
     old = signal.signal(signal.SIGALRM, expire)
     signal.setitimer(signal.ITIMER_REAL, seconds)
     try:
-        return fn(*args)
+        return fn(*args, **kwargs)
     except Hang:
         pytest.fail(f"no result in {seconds} s: a hang")
     finally:
@@ -271,6 +271,21 @@ def test_shards_that_lose_samples_quietly_are_bad_shards(tmp_path, damage):
     natural = st["yielded"] - st["padded"]
     assert natural == READ_BEFORE[damage] and got[:3] == [f"k{i:06d}" for i in range(3)]
     assert natural + st["lost_samples"] == 10 and st["skipped_samples"] == 0
+
+
+@pytest.mark.parametrize("field", [b"\x80" + (1 << 40).to_bytes(11, "big"), b"\xff" + bytes(10) + b"\x01",
+                                   b"%011o\0" % (8 << 30)], ids=["1 TiB", "negative", "8 GiB"])
+@pytest.mark.parametrize("manifest", [True, False])
+def test_bogus_sizes_name_the_shard_or_are_skipped(tmp_path, field, manifest):
+    """Before: MemoryError, ValueError or an 8 GiB read buffer, not naming the shard and not skipped;
+    without a manifest a negative size made counting re-read one header forever."""
+    (path,) = write_shards(tmp_path, n=6, shard_size=6, manifest=manifest)
+    path.write_bytes(set_size_field(path.read_bytes(), b"k000003.png", field))
+    with pytest.raises(ShardError, match=r"t-000000\.tar"):
+        within(20, lambda: list(XRayShards(path, shuffle=False)))
+    ds = within(20, XRayShards, path, shuffle=False, on_error="skip", equalize="none")
+    assert keys_of(within(20, list, ds)) == ["k000000", "k000001"]  # k000002 ends where the damage begins
+    assert ds.stats["bad_shards"] == 1 and ds.stats["lost_samples"] == (4 if manifest else 0)
 
 
 def _change_one_label(path):

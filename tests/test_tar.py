@@ -7,6 +7,7 @@ import tarfile
 
 import pytest
 
+from shardgen import set_size_field
 from streamaug.io.tar import CHUNK, TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
 
 FILES = [("k1.png", b"\x89PNG" * 300), ("k1.json", b'{"label": 1}'), ("k2.png", b""),
@@ -97,17 +98,6 @@ def test_zeroed_header_is_damage_not_the_end(tmp_path, mode, suffix):
         _read(end)
 
 
-def _with_size(data: bytes, name: bytes, field: bytes) -> bytes:
-    """``data`` with the size field of the header that holds ``name`` set to ``field`` (12 bytes) and
-    its checksum fixed, so only the size is wrong."""
-    out = bytearray(data)
-    at = data.find(name) // 512 * 512
-    out[at + 124:at + 136] = field
-    out[at + 148:at + 156] = b" " * 8
-    out[at + 148:at + 156] = b"%06o\0 " % sum(out[at:at + 512])
-    return bytes(out)
-
-
 def _octal(n: int) -> bytes:
     return b"%011o\0" % n
 
@@ -128,7 +118,7 @@ def test_bogus_size_fields_raise_a_tar_error_and_cost_no_memory(tmp_path, what, 
 
     clean = _write(tmp_path / "c.tar", tarfile.GNU_FORMAT).read_bytes()
     field = BOGUS_SIZES[what] or _octal(len(clean))  # only a few KB past the end of the file
-    data = _with_size(clean, b"k1.json", field)
+    data = set_size_field(clean, b"k1.json", field)
     path = tmp_path / f"s{suffix}"
     path.write_bytes(gzip.compress(data) if suffix == ".tar.gz" else data)
     for headers_only in (False, True):
@@ -156,7 +146,7 @@ def test_bad_pax_sizes_raise_header_errors(tmp_path, value):
     record = str(n).encode() + body
     raw = buf.getvalue()
     assert raw[512:521] == b"9 size=3\n"  # the pax header's one record
-    x_header = _with_size(raw[:512], raw[:100].rstrip(b"\0"), _octal(len(record)))
+    x_header = set_size_field(raw[:512], raw[:100].rstrip(b"\0"), _octal(len(record)))
     path = tmp_path / "s.tar"
     path.write_bytes(x_header + record + bytes(-len(record) % 512) + raw[1024:])
     with pytest.raises((TarHeaderError, TarTruncated)):
