@@ -2,7 +2,8 @@
 
 Each variant of a clean shard (byte flips in headers and data, truncations, zeroed blocks, bogus
 sizes, pax sizes, gzip damage, crafted members) is streamed with ``on_error="raise"`` and
-``"skip"``, with and without ``verify``, under a time limit, and checked:
+``"skip"``, with and without ``verify``, without a manifest (counts from a header scan) and with
+``select`` (counts from a JSON scan), under a time limit, and checked:
 
 * no hang, no memory blow-up (the tar reader's peak allocation is bounded), no error that does
   not name the shard;
@@ -33,6 +34,7 @@ _TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(_TESTS), str(_TESTS.parent)]  # shardgen, and this checkout's streamaug when run as a script
 from shardgen import write_manifest, write_shards  # noqa: E402
 from streamaug import XRayShards  # noqa: E402
+from streamaug.data.select import KeySelect  # noqa: E402
 from streamaug.io.errors import SampleError, ShardError  # noqa: E402
 from streamaug.io.tar import READ_ERRORS, tar_samples  # noqa: E402
 
@@ -245,7 +247,7 @@ def _same(a: dict, b: dict) -> bool:
 
 
 def stream_once(folder: Path, shard: Path, clean: Clean, *, on_error: str, verify: bool, manifest: bool,
-                workers: int = 0, extra: int = 0) -> dict:
+                workers: int = 0, extra: int = 0, select: bool = False) -> dict:
     """Stream ``folder`` once; return the outcome and every problem found (``problems``)."""
     expected = N + extra
     out: dict = {"problems": [], "outcome": "ok", "changed": 0}
@@ -254,7 +256,8 @@ def stream_once(folder: Path, shard: Path, clean: Clean, *, on_error: str, verif
 
     def run() -> None:
         nonlocal ds
-        ds = XRayShards(folder, shuffle=False, on_error=on_error, verify=verify, seed=1)
+        ds = XRayShards(folder, shuffle=False, on_error=on_error, verify=verify, seed=1,
+                        select=KeySelect(None) if select else None)  # select: counts from a JSON scan
         if workers:
             it = iter(torch.utils.data.DataLoader(ds, batch_size=None, num_workers=workers, timeout=LIMIT_S))
             try:
@@ -351,15 +354,15 @@ def fuzz(root: Path, n: int, *, workers_every: int = 0, seed: int = 0, log=None)
         figures["tar errors"] += tar_error is not None
         if peak > 4 << 20:
             problems.append((what, f"the tar reader allocated {peak} bytes"))
-        runs = [("raise", False, True), ("skip", False, True), ("raise", True, True), ("skip", True, True),
-                ("skip", False, False)]
-        for on_error, verify, manifest in runs:
+        runs = [("raise", False, True, False), ("skip", False, True, False), ("raise", True, True, False),
+                ("skip", True, True, False), ("skip", False, False, False), ("skip", False, True, True)]
+        for on_error, verify, manifest, select in runs:
             (folder / "manifest.json").unlink(missing_ok=True)
             if manifest:
                 shard.write_bytes(clean_bytes)
                 write_manifest(folder, [shard], [N])
                 shard.write_bytes(data)
-            res = stream_once(folder, shard, clean, on_error=on_error, verify=verify, manifest=manifest)
+            res = stream_once(folder, shard, clean, on_error=on_error, verify=verify, manifest=manifest, select=select)
             figures["runs"] += 1
             figures[f"outcome {res['outcome']}"] += 1
             quiet = res["outcome"] == "ok" and not (res["stats"]["bad_shards"] or res["stats"]["skipped_samples"])
@@ -367,7 +370,8 @@ def fuzz(root: Path, n: int, *, workers_every: int = 0, seed: int = 0, log=None)
                 figures["verify=False: changed samples yielded without a word"] += 1
             if not manifest and quiet and res["missing"]:  # a tar that reads as whole: only a manifest can tell
                 figures["no manifest: samples missing without a word"] += 1
-            problems += [(what, f"{on_error} verify={verify} manifest={manifest}: {p}") for p in res["problems"]]
+            problems += [(what, f"{on_error} verify={verify} manifest={manifest} select={select}: {p}")
+                         for p in res["problems"]]
         if workers_every and v % workers_every == 0:
             dl = root / f"w{v}"
             dl.mkdir()
@@ -398,7 +402,7 @@ def test_fuzz_variants_cover_every_kind(tmp_path):
 
 
 def test_fuzz_shards(tmp_path):
-    """120 variants x 5 runs in-process, every 10th also through 2 DataLoader workers: no problem."""
+    """120 variants x 6 runs in-process, every 10th also through 2 DataLoader workers: no problem."""
     result = fuzz(tmp_path, 120, workers_every=10)
     assert result["problems"] == [], "\n".join(f"{w}: {p}" for w, p in result["problems"][:20])
     assert result["figures"]["runs with 2 DataLoader workers"] == 24

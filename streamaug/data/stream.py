@@ -301,7 +301,9 @@ class XRayShards(torch.utils.data.IterableDataset):
         for raw in raws:
             try:
                 meta = json.loads(raw["json"]) if "json" in raw else {}
-            except (ValueError, UnicodeDecodeError) as err:
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            except (ValueError, UnicodeDecodeError) as err:  # the scan did not count it either
                 where = f"sample {raw['__key__']!r} of shard {raw['__url__']}"
                 if self.on_error == "raise":
                     raise SampleError(f"{where}: its JSON does not parse ({err}). Re-pack the shard, or pass "
@@ -309,7 +311,7 @@ class XRayShards(torch.utils.data.IterableDataset):
                 if report:
                     self._counters.add("skipped_samples")
                 continue
-            if self.select(raw["__key__"], meta if isinstance(meta, dict) else {}):
+            if self.select(raw["__key__"], meta):
                 yield raw
 
     def _raw_passes(self, epoch: int, progress: list[int]) -> tuple[Iterator[dict[str, Any]], int | None]:
