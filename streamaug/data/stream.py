@@ -162,11 +162,11 @@ class XRayShards(torch.utils.data.IterableDataset):
             in memory until the hash is checked (for shards that are costly to read twice),
             ``False`` does not check. Shards without a recorded sha256 are read unchecked. The
             default is on, hashing first, because in ``benchmarks/verify.py``'s side-by-side runs
-            (run it on your shards) hashing cost about as much as the run-to-run noise beside
-            decoding the same bytes (sha256 runs at about a GB/s on one core), while an altered
+            (run it on your shards) hashing cost a few percent of one core's decoding at most,
+            about the run-to-run noise (sha256 runs at about a GB/s per core), while an altered
             shard otherwise yields changed images and labels without a word; and hashing first
-            keeps memory flat whatever the shard size, where ``"buffer"``, no slower, holds a
-            whole shard per reader (GBs for a 1,000-sample shard of large DICOMs).
+            keeps memory flat whatever the shard size, where ``"buffer"``, measured no slower,
+            holds a whole shard per reader (GBs for a 1,000-sample shard of large DICOMs).
         batch_size: the ``DataLoader``'s batch size, for equal *batches* per rank (see below).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
