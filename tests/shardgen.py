@@ -15,6 +15,21 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def write_manifest(folder: Path, shards: list[Path], counts: list[int], *, sha256: bool = True) -> None:
+    """A packer-style ``manifest.json`` in ``folder`` listing ``shards`` (one split, ``all``)."""
+    entries = [{"name": Path(p).name, "count": c, **({"sha256": file_sha256(p)} if sha256 else {})}
+               for p, c in zip(shards, counts)]
+    (Path(folder) / "manifest.json").write_text(json.dumps(
+        {"format": "streamaug-shards/1", "splits": {"all": {"shards": entries, "count": sum(counts)}},
+         "lesion_boxes": []}))
+
+
 def tiny_image(i: int, size: int = 16) -> np.ndarray:
     """A deterministic 8-bit image whose top-left pixel encodes ``i``."""
     rng = np.random.default_rng(i)
@@ -25,10 +40,11 @@ def tiny_image(i: int, size: int = 16) -> np.ndarray:
 
 def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesion_every: int = 4,
                  manifest: bool = True, prefix: str = "t",
-                 box: tuple[int, int, int, int] = (2, 3, 9, 10)) -> list[Path]:
+                 box: tuple[int, int, int, int] = (2, 3, 9, 10), sha256: bool = False) -> list[Path]:
     """Write ``n`` samples (``k000000`` ...) into tar shards of ``shard_size`` samples.
 
-    Every ``lesion_every``-th sample is a lesion (label ``tumor``) with one box.
+    Every ``lesion_every``-th sample is a lesion (label ``tumor``) with one box. ``sha256``: the
+    manifest records each shard's sha256, as the packer's does.
     """
     import tarfile
 
@@ -48,8 +64,21 @@ def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesio
                     tar.addfile(info, io.BytesIO(data))
         paths.append(path)
         entries.append({"name": path.name, "count": len(keys)})
+        if sha256:
+            entries[-1]["sha256"] = file_sha256(path)
     if manifest:
         (folder / "manifest.json").write_text(json.dumps(
             {"format": "streamaug-shards/1", "splits": {"all": {"shards": entries, "count": n}},
              "lesion_boxes": []}))
     return paths
+
+
+def set_size_field(data: bytes, name: bytes, field: bytes) -> bytes:
+    """Tar ``data`` with the size field of the header that holds ``name`` set to ``field`` (12 bytes)
+    and its checksum fixed, so only the size is wrong."""
+    out = bytearray(data)
+    at = data.find(name) // 512 * 512
+    out[at + 124:at + 136] = field
+    out[at + 148:at + 156] = b" " * 8
+    out[at + 148:at + 156] = b"%06o\0 " % sum(out[at:at + 512])
+    return bytes(out)

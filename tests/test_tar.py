@@ -1,12 +1,14 @@
 """Tests for streamaug.io.tar: the fast tar reader agrees with tarfile and fails loudly on damage."""
 from __future__ import annotations
 
+import gzip
 import io
 import tarfile
 
 import pytest
 
-from streamaug.io.tar import TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
+from shardgen import set_size_field
+from streamaug.io.tar import CHUNK, TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
 
 FILES = [("k1.png", b"\x89PNG" * 300), ("k1.json", b'{"label": 1}'), ("k2.png", b""),
          ("d" * 60 + "/" + "e" * 70 + ".png", b"long path, ustar prefix or pax/GNU name"),
@@ -58,13 +60,97 @@ def test_ustar_prefix_and_integer_mtime(tmp_path):
     assert _read(path) == files == _reference(path) and len(files) == 4  # one name needs the prefix field
 
 
-def test_archive_without_end_blocks_ends_cleanly(tmp_path):
+def test_archive_cut_at_a_member_boundary_raises(tmp_path):
+    """tarfile reads a stream that stops between two members as a whole archive (a silent loss)."""
     path = _write(tmp_path / "s.tar", tarfile.PAX_FORMAT)
     data = path.read_bytes().rstrip(b"\0")
-    last = len(FILES[-1][1])
-    path.write_bytes(data + bytes(-len(data) % 512))  # cut the end-of-archive blocks only
-    assert len(data) % 512 == last % 512
+    data += bytes(-len(data) % 512)  # cut the end-of-archive blocks only
+    path.write_bytes(data)
+    assert _reference(path) == FILES
+    with pytest.raises(TarTruncated, match="between two members"):
+        _read(path)
+    path.write_bytes(data + bytes(512))  # one zero block of the two
+    with pytest.raises(TarTruncated, match="end-of-archive marker"):
+        _read(path)
+    path.write_bytes(data + bytes(1024))
     assert _read(path) == FILES
+    path.write_bytes(b"")
+    with pytest.raises(TarTruncated, match="empty"):
+        _read(path)
+
+
+@pytest.mark.parametrize("mode,suffix", [("w", ".tar"), ("w:gz", ".tar.gz")])
+def test_zeroed_header_is_damage_not_the_end(tmp_path, mode, suffix):
+    plain = _write(tmp_path / "p.tar", tarfile.GNU_FORMAT)
+    data = bytearray(plain.read_bytes())
+    start = data.find(b"k2.png")  # the header of a member in the middle
+    data[start:start + 512] = bytes(512)
+    path = tmp_path / f"s{suffix}"
+    path.write_bytes(gzip.compress(bytes(data)) if suffix == ".tar.gz" else bytes(data))
+    with tarfile.open(path) as tar:
+        assert [m.name for m in tar if m.isfile()] == ["k1.png", "k1.json"]  # tarfile: the rest is lost
+    for headers_only in (False, True):
+        with open_tar_stream(path) as fh, pytest.raises(TarHeaderError, match="zero block at byte .* followed by data"):
+            list(iter_tar_files(fh, headers_only=headers_only))
+    end = _write(tmp_path / "e.tar", tarfile.GNU_FORMAT)
+    end.write_bytes(end.read_bytes() + b"junk")  # data after the end-of-archive blocks
+    with pytest.raises(TarHeaderError, match="followed by data"):
+        _read(end)
+
+
+def _octal(n: int) -> bytes:
+    return b"%011o\0" % n
+
+
+def _base256(n: int) -> bytes:
+    return (b"\xff" + (n % (1 << 88)).to_bytes(11, "big")) if n < 0 else b"\x80" + n.to_bytes(11, "big")
+
+
+BOGUS_SIZES = {"8 GiB": _octal(8 << 30), "1 TiB": _base256(1 << 40), "2**87": _base256((1 << 87) - 1),
+               "negative": _base256(-1024), "not octal": b"-0000001000\0", "0o prefix": b"0o000001000\0",
+               "a little too big": None}
+
+
+@pytest.mark.parametrize("what", sorted(BOGUS_SIZES))
+@pytest.mark.parametrize("suffix", [".tar", ".tar.gz"])
+def test_bogus_size_fields_raise_a_tar_error_and_cost_no_memory(tmp_path, what, suffix):
+    import tracemalloc
+
+    clean = _write(tmp_path / "c.tar", tarfile.GNU_FORMAT).read_bytes()
+    field = BOGUS_SIZES[what] or _octal(len(clean))  # only a few KB past the end of the file
+    data = set_size_field(clean, b"k1.json", field)
+    path = tmp_path / f"s{suffix}"
+    path.write_bytes(gzip.compress(data) if suffix == ".tar.gz" else data)
+    for headers_only in (False, True):
+        tracemalloc.start()
+        try:
+            with open_tar_stream(path) as fh, pytest.raises((TarTruncated, TarHeaderError)):
+                list(iter_tar_files(fh, headers_only=headers_only))
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 * CHUNK, (what, peak)  # before: an 8 GiB read buffer, MemoryError or OverflowError
+
+
+@pytest.mark.parametrize("value", ["-3", "100000000000000000000", "1e20", " 3", "3_0", "9" * 5000])
+def test_bad_pax_sizes_raise_header_errors(tmp_path, value):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo("a.png")
+        info.size, info.pax_headers = 3, {"size": "3"}
+        tar.addfile(info, io.BytesIO(b"abc"))
+    body = f" size={value}\n".encode()
+    n = len(body) + 1
+    while len(str(n)) + len(body) != n:  # the length counts its own digits
+        n += 1
+    record = str(n).encode() + body
+    raw = buf.getvalue()
+    assert raw[512:521] == b"9 size=3\n"  # the pax header's one record
+    x_header = set_size_field(raw[:512], raw[:100].rstrip(b"\0"), _octal(len(record)))
+    path = tmp_path / "s.tar"
+    path.write_bytes(x_header + record + bytes(-len(record) % 512) + raw[1024:])
+    with pytest.raises((TarHeaderError, TarTruncated)):
+        _read(path)
 
 
 @pytest.mark.parametrize("where", ["header", "data"])

@@ -1,4 +1,5 @@
-"""Shard listing, per-shard sample counts, and the assignment of shards to readers.
+"""Shard listing, per-shard sample counts, reading a shard against them, and the assignment of
+shards to readers.
 
 A *reader* is one DataLoader worker of one rank (:class:`streamaug.data.distributed.Slot`). The
 assignment is a pure function of the shard list, their sample counts, ``(seed, epoch)`` and the
@@ -8,17 +9,21 @@ others, and a resumed run recomputes it exactly.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
+import tarfile
+import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
-from webdataset.tariterators import base_plus_ext
 
 from streamaug.io.errors import ShardError
-from streamaug.io.tar import READ_ERRORS, is_url, iter_tar_files, open_tar_stream
+from streamaug.io.tar import (READ_ERRORS, group_samples, is_url, iter_tar_files, open_tar_stream, shard_sha256,
+                              tar_samples)
 
 MANIFEST = "manifest.json"
 
@@ -96,60 +101,214 @@ def find_manifest(shard: str | os.PathLike) -> Path | None:
     return None
 
 
-def _manifest_counts(manifest_path: Path) -> dict[str, int]:
-    manifest = load_manifest(manifest_path)
-    root = manifest_path.parent.resolve()
-    return {
-        str((root / s["name"]).resolve()): int(s["count"])
-        for split in manifest["splits"].values()
-        for s in split["shards"]
-    }
+def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
+    """``(resolved path, size, mtime)``: a cache key that changes when the file does (None: no file)."""
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    return str(Path(path).resolve()), st.st_size, st.st_mtime_ns
+
+
+@lru_cache(maxsize=64)
+def _manifest_entries(key: tuple[str, int, int]) -> dict[str, dict]:
+    """``{resolved shard path: {"count", "sha256"}}`` of a manifest (cached while the file is unchanged)."""
+    manifest = load_manifest(key[0])
+    root = Path(key[0]).parent
+    return {str((root / s["name"]).resolve()): {"count": int(s["count"]), "sha256": s.get("sha256")}
+            for split in manifest["splits"].values() for s in split["shards"]}
+
+
+@dataclass(frozen=True)
+class ShardScan:
+    """What reading a shard's headers (or its JSON) found.
+
+    Attributes:
+        count: complete samples before any damage (all of them when the shard is intact).
+        entries: ``(key, metadata)`` of those samples when the JSON was read (``{}`` for a sample
+            without JSON, None for JSON that does not parse); empty for a header-only count.
+        damage: what is wrong with the shard (the reader's error), or None.
+    """
+
+    count: int
+    entries: tuple[tuple[str, dict | None], ...] = ()
+    damage: str | None = None
+
+
+def _scan(shard: str | os.PathLike, metadata: bool) -> ShardScan:
+    count, entries = 0, []
+    try:
+        with open_tar_stream(shard) as fh:
+            for sample in group_samples(iter_tar_files(fh, headers_only=not metadata)):
+                count += 1
+                if metadata:
+                    try:
+                        meta = json.loads(sample["json"]) if "json" in sample else {}
+                    except (json.JSONDecodeError, UnicodeDecodeError):
+                        meta = None
+                    entries.append((sample["__key__"], meta if isinstance(meta, dict) or meta is None else None))
+    except READ_ERRORS as err:
+        return ShardScan(count, tuple(entries), f"{type(err).__name__}: {err}")
+    return ShardScan(count, tuple(entries))
+
+
+@lru_cache(maxsize=4096)
+def _scan_cached(key: tuple[str, int, int], metadata: bool) -> ShardScan:
+    return _scan(key[0], metadata)
+
+
+def scan_shard(shard: str | os.PathLike, *, metadata: bool = True) -> ShardScan:
+    """Scan a shard once per process: its JSON (``metadata``) or only its headers.
+
+    Results are cached while the file's size and mtime stay the same, so the counts, a
+    ``select`` built from the metadata and the stream's plan all share one scan.
+    """
+    key = _file_key(shard)
+    return _scan(shard, metadata) if key is None else _scan_cached(key, metadata)
 
 
 def count_tar_samples(shard: str | os.PathLike) -> int:
-    """Count samples (distinct keys) of a tar shard by reading its headers only."""
-    keys: set[str] = set()
-    try:
-        with open_tar_stream(shard) as fh:
-            for name, _ in iter_tar_files(fh, headers_only=True):
-                prefix, _ext = base_plus_ext(name)
-                if prefix is not None:
-                    keys.add(prefix)
-    except READ_ERRORS as err:
-        raise ShardError(f"cannot list shard {shard}: {err}. The file is truncated or not a tar; "
-                         "re-pack it or pass on_error='skip'.") from err
-    return len(keys)
+    """Count samples (distinct keys) of a tar shard by reading its headers only.
+
+    Raises:
+        ShardError: the shard is damaged (its header scan stopped early).
+    """
+    scan = scan_shard(shard, metadata=False)
+    if scan.damage is not None:
+        raise ShardError(f"cannot list shard {shard}: {scan.damage}. The file is truncated or not a tar; "
+                         "re-pack it or pass on_error='skip'.")
+    return scan.count
 
 
 def scan_metadata(shard: str | os.PathLike) -> list[tuple[str, dict]]:
-    """``(key, json metadata)`` of every sample of a shard, without decoding images."""
+    """``(key, json metadata)`` of every sample of a shard that has JSON, without decoding images.
+
+    Raises:
+        ShardError: the shard is damaged or a sample's JSON does not parse.
+    """
+    scan = scan_shard(shard)
+    bad = next((k for k, m in scan.entries if m is None), None)
+    if scan.damage is not None or bad is not None:
+        why = scan.damage or f"the JSON of sample {bad!r} does not parse"
+        raise ShardError(f"cannot scan shard {shard}: {why}. Re-pack it.")
+    return [(k, m) for k, m in scan.entries if m]
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    """What is known of one shard before reading it.
+
+    Attributes:
+        count: its samples: the packer's manifest count, else the complete samples of a scan
+            (None: not counted, e.g. a resampled stream without a manifest).
+        selected: samples the stream will take from it (``count``, or those ``select`` keeps).
+        sha256: the manifest's sha256 of the shard file, or None.
+        damage: what the scan found wrong (only with ``on_error`` "skip"/"warn"), else None.
+        readable: complete samples the scan found before the damage (None: not scanned).
+    """
+
+    count: int | None
+    selected: int | None
+    sha256: str | None = None
+    damage: str | None = None
+    readable: int | None = None
+
+
+def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
+                count: bool = True) -> list[ShardInfo]:
+    """Counts, ``select`` counts and manifest hashes of shards, scanning each shard at most once.
+
+    A shard's count comes from the packer's ``manifest.json`` when it lists the shard, else from
+    a scan of its headers (its JSON when ``select`` is given; ``count=False``: no scan).
+
+    Raises:
+        ShardError: a damaged shard when ``on_error="raise"`` (with "skip" or "warn" the complete
+            samples before the damage are counted and the damage is kept in ``ShardInfo.damage``).
+    """
     out = []
-    try:
-        with open_tar_stream(shard) as fh:
-            for name, data in iter_tar_files(fh):
-                prefix, ext = base_plus_ext(name)
-                if prefix is not None and ext == "json":
-                    out.append((prefix, json.loads(data)))
-    except (*READ_ERRORS, json.JSONDecodeError) as err:
-        raise ShardError(f"cannot scan shard {shard}: {err}. Re-pack it.") from err
+    for shard in shards:
+        manifest = find_manifest(shard)
+        key = None if manifest is None else _file_key(manifest)
+        entry = _manifest_entries(key).get(str(Path(shard).resolve())) if key else None
+        listed = entry["count"] if entry else None
+        sha = entry["sha256"] if entry else None
+        if select is not None:
+            scan = scan_shard(shard)
+            selected = sum(m is not None and bool(select(k, m)) for k, m in scan.entries)
+            info = ShardInfo(scan.count if listed is None else listed, selected, sha, scan.damage, scan.count)
+        elif listed is not None or not count:
+            info = ShardInfo(listed, listed, sha)
+        else:
+            scan = scan_shard(shard, metadata=False)
+            info = ShardInfo(scan.count, scan.count, sha, scan.damage, scan.count)
+        if info.damage is not None and on_error == "raise":
+            raise ShardError(f"cannot list shard {shard}: {info.damage}. The file is truncated or not a tar; "
+                             "re-pack it, or pass on_error='skip' to count the samples before the damage and skip "
+                             "the rest.")
+        out.append(info)
     return out
 
 
 def shard_counts(shards: Sequence[str]) -> list[int]:
     """Samples per shard: from the packer's ``manifest.json`` when it lists the shard, else by
     reading the tar headers (one pass over each shard, once per process)."""
-    cache: dict[Path, dict[str, int]] = {}
-    counts = []
-    for shard in shards:
-        manifest = find_manifest(shard)
-        known: dict[str, int] = {}
-        if manifest is not None:
-            if manifest not in cache:
-                cache[manifest] = _manifest_counts(manifest)
-            known = cache[manifest]
-        resolved = str(Path(shard).resolve())
-        counts.append(known[resolved] if resolved in known else count_tar_samples(shard))
-    return counts
+    return [int(i.count or 0) for i in shard_infos(shards)]
+
+
+class ShardCheckError(tarfile.ReadError):
+    """A shard that reads as a tar but differs from its manifest: another sha256 or sample count."""
+
+
+def _verified(shard: str, sha256: str, how: bool | str) -> Iterable[dict[str, Any]]:
+    """The shard's raw samples once its bytes match ``sha256``: hashed first (``True``, a second
+    read of the file) or read once into memory while hashing (``"buffer"``)."""
+    if how == "buffer":
+        h = hashlib.sha256()
+        samples = list(tar_samples(shard, h))
+        digest = h.hexdigest()
+    else:
+        digest, samples = shard_sha256(shard), None
+    if digest != sha256:
+        raise ShardCheckError(f"its sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}...: the "
+                              "file changed after packing")
+    return samples if samples is not None else tar_samples(shard)
+
+
+def read_tar(shard: str, on_error: str, counters: Any, *, expected: int | None = None,
+             sha256: str | None = None, verify: bool | str = False, report: bool = True) -> Iterator[dict[str, Any]]:
+    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one tar shard, in file order.
+
+    A shard is bad when it is truncated or corrupt, its members are out of WebDataset order,
+    it holds another number of samples than ``expected`` (the manifest's or a scan's count), or
+    (``verify`` and a ``sha256``) its bytes differ from the manifest's: then no sample of it
+    is yielded, the hash being checked before the first one. A bad shard raises
+    :class:`ShardError` (``on_error="raise"``) or ends there, its partial last sample dropped,
+    counting it in ``bad_shards`` and the samples it was to hold in ``lost_samples``
+    (``report=False``: not counted, a padding pass re-reading a shard already counted) through
+    ``counters.add(name, value)``.
+    """
+    n, key = 0, None
+    try:
+        source = _verified(shard, sha256, verify) if verify and sha256 else tar_samples(shard)
+        for raw in source:
+            n, key = n + 1, raw["__key__"]
+            if expected is not None and n > expected and on_error == "raise":
+                raise ShardCheckError(f"it holds more samples than the {expected} listed for it")
+            yield raw
+        if expected is not None and n != expected:
+            raise ShardCheckError(f"it holds {n} complete samples, not the {expected} listed for it")
+    except READ_ERRORS as err:
+        at = f" after key {key!r}" if key is not None else ""
+        if on_error == "raise":
+            raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
+                             "on_error='skip' to count and skip the damaged part.") from err
+        if report:
+            counters.add("bad_shards")
+            lost = max(0, expected - n) if expected is not None else 0
+            counters.add("lost_samples", lost)
+            if on_error == "warn":
+                of = f" of the {expected} listed for it" if expected is not None else ""
+                warnings.warn(f"skipping the rest of shard {shard}{at} ({lost} samples{of} lost): {err}", stacklevel=2)
 
 
 @dataclass(frozen=True)
@@ -168,7 +327,7 @@ class ReaderPlan:
 
 
 def plan_epoch(counts: Sequence[int], *, world: int, num_workers: int, seed: int, epoch: int,
-               shuffle: bool, equalize: str = "pad") -> list[list[ReaderPlan]]:
+               shuffle: bool, equalize: str = "pad", batch_size: int | None = None) -> list[list[ReaderPlan]]:
     """Assign shards to ``world x num_workers`` readers and fix every reader's quota.
 
     Shards are taken in a (seeded) shuffled order and each goes to the rank holding the fewest
@@ -177,6 +336,12 @@ def plan_epoch(counts: Sequence[int], *, world: int, num_workers: int, seed: int
     samples, the largest rank total: the ranks that have fewer re-read the start of their own
     stream (like ``DistributedSampler`` padding) and the padded count is reported in the stream's
     stats. ``equalize="none"`` leaves rank totals unequal (fine without DDP).
+
+    With ``batch_size`` (and ``"pad"``) every reader's quota is a whole number of batches and every
+    rank the same number of batches: a ``DataLoader`` batches each worker's samples apart, so equal
+    samples per rank alone can still leave ranks one batch apart (a DDP job then hangs on its last
+    step). Each worker rounds its samples up to whole batches; ranks with fewer batches give the
+    missing ones to their workers with the fewest.
 
     Returns:
         ``plans[rank][worker]``.
@@ -187,6 +352,8 @@ def plan_epoch(counts: Sequence[int], *, world: int, num_workers: int, seed: int
     """
     if equalize not in ("pad", "none"):
         raise ValueError(f"equalize must be 'pad' or 'none', got {equalize!r}")
+    if batch_size is not None and (batch_size < 1 or equalize != "pad"):
+        raise ValueError(f"batch_size={batch_size!r} needs equalize='pad' and a positive batch size")
     readers = world * num_workers
     order = list(range(len(counts)))
     if shuffle:
@@ -211,6 +378,8 @@ def plan_epoch(counts: Sequence[int], *, world: int, num_workers: int, seed: int
         assigned[r][w].append(i)
         rank_total[r] += counts[i]
         worker_total[r][w] += counts[i]
+    if batch_size is not None:
+        return _plan_batches(assigned, worker_total, batch_size)
     target = max(rank_total)
     plans = []
     for r in range(world):
@@ -219,3 +388,15 @@ def plan_epoch(counts: Sequence[int], *, world: int, num_workers: int, seed: int
         plans.append([ReaderPlan(tuple(assigned[r][w]), worker_total[r][w], worker_total[r][w] + extra[w])
                       for w in range(num_workers)])
     return plans
+
+
+def _plan_batches(assigned: list[list[list[int]]], worker_total: list[list[int]], batch: int) -> list[list[ReaderPlan]]:
+    """Quotas in whole batches, the same number of batches on every rank (see :func:`plan_epoch`)."""
+    batches = [[-(-n // batch) for n in rank] for rank in worker_total]
+    target = max(sum(rank) for rank in batches)
+    for rank in batches:
+        for _ in range(target - sum(rank)):
+            w = min(range(len(rank)), key=lambda k: (rank[k], k))
+            rank[w] += 1
+    return [[ReaderPlan(tuple(assigned[r][w]), worker_total[r][w], batches[r][w] * batch)
+             for w in range(len(batches[r]))] for r in range(len(batches))]

@@ -2,8 +2,8 @@
 
 Stages, each a generator (``iterator -> iterator``), in the order a sample meets them::
 
-    plan (shards -> this reader) -> read tar -> shuffle buffer -> [resume skip] -> decode
-        -> resize -> propose sites -> transform -> yield
+    plan (shards -> this reader) -> [verify sha256] -> read tar (count check) -> shuffle buffer
+        -> [resume skip] -> decode -> resize -> propose sites -> transform -> yield
 
 Shuffling works on raw bytes, before decoding, so a resumed stream skips already-seen samples
 without decoding them. Example with a ``DataLoader``::
@@ -24,17 +24,16 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-from webdataset.tariterators import base_plus_ext
 
 from streamaug.data.collate import one_storage
 from streamaug.data.distributed import Slot, current_slot
-from streamaug.io.tar import READ_ERRORS, iter_tar_files, open_tar_stream
 from streamaug.io.labels import to_int_label
 from streamaug.io.errors import SampleError, ShardError
-from streamaug.data.shardlist import expand_urls, find_manifest, plan_epoch, scan_metadata, shard_counts
+from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, read_tar, shard_infos
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
-STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded")
+_PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)
+STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded", "lost_samples")
 
 
 class _Counters:
@@ -62,38 +61,6 @@ class _Counters:
     def __setstate__(self, state: dict) -> None:
         self._arr = state["arr"] if state["arr"] is not None else multiprocessing.get_context().Array(
             "q", len(STAT_NAMES))
-
-
-def read_tar(shard: str, on_error: str, counters: _Counters) -> Iterator[dict[str, Any]]:
-    """Raw samples ``{"__key__", "__url__", ext: bytes, ...}`` of one tar shard, in file order.
-
-    A truncated or unreadable shard raises :class:`ShardError` (``on_error="raise"``) or ends
-    the shard there, counting it in ``bad_shards`` and dropping its partial last sample.
-    """
-    current: dict[str, Any] | None = None
-    try:
-        with open_tar_stream(shard) as fh:
-            for name, data in iter_tar_files(fh):
-                key, ext = base_plus_ext(name)
-                if key is None:
-                    continue
-                if current is not None and current["__key__"] != key:
-                    yield current
-                    current = None
-                if current is None:
-                    current = {"__key__": key, "__url__": shard}
-                current[ext.lower()] = data
-    except READ_ERRORS as err:
-        at = f" after key {current['__key__']!r}" if current else ""
-        if on_error == "raise":
-            raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
-                             "on_error='skip' to count and skip the damaged part.") from err
-        counters.add("bad_shards")
-        if on_error == "warn":
-            warnings.warn(f"skipping the rest of shard {shard}{at}: {err}", stacklevel=2)
-        return
-    if current is not None:
-        yield current
 
 
 def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -138,10 +105,18 @@ def decode_sample(raw: dict[str, Any], label_fn: Callable[[Any], int] = to_int_l
 
 def resize_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
     """Resize ``image`` (area/bilinear, antialiased) and ``mask`` (nearest) to ``size = (H, W)``
-    and scale ``boxes`` to match."""
+    and scale ``boxes`` to match; ``meta["reader"]`` gets the new ``size`` and ``pixel_spacing``
+    (mm per pixel, so it grows as the image shrinks) and keeps the decoded size in ``resized_from``."""
     _, h, w = sample["image"].shape
     if (h, w) == tuple(size):
         return sample
+    reader = sample.get("meta", {}).get("reader")
+    if isinstance(reader, dict):
+        reader.setdefault("resized_from", (h, w))
+        reader["size"] = (int(size[0]), int(size[1]))
+        spacing = reader.get("pixel_spacing")
+        if spacing is not None:
+            reader["pixel_spacing"] = (float(spacing[0]) * h / size[0], float(spacing[1]) * w / size[1])
     sample["image"] = torch.nn.functional.interpolate(
         sample["image"][None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
     if "mask" in sample:
@@ -181,7 +156,10 @@ class XRayShards(torch.utils.data.IterableDataset):
         resampled: draw shards with replacement forever (an unbounded stream); with
             ``epoch_length`` each rank yields exactly that many samples per epoch.
         on_error: ``"raise"`` (an error naming shard and key), ``"skip"`` (skip and count, see
-            :attr:`stats`) or ``"warn"`` (skip, count and warn).
+            :attr:`stats`) or ``"warn"`` (skip, count and warn). A shard is bad when it is
+            truncated or corrupt, holds fewer or more samples than its manifest (or a scan) lists,
+            or fails ``verify``; with ``"skip"`` its complete samples before the damage are read
+            and the rest counted in ``stats["lost_samples"]``, also when listing it at start-up.
         sites: a :class:`streamaug.SiteProposer`, or ``True`` to build one from the packer's
             manifest (its train-split lesion boxes that ``select`` keeps, so a rare-positive
             selection does not leak the boxes it drops), or None for no site proposal.
@@ -201,10 +179,29 @@ class XRayShards(torch.utils.data.IterableDataset):
             and sites), inside the DataLoader workers; its errors follow ``on_error`` like a decode
             error. It must be picklable for worker processes started by spawn (a module-level
             function or a ``functools.partial`` of one).
+        verify: check each shard's bytes against the sha256 the packer's manifest records before
+            yielding any of its samples; a mismatch makes it a bad shard (see ``on_error``), so no
+            altered sample is ever yielded. ``True`` (default) hashes the file first (a second,
+            cached read; constant memory), ``"buffer"`` reads it once, holding one shard's samples
+            in memory until the hash is checked (for shards that are costly to read twice),
+            ``False`` does not check. Shards without a recorded sha256 are read unchecked. The
+            default is on, hashing first, because in ``benchmarks/verify.py``'s side-by-side runs
+            (run it on your shards) hashing cost a few percent of one core's decoding at most,
+            about the run-to-run noise (sha256 runs at about a GB/s per core), while an altered
+            shard otherwise yields changed images and labels without a word; and hashing first
+            keeps memory flat whatever the shard size, where ``"buffer"``, measured no slower,
+            holds a whole shard per reader (GBs for a 1,000-sample shard of large DICOMs).
+        batch_size: the ``DataLoader``'s batch size, for equal *batches* per rank (see below).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
     (:func:`streamaug.data.shardlist.plan_epoch`) gives each rank the largest rank total, padding
-    the others, so DDP ranks run the same number of steps. Resume: the stream keeps
+    the others. A ``DataLoader`` with workers batches each worker's share apart, so equal
+    samples can still leave one rank a batch more than another and a DDP job hangs on its last
+    step: pass the loader's ``batch_size`` here too
+    (``DataLoader(XRayShards(..., batch_size=B), batch_size=B, num_workers=W)``, the same ``W`` on
+    every rank) and every worker yields whole batches, every rank the same number of them (padded
+    with re-read samples, counted in ``stats["padded"]``; with ``resampled`` and ``epoch_length``,
+    the length is rounded up to whole batches). Resume: the stream keeps
     ``(epoch, consumed, yielded)`` per reader in :meth:`state_dict`; torchdata's
     ``StatefulDataLoader`` saves and restores it per worker, and the restored reader replays
     its deterministic order, skipping the consumed raw samples without decoding them.
@@ -215,11 +212,15 @@ class XRayShards(torch.utils.data.IterableDataset):
                  on_error: str = "raise", sites: Any = None, resize: int | tuple[int, int] | None = None,
                  equalize: str = "pad", label_fn: Callable[[Any], int] = to_int_label,
                  buffer_size: int = 256, select: Callable[[str, dict], bool] | None = None,
-                 distributed: bool = True, transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
-                 ) -> None:
+                 distributed: bool = True, verify: bool | str = True, batch_size: int | None = None,
+                 transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         super().__init__()
         if on_error not in ("raise", "skip", "warn"):
             raise ValueError(f"on_error must be 'raise', 'skip' or 'warn', got {on_error!r}")
+        if verify not in (True, False, "buffer"):
+            raise ValueError(f"verify must be True, False or 'buffer', got {verify!r}")
+        if batch_size is not None and (batch_size < 1 or equalize != "pad"):
+            raise ValueError(f"batch_size={batch_size!r} needs equalize='pad' and a positive batch size")
         self.shards = expand_urls(urls, split)
         self.shuffle, self.seed, self.resampled = shuffle, seed, resampled
         self.epoch_length, self.on_error, self.equalize = epoch_length, on_error, equalize
@@ -227,9 +228,11 @@ class XRayShards(torch.utils.data.IterableDataset):
         self.resize = (resize, resize) if isinstance(resize, int) else (tuple(resize) if resize else None)
         self.select, self.distributed, self.transform = select, distributed, transform
         self.sites = self._make_sites(sites)
-        self.counts = None if resampled else (
-            shard_counts(self.shards) if select is None else
-            [sum(bool(select(k, m)) for k, m in scan_metadata(s)) for s in self.shards])
+        self.verify, self.batch_size = verify, batch_size
+        #: per shard: count, selected count, manifest sha256, damage found by a scan
+        self.infos: list[ShardInfo] = shard_infos(self.shards, on_error=on_error, select=None if resampled else select,
+                                                  count=not resampled)
+        self.counts = None if resampled else [int(i.selected or 0) for i in self.infos]
         self.epoch = 0
         self._state = {"epoch": 0, "consumed": 0, "yielded": 0}
         self._resume: dict | None = None
@@ -259,30 +262,82 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counts shared across workers: ``yielded``, ``skipped_samples`` (bad samples skipped),
-        ``bad_shards`` (truncated/corrupt shards cut short), ``padded`` (re-read for equal ranks)."""
+        """Counts shared across workers, summed over epochs: ``yielded``, ``skipped_samples`` (bad
+        samples skipped), ``bad_shards`` (bad shards cut short or skipped), ``lost_samples`` (samples
+        listed for bad shards that were not read), ``padded`` (re-read for equal ranks).
+
+        Each epoch every sample the manifest lists is yielded once (``yielded - padded``), skipped
+        or lost. Without a manifest a shard's count comes from a scan, which cannot see samples
+        after a damage: they are not counted, but the shard is, in ``bad_shards``."""
         return self._counters.as_dict()
 
-    def samples_per_rank(self) -> int | None:
-        """Samples each rank yields per epoch (None for an unbounded stream)."""
+    def samples_per_rank(self, num_workers: int = 1) -> int | None:
+        """Samples each rank yields per epoch (None for an unbounded stream); with ``batch_size``
+        this depends on the ``DataLoader``'s ``num_workers``."""
         if self.resampled:
-            return self.epoch_length
+            if self.epoch_length is None or self.batch_size is None:
+                return self.epoch_length
+            return -(-self.epoch_length // self.batch_size) * self.batch_size
         from streamaug.data.distributed import rank_world
 
         world = rank_world()[1] if self.distributed else 1
-        plan = plan_epoch(self.counts, world=world, num_workers=1, seed=self.seed, epoch=self.epoch,
-                          shuffle=self.shuffle, equalize=self.equalize)
-        return sum(p.quota for p in plan[0])
+        return sum(p.quota for p in self._plan(world, max(1, num_workers), self.epoch)[0])
+
+    def _plan(self, world: int, num_workers: int, epoch: int) -> list[list[Any]]:
+        try:
+            return plan_epoch(self.counts, world=world, num_workers=num_workers, seed=self.seed, epoch=epoch,
+                              shuffle=self.shuffle, equalize=self.equalize, batch_size=self.batch_size)
+        except ShardError as err:
+            damaged = [s for s, info in zip(self.shards, self.infos) if info.damage and not info.selected]
+            if not damaged:
+                raise
+            raise ShardError(f"shards {damaged} are damaged and hold no usable sample, so: {err}") from err
+
+    def _report_damage(self, i: int) -> None:
+        """Count shard ``i``, found damaged when it was listed, as bad (once per epoch, by one reader)."""
+        info = self.infos[i]
+        lost = info.count - info.readable if info.count is not None and info.readable is not None else 0
+        self._counters.add("bad_shards")
+        self._counters.add("lost_samples", lost)
+        if self.on_error == "warn":
+            warnings.warn(f"skipping the rest of shard {self.shards[i]} after its {info.readable} complete samples "
+                          f"({lost} samples lost): {info.damage}", stacklevel=2)
 
     # -- the pipeline --------------------------------------------------------------------------
-    def _read(self, shard: str) -> Iterator[dict[str, Any]]:
-        raws = read_tar(shard, self.on_error, self._counters)
-        if self.select is None:
-            return raws
-        return (r for r in raws if self.select(r["__key__"], json.loads(r["json"]) if "json" in r else {}))
+    def _read(self, i: int, report: bool = True) -> Iterator[dict[str, Any]]:
+        """Raw samples of shard ``i`` that ``select`` keeps (``report``: count what is bad)."""
+        info = self.infos[i]
+        if info.damage is not None:  # found when listing: counted now, reading stops at the same place
+            if report:
+                self._report_damage(i)
+            report = False
+        expected = info.readable if info.damage is not None else info.count
+        raws = read_tar(self.shards[i], self.on_error, self._counters, expected=expected, sha256=info.sha256,
+                        verify=self.verify, report=report)
+        return raws if self.select is None else self._selected(raws, report)
 
-    def _raw_passes(self, epoch: int) -> tuple[Iterator[dict[str, Any]], int | None]:
-        """This reader's raw samples (shuffled within each pass) and its quota."""
+    def _selected(self, raws: Iterable[dict[str, Any]], report: bool) -> Iterator[dict[str, Any]]:
+        for raw in raws:
+            try:
+                meta = json.loads(raw["json"]) if "json" in raw else {}
+                if not isinstance(meta, dict):
+                    raise ValueError(f"a JSON {type(meta).__name__}, not an object")
+            except (ValueError, UnicodeDecodeError) as err:  # the scan did not count it either
+                where = f"sample {raw['__key__']!r} of shard {raw['__url__']}"
+                if self.on_error == "raise":
+                    raise SampleError(f"{where}: its JSON does not parse ({err}). Re-pack the shard, or pass "
+                                      "on_error='skip'.") from err
+                if report:
+                    self._counters.add("skipped_samples")
+                continue
+            if self.select(raw["__key__"], meta):
+                yield raw
+
+    def _raw_passes(self, epoch: int, progress: list[int]) -> tuple[Iterator[dict[str, Any]], int | None]:
+        """This reader's raw samples (shuffled within each pass) and its quota.
+
+        ``progress[0]`` is raised by the caller for every usable sample; a padding pass that
+        sees none of them raises instead of spinning."""
         slot = current_slot()
         if not self.distributed:
             slot = Slot(0, 1, slot.worker, slot.num_workers)
@@ -290,29 +345,43 @@ class XRayShards(torch.utils.data.IterableDataset):
         if self.resampled:
             quota = None
             if self.epoch_length is not None:
-                per, extra = divmod(self.epoch_length, slot.num_workers)
-                quota = per + (1 if slot.worker < extra else 0)
+                batch = self.batch_size or 1
+                per, extra = divmod(-(-self.epoch_length // batch), slot.num_workers)
+                quota = (per + (1 if slot.worker < extra else 0)) * batch
 
             def forever() -> Iterator[dict[str, Any]]:
                 while True:
-                    shard = self.shards[int(rng.integers(len(self.shards)))]
-                    yield from shuffle_buffer(self._read(shard), self.buffer_size, rng)
+                    i = int(rng.integers(len(self.shards)))
+                    yield from shuffle_buffer(self._read(i), self.buffer_size, rng)
             return forever(), quota
-        plan = plan_epoch(self.counts, world=slot.world, num_workers=slot.num_workers, seed=self.seed,
-                          epoch=epoch, shuffle=self.shuffle, equalize=self.equalize)[slot.rank][slot.worker]
-
+        plan = self._plan(slot.world, slot.num_workers, epoch)[slot.rank][slot.worker]
+        # Damaged shards with nothing to read are in no plan: one reader each counts them.
+        orphans = [i for i, info in enumerate(self.infos) if info.damage and not info.selected]
+        first = list(plan.shards)
         n_passes = 1 if self.equalize == "none" else 1 << 30
 
-        def passes() -> Iterator[dict[str, Any]]:
+        def passes() -> Iterator[Any]:
+            for i in orphans[slot.index::slot.total]:
+                self._report_damage(i)
+            shards = first
             for n_pass in range(n_passes):  # pass 0 is the data; later passes pad to the quota
-                seen = False
-                for i in plan.shards:
-                    for raw in shuffle_buffer(self._read(self.shards[i]), self.buffer_size, rng):
-                        seen = True
+                before, readable = progress[0], []
+                for i in shards:
+                    got = 0
+                    for raw in shuffle_buffer(self._read(i, report=n_pass == 0), self.buffer_size, rng):
+                        got += 1
                         raw["__pass__"] = n_pass
                         yield raw
-                if not seen:
-                    raise ShardError(f"shards {[self.shards[i] for i in plan.shards]} yielded no readable sample")
+                    if got:
+                        readable.append(i)
+                yield _PASS_END
+                shards = readable  # padding re-reads only shards that gave samples
+                if progress[0] == before and n_passes > 1:
+                    names = [self.shards[i] for i in first]
+                    raise ShardError(
+                        f"shards {names} gave this reader no usable sample in a whole pass (stats: {self.stats}), "
+                        f"so it cannot pad to its quota of {plan.quota} samples for equal ranks. Fix or re-pack "
+                        "these shards, or pass equalize='none'.")
         return passes(), (plan.quota if self.equalize == "pad" else None)
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
@@ -329,9 +398,10 @@ class XRayShards(torch.utils.data.IterableDataset):
             where = f"sample {raw.get('__key__')!r} of shard {raw.get('__url__')}"
             if self.on_error == "raise":
                 raise SampleError(f"{where}: {err}. Fix or drop the sample, or pass on_error='skip'.") from err
-            self._counters.add("skipped_samples")
-            if self.on_error == "warn":
-                warnings.warn(f"skipping {where}: {err}", stacklevel=2)
+            if raw.get("__pass__", 0) == 0:  # a padding pass meets the same bad sample again: count it once
+                self._counters.add("skipped_samples")
+                if self.on_error == "warn":
+                    warnings.warn(f"skipping {where}: {err}", stacklevel=2)
             return None
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
@@ -342,17 +412,32 @@ class XRayShards(torch.utils.data.IterableDataset):
         self._state = {"epoch": epoch, "consumed": consumed, "yielded": yielded}
         if self.sites is not None and hasattr(self.sites, "set_epoch"):
             self.sites.set_epoch(epoch)
-        raws, quota = self._raw_passes(epoch)
         in_worker = torch.utils.data.get_worker_info() is not None  # hand-off: one storage per sample
-        for position, raw in enumerate(raws):
-            if quota is not None and yielded >= quota:
+        progress = [0]
+        raws, quota = self._raw_passes(epoch, progress)
+        position, n_pass = -1, 0
+        drain = not self.resampled  # a planned epoch reads its data pass out (passes end with _PASS_END)
+        while quota is None or yielded < quota or (drain and n_pass == 0):  # no padding pass started for nothing
+            raw = next(raws, None)
+            if raw is None:
                 return
+            if raw is _PASS_END:
+                n_pass += 1
+                continue
+            position += 1
             if position < consumed:
+                progress[0] += 1
+                continue
+            if quota is not None and yielded >= quota:
+                # The quota was met before the end of the data pass: the shards hold more samples than
+                # they list. Read the pass out, unyielded, so its shards' checks run and count them.
+                self._counters.add("lost_samples")
                 continue
             self._state["consumed"] = position + 1
             sample = self._decode(raw)
             if sample is None:
                 continue
+            progress[0] += 1
             if raw.get("__pass__", 0) > 0:
                 self._counters.add("padded")
             yielded += 1

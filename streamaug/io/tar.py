@@ -9,39 +9,64 @@ slices (``benchmarks/tar_read.py`` compares the two; figures in ``benchmarks/RES
 paths or, as in WebDataset, ``http(s)://...`` and ``pipe:CMD`` URLs, opened by webdataset's own
 URL opener (:func:`webdataset.gopen.gopen`); a failing command or download is an ``OSError``.
 
-It is stricter than ``tarfile`` where ``tarfile`` loses data silently: a header with a bad
-checksum after the first member raises instead of ending the archive there. Errors are
-:class:`tarfile.ReadError` subclasses, so callers handle them like ``tarfile``'s.
+It is stricter than ``tarfile`` where ``tarfile`` loses data silently or fails without naming the
+problem:
+
+* a header with a bad checksum after the first member raises instead of ending the archive there;
+* a size field is checked before anything is read: negative, not a number, or past the end of the
+  file (when the file's size is known) raises; on a stream of unknown length (compressed) data is
+  read in bounded chunks, so a size that lies costs no memory;
+* the archive must end with its end-of-archive marker, two zero blocks followed by nothing but
+  zeros: a stream that stops at a member boundary is truncated, and a zero block followed by data
+  is a zeroed header, not the end.
+
+Errors are :class:`tarfile.ReadError` subclasses (:class:`TarTruncated`, :class:`TarHeaderError`),
+so callers handle them like ``tarfile``'s.
+
+On top of the members: :func:`group_samples` groups them into WebDataset samples (and refuses a
+shard whose names are out of WebDataset order), :func:`tar_samples` reads a shard's samples, and
+:func:`shard_sha256` hashes a shard's bytes as stored, as the packer's manifest records them.
 """
 from __future__ import annotations
 
 import bz2
 import gzip
-import lzma
+import hashlib
 import io
+import lzma
 import os
 import re
 import tarfile
 import zlib
-from typing import BinaryIO, Iterator
+from typing import Any, BinaryIO, Iterable, Iterator
+
+from webdataset.tariterators import base_plus_ext
 
 BLOCK = 512
+#: the largest read this reader asks of a stream whose length it does not know
+CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
+_MAX_SIZE = 1 << 63  # no file system holds a member this large; a bigger field is damage
 #: what reading a damaged (possibly compressed) shard can raise
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+_DECOMPRESSORS: tuple[tuple[bytes, Any], ...] = (
+    (b"\x1f\x8b", lambda fh: gzip.GzipFile(fileobj=fh, mode="rb")),
+    (b"BZh", lambda fh: bz2.BZ2File(fh, "rb")),
+    (b"\xfd7zXZ", lambda fh: lzma.LZMAFile(fh, "rb")))  # noqa: SIM115 - closed by _Decompressed
 
 
 class TarTruncated(tarfile.ReadError):
-    """The stream ended inside a header or a member's data."""
+    """The stream ended inside a header, a member's data or the end-of-archive marker, or a size
+    field points past the end of the file."""
 
 
 class TarHeaderError(tarfile.ReadError):
-    """A header failed its checksum or holds an unreadable field."""
+    """A header failed its checksum or holds an unreadable field (a bad or negative size, a
+    zeroed header block followed by more members)."""
 
 
 _URL = re.compile(r"^(pipe:|[A-Za-z][A-Za-z0-9+.-]*://)")
-_COMPRESSED = {b"\x1f\x8b": lambda f: gzip.GzipFile(fileobj=f), b"BZh": bz2.BZ2File, b"\xfd7zXZ": lzma.LZMAFile}
 
 
 def is_url(spec: str | os.PathLike) -> bool:
@@ -54,16 +79,17 @@ def is_url(spec: str | os.PathLike) -> bool:
 
 
 class _Source(io.RawIOBase):
-    """A raw, read-only, non-seekable view of any object with ``read(n)``; closing it closes
-    ``closers`` in order (the decompressor, then the pipe, whose close checks the exit status)."""
+    """A raw, read-only, non-seekable view of an object with ``read(n)`` (webdataset's pipe);
+    closing it closes the source, which for a pipe checks the command's exit status."""
 
-    def __init__(self, source: BinaryIO, *closers: BinaryIO) -> None:
-        self._source, self._closers = source, (source, *closers)
+    def __init__(self, source: Any) -> None:
+        super().__init__()
+        self._source = source
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+    def readinto(self, buffer: Any) -> int:
         data = self._source.read(len(buffer))
         buffer[: len(data)] = data
         return len(data)
@@ -71,17 +97,67 @@ class _Source(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             try:
-                for c in self._closers:
-                    c.close()
+                self._source.close()
             finally:
                 super().close()
 
 
-def open_tar_stream(path: str | os.PathLike) -> BinaryIO:
+class _HashingReader(io.RawIOBase):
+    """A raw file that feeds every byte read from it to ``hasher`` (``hashlib``-like)."""
+
+    def __init__(self, raw: BinaryIO, hasher: Any) -> None:
+        super().__init__()
+        self._raw, self._hasher = raw, hasher
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self._hasher.update(memoryview(buffer)[:n])
+        return n
+
+    def close(self) -> None:
+        try:
+            self._raw.close()
+        finally:
+            super().close()
+
+
+class _Decompressed:
+    """A decompressing stream that also closes the file under it (read-only, not seekable)."""
+
+    def __init__(self, stream: Any, under: BinaryIO) -> None:
+        self._stream, self._under = stream, under
+        self.read = stream.read
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        try:
+            self._stream.close()
+        finally:
+            self._under.close()
+
+    def __enter__(self) -> _Decompressed:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_tar_stream(path: str | os.PathLike, *, decompress: bool = True, hasher: Any = None) -> BinaryIO:
     """Open a shard for sequential reading, decompressing gzip, bzip2 or xz by their magic bytes.
 
+    This is the one place a shard is opened.
+
     Args:
-        path: a local path, or an ``http(s)://`` / ``pipe:CMD`` URL (see :func:`is_url`).
+        path: the shard: a local path, or an ``http(s)://`` / ``pipe:CMD`` URL (see :func:`is_url`).
+        decompress: False: the file's bytes as stored (e.g. to hash them).
+        hasher: a ``hashlib`` object fed every byte read from the file as stored (before
+            decompression). Read the stream to its end for the digest of the whole file.
 
     Returns:
         A binary stream; closing it closes the file, decompressor or pipe behind it.
@@ -90,19 +166,35 @@ def open_tar_stream(path: str | os.PathLike) -> BinaryIO:
     if is_url(spec):
         from webdataset.gopen import gopen
 
-        pipe = gopen(spec, "rb")
-        fh: BinaryIO = io.BufferedReader(_Source(pipe), buffer_size=1 << 16)  # type: ignore[assignment]
+        raw: Any = _Source(gopen(spec, "rb"))
     else:
-        fh = open(spec, "rb", buffering=1 << 16)  # noqa: SIM115 - returned to the caller
+        raw = open(spec, "rb", buffering=0)  # noqa: SIM115 - returned to the caller
+    if hasher is not None:
+        raw = _HashingReader(raw, hasher)
+    fh: BinaryIO = io.BufferedReader(raw, 1 << 16)  # type: ignore[assignment]
+    if not decompress:
+        return fh
     magic = fh.peek(6)[:6]  # type: ignore[attr-defined]
-    for prefix, decompressor in _COMPRESSED.items():
+    for prefix, decompressor in _DECOMPRESSORS:
         if magic.startswith(prefix):
-            return io.BufferedReader(_Source(decompressor(fh), fh), buffer_size=1 << 16)  # type: ignore
+            return _Decompressed(decompressor(fh), fh)  # type: ignore[return-value]
     return fh
 
 
-def _read_exact(fh: BinaryIO, size: int, what: str) -> bytes:
-    data = fh.read(size)
+def _read_exact(fh: BinaryIO, size: int, what: str, bounded: bool) -> bytes:
+    """``size`` bytes; in chunks of at most :data:`CHUNK` unless ``bounded`` (the size was checked
+    against the file's length), so a lying size field on a stream costs no memory."""
+    if bounded or size <= CHUNK:
+        data = fh.read(size)
+    else:
+        parts, left = [], size
+        while left:
+            part = fh.read(min(left, CHUNK))
+            if not part:
+                break
+            parts.append(part)
+            left -= len(part)
+        data = b"".join(parts)
     if len(data) != size:
         raise TarTruncated(f"unexpected end of data in {what} ({len(data)} of {size} bytes)")
     return data
@@ -114,10 +206,9 @@ def _number(field: bytes) -> int:
         value = int.from_bytes(field[1:], "big")
         return value - (1 << (8 * len(field) - 8)) if field[0] == 0xFF else value
     text = field.split(b"\0", 1)[0].strip()
-    try:
-        return int(text, 8) if text else 0
-    except ValueError as err:
-        raise TarHeaderError(f"bad numeric field {field!r}") from err
+    if text.translate(None, b"01234567"):  # int(text, 8) would take "-7", "0o7" and "1_7"
+        raise TarHeaderError(f"bad numeric field {field!r}")
+    return int(text, 8) if text else 0
 
 
 def _checksum_ok(header: bytes) -> bool:
@@ -149,12 +240,35 @@ def _pax_records(data: bytes) -> dict[str, str]:
     return out
 
 
-def _skip(fh: BinaryIO, size: int, end: int | None) -> None:
-    """Move ``size`` bytes on: a seek when ``end`` (the file's size) is known, else a read."""
-    if end is None:
-        _read_exact(fh, size, "a member")
-    elif fh.seek(size, os.SEEK_CUR) > end:
-        raise TarTruncated(f"unexpected end of data in a member (the file ends at byte {end})")
+def _member_size(header: bytes, kind: bytes, fields: dict[str, str], at: int) -> int:
+    """The data size of the member whose header starts at byte ``at``, checked for sanity."""
+    size = _number(header[124:136])
+    if "size" in fields and kind in _REGULAR:
+        text = fields["size"]
+        if not (text.isascii() and text.isdigit()) or len(text) > 20:
+            raise TarHeaderError(f"bad pax size {text[:40]!r} for the member at byte {at}")
+        size = int(text)
+    if size < 0 or size >= _MAX_SIZE:
+        raise TarHeaderError(f"impossible size {size} in the header at byte {at}")
+    return size
+
+
+def _check_end(fh: BinaryIO, at: int) -> None:
+    """After the zero block at byte ``at``: at least one more zero block, then nothing but zeros."""
+    tail = 0
+    while True:
+        chunk = fh.read(CHUNK)
+        if not chunk:
+            break
+        rest = chunk.lstrip(b"\0")
+        if rest:
+            where = at + BLOCK + tail + len(chunk) - len(rest)
+            raise TarHeaderError(f"a zero block at byte {at} is followed by data at byte {where}: a zeroed "
+                                 "header, not the end of the archive")
+        tail += len(chunk)
+    if tail < BLOCK:
+        raise TarTruncated(f"the archive ends {tail} bytes after the zero block at byte {at}: the end-of-archive "
+                           "marker (two zero blocks) is cut short")
 
 
 def _file_size(fh: BinaryIO) -> int | None:
@@ -163,20 +277,21 @@ def _file_size(fh: BinaryIO) -> int | None:
         if not fh.seekable() or not hasattr(fh, "raw"):
             return None
         return os.fstat(fh.fileno()).st_size
-    except (OSError, AttributeError, ValueError):
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
         return None
 
 
 def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of every regular file of the tar stream ``fh``, in archive order.
 
-    Ends at the end-of-archive block or at a clean end of the stream between members.
+    Ends at the end-of-archive marker, which must be there (two zero blocks, then only zeros).
     ``headers_only``: yield ``b""`` as the data and seek past it where the stream allows (listing a
     shard without reading its images).
 
     Raises:
-        TarTruncated: the stream ends inside a header or a member's data.
-        TarHeaderError: a header's checksum or a field is wrong.
+        TarTruncated: the stream ends inside a header, a member's data or before the end-of-archive
+            marker, or a size points past the end of the file.
+        TarHeaderError: a header's checksum or a field is wrong, or a zero block is followed by data.
 
     Examples:
         >>> import io, tarfile
@@ -191,33 +306,41 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
     pax_global: dict[str, str] = {}
     pax: dict[str, str] = {}
     long_name: str | None = None
-    first = True
-    end = _file_size(fh) if headers_only else None
+    end = _file_size(fh)
+    pos = fh.tell() if end is not None else 0
     while True:
         header = fh.read(BLOCK)
-        if not header or header == _ZERO_BLOCK:
-            return
         if len(header) != BLOCK:
-            raise TarTruncated(f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
+            if header:
+                raise TarTruncated(f"unexpected end of data in a header ({len(header)} of {BLOCK} bytes)")
+            if pos == 0:
+                raise TarTruncated("the file is empty: not a tar archive")
+            raise TarTruncated(f"the archive stops at byte {pos}, between two members, without its "
+                               "end-of-archive marker: it was cut short")
+        if header == _ZERO_BLOCK:
+            _check_end(fh, pos)
+            return
         if not _checksum_ok(header):
-            raise TarHeaderError("bad header checksum" + (" (not a tar file?)" if first else ""))
-        first = False
+            raise TarHeaderError(f"bad header checksum at byte {pos}" + (" (not a tar file?)" if pos == 0 else ""))
         kind = header[156:157]
         fields = {**pax_global, **pax} if pax_global else pax
-        size = _number(header[124:136])
-        if "size" in fields and kind in _REGULAR:
-            try:
-                size = int(fields["size"])
-            except ValueError as err:
-                raise TarHeaderError(f"bad pax size {fields['size']!r}") from err
+        size = _member_size(header, kind, fields, pos)
         pad = -size % BLOCK
+        pos += BLOCK
+        if end is not None and pos + size + pad > end:
+            raise TarTruncated(f"unexpected end of data: the header at byte {pos - BLOCK} gives a size of {size} "
+                               f"bytes, past the end of the file at byte {end} (cut short, or a damaged size field)")
         if headers_only and kind in _REGULAR:
             data = b""
-            _skip(fh, size + pad, end)
+            if end is None:
+                _read_exact(fh, size + pad, "a member", False)  # a stream: read (and drop) the data
+            else:
+                fh.seek(size + pad, os.SEEK_CUR)
         else:
-            data = _read_exact(fh, size, "a member") if size else b""
+            data = _read_exact(fh, size, "a member", end is not None) if size else b""
             if pad:
-                _read_exact(fh, pad, "a member's padding")
+                _read_exact(fh, pad, "a member's padding", True)
+        pos += size + pad
         if kind == b"x":
             pax = _pax_records(data)
         elif kind == b"g":
@@ -234,3 +357,69 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
                         name = f"{prefix}/{name}"
                 yield name, data
             pax, long_name = {}, None
+
+
+class ShardLayoutError(tarfile.ReadError):
+    """A shard's members are not in WebDataset order: a key comes back after other keys, or a
+    sample holds the same member twice (damaged names, or two samples merged)."""
+
+
+def group_samples(files: Iterable[tuple[str, bytes]]) -> Iterator[dict[str, Any]]:
+    """WebDataset samples ``{"__key__": key, ext: data, ...}`` from ``(name, data)`` in archive order.
+
+    A sample is yielded once the next sample's first member (or the end of the archive) has been
+    read, so a sample cut short by damage is never yielded. Members without an extension are
+    ignored, as WebDataset does.
+
+    Raises:
+        ShardLayoutError: a key that comes back after another key, a member twice in one sample, or
+            a member named like a WebDataset field (``key.__url__``).
+    """
+    seen: set[str] = set()
+    current: dict[str, Any] | None = None
+    for name, data in files:
+        key, ext = base_plus_ext(name)
+        if key is None:
+            continue
+        ext = ext.lower()
+        if ext.startswith("__"):
+            raise ShardLayoutError(f"member {name!r} has a reserved extension (WebDataset keeps '__' names for "
+                                   "its own fields)")
+        if current is not None and current["__key__"] == key:
+            if ext in current:
+                raise ShardLayoutError(f"member {name!r} is in the shard twice")
+            current[ext] = data
+            continue
+        if key in seen:
+            raise ShardLayoutError(f"member {name!r} belongs to sample {key!r}, which ended earlier in the shard")
+        if current is not None:
+            yield current
+        seen.add(key)
+        current = {"__key__": key, ext: data}
+    if current is not None:
+        yield current
+
+
+def tar_samples(shard: str, hasher: Any = None) -> Iterator[dict[str, Any]]:
+    """Raw WebDataset samples ``{"__key__", ext: bytes, ..., "__url__": shard}`` of a tar shard
+    (see :func:`group_samples`); with ``hasher``, every byte of the stored file goes through it.
+
+    Raises:
+        tarfile.ReadError: (one of :data:`READ_ERRORS`) the shard is damaged.
+    """
+    with open_tar_stream(shard, hasher=hasher) as fh:
+        for raw in group_samples(iter_tar_files(fh)):
+            raw["__url__"] = shard
+            yield raw
+        if hasher is not None:
+            while fh.read(CHUNK):  # bytes after the archive's end count in the file's hash too
+                pass
+
+
+def shard_sha256(shard: str | os.PathLike) -> str:
+    """sha256 of the shard's bytes as stored (what the packer's manifest records)."""
+    h = hashlib.sha256()
+    with open_tar_stream(shard, decompress=False) as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
