@@ -159,7 +159,8 @@ def random_boxes(sizes: torch.Tensor, height: int, width: int, n: int,
 
     Examples:
         >>> b = random_boxes(torch.tensor([[4.0, 2.0]]), 10, 20, 3, torch.Generator().manual_seed(0))
-        >>> (b[:, 2:] - b[:, :2]).round().tolist(), bool((b >= 0).all() and (b[:, 2] <= 20).all() and (b[:, 3] <= 10).all())
+        >>> inside = bool((b >= 0).all() and (b[:, 2] <= 20).all() and (b[:, 3] <= 10).all())
+        >>> (b[:, 2:] - b[:, :2]).round().tolist(), inside
         ([[4.0, 2.0], [4.0, 2.0], [4.0, 2.0]], True)
     """
     limit = torch.tensor([float(width), float(height)])
