@@ -2,7 +2,7 @@
 
 The config lives next to the weights (the nanoGPT habit), so a path alone rebuilds the model. A
 checkpoint is a ``torch.save``'d dict of plain Python types and tensors only, so it loads with
-``torch.load(weights_only=True)`` (no pickled classes, no code execution). Two formats:
+``torch.load(weights_only=True)`` (no pickled classes, no code execution). Three formats:
 
 * translators, ``streamaug-translator/1`` (:func:`save_translator` / :func:`load_translator`)::
 
@@ -25,6 +25,15 @@ checkpoint is a ``torch.save``'d dict of plain Python types and tensors only, so
 
 Every refusal is a :class:`CheckpointError` (a ``ValueError``) whose message names the file and
 the fix.
+
+* inpainters, ``streamaug-inpainter/1`` (:func:`save_inpainter` / :func:`load_inpainter`)::
+
+    {"format": "streamaug-inpainter/1", "streamaug_version": "0.1.0", "model": "pix2pix",
+     "config": {...}, "image_size": 256, "data_sha256": "...", "step": 20000,
+     "weights": {name: tensor}, "extra": {...} | None, "trainer_state": {...} | None}
+
+  ``model`` is a :func:`~streamaug.models.registry.get_inpainter` name (Xing et al.'s pix2pix);
+  ``extra`` holds the trainer's run config and data counts.
 """
 from __future__ import annotations
 
@@ -36,16 +45,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.nn as nn
 
-from streamaug.models.registry import get_classifier, get_translator
+from streamaug.models.registry import get_classifier, get_inpainter, get_translator
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from streamaug.models.drn import DRN, DRNConfig
 
 __all__ = ["FORMAT", "CLASSIFIER_FORMAT", "CheckpointError", "LoadedClassifier", "save_checkpoint",
-           "read_checkpoint", "save_translator", "load_translator", "save_classifier", "load_classifier"]
+           "read_checkpoint", "save_translator", "load_translator", "save_classifier", "load_classifier",
+           "INPAINTER_FORMAT", "save_inpainter", "load_inpainter"]
 
 FORMAT = "streamaug-translator/1"
 CLASSIFIER_FORMAT = "streamaug-classifier/1"
+INPAINTER_FORMAT = "streamaug-inpainter/1"
 
 
 @dataclass(frozen=True)
@@ -65,6 +76,10 @@ _KINDS = {
     "classifier": _Kind(CLASSIFIER_FORMAT, ("format", "arch", "config", "state_dict"),
                         "pass a classifier checkpoint written by save_classifier (best.pt or last.pt of "
                         "`streamaug-train classifier`), or retrain the classifier"),
+    "inpainter": _Kind(INPAINTER_FORMAT, ("format", "model", "config", "image_size", "data_sha256", "step",
+                                          "weights"),
+                       "pass the inpainter.pt that `streamaug-train inpainter` writes (or re-export the model "
+                       "with streamaug.models.checkpoint.save_inpainter)"),
 }
 
 
@@ -87,6 +102,10 @@ def _check_plain(obj: Any, where: str) -> None:
             _check_plain(v, f"{where}[{k!r}]")
         return
     raise TypeError(f"{where}: {type(obj).__name__} cannot be stored (plain types and tensors only)")
+
+
+def _a(word: str) -> str:
+    return ("an " if word[0] in "aeiou" else "a ") + word
 
 
 def _version() -> str:
@@ -129,7 +148,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     Args:
         path: the checkpoint file.
         device: ``map_location`` of the tensors.
-        kind: ``"translator"`` or ``"classifier"``: which format and keys the file must have.
+        kind: ``"translator"``, ``"classifier"`` or ``"inpainter"``: which format and keys the file must have.
 
     Returns:
         The checkpoint dict.
@@ -153,7 +172,7 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     if found != spec.format:
         other = next((k for k, s in _KINDS.items() if s.format == found), None)
         if other:
-            what = f"a {other} checkpoint, not a {kind} one"
+            what = f"{_a(other)} checkpoint, not {_a(kind)} one"
         elif found:
             what = f"written by streamaug_version={ckpt.get('streamaug_version')!r}; use that version"
         else:
@@ -230,6 +249,29 @@ def _load_weights(path: Path, model: nn.Module, weights: dict[str, torch.Tensor]
         raise CheckpointError(f"{path}: weights do not match the stored config ({detail}); {fix}") from err
 
 
+def _rebuild(path: str | os.PathLike, ckpt: dict[str, Any], kind: str, size_key: str,
+             device: str | torch.device) -> nn.Module:
+    """The registered ``ckpt["model"]`` class built from the stored config and weights, frozen in eval
+    mode on ``device``, with ``meta`` (every field but weights and optimizer state)."""
+    fix = f"check that the checkpoint was written by save_{kind} with the config used in training"
+    try:
+        cls = (get_translator if kind == "translator" else get_inpainter)(ckpt["model"])
+    except KeyError as err:
+        raise CheckpointError(f"{path}: {err.args[0]}; import the module that registers it") from None
+    try:
+        config = cls.config_cls.from_dict(dict(ckpt["config"]))  # type: ignore[attr-defined]
+        model = cls(config)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: invalid {ckpt['model']!r} config: {err}; {fix}") from err
+    if getattr(model, size_key) != ckpt[size_key]:
+        raise CheckpointError(f"{path}: {size_key} {ckpt[size_key]} does not match config {size_key} "
+                              f"{getattr(model, size_key)}; {fix}")
+    _load_weights(Path(path), model, ckpt["weights"], fix)
+    model.to(device).eval().requires_grad_(False)  # an inference module; training resumes from read_checkpoint
+    model.meta = {k: v for k, v in ckpt.items() if k not in ("weights", "trainer_state")}
+    return model
+
+
 def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a translator from a checkpoint, in eval mode on ``device``.
 
@@ -249,24 +291,40 @@ def load_translator(path: str | os.PathLike, device: str | torch.device = "cpu")
             class rejects, or weights that do not fit the config (missing/unexpected keys, shapes).
     """
     ckpt = read_checkpoint(path, device)
-    fix = "check that the checkpoint was written by save_translator with the config used in training"
-    try:
-        cls = get_translator(ckpt["model"])
-    except KeyError as err:
-        raise CheckpointError(f"{path}: {err.args[0]}; import the module that registers it") from None
-    try:
-        config = cls.config_cls.from_dict(dict(ckpt["config"]))  # type: ignore[attr-defined]
-        model = cls(config)
-    except (TypeError, ValueError) as err:
-        raise CheckpointError(f"{path}: invalid {ckpt['model']!r} config: {err}; {fix}") from err
-    if model.patch_size != ckpt["patch_size"]:
-        raise CheckpointError(
-            f"{path}: patch_size {ckpt['patch_size']} does not match config patch_size {model.patch_size}; {fix}"
-        )
-    _load_weights(Path(path), model, ckpt["weights"], fix)
-    model.to(device).eval().requires_grad_(False)  # an inference module; training resumes from read_checkpoint
+    model = _rebuild(path, ckpt, "translator", "patch_size", device)
     model.id = f"{ckpt['model']}-{ckpt['region']}-{ckpt['manifest_sha256'][:8]}-step{ckpt['step']}"
-    model.meta = {k: v for k, v in ckpt.items() if k not in ("weights", "trainer_state")}
+    return model
+
+
+def save_inpainter(path: str | os.PathLike, model: nn.Module, *, data_sha256: str, step: int,
+                   extra: dict[str, Any] | None = None, trainer_state: dict[str, Any] | None = None) -> Path:
+    """Write an inpainter checkpoint atomically, like :func:`save_translator`: its config is
+    ``model.config``, ``data_sha256`` the fingerprint of the training shards (provenance, resume check).
+
+    Raises:
+        ValueError: ``model`` is not a registered inpainter.
+        TypeError: ``extra``/``trainer_state`` hold non-plain objects.
+    """
+    name = getattr(type(model), "name", None)
+    if name is None or not hasattr(model, "generate"):
+        raise ValueError(f"{type(model).__name__} is not a registered inpainter (see register_inpainter)")
+    return save_checkpoint(path, {
+        "format": INPAINTER_FORMAT, "streamaug_version": _version(), "model": name,
+        "config": model.config.to_dict(), "image_size": int(model.image_size), "data_sha256": str(data_sha256),
+        "step": int(step), "weights": _weights(model), "extra": extra, "trainer_state": trainer_state,
+    })
+
+
+def load_inpainter(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild an inpainter written by :func:`save_inpainter`, frozen in eval mode on ``device``, with
+    an ``id`` ``"<model>-<sha256[:8]>-step<N>"`` (for provenance) and ``meta``.
+
+    Raises:
+        CheckpointError: as :func:`load_translator`.
+    """
+    ckpt = read_checkpoint(path, device, kind="inpainter")
+    model = _rebuild(path, ckpt, "inpainter", "image_size", device)
+    model.id = f"{ckpt['model']}-{ckpt['data_sha256'][:8]}-step{ckpt['step']}"
     return model
 
 

@@ -1,7 +1,7 @@
 """One small registry (the torchvision/timm habit): ``register``, ``get``, ``list``.
 
 :class:`Registry` maps names to objects; a duplicate name is an error and an unknown name lists the
-known ones. Two instances use it:
+known ones. Three instances use it:
 
 * translators (:func:`register_translator`, :func:`get_translator`, :func:`list_translators`,
   :func:`build_translator`): an entry is an ``nn.Module`` class with
@@ -16,9 +16,15 @@ known ones. Two instances use it:
   ``"drn"`` takes a full :class:`~streamaug.models.drn.DRNConfig` as keywords (what classifier
   checkpoints are rebuilt with); ``"drn_paper"``, ``"drn_small"``, ``"drn_tiny"`` are its presets.
 
-Built-in entries (``"unit"``, ``"identity"``, the DRNs) are registered on first lookup, so importing
-this module stays cheap and free of import cycles. Tests iterate :func:`list_translators` and
-:func:`list_classifiers`, so every registered model is smoke-tested.
+* inpainters (:func:`register_inpainter`, :func:`get_inpainter`, :func:`list_inpainters`): an entry
+  is an ``nn.Module`` class with ``config_cls`` (a dataclass with ``image_size``, ``to_dict()``,
+  ``from_dict(dict)``), ``__init__(config)``, attribute ``image_size`` and
+  ``generate(images (B, C, S, S) in [0, 1], masks (B, 1, S, S), seeds (B,) | None) -> (B, C, S, S)``
+  (the image the box is composited into, see :mod:`streamaug.models.pix2pix`).
+
+Built-in entries (``"unit"``, ``"identity"``, ``"pix2pix"``, the DRNs) are registered on first lookup, so importing
+this module stays cheap and free of import cycles. Tests iterate :func:`list_translators`,
+:func:`list_classifiers` and :func:`list_inpainters`, so every registered model is smoke-tested.
 
 Examples:
     >>> "drn_tiny" in list_classifiers()
@@ -47,6 +53,9 @@ __all__ = [
     "get_classifier",
     "list_classifiers",
     "ClassifierFactory",
+    "register_inpainter",
+    "get_inpainter",
+    "list_inpainters",
     "IdentityConfig",
     "IdentityTranslator",
 ]
@@ -116,6 +125,21 @@ class Registry(Generic[V]):
 
 _TRANSLATORS: Registry[type[nn.Module]] = Registry("translator", ("streamaug.models.unit",))
 _CLASSIFIERS: Registry[ClassifierFactory] = Registry("classifier", ("streamaug.models.drn",))
+_INPAINTERS: Registry[type[nn.Module]] = Registry("inpainter", ("streamaug.models.pix2pix",))
+
+
+def _class_decorator(registry: Registry[type[nn.Module]], name: str, needs: tuple[str, ...]) -> Callable[[T], T]:
+    """A class decorator registering under ``name`` a class that has every attribute in ``needs``."""
+
+    def deco(cls: T) -> T:
+        for attr in needs:
+            if not hasattr(cls, attr):
+                raise TypeError(f"{registry.kind} {name!r}: class {cls.__qualname__} lacks {attr!r}")
+        registry.register(name, cls)
+        cls.name = name  # type: ignore[attr-defined]
+        return cls
+
+    return deco
 
 
 def register_translator(name: str) -> Callable[[T], T]:
@@ -131,16 +155,23 @@ def register_translator(name: str) -> Callable[[T], T]:
         ValueError: when ``name`` is already registered.
         TypeError: the class lacks ``config_cls`` or ``translate``.
     """
+    return _class_decorator(_TRANSLATORS, name, ("config_cls", "translate"))
 
-    def deco(cls: T) -> T:
-        for attr in ("config_cls", "translate"):
-            if not hasattr(cls, attr):
-                raise TypeError(f"translator {name!r}: class {cls.__qualname__} lacks {attr!r}")
-        _TRANSLATORS.register(name, cls)
-        cls.name = name  # type: ignore[attr-defined]
-        return cls
 
-    return deco
+def register_inpainter(name: str) -> Callable[[T], T]:
+    """Class decorator that registers an inpainter under ``name`` (the ``model`` field of its
+    checkpoints); like :func:`register_translator`, for classes with ``config_cls`` and ``generate``."""
+    return _class_decorator(_INPAINTERS, name, ("config_cls", "generate"))
+
+
+def get_inpainter(name: str) -> type[nn.Module]:
+    """The inpainter class registered as ``name`` (``KeyError`` naming the known ones if none is)."""
+    return _INPAINTERS.get(name)
+
+
+def list_inpainters() -> list[str]:
+    """Sorted names of all registered inpainters, e.g. ``["pix2pix"]``."""
+    return _INPAINTERS.names()
 
 
 def get_translator(name: str) -> type[nn.Module]:

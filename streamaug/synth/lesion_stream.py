@@ -13,7 +13,9 @@ Where each part runs::
 The real samples have a stream of their own over the same shards (all labels, in the shards'
 proportions), drawn apart from synthesis: how many candidates the filter accepts changes how many
 normals the sources stream decodes, never the label make-up of the real samples. The sources
-stream reads only normals (label 0, decided from the JSON before decoding).
+stream reads only normals (label 0, decided from the JSON before decoding), or only positives for
+a synthesizer that makes new positives from real ones (``source_label = 1``: :class:`streamaug.synth.Inpaint`;
+their own lesion boxes are then the sites).
 
 Iterate it in the process that owns the device (``DataLoader(stream, num_workers=0)`` or
 :meth:`LesionStream.iter_batches`); its own ``num_workers`` CPU workers per inner loader decode.
@@ -41,7 +43,7 @@ from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
 from streamaug.data.select import LabelSelect
 from streamaug.data.stream import XRayShards, manifest_site_proposer
-from streamaug.synth.stage import SynthesisStage, epoch_seed
+from streamaug.synth.stage import SynthesisStage, epoch_seed, lesion_box_sites
 
 _KINDS = ("real_positive", "real_normal", "real_other", "synthetic", "positives")
 
@@ -89,7 +91,9 @@ class LesionStream(torch.utils.data.IterableDataset):
 
     Args:
         normal_shards: the source shards: real samples are drawn from all of them (every label, as
-            they come), synthetic ones are made from their normals (label 0, with sites).
+            they come), synthetic ones are made from their normals (label 0, with sites) or, for a
+            synthesizer with ``source_label = 1`` (:class:`streamaug.synth.Inpaint`), from their
+            positives (label 1, their lesion boxes as sites; ``sites`` is not used then).
         translator: shorthand for ``synthesizer=Translate(translator)``: a translator module or
             checkpoint path (:func:`streamaug.load_translator`).
         synthesizer: a :class:`streamaug.synth.Translate`, :class:`streamaug.synth.CopyPaste`,
@@ -138,14 +142,18 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.seed, self.num_workers, self.device_batch = seed, num_workers, device_batch
         self.epoch_length, self.max_empty_batches = epoch_length, max_empty_batches
         common = {"split": split, "resampled": True, "resize": resize, "on_error": on_error}
-        self.real = XRayShards(normal_shards, seed=seed, select=select, **common)
-        if sites is True:  # the bank follows the caller's select, not the normals-only one below
-            sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
-        self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites, select=LabelSelect(0, select), **common)
-        self.positives = None if positives is None else XRayShards(
-            positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
         self.stage = SynthesisStage(translator, synthesizer=synthesizer, filter=filter, blend_n=blend_n,
                                     device=self.device, seed=seed, **stage_kwargs)
+        self.real = XRayShards(normal_shards, seed=seed, select=select, **common)
+        label = self.stage.source_label
+        if label == 1:  # positives are their own sites
+            sites = lesion_box_sites
+        elif sites is True:  # the bank follows the caller's select, not the normals-only one below
+            sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
+        self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites, select=LabelSelect(label, select),
+                                  **common)
+        self.positives = None if positives is None else XRayShards(
+            positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
         _check_resize(self.stage.synthesizer, resize)
         self.emitted = dict.fromkeys(_KINDS, 0)
         self.epoch = 0

@@ -14,6 +14,10 @@ of each of ``want`` normals), else ``ceil(oversample * want)``, spread over the 
 to ``sites_per_image`` sites of each. The best ``want`` are kept (filter scores, at most one per
 source image; in threshold mode only those ``>= t``), so a ranking filter
 (``PseudoLabel(mode="rank")``) scores ``oversample`` candidates per accepted sample.
+
+Sources: a synthesizer makes positives from normals (label 0, sites proposed by the workers) unless
+it declares ``source_label = 1`` (:class:`streamaug.synth.Inpaint`): then the sources are positives
+and their sites are their own lesion boxes (:func:`lesion_box_sites`); :func:`source_label` reads it.
 """
 from __future__ import annotations
 
@@ -73,6 +77,37 @@ def as_synthesizer(spec: Any, *, blend_n: float = 2.0, dtype: torch.dtype | None
     return Translate(spec, blend_n=blend_n, dtype=dtype, device=device)
 
 
+def source_label(synthesizer: Synthesizer) -> int:
+    """The label of the images ``synthesizer`` makes positives from: its ``source_label`` attribute,
+    0 (normals) when it has none. The parts of a :class:`Mix` must agree.
+
+    Raises:
+        ValueError: a :class:`Mix` of synthesizers with different source labels.
+    """
+    labels = {int(getattr(s, "source_label", 0)) for s in getattr(synthesizer, "synthesizers", [synthesizer])}
+    if len(labels) != 1:
+        raise ValueError(f"the synthesizers of a Mix take sources of different labels ({sorted(labels)}): mix "
+                         "only those that make positives from the same images (e.g. Translate with CopyPaste)")
+    return labels.pop()
+
+
+def lesion_box_sites(sample: dict[str, Any]) -> dict[str, Any]:
+    """``sample["sites"]``: its own lesion boxes, widened to whole pixels and clipped to the image
+    (the sites of positive sources; a picklable stand-in for a site proposer).
+
+    Examples:
+        >>> s = lesion_box_sites({"image": torch.zeros(1, 10, 10), "boxes": torch.tensor([[1.5, 2., 4.2, 12.]])})
+        >>> s["sites"].tolist()
+        [[1, 2, 5, 10]]
+    """
+    _, h, w = sample["image"].shape
+    b = torch.as_tensor(sample["boxes"], dtype=torch.float64).reshape(-1, 4)
+    limit = torch.tensor([w, h, w, h], dtype=torch.float64)
+    sites = torch.minimum(torch.cat([b[:, :2].floor(), b[:, 2:].ceil()], 1).clamp(min=0), limit).long()
+    sample["sites"] = sites[(sites[:, 2] > sites[:, 0]) & (sites[:, 3] > sites[:, 1])]
+    return sample
+
+
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
     """A 63-bit seed for one epoch of one random stream (numpy's SeedSequence of the three)."""
     return int(np.random.SeedSequence([int(seed), int(epoch), int(salt)]).generate_state(1, np.uint64)[0] >> 1)
@@ -97,7 +132,8 @@ class SynthesisStage:
             :attr:`stats` reports as ``achieved_fraction``.
         oversample: with a filter, candidates scored per wanted positive (no extra ones without).
         sites_per_image: with a filter, at most this many candidate sites of one image.
-        min_intensity: device-side bone-content check on the site boxes' exact means (None to skip).
+        min_intensity: device-side bone-content check on the site boxes' exact means (None to skip);
+            only for sites proposed in normals (a real lesion box of a positive source is kept as it is).
         dtype: autocast dtype for the translator on CUDA (e.g. ``torch.bfloat16``); None: float32.
         seed: seeds the choice of images and sites and the synthesizer's parameters.
     """
@@ -119,7 +155,8 @@ class SynthesisStage:
                                           blend_n=blend_n, dtype=dtype, device=self.device)
         self.filter, self.fraction, self.oversample = filter, fraction, float(oversample)
         self.sites_per_image = int(sites_per_image)
-        self.bone = BoneContent(min_intensity) if min_intensity is not None else None
+        self.source_label = source_label(self.synthesizer)
+        self.bone = BoneContent(min_intensity) if min_intensity is not None and self.source_label == 0 else None
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
         self.acceptance = AcceptanceStats()
@@ -170,11 +207,12 @@ class SynthesisStage:
         return torch.stack(boxes).long(), torch.tensor(source, dtype=torch.long)
 
     def plan(self, batch: dict[str, Any], want: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Candidate sites for ``want`` synthetic samples from the normals (label 0, with sites) of a
-        ``collate_xray`` batch, in random order; returns ``(boxes, source, want)`` with ``want``
-        lowered to the number of such normals."""
-        normals = [i for i in range(len(batch["label"])) if int(batch["label"][i]) == 0 and len(batch["sites"][i])]
-        images = [normals[i] for i in torch.randperm(len(normals), generator=self.generator).tolist()]
+        """Candidate sites for ``want`` synthetic samples from the sources (label :attr:`source_label`,
+        with sites) of a ``collate_xray`` batch, in random order; returns ``(boxes, source, want)`` with
+        ``want`` lowered to the number of such sources."""
+        sources = [i for i in range(len(batch["label"])) if int(batch["label"][i]) == self.source_label
+                   and len(batch["sites"][i])]
+        images = [sources[i] for i in torch.randperm(len(sources), generator=self.generator).tolist()]
         want = min(want, len(images))
         if self.filter is None:
             boxes, source = self.choose_sites(batch["sites"], images[:want])
@@ -245,7 +283,9 @@ class SynthesisStage:
     # -- drop-in for an existing DataLoader -----------------------------------------------------
     def apply(self, batch: dict[str, Any]) -> dict[str, Any]:
         """Replace ``fraction`` of a ``collate_xray`` batch by synthetic positives made from its
-        normals (each replaced normal becomes the :meth:`sample` made from it). Candidates that are
+        normals (each replaced normal becomes the :meth:`sample` made from it; with a positive-source
+        synthesizer such as :class:`streamaug.synth.Inpaint`, from its positives, whose ``sites``
+        are then their lesion boxes: ``XRayShards(..., sites=lesion_box_sites)``). Candidates that are
         not chosen leave their normal image in place, so the batch size never changes. The batch
         needs ``image``, ``label`` and ``sites``."""
         if "sites" not in batch:
