@@ -21,11 +21,12 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from streamaug.io.errors import MissingCodecError, SampleError, ShardError, XRayDecodeError
     from streamaug.io.labels import to_int_label
     from streamaug.io.readers import decode_xray, read_xray
-    from streamaug.models.checkpoint import load_translator
+    from streamaug.models.checkpoint import load_inpainter, load_translator
     from streamaug.phantom import make_phantom, write_phantom_dataset
     from streamaug.sites.bank import LesionBoxBank
     from streamaug.sites.proposer import SiteProposer
     from streamaug.synth.copy_paste import CopyPaste
+    from streamaug.synth.inpaint import Inpaint
     from streamaug.synth.lesion_stream import LesionStream, NoAcceptedCandidates
     from streamaug.synth.mix import Mix
     from streamaug.synth.ops import cosine_alpha
@@ -50,11 +51,13 @@ _PUBLIC = {
     "SiteProposer": "streamaug.sites.proposer",
     "LesionBoxBank": "streamaug.sites.bank",
     "load_translator": "streamaug.models.checkpoint",
+    "load_inpainter": "streamaug.models.checkpoint",
     "cosine_alpha": "streamaug.synth.ops",
     "SynthesisStage": "streamaug.synth.stage",
     "Translate": "streamaug.synth.translate",
     "CopyPaste": "streamaug.synth.copy_paste",
     "Mix": "streamaug.synth.mix",
+    "Inpaint": "streamaug.synth.inpaint",
     "LesionStream": "streamaug.synth.lesion_stream",
     "NoAcceptedCandidates": "streamaug.synth.lesion_stream",
     "PseudoLabel": "streamaug.filters.pseudo_label",
