@@ -99,7 +99,9 @@ def decode_sample(raw: dict[str, Any], label_fn: Callable[[Any], int] = to_int_l
         from PIL import Image
 
         mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])).convert("L")) > 127
-        sample["mask"] = torch.from_numpy(mask).to(torch.float32)[None]
+        # numpy, not Tensor.to: a small torch op runs on the intra-op thread pool, which on a busy
+        # machine cost ~100x the conversion itself (15 ms vs 0.16 ms per 256 px mask, 2 threads)
+        sample["mask"] = torch.from_numpy(mask.astype(np.float32))[None]
     return sample
 
 
