@@ -90,6 +90,7 @@ class TranslatorRun:
         preset: UNIT size preset.
         steps: training steps in all (a resumed run continues up to this).
         patch_size: patch side P in pixels; default: the preset's.
+        lr: Adam learning rate of generators and discriminators; default: the preset's (UNIT's 1e-4).
         s: crop side / larger lesion-box side (Gupta et al. 3.2; paper: 1 for tibia, 2 for humerus):
             one number, or REGION=S pairs plus optionally a bare number for the other regions
             (e.g. lower_limb=1 upper_limb=2); default 1. Stored as a float or {region: s}.
@@ -125,6 +126,7 @@ class TranslatorRun:
     preset: str = field(default="tiny", metadata={"choices": sorted(UNIT_PRESETS)})
     steps: int = 1000
     patch_size: int | None = None  # None: the preset's
+    lr: float | None = None  # None: the preset's
     s: list[str] | None = None  # the command line's form; __post_init__ makes any form a float or {region: s}
     n: int = 7
     region: str | None = None
@@ -257,7 +259,7 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     if run.region is not None:
         s_for_region(run.s, run.region)  # type: ignore[arg-type]  # an s map without the region: fail before reading
     torch.manual_seed(run.seed)
-    overrides = {"patch_size": run.patch_size} if run.patch_size else {}
+    overrides = {k: v for k, v in (("patch_size", run.patch_size), ("lr", run.lr)) if v is not None}
     config = unit_preset(run.preset, **overrides)
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
     select = KeySelect(run.region, frozenset(run.positives)) if run.positives is not None else None
