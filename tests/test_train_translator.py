@@ -30,9 +30,11 @@ def run_cfg(shards, out, steps, **kw):
 
 def test_cli_trains_and_writes_everything(shards, tmp_path):
     train_main(["translator", "--shards", shards, "--out", str(tmp_path), "--steps", "3", "--s", "1.5",
-                "--n", "2", "--batch-size", "4", "--sample-every", "2", "--ckpt-every", "2", "--split", "all"])
+                "--n", "2", "--batch-size", "4", "--sample-every", "2", "--ckpt-every", "2", "--split", "all",
+                "--lr", "0.0005"])
     model = load_translator(tmp_path / "translator.pt")
     assert model.patch_size == 32 and model.meta["step"] == 3 and model.meta["s"] == 1.5
+    assert model.meta["config"]["lr"] == 5e-4 and model.meta["config"]["ngf"] == 8  # --lr over the tiny preset
     out = model.translate(torch.rand(2, 1, 32, 32))
     assert out.shape == (2, 1, 32, 32) and 0 <= float(out.min()) and float(out.max()) <= 1
     losses = [json.loads(line) for line in (tmp_path / "losses.jsonl").read_text().splitlines()]
