@@ -17,8 +17,8 @@ translation moved normal patches towards real lesions). Arms (``--arms``):
   only, all training images (no hold-out), the last checkpoint.
 - ``new``: the ``TranslatorRun`` defaults (several crops per box, every normal patch, flips/rot90/
   intensity jitter, 10 % of groups held out to pick ``best.pt``); scored last and best.
-- ``new+diffaug``, ``new+centre``, ``new+1crop``: ``new`` with DiffAugment (color, translation,
-  cutout) / boxes at the crop centre / one crop per box.
+- ``new+diffaug``, ``new+centre``, ``new+1crop``, ``new+hflip``: ``new`` with DiffAugment (color,
+  translation, cutout) / boxes at the crop centre / one crop per box / horizontal flips only.
 
 Prints one row per arm and checkpoint with its KID and the ratio to ``old``'s; writes a sample grid
 per arm (the same 8 held-out normal patches: original / translated / blended) to ``--out``.
@@ -43,6 +43,7 @@ ARMS = {
     "new+diffaug": dict(diffaug=["color", "translation", "cutout"]),
     "new+centre": dict(centre=True),
     "new+1crop": dict(crops_per_box=1),
+    "new+hflip": dict(augment="hflip"),
 }
 
 
