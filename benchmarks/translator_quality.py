@@ -14,11 +14,11 @@ and real lesion patches on fixed random features; lower is better; ``vs untransl
 translation moved normal patches towards real lesions). Arms (``--arms``):
 
 - ``old``: the original recipe: one crop per lesion box, sets cut to equal size, horizontal flips
-  only, all training images (no hold-out), the last checkpoint.
-- ``new``: the ``TranslatorRun`` defaults (several crops per box, every normal patch, flips/rot90/
-  intensity jitter, 10 % of groups held out to pick ``best.pt``); scored last and best.
-- ``new+diffaug``, ``new+centre``, ``new+1crop``, ``new+hflip``: ``new`` with DiffAugment (color,
-  translation, cutout) / boxes at the crop centre / one crop per box / horizontal flips only.
+  only, all training images (no hold-out), UNIT's lr 1e-4, the last checkpoint.
+- ``new``: the ``TranslatorRun`` defaults (4 crops per box, every normal patch, horizontal flips,
+  the preset's lr, 10 % of groups held out to pick ``best.pt``); scored last and best.
+- ``new+diffaug``, ``new+centre``, ``new+1crop``, ``new+all``: ``new`` with DiffAugment (color,
+  translation, cutout) / boxes at the crop centre / one crop per box / flips, rot90s and jitter.
 
 Prints one row per arm and checkpoint with its KID and the ratio to ``old``'s; writes a sample grid
 per arm (the same 8 held-out normal patches: original / translated / blended) to ``--out``.
@@ -38,12 +38,12 @@ from streamaug.train.quality import TranslationScore
 from streamaug.train.translator import TranslatorRun, train_translator, write_samples
 
 ARMS = {
-    "old": dict(crops_per_box=1, balance_sets=True, augment="hflip", holdout=0.0, score_every=0),
+    "old": dict(crops_per_box=1, balance_sets=True, augment="hflip", holdout=0.0, score_every=0, lr=1e-4),
     "new": {},
     "new+diffaug": dict(diffaug=["color", "translation", "cutout"]),
     "new+centre": dict(centre=True),
     "new+1crop": dict(crops_per_box=1),
-    "new+hflip": dict(augment="hflip"),
+    "new+all": dict(augment="all"),
 }
 
 
@@ -58,14 +58,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", type=int, default=1200, help="training steps per arm")
     ap.add_argument("--score-every", type=int, default=100, help="best.pt selection interval of the new arms")
     ap.add_argument("--preset", default="tiny", help="UNIT preset")
-    ap.add_argument("--lr", type=float, default=None, help="Adam learning rate of every arm; default: the preset's")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="Adam learning rate of every arm; default: old 1e-4 (as it was), the others the preset's")
     ap.add_argument("--seed", type=int, default=0, help="seed of every arm")
     ap.add_argument("--threads", type=int, default=1, help="torch threads")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = Path(args.out)
 
-    base = TranslatorRun(shards=[args.shards], preset=args.preset, lr=args.lr, steps=args.steps, region=args.region,
+    base = TranslatorRun(shards=[args.shards], preset=args.preset, steps=args.steps, region=args.region,
                          split=args.train_split, seed=args.seed, score_every=args.score_every,
                          sample_every=args.steps, ckpt_every=args.steps)
     held = build_patch_sets(args.shards, patch_size=_patch_size(args.preset), s=base.s, n=base.n, region=args.region,
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
           f"images; untranslated KID {score.kid_identity:.5f}")
     rows = []
     for arm in args.arms:
-        run = dataclasses.replace(base, out=str(out / arm), **ARMS[arm])
+        run = dataclasses.replace(base, out=str(out / arm), **{**ARMS[arm], **({"lr": args.lr} if args.lr else {})})
         t0 = time.perf_counter()
         last = train_translator(run, progress=False)
         seconds = time.perf_counter() - t0
@@ -87,18 +88,18 @@ def main(argv: list[str] | None = None) -> None:
                 continue
             model = load_translator(path)
             result = score(model.translate)
-            rows.append((arm, kind, model.meta["step"], info, seconds, result))
+            rows.append((arm, kind, model.meta["step"], model.meta["config"]["lr"], info, seconds, result))
             if kind == ("best" if arm != "old" else "last"):
                 write_samples(out / f"samples_{arm}.png", model, grid_normals, run.blend_n)
-    old = next((r[5]["kid"] for r in rows if r[0] == "old"), None)
-    print(f"\n{args.steps} steps per arm, preset {args.preset}, lr {base.lr or 'preset'}, seed {args.seed}; "
-          "KID lower is better")
-    print("| arm | ckpt | step | lesion / normal patches | train seconds | KID | vs untranslated | KID / old |")
-    print("|---|---|---|---|---|---|---|---|")
-    for arm, kind, step, info, seconds, r in rows:
+    old = next((r[-1]["kid"] for r in rows if r[0] == "old"), None)
+    print(f"\n{args.steps} steps per arm, preset {args.preset}, seed {args.seed}; KID lower is better")
+    print("| arm | ckpt | step | lr | lesion / normal patches | train seconds | KID | vs untranslated | KID / old |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for arm, kind, step, lr, info, seconds, r in rows:
         ratio = f"{r['kid'] / old:.3f}" if old else "-"
-        print(f"| {arm} | {kind} | {step} | {info['lesion_patches']} / {info['normal_patches']} | {seconds:.0f} | "
-              f"{r['kid']:.5f} | {r['kid_ratio']:.3f} | {ratio} |")
+        patches = f"{info['lesion_patches']} / {info['normal_patches']}"
+        print(f"| {arm} | {kind} | {step} | {lr:g} | {patches} | {seconds:.0f} | {r['kid']:.5f} | {r['kid_ratio']:.3f} "
+              f"| {ratio} |")
     print(f"sample grids: {', '.join(str(out / f'samples_{a}.png') for a in args.arms)}")
 
 

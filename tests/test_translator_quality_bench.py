@@ -20,5 +20,5 @@ def test_translator_quality_benchmark_prints_both_arms(tmp_path, capsys):
     rows = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
             if line.startswith("| ") and "KID" not in line]
     assert [(r[0], r[1]) for r in rows] == [("old", "last"), ("new", "last"), ("new", "best")]
-    assert rows[0][-1] == "1.000" and all(float(r[5]) > 0 for r in rows)
+    assert rows[0][-1] == "1.000" and rows[0][3] == "0.0001" and all(float(r[6]) > 0 for r in rows)
     assert (tmp_path / "out" / "samples_old.png").exists() and (tmp_path / "out" / "samples_new.png").exists()

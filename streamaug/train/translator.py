@@ -90,7 +90,8 @@ class TranslatorRun:
         preset: UNIT size preset.
         steps: training steps in all (a resumed run continues up to this).
         patch_size: patch side P in pixels; default: the preset's.
-        lr: Adam learning rate of generators and discriminators; default: the preset's (UNIT's 1e-4).
+        lr: Adam learning rate of generators and discriminators; default: the preset's (tiny 5e-4, else
+            UNIT's 1e-4).
         s: crop side / larger lesion-box side (Gupta et al. 3.2; paper: 1 for tibia, 2 for humerus):
             one number, or REGION=S pairs plus optionally a bare number for the other regions
             (e.g. lower_limb=1 upper_limb=2); default 1. Stored as a float or {region: s}.
@@ -111,8 +112,9 @@ class TranslatorRun:
         centre: put each lesion box at its crop's centre (one crop per box; the blend fades off-centre lesions).
         balance_sets: cut the larger patch set to the smaller's size (the original recipe); default:
             keep every patch, each step draws batch_size of both.
-        augment: on-the-fly augmentation of both domains: none; hflip (random horizontal flips, the
-            original recipe); all (the 8 flips/rot90s and intensity jitter).
+        augment: on-the-fly augmentation of both domains: none; hflip (random horizontal flips); all
+            (the 8 flips/rot90s and intensity jitter: measured worse on lower-limb patches, whose long
+            bones run one way).
         jitter: intensity jitter amplitude with augment=all: contrast x U(1-j, 1+j), brightness + U(-j/2, j/2).
         diffaug: DiffAugment policies before the discriminators (Zhao et al. 2020; e.g. translation
             cutout); default: none.
@@ -144,7 +146,7 @@ class TranslatorRun:
     crops_per_box: int = 4
     centre: bool = False
     balance_sets: bool = False
-    augment: str = field(default="all", metadata={"choices": AUGMENT_MODES})
+    augment: str = field(default="hflip", metadata={"choices": AUGMENT_MODES})
     jitter: float = 0.1
     diffaug: list[str] = field(default_factory=list, metadata={"choices": DIFFAUG_POLICIES})
     holdout: float = 0.1
