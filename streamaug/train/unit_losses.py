@@ -12,6 +12,10 @@ Per step, with ``h`` = normal and ``l`` = lesion patches mapped to ``[-1, 1]``:
    * ``recon_kl_cyc_w``: ``mean(mu^2)`` of the re-encoded translations.
 
 ``z = mu + N(0, I)`` during training. Gupta et al. keep these defaults (§4.2).
+
+With a DiffAugment ``policy`` (:mod:`streamaug.train.augment`; Zhao et al. 2020) every discriminator
+input, real or translated, in both updates, is augmented first with fresh parameters from the
+trainer's own generator (saved in :meth:`UNITTrainer.state_dict`, so a resumed run replays them).
 """
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from typing import Any
 import torch
 
 from streamaug.models.unit import UNIT, UNITConfig
+from streamaug.train.augment import diff_augment
 
 __all__ = ["UNITTrainer", "lsgan_dis_loss", "lsgan_gen_loss"]
 
@@ -54,6 +59,9 @@ class UNITTrainer:
         config: loss weights and Adam settings; defaults to ``model.config``.
         autocast_dtype: e.g. ``torch.bfloat16`` to run forward passes under ``torch.autocast`` on the
             model's device (no grad scaler needed for bf16). ``None``: plain precision.
+        diffaug: DiffAugment policies applied before the discriminators (any of ``"color"``,
+            ``"translation"``, ``"cutout"``); empty: none.
+        seed: seeds the DiffAugment generator.
 
     Examples:
         >>> from streamaug.models.unit import unit_preset
@@ -67,10 +75,13 @@ class UNITTrainer:
     """
 
     def __init__(self, model: UNIT, config: UNITConfig | None = None, *,
-                 autocast_dtype: torch.dtype | None = None) -> None:
+                 autocast_dtype: torch.dtype | None = None, diffaug: tuple[str, ...] | list[str] = (),
+                 seed: int = 0) -> None:
         self.model = model
         self.config = config or model.config
         self.autocast_dtype = autocast_dtype
+        self.diffaug = tuple(diffaug)
+        self.aug_rng = torch.Generator().manual_seed(seed)
         c = self.config
         kw: dict[str, Any] = dict(lr=c.lr, betas=(c.beta1, c.beta2), weight_decay=c.weight_decay)
         self.opt_gen = torch.optim.Adam(model.generator_parameters(), **kw)
@@ -82,6 +93,11 @@ class UNITTrainer:
             return contextlib.nullcontext()
         dev = next(self.model.parameters()).device.type
         return torch.autocast(dev, dtype=self.autocast_dtype)
+
+    def _dis(self, domain: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """Discriminator ``domain``'s score maps of ``x``, DiffAugment'ed first when a policy is set."""
+        dis = self.model.dis_h if domain == "h" else self.model.dis_l
+        return dis(diff_augment(x, self.diffaug, self.aug_rng))
 
     def _translate_noisy(self, x_h: torch.Tensor, x_l: torch.Tensor):
         m = self.model
@@ -108,7 +124,7 @@ class UNITTrainer:
         mu_hl, mu_lh = m._encode(x_hl, "l"), m._encode(x_lh, "h")  # re-encode translations
         x_hlh = m._decode(mu_hl + torch.randn_like(mu_hl), "h")
         x_lhl = m._decode(mu_lh + torch.randn_like(mu_lh), "l")
-        adv = lsgan_gen_loss(m.dis_l(x_hl)) + lsgan_gen_loss(m.dis_h(x_lh))
+        adv = lsgan_gen_loss(self._dis("l", x_hl)) + lsgan_gen_loss(self._dis("h", x_lh))
         recon = _l1(x_hh, x_h) + _l1(x_ll, x_l)
         kl = _kl(mu_h) + _kl(mu_l)
         cyc = _l1(x_hlh, x_h) + _l1(x_lhl, x_l)
@@ -123,7 +139,8 @@ class UNITTrainer:
         with torch.no_grad():
             _, _, z_h, z_l = self._translate_noisy(x_h, x_l)
             x_hl, x_lh = m._decode(z_h, "l"), m._decode(z_l, "h")
-        loss = lsgan_dis_loss(m.dis_l(x_l), m.dis_l(x_hl)) + lsgan_dis_loss(m.dis_h(x_h), m.dis_h(x_lh))
+        loss = (lsgan_dis_loss(self._dis("l", x_l), self._dis("l", x_hl))
+                + lsgan_dis_loss(self._dis("h", x_h), self._dis("h", x_lh)))
         return self.config.gan_w * loss
 
     def step(self, x_normal: torch.Tensor, x_lesion: torch.Tensor) -> dict[str, float]:
@@ -166,8 +183,9 @@ class UNITTrainer:
         return out
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimizer states and step count (model weights are saved separately)."""
-        return {"opt_gen": self.opt_gen.state_dict(), "opt_dis": self.opt_dis.state_dict(), "steps": self.steps}
+        """Optimizer states, step count and DiffAugment generator state (model weights are saved separately)."""
+        return {"opt_gen": self.opt_gen.state_dict(), "opt_dis": self.opt_dis.state_dict(), "steps": self.steps,
+                "aug_rng": self.aug_rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (after loading the model weights).
@@ -179,3 +197,5 @@ class UNITTrainer:
         self.opt_gen.load_state_dict(state["opt_gen"])
         self.opt_dis.load_state_dict(state["opt_dis"])
         self.steps = int(state["steps"])
+        if "aug_rng" in state:  # absent in checkpoints written before DiffAugment
+            self.aug_rng.set_state(state["aug_rng"])
