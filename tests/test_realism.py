@@ -1,0 +1,95 @@
+"""Realism report: the distances against closed forms, the discriminator."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from streamaug.eval.realism import (discriminator_auc, fit_binary, frechet_distance, gaussian_frechet,
+                                    kernel_distance, predict)
+
+
+def _with_moments(rng, n, mean, cov):
+    """``n`` samples whose sample mean and (``n - 1``) covariance are exactly ``mean`` and ``cov``."""
+    x = rng.normal(size=(n, len(mean)))
+    x -= x.mean(0)
+    x = x @ np.linalg.inv(np.linalg.cholesky(np.cov(x, rowvar=False))).T  # sample covariance: identity
+    return x @ np.linalg.cholesky(cov).T + mean
+
+
+def test_gaussian_frechet_matches_closed_forms():
+    # one dimension: (m1 - m2)^2 + (s1 - s2)^2
+    assert gaussian_frechet(np.array([1.0]), np.array([[9.0]]), np.array([-1.0]), np.array([[4.0]])) \
+        == pytest.approx(4 + 1)
+    # diagonal covariances: |m1 - m2|^2 + sum (sqrt a_i - sqrt b_i)^2
+    a, b = np.array([1.0, 4.0, 0.25]), np.array([4.0, 1.0, 0.25])
+    assert gaussian_frechet(np.zeros(3), np.diag(a), np.ones(3), np.diag(b)) == pytest.approx(3 + 1 + 1)
+    # identity against a full covariance with eigenvalues l: sum (1 - sqrt l)^2
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    lam = np.array([0.25, 1.0, 9.0])
+    assert gaussian_frechet(np.zeros(3), np.eye(3), np.zeros(3), q @ np.diag(lam) @ q.T) \
+        == pytest.approx(0.25 + 0 + 4)
+    # two covariances that do not commute: the textbook formula with scipy's matrix square root
+    rng = np.random.default_rng(1)
+    m1, m2 = rng.normal(size=(2, 4))
+    c1, c2 = (x @ x.T + 0.1 * np.eye(4) for x in rng.normal(size=(2, 4, 4)))
+    want = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+    assert gaussian_frechet(m1, c1, m2, c2) == pytest.approx(want, rel=1e-8)
+    assert gaussian_frechet(m2, c2, m1, c1) == pytest.approx(want, rel=1e-8)
+    assert gaussian_frechet(m1, c1, m1, c1) == pytest.approx(0, abs=1e-9)
+
+
+def test_frechet_distance_is_that_of_the_sample_moments():
+    rng = np.random.default_rng(2)
+    a = _with_moments(rng, 50, np.array([0.0, 0.0]), np.diag([1.0, 4.0]))
+    b = _with_moments(rng, 70, np.array([3.0, 4.0]), np.diag([9.0, 4.0]))
+    assert frechet_distance(a, b) == pytest.approx(25 + (1 - 3) ** 2 + 0, rel=1e-9)
+    with pytest.raises(ValueError, match="N >= 2"):
+        frechet_distance(a[:1], b)
+
+
+def test_kernel_distance_by_hand():
+    a, b = np.array([[0.0], [1.0]]), np.array([[2.0], [0.0], [1.0]])
+    k = lambda x, y: (x * y + 1.0) ** 3  # noqa: E731 - D = 1, so gamma = 1
+    kaa = 2 * k(0, 1) / 2
+    kbb = 2 * (k(2, 0) + k(2, 1) + k(0, 1)) / 6
+    kab = sum(k(x, y) for x in (0, 1) for y in (2, 0, 1)) / 6
+    assert kernel_distance(a, b) == pytest.approx(kaa + kbb - 2 * kab)
+    assert kernel_distance(a, b, degree=1, gamma=2.0, coef0=0.0) == pytest.approx(
+        (2 * 0) / 2 + 2 * 2 * (0 + 2 + 0) / 6 - 2 * 2 * (0 + 0 + 0 + 2 + 0 + 1) / 6)
+
+
+def test_kernel_distance_is_unbiased_near_zero_and_grows_with_a_shift():
+    rng = np.random.default_rng(3)
+    same = [kernel_distance(rng.normal(size=(200, 4)), rng.normal(size=(200, 4))) for _ in range(20)]
+    shifted = [kernel_distance(rng.normal(size=(200, 4)), rng.normal(size=(200, 4)) + 0.5) for _ in range(5)]
+    assert abs(np.mean(same)) < 0.02 and min(same) < 0 < max(same)  # unbiased: either sign around 0
+    assert min(shifted) > 0.5
+
+
+def _squares(n, seed, bright):
+    g = torch.Generator().manual_seed(seed)
+    x = 0.3 + 0.2 * torch.rand(n, 1, 16, 16, generator=g)
+    if bright:
+        x[:, :, 4:10, 4:10] = 0.95
+    return x
+
+
+def test_fit_binary_is_seeded_and_leaves_the_global_rng_alone():
+    x = torch.cat([_squares(16, 0, False), _squares(16, 1, True)])
+    y = torch.cat([torch.zeros(16), torch.ones(16)])
+    state = torch.get_rng_state()
+    one, two = (predict(fit_binary(x, y, epochs=2, seed=5), x) for _ in range(2))
+    assert np.array_equal(one, two) and torch.equal(torch.get_rng_state(), state)
+
+
+def test_discriminator_auc_tells_a_bright_square_and_not_the_same_noise():
+    told = discriminator_auc(_squares(24, 0, False), _squares(24, 1, True), _squares(20, 2, False),
+                             _squares(20, 3, True), epochs=6, n_boot=200)
+    assert told.auc > 0.9 and told.labels.tolist() == [0] * 20 + [1] * 20
+    same = discriminator_auc(_squares(24, 0, False), _squares(24, 1, False), _squares(20, 2, False),
+                             _squares(20, 3, False), epochs=6, n_boot=200)
+    assert same.ci[0] <= 0.5 <= same.ci[1]
