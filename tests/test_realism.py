@@ -1,4 +1,4 @@
-"""Realism report: the distances against closed forms, the discriminator."""
+"""Realism report: the distances against closed forms, the discriminator, the command on phantom shards."""
 from __future__ import annotations
 
 import json
@@ -8,6 +8,7 @@ import pytest
 import scipy.linalg
 import torch
 
+from streamaug.cli import realism as cli
 from streamaug.eval.realism import (discriminator_auc, fit_binary, frechet_distance, gaussian_frechet,
                                     kernel_distance, predict)
 
@@ -93,3 +94,74 @@ def test_discriminator_auc_tells_a_bright_square_and_not_the_same_noise():
     same = discriminator_auc(_squares(24, 0, False), _squares(24, 1, False), _squares(20, 2, False),
                              _squares(20, 3, False), epochs=6, n_boot=200)
     assert same.ci[0] <= 0.5 <= same.ci[1]
+
+
+# -- the command on phantom shards --------------------------------------------------------------------
+FIELDS = {"synthesizer", "discriminator_auc", "discriminator_auc_ci", "frechet", "kid", "feature_classifier_auc",
+          "feature_classifier_auc_ci", "counts", "keys", "features", "discriminator", "synthesis", "grid", "seconds",
+          "split", "region", "image_size", "seed", "shards", "settings"}
+FAST = ["--image-size", "32", "--epochs", "8", "--n-boot", "300"]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from streamaug.cli.pack import pack
+    from streamaug.phantom import write_phantom_dataset
+
+    root = tmp_path_factory.mktemp("realism")
+    data = write_phantom_dataset(root / "phantom", 120, 120, size=(64, 64), seed=0, regions=("lower_limb",),
+                                 splits=(1, 0, 0))
+    pack(data, data / "metadata.csv", root / "shards", shard_size=64, progress=False)
+    return root / "shards"
+
+
+def _run(shards, out, spec, *extra):
+    assert cli.main(["--real", str(shards), "--synthesizer", spec, "--out", str(out), *FAST, *extra]) == 0
+    return json.loads((out / "realism.json").read_text())
+
+
+def test_real_control_sits_at_one_half_with_disjoint_sides(shards, tmp_path):
+    report = _run(shards, tmp_path, "real")
+    assert FIELDS <= set(report) and (tmp_path / "grid.png").stat().st_size > 0
+    lo, hi = report["discriminator_auc_ci"]
+    assert lo <= 0.5 <= hi and abs(report["discriminator_auc"] - 0.5) < 0.2
+    counts, keys = report["counts"], report["keys"]
+    assert counts["held_out"]["real"] == len(keys["held_out"]["real"]) >= 10
+    seen = [k for part in keys.values() for side in part.values() for k in side]
+    assert len(seen) == len(set(seen))  # no image on two sides or in two parts
+    assert report["frechet"] >= 0 and np.isfinite(report["kid"]) and report["synthesis"] is None
+
+
+def test_broken_synthesizer_is_told_apart(shards, tmp_path):
+    report = _run(shards, tmp_path, "broken")
+    assert report["discriminator_auc"] > 0.9 and report["discriminator_auc_ci"][0] > 0.75
+    keys = report["keys"]
+    sources = {k.removesuffix("-syn") for part in keys.values() for k in part["synthetic"]}
+    assert all(k.endswith("-syn") for part in keys.values() for k in part["synthetic"])
+    assert not sources & {k for part in keys.values() for k in part["real"]}
+    assert report["synthesis"]["held_out"]["synthesizer"] == "noise_square"
+    assert report["counts"]["held_out"]["synthetic"] == report["counts"]["held_out"]["real"]
+    assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_synthesizer_specs_dispatch_on_names_and_checkpoint_kinds(tmp_path, capsys):
+    from streamaug.models.checkpoint import save_classifier, save_translator
+    from streamaug.models.registry import IdentityConfig, IdentityTranslator
+    from streamaug.models import get_classifier
+    from streamaug.synth import CopyPaste, Translate
+
+    args = cli.build_parser().parse_args(["--real", "x", "--synthesizer", "real", "--out", "o"])
+    assert cli.make_synthesizer("real", args) == (None, 2.0)
+    lesion = {"key": "L", "label": 1, "image": torch.rand(1, 32, 32), "boxes": torch.tensor([[8.0, 8, 16, 16]])}
+    factory, _ = cli.make_synthesizer("copy-paste", args)
+    assert isinstance(factory([lesion]), CopyPaste)
+    path = save_translator(tmp_path / "t.pt", IdentityTranslator(IdentityConfig(8)), config=IdentityConfig(8),
+                           patch_size=8, s=1.5, region="lower_limb", manifest_sha256="0" * 64, step=1)
+    factory, s = cli.make_synthesizer(str(path), args)
+    assert isinstance(factory([]), Translate) and s == 1.5 and cli.checkpoint_kind(path) == "translator"
+    classifier = save_classifier(tmp_path / "c.pt", get_classifier("drn_tiny")())
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    for spec, said in ((classifier, "a classifier checkpoint"), (tmp_path / "junk.pt", "not a streamaug checkpoint"),
+                       ("copy_paste", "no file")):
+        assert cli.main(["--real", "x", "--synthesizer", str(spec), "--out", str(tmp_path / "o")]) == 2
+        assert said in capsys.readouterr().err
