@@ -9,8 +9,9 @@ import scipy.linalg
 import torch
 
 from streamaug.cli import realism as cli
-from streamaug.eval.realism import (discriminator_auc, fit_binary, frechet_distance, gaussian_frechet,
-                                    kernel_distance, predict)
+from streamaug.eval import bootstrap_auc
+from streamaug.eval.realism import (cluster_bootstrap_auc, discriminator_auc, fit_binary, frechet_distance,
+                                    gaussian_frechet, kernel_distance, predict)
 
 
 def _with_moments(rng, n, mean, cov):
@@ -71,6 +72,23 @@ def test_kernel_distance_is_unbiased_near_zero_and_grows_with_a_shift():
     assert min(shifted) > 0.5
 
 
+def test_cluster_bootstrap_resamples_patients_not_images():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(30), np.ones(30)].astype(int)
+    score = np.round(rng.normal(size=60) + 0.8 * y, 1)  # rounded: ties too
+    auc, lo, hi = cluster_bootstrap_auc(y, score, range(60), 500, seed=1)
+    assert auc == pytest.approx(roc_auc_score(y, score)) and lo < auc < hi
+    # every patient seen four times: the same interval as one image each (same seed), while an
+    # image bootstrap of the copies claims one about half as wide
+    groups = np.repeat(np.arange(60), 4)
+    assert cluster_bootstrap_auc(np.repeat(y, 4), np.repeat(score, 4), groups, 500, seed=1) == \
+        pytest.approx((auc, lo, hi))
+    _, lo4, hi4 = bootstrap_auc(np.repeat(y, 4), np.repeat(score, 4), 500, 1)
+    assert hi4 - lo4 < 0.7 * (hi - lo)
+
+
 def _squares(n, seed, bright):
     g = torch.Generator().manual_seed(seed)
     x = 0.3 + 0.2 * torch.rand(n, 1, 16, 16, generator=g)
@@ -100,7 +118,7 @@ def test_discriminator_auc_tells_a_bright_square_and_not_the_same_noise():
 FIELDS = {"synthesizer", "discriminator_auc", "discriminator_auc_ci", "frechet", "kid", "feature_classifier_auc",
           "feature_classifier_auc_ci", "counts", "keys", "features", "discriminator", "synthesis", "grid", "seconds",
           "split", "region", "image_size", "seed", "shards", "settings"}
-FAST = ["--image-size", "32", "--epochs", "8", "--n-boot", "300"]
+FAST = ["--image-size", "32", "--epochs", "8", "--batch-size", "8", "--n-boot", "300"]
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +145,9 @@ def test_real_control_sits_at_one_half_with_disjoint_sides(shards, tmp_path):
     assert lo <= 0.5 <= hi and abs(report["discriminator_auc"] - 0.5) < 0.2
     counts, keys = report["counts"], report["keys"]
     assert counts["held_out"]["real"] == len(keys["held_out"]["real"]) >= 10
-    seen = [k for part in keys.values() for side in part.values() for k in side]
+    seen = [k for part in keys.values() for side in ("real", "synthetic") for k in part[side]]
     assert len(seen) == len(set(seen))  # no image on two sides or in two parts
+    assert all(set(part["synthetic"]) <= set(part["donor"]) for part in keys.values())  # the control's other side
     assert report["frechet"] >= 0 and np.isfinite(report["kid"]) and report["synthesis"] is None
 
 
@@ -142,6 +161,14 @@ def test_broken_synthesizer_is_told_apart(shards, tmp_path):
     assert report["synthesis"]["held_out"]["synthesizer"] == "noise_square"
     assert report["counts"]["held_out"]["synthetic"] == report["counts"]["held_out"]["real"]
     assert (tmp_path / "grid.png").stat().st_size > 0
+
+
+def test_copy_paste_report_is_the_same_on_a_rerun(shards, tmp_path):
+    one, two = (_run(shards, tmp_path / name, "copy-paste", "--epochs", "1", "--n-boot", "50") for name in "ab")
+    assert {**one, "seconds": 0} == {**two, "seconds": 0}  # seeded: the same numbers on the CPU
+    assert one["synthesis"]["held_out"]["synthesizer"] == "copy_paste"
+    for part in one["keys"].values():  # lesions are cut from the donor side only, never from the real side
+        assert part["donor"] and not set(part["donor"]) & set(part["real"])
 
 
 def test_synthesizer_specs_dispatch_on_names_and_checkpoint_kinds(tmp_path, capsys):

@@ -169,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", default="drn_tiny",
                    help="classifier registry name of the discriminator and feature network (default: %(default)s)")
     p.add_argument("--epochs", type=int, default=10, help="training epochs of each network (default: %(default)s)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per training step (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=16,
+                   help="images per training step; small sets need the steps (default: %(default)s)")
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default: %(default)s)")
     p.add_argument("--n-boot", type=int, default=2000, help="bootstrap samples of the AUC CI (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0,

@@ -18,7 +18,8 @@ most, as many as the part has real-side positives (fewer if it has fewer usable 
 could come back twice, and on both sides of the train / held-out split.
 
 The numbers (held-out part): ``discriminator_auc``, a tiny CNN (``drn_tiny`` of the registry)
-trained to call images synthetic (1) or real (0), 0.5 = indistinguishable, with a bootstrap CI;
+trained to call images synthetic (1) or real (0), 0.5 = indistinguishable, with a CI from
+resampling patient groups (:func:`cluster_bootstrap_auc`);
 ``frechet`` and ``kid`` (:func:`frechet_distance`, :func:`kernel_distance`) of the two sets'
 features. The features are the pooled penultimate ones of a lesion-vs-normal classifier trained
 here on the train part's real positives and normals: no downloaded weights; about what tells a
@@ -51,7 +52,7 @@ from streamaug.models.registry import get_classifier
 if TYPE_CHECKING:  # pragma: no cover - the data and synthesis modules load when a report is made
     from streamaug.synth.base import Synthesizer
 
-__all__ = ["DiscriminatorResult", "discriminator_auc", "fit_binary", "frechet_distance", "gaussian_frechet",
+__all__ = ["DiscriminatorResult", "cluster_bootstrap_auc", "discriminator_auc", "fit_binary", "frechet_distance", "gaussian_frechet",
            "kernel_distance", "pooled_features", "predict", "realism_report", "unit_draw"]
 
 PARTS = ("train", "held_out")
@@ -141,7 +142,7 @@ def kernel_distance(feats_a: np.ndarray, feats_b: np.ndarray, *, degree: int = 3
 
 # -- small binary CNNs on in-memory images ----------------------------------------------------------
 def fit_binary(images: torch.Tensor, labels: torch.Tensor, *, arch: str = "drn_tiny", epochs: int = 10,
-               batch_size: int = 32, lr: float = 1e-3, flip: bool = True, seed: int = 0,
+               batch_size: int = 16, lr: float = 1e-3, flip: bool = True, seed: int = 0,
                device: str | torch.device = "cpu") -> torch.nn.Module:
     """Train a registry classifier (one logit) with BCE and Adam; seeded, and the caller's RNG untouched.
 
@@ -182,22 +183,22 @@ def fit_binary(images: torch.Tensor, labels: torch.Tensor, *, arch: str = "drn_t
 
 
 @torch.no_grad()
+def _batched(fn: Callable[[torch.Tensor], torch.Tensor], model: torch.nn.Module, images: torch.Tensor,
+             batch_size: int) -> np.ndarray:
+    device = next(model.parameters()).device
+    out = [fn(images[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(images), batch_size)]
+    return torch.cat(out).double().numpy()
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> np.ndarray:
     """Logits ``(N,)`` float64 of a one-logit model (eval mode) for ``(N, 1, H, W)`` images."""
-    device = next(model.parameters()).device
-    out = [model(images[i:i + batch_size].to(device)).float().reshape(-1).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).double().numpy() if out else np.zeros(0)
+    return _batched(lambda x: model(x).reshape(-1), model, images, batch_size)
 
 
-@torch.no_grad()
 def pooled_features(model: torch.nn.Module, images: torch.Tensor, *, batch_size: int = 128) -> np.ndarray:
     """The penultimate features ``(N, D)`` float64: ``model.features`` averaged over space (the
     input of the registry DRNs' last linear layer; ``D = 32`` for ``drn_tiny``)."""
-    device = next(model.parameters()).device
-    out = [model.features(images[i:i + batch_size].to(device)).float().mean((2, 3)).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out).double().numpy()
+    return _batched(lambda x: model.features(x).mean((2, 3)), model, images, batch_size)
 
 
 @dataclass
@@ -219,16 +220,49 @@ class DiscriminatorResult:
     model: torch.nn.Module
 
 
+def cluster_bootstrap_auc(y: np.ndarray, score: np.ndarray, groups: Sequence[Any], n_boot: int = 2000,
+                          seed: int = 0, *, ci: float = 0.95) -> tuple[float, float, float]:
+    """ROC AUC with a percentile CI from resampling whole groups (patients), not images.
+
+    Images of one patient (views of one lesion, one anatomy) are not independent, so resampling
+    images gives too narrow an interval. Each bootstrap sample draws as many groups as there are,
+    with replacement, and weighs each image by its group's count; its AUC is the weighted
+    Mann-Whitney statistic (ties count one half). Draws holding one class only are dropped.
+    With one image per group this is the ordinary (image) bootstrap.
+
+    Args:
+        y: ``(n,)`` labels in {0, 1}, both present; score: ``(n,)`` scores; groups: ``(n,)`` ids.
+        n_boot: bootstrap samples; seed: their seed; ci: coverage.
+
+    Returns:
+        ``(auc, low, high)``.
+    """
+    y, score = np.asarray(y).reshape(-1), np.asarray(score, np.float64).reshape(-1)
+    _, g = np.unique(np.asarray([str(x) for x in groups]), return_inverse=True)
+    pos, neg = score[y == 1], score[y == 0]
+    if len(g) != len(y) or not len(pos) or not len(neg):
+        raise ValueError("need one group per sample and both classes")
+    wins = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])  # (n_pos, n_neg)
+    n_groups = int(g.max()) + 1
+    w = np.random.default_rng(seed).multinomial(n_groups, np.full(n_groups, 1 / n_groups), n_boot)[:, g]
+    wp, wn = w[:, y == 1].astype(np.float64), w[:, y == 0].astype(np.float64)
+    den = wp.sum(1) * wn.sum(1)
+    aucs = np.einsum("bi,ij,bj->b", wp, wins, wn)[den > 0] / den[den > 0]
+    lo, hi = np.percentile(aucs, [50 * (1 - ci), 50 * (1 + ci)])
+    return float(wins.mean()), float(lo), float(hi)
+
+
 def discriminator_auc(real_train: torch.Tensor, synthetic_train: torch.Tensor, real_test: torch.Tensor,
-                      synthetic_test: torch.Tensor, *, n_boot: int = 2000, ci: float = 0.95, seed: int = 0,
-                      **fit: Any) -> DiscriminatorResult:
+                      synthetic_test: torch.Tensor, *, groups: Sequence[Any] | None = None, n_boot: int = 2000,
+                      ci: float = 0.95, seed: int = 0, **fit: Any) -> DiscriminatorResult:
     """Train a real-vs-synthetic CNN on the train sets, score the test sets: AUC with a bootstrap CI.
 
     Args:
         real_train, synthetic_train: ``(N, 1, H, W)`` training images of each kind.
         real_test, synthetic_test: ``(M, 1, H, W)`` held-out images (at least one of each).
-        n_boot: bootstrap samples of the CI.
-        ci: coverage of the CI.
+        groups: the patient group of each test image (real first), for :func:`cluster_bootstrap_auc`;
+            None resamples images (:func:`~streamaug.eval.bootstrap_auc`).
+        n_boot: bootstrap samples of the CI; ci: its coverage.
         seed: seeds the training and the bootstrap.
         **fit: passed to :func:`fit_binary` (``arch``, ``epochs``, ``batch_size``, ``lr``, ``device``).
 
@@ -240,7 +274,8 @@ def discriminator_auc(real_train: torch.Tensor, synthetic_train: torch.Tensor, r
     model = fit_binary(x, y, seed=seed, **fit)
     labels = np.r_[np.zeros(len(real_test)), np.ones(len(synthetic_test))].astype(np.int64)
     scores = predict(model, torch.cat([real_test, synthetic_test]))
-    auc, lo, hi = bootstrap_auc(labels, scores, n_boot, seed, ci=ci)
+    auc, lo, hi = (bootstrap_auc(labels, scores, n_boot, seed, ci=ci) if groups is None
+                   else cluster_bootstrap_auc(labels, scores, groups, n_boot, seed, ci=ci))
     return DiscriminatorResult(auc, (lo, hi), labels, scores, model)
 
 
@@ -338,7 +373,7 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                    make_synthesizer: Callable[[list[dict[str, Any]]], Synthesizer] | None,
                    split: str | None = "train", region: str | None = None, image_size: int = 128,
                    sites: Any = None, held_out: float = 0.5, arch: str = "drn_tiny", epochs: int = 10,
-                   batch_size: int = 32, lr: float = 1e-3, n_boot: int = 2000, seed: int = 0,
+                   batch_size: int = 16, lr: float = 1e-3, n_boot: int = 2000, seed: int = 0,
                    device: str | torch.device = "cpu", grid_samples: int = 8, name: str = "real",
                    settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build the two sets, train the discriminator and the feature classifier, write the report.
@@ -365,7 +400,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         The report (also written to ``out/realism.json``): ``discriminator_auc``,
         ``discriminator_auc_ci``, ``frechet``, ``kid``, ``feature_classifier_auc`` (held-out AUC of
         the feature network: are its features about lesions at all?), ``counts``, ``keys`` (of
-        each part and side; a synthetic key is its normal's key + ``-syn``), ``seconds``, ...
+        each part: ``real``, ``synthetic`` (a made one is its normal's key + ``-syn``) and
+        ``donor``), ``seconds``, ...
     """
     t0, out = time.perf_counter(), Path(out)
     if (make_synthesizer is not None and sites is None) or not 0 < held_out < 1:
@@ -389,13 +425,15 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                              "need 2 of each (more data, or another --held-out)")
     fit = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device}
     disc = discriminator_auc(_stack(real["train"]), _stack(other["train"]), _stack(real["held_out"]),
-                             _stack(other["held_out"]), n_boot=n_boot, seed=seed, **fit)
+                             _stack(other["held_out"]), groups=[_group(x) for x in real["held_out"] + other["held_out"]],
+                             n_boot=n_boot, seed=seed, **fit)
     pos_train, pos_test = real["train"] + donor["train"], real["held_out"] + donor["held_out"]
     x = torch.cat([_stack(pos_train), _stack(normal["train"])])
     y = torch.cat([torch.ones(len(pos_train)), torch.zeros(len(normal["train"]))])
     feature_model = fit_binary(x, y, seed=seed + 1, **fit)
-    test_y = np.r_[np.ones(len(pos_test)), np.zeros(len(normal["held_out"]))]
-    feature_auc = bootstrap_auc(test_y, predict(feature_model, _stack(pos_test + normal["held_out"])), n_boot, seed)
+    test = pos_test + normal["held_out"]
+    feature_auc = cluster_bootstrap_auc([x["label"] for x in test], predict(feature_model, _stack(test)),
+                                        [_group(x) for x in test], n_boot, seed)
     ref = pooled_features(feature_model, x)  # standardized by the training images' features: a fixed map
     mean, sd = ref.mean(0), np.where(ref.std(0) > 1e-6, ref.std(0), 1.0)
     fa, fb = ((pooled_features(feature_model, _stack(side)) - mean) / sd for side in (real["held_out"], other["held_out"]))
@@ -413,13 +451,13 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
             "feature_classifier_held_out": {"positives": len(pos_test), "normals": len(normal["held_out"])},
             "read": {"positives": len(positives), "normals": len(normals),
                      "donor_side": {p: len(donor[p]) for p in PARTS}}},
-        "keys": {p: {side: [str(x["key"]) for x in sets[p]] for side, sets in (("real", real), ("synthetic", other))}
-                 for p in PARTS},
+        "keys": {p: {side: [str(x["key"]) for x in sets[p]] for side, sets in
+                     (("real", real), ("synthetic", other), ("donor", donor))} for p in PARTS},
         "features": f"pooled penultimate features (D={fa.shape[1]}) of a {arch} lesion-vs-normal classifier "
                     "trained on the real positives and normals of the train part, standardized by their mean and "
                     "standard deviation on those training images",
         "discriminator": {**fit, "device": str(device), "n_boot": n_boot, "ci_level": 0.95,
-                          "label": "1 = synthetic, 0 = real"},
+                          "ci": "percentile bootstrap over patient groups", "label": "1 = synthetic, 0 = real"},
         "synthesis": synthesis or None,
         "grid": grid.name, "seconds": round(time.perf_counter() - t0, 1),
     }
