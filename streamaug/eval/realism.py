@@ -38,9 +38,10 @@ import hashlib
 import json
 import os
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,8 +53,9 @@ from streamaug.models.registry import get_classifier
 if TYPE_CHECKING:  # pragma: no cover - the data and synthesis modules load when a report is made
     from streamaug.synth.base import Synthesizer
 
-__all__ = ["DiscriminatorResult", "cluster_bootstrap_auc", "discriminator_auc", "fit_binary", "frechet_distance", "gaussian_frechet",
-           "kernel_distance", "pooled_features", "predict", "realism_report", "unit_draw"]
+__all__ = ["DiscriminatorResult", "cluster_bootstrap_auc", "discriminator_auc", "fit_binary", "frechet_distance",
+           "gaussian_frechet", "kernel_distance", "pooled_features", "predict", "realism_report", "save_realism_grid",
+           "synthesize", "unit_draw"]
 
 PARTS = ("train", "held_out")
 
@@ -424,19 +426,21 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
             raise ValueError(f"the {part} part has {len(real[part])} real and {len(other[part])} other positives; "
                              "need 2 of each (more data, or another --held-out)")
     fit = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device}
+    held = real["held_out"] + other["held_out"]
     disc = discriminator_auc(_stack(real["train"]), _stack(other["train"]), _stack(real["held_out"]),
-                             _stack(other["held_out"]), groups=[_group(x) for x in real["held_out"] + other["held_out"]],
-                             n_boot=n_boot, seed=seed, **fit)
+                             _stack(other["held_out"]), groups=[_group(s) for s in held], n_boot=n_boot, seed=seed,
+                             **fit)
     pos_train, pos_test = real["train"] + donor["train"], real["held_out"] + donor["held_out"]
-    x = torch.cat([_stack(pos_train), _stack(normal["train"])])
-    y = torch.cat([torch.ones(len(pos_train)), torch.zeros(len(normal["train"]))])
-    feature_model = fit_binary(x, y, seed=seed + 1, **fit)
+    train_x = torch.cat([_stack(pos_train), _stack(normal["train"])])
+    train_y = torch.cat([torch.ones(len(pos_train)), torch.zeros(len(normal["train"]))])
+    feature_model = fit_binary(train_x, train_y, seed=seed + 1, **fit)
     test = pos_test + normal["held_out"]
-    feature_auc = cluster_bootstrap_auc([x["label"] for x in test], predict(feature_model, _stack(test)),
-                                        [_group(x) for x in test], n_boot, seed)
-    ref = pooled_features(feature_model, x)  # standardized by the training images' features: a fixed map
+    feature_auc = cluster_bootstrap_auc([s["label"] for s in test], predict(feature_model, _stack(test)),
+                                        [_group(s) for s in test], n_boot, seed)
+    ref = pooled_features(feature_model, train_x)  # standardized by the training images' features: a fixed map
     mean, sd = ref.mean(0), np.where(ref.std(0) > 1e-6, ref.std(0), 1.0)
-    fa, fb = ((pooled_features(feature_model, _stack(side)) - mean) / sd for side in (real["held_out"], other["held_out"]))
+    fa, fb = ((pooled_features(feature_model, _stack(side)) - mean) / sd
+              for side in (real["held_out"], other["held_out"]))
     grid = save_realism_grid(out / "grid.png", real["held_out"], other["held_out"], grid_samples)
     report = {
         "synthesizer": name, "settings": settings, "shards": shards if isinstance(shards, str) else list(shards),
