@@ -351,22 +351,26 @@ def _stack(samples: list[dict[str, Any]]) -> torch.Tensor:
 
 
 def save_realism_grid(path: str | os.PathLike, real: list[dict[str, Any]], synthetic: list[dict[str, Any]],
-                      k: int = 8, zoom: int = 64) -> Path:
-    """Four rows of ``k``: real images, zooms on their lesions, synthetic images, zooms on their sites.
+                      k: int = 8, zoom: int = 64, other: str = "synthetic") -> Path:
+    """Four rows of ``k``: real images, zooms on their lesions, synthetic images (row title
+    ``other``), zooms on their sites.
 
-    A zoom is the square of twice the larger side of the sample's first box (real: the lesion box;
-    synthetic: the blended site), centred on it, at ``zoom x zoom`` pixels.
+    A zoom is centred on the sample's largest box (real: a lesion box; synthetic: the blended
+    site); its side is twice the box's larger side, at least a quarter of the image's, shown at
+    ``zoom x zoom`` pixels.
     """
     from streamaug.eval.plots import save_sample_grid
     from streamaug.synth.ops import crop_sites
 
     rows, names = [], []
-    for kind, samples in (("real", real[:k]), ("synthetic", synthetic[:k])):
+    for kind, samples in (("real", real[:k]), (other, synthetic[:k])):
         images = _stack(samples)
-        boxes = torch.stack([torch.as_tensor(s["boxes"], dtype=torch.float32).reshape(-1, 4)[0] for s in samples])
-        centre, half = (boxes[:, :2] + boxes[:, 2:]) / 2, (boxes[:, 2:] - boxes[:, :2]).max(1).values[:, None]
-        square = torch.cat([centre - half, centre + half], 1)
-        rows += [images, crop_sites(images, square, torch.arange(len(samples)), zoom)]
+        boxes = [torch.as_tensor(s["boxes"], dtype=torch.float32).reshape(-1, 4) for s in samples]
+        boxes = torch.stack([b[((b[:, 2:] - b[:, :2]).prod(1)).argmax()] for b in boxes])
+        half = (boxes[:, 2:] - boxes[:, :2]).max(1).values.clamp(min=max(images.shape[-2:]) / 8)[:, None]
+        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
+        rows += [images, crop_sites(images, torch.cat([centre - half, centre + half], 1), torch.arange(len(samples)),
+                                    zoom)]
         names += [kind, f"{kind} zoom"]
     return save_sample_grid(path, rows, (), row_titles=names)
 
@@ -441,7 +445,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
     mean, sd = ref.mean(0), np.where(ref.std(0) > 1e-6, ref.std(0), 1.0)
     fa, fb = ((pooled_features(feature_model, _stack(side)) - mean) / sd
               for side in (real["held_out"], other["held_out"]))
-    grid = save_realism_grid(out / "grid.png", real["held_out"], other["held_out"], grid_samples)
+    grid = save_realism_grid(out / "grid.png", real["held_out"], other["held_out"], grid_samples,
+                             other="held-apart real" if make_synthesizer is None else name)
     report = {
         "synthesizer": name, "settings": settings, "shards": shards if isinstance(shards, str) else list(shards),
         "split": split, "region": region, "image_size": image_size, "seed": seed,
