@@ -102,35 +102,44 @@ FROM_CHECKPOINT: dict[str, Callable[[str, argparse.Namespace], Synthesizer]] = {
 }
 
 
-def checkpoint_kind(path: str | os.PathLike) -> str | None:
-    """The kind of a streamaug checkpoint (``translator``, ``classifier``, ...) from its ``format``
-    field, read with ``weights_only=True`` and memory-mapped; None for any other file."""
+def _header(path: str | os.PathLike) -> dict[str, Any]:
+    """A checkpoint's top-level fields, read with ``weights_only=True`` and memory-mapped ({} for any other file)."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception:  # noqa: BLE001 - not a torch zip file: the caller says what SPEC may be
-        return None
-    fmt = ckpt.get("format") if isinstance(ckpt, dict) else None
+        return {}
+    return ckpt if isinstance(ckpt, dict) else {}
+
+
+def checkpoint_kind(path: str | os.PathLike) -> str | None:
+    """The kind of a streamaug checkpoint (``translator``, ``classifier``, ...) from its ``format``
+    field (``streamaug-<kind>/N``); None for any other file."""
+    fmt = _header(path).get("format") if os.path.isfile(path) else None
     return fmt.split("/")[0].removeprefix("streamaug-") if isinstance(fmt, str) else None
 
 
 def make_synthesizer(spec: str, args: argparse.Namespace) -> tuple[Callable[[list], Synthesizer] | None, float]:
     """``(donors -> synthesizer or None, site side factor s)`` for a SPEC (see the module docstring).
 
+    ``s`` is ``--s``; else a checkpoint's own ``s`` (the patch-size factor it was trained with);
+    else 2, CopyPaste's crop margin, so pasted lesions keep the sizes of the real ones.
+
     Raises:
         CheckpointError: SPEC is neither a name nor a checkpoint of a kind in :data:`FROM_CHECKPOINT`.
     """
-    s = 2.0 if args.s is None else args.s  # CopyPaste's crop margin: pasted lesions keep their real size
+    s = 2.0 if args.s is None else args.s
     if spec in NAMED:
         factory = NAMED[spec]
         return (None if factory is None else (lambda donors: factory(donors, args))), s
-    kind = checkpoint_kind(spec) if os.path.isfile(spec) else None
+    kind = checkpoint_kind(spec)
     if kind not in FROM_CHECKPOINT:
         what = f"a {kind} checkpoint" if kind else ("not a streamaug checkpoint" if os.path.isfile(spec) else "no file")
         raise CheckpointError(f"--synthesizer {spec!r}: {what}; give one of {sorted(NAMED)} or a checkpoint of kind "
                               f"{sorted(FROM_CHECKPOINT)}")
     synth = FROM_CHECKPOINT[kind](spec, args)
-    if args.s is None and kind == "translator":
-        s = float(synth.translator.meta["s"])  # the patch-size factor it was trained with
+    own = _header(spec).get("s")
+    if args.s is None and isinstance(own, (int, float)):
+        s = float(own)
     return (lambda donors: synth), s
 
 
