@@ -19,6 +19,7 @@ from streamaug.eval.stats import (
     sens_spec_at,
 )
 from streamaug.eval.scoring import score_checkpoint
+from streamaug.eval.realism import discriminator_auc, frechet_distance, kernel_distance, realism_report  # noqa: F401
 
 __all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
            "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores",
