@@ -1,23 +1,43 @@
 """Rare-positive augmentation on BTXRD-like data, arm by arm, over seeds (Gupta et al., Tables 2-3).
 
-    python benchmarks/btxrd_experiment.py --data /work/shared/data/btxrd --out /tmp/exp_out --budget cpu
+    PYTHONPATH=. python benchmarks/btxrd_experiment.py --data /work/shared/data/btxrd --out /tmp/exp_out \
+        --budget cpu128 --jobs 2
 
 For each limb region, with training positives cut to 1 tumour : 10 normals (``--positive-ratio``,
-drawn with the run's seed), five arms are trained at every seed:
+drawn with the run's seed), every arm is trained at every seed:
 
-  (a) baseline            flips only
-  (b) oversample          baseline + every kept positive repeated ``oversample`` times per epoch
-  (c) classic             baseline + classic augmentation (affine + brightness/contrast)
-  (d) lesion (own)        on-the-fly lesion stream: the region's translator (trained on the KEPT rare
-                          positives + normals of the region) and the region's baseline as filter
-  (e) lesion (transfer)   the other region's translator and baseline filter
+  baseline               flips only
+  oversample             + every kept real positive shown ``--oversample`` times per epoch (copies spread)
+  classic                + classic augmentation (affine, brightness/contrast)
+  copy_paste             + lesion stream: crops of the kept real positives pasted at normal sites
+  lesion_own             + lesion stream: the region's translator (trained on its KEPT rare positives and
+                           normals), filtered by the region's baseline
+  lesion_transfer        + lesion stream: the other region's translator and baseline filter (paper: TL)
+  lesion_transfer_g      + lesion stream: the other region's translator, the region's own filter (paper: TL_G)
+  oversample_copy_paste  oversample + copy_paste (does synthesis add to oversampling?)
+  oversample_lesion      oversample + lesion_own
 
-The pseudo-label threshold ``t`` is grid-searched on validation AUC (the ablation table) on one
-region at the first seed and then used everywhere (``--budget full``: every region at the first seed).
-Outputs: ``OUT/results.json``, ``OUT/results.md``, ``OUT/roc_<region>.png``, ``OUT/samples_<region>.png``.
-Every scored run is cached in ``OUT/runs/<region>/<arm>/seed<k>/scores.json`` (reused when its config
-is unchanged; so is a run whose filter accepted nothing), so an interrupted experiment continues where
-it stopped and a finished one re-renders its tables without training again.
+The pseudo-label filter runs in rank mode (``PseudoLabel(threshold=None)``): of the candidates scored
+for each synthesis round (about two per wanted sample) it keeps the best, as many as asked. The
+synthetic share is then what was asked at every seed, and no threshold can flip between "accept
+everything" and "accept nothing" with the baseline's calibration (a fixed ``t`` did both on this data).
+The old prior-corrected filter is gone: a shift of the logit changes neither a ranking nor a quantile.
+An ablation at the first seed of one region trains ``lesion_own`` with the paper's threshold filter,
+``t`` calibrated as a quantile of the validation real positives' scores (``PseudoLabel.calibrate``),
+and with no filter at all.
+
+Every table row reports, beside its result, what the arm trained on (share of real positives and of
+synthetic positives among all samples seen, positives and samples per epoch) and the candidates
+scored per accepted synthetic sample. Paired tests: the seed-averaged paired bootstrap vs the
+baseline (and the pooled one), and every synthesis arm vs ``oversample``.
+
+Reproducible: one torch thread (the budget's), ``torch.use_deterministic_algorithms(True,
+warn_only=True)``, seeded DataLoader workers, every random draw a function of the seed and epoch.
+Outputs: ``OUT/results.json``, ``OUT/results.md``, ``OUT/roc_<region>.png``, ``OUT/samples_<region>.png``,
+rewritten after every seed (the tables then cover the seeds done). Every scored run is cached in
+``OUT/runs/<region>/<arm>/seed<k>/scores.json`` (reused while its config and its translator / filter
+checkpoints are unchanged; so is a run whose filter accepted nothing), so an interrupted experiment
+continues where it stopped and a finished one re-renders its tables without training again.
 """
 from __future__ import annotations
 
@@ -25,47 +45,55 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import multiprocessing
+import os
 import shutil
 import sys
 import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
-from streamaug.eval import plot_roc
-from streamaug.eval.__main__ import score_checkpoint
-from streamaug.eval.experiment import (SeedRun, grid_search_threshold, markdown_table, pool_runs, prior_corrected_filter,
-                                  summarize_arm)
 from streamaug.cli.pack import pack
+from streamaug.data.select import KeySelect, rare_positive_select
 from streamaug.data.shardlist import load_manifest, manifest_shards
+from streamaug.eval import plot_roc
+from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm, training_makeup
+from streamaug.eval.scoring import score_checkpoint
 from streamaug.models.checkpoint import read_checkpoint
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
-from streamaug.data.select import KeySelect, rare_positive_select
 from streamaug.train.classifier_data import RunConfig
 from streamaug.train.translator import TranslatorRun, train_translator
 
 REGIONS = ("upper_limb", "lower_limb")
-ARMS = ("baseline", "oversample", "classic", "lesion_own", "lesion_transfer")
+ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion_transfer", "lesion_transfer_g",
+        "oversample_copy_paste", "oversample_lesion")
+SYNTHESIS_ARMS = ARMS[3:]
+TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
-# cpu: 18 min measured on 2 shared CPU cores (one torch thread; the lesion stream at 10 % synthetic because
-# every accepted positive costs ~70 filtered candidates here); cpu128: a stronger baseline at 128 px
-# (45 min measured on the same machine, see RESULTS.md); full: paper-like presets for one GPU.
+# cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
+# (2 translators, 18 classifier runs, the 2 ablation runs) took 470 s of CPU (~170 s of it the two
+# translators), so the 3 seeds x 6 epochs cost ~6,000 CPU-s, ~50-55 min on two otherwise idle cores
+# (~100 min with one job); on the shared sandbox at load 7 the same timing took 18 min of wall time.
+# cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
-                 patch_size=32, translator_steps=3, translator_batch=4, thresholds=(0.5, 0.9), n_boot=200,
-                 grid="first", threads=1, synthetic_fraction=0.25),
+                 patch_size=32, translator_steps=3, translator_batch=4, n_boot=200, threads=1,
+                 synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
-                patch_size=32, translator_steps=300, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
-                n_boot=2000, grid="first", threads=1, synthetic_fraction=0.1),
+                patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1,
+                synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
     "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
-                   patch_size=32, translator_steps=300, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
-                   n_boot=2000, grid="first", threads=1, synthetic_fraction=0.1),
+                   patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1,
+                   synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
-                 patch_size=128, translator_steps=20000, translator_batch=8, thresholds=(0.70, 0.85, 0.90, 0.95),
-                 n_boot=2000, grid="all", threads=None, synthetic_fraction=0.25),
+                 patch_size=128, translator_steps=20000, translator_batch=8, n_boot=2000, threads=None,
+                 synthetic_fraction=0.25, ablation_quantiles=(0.5, 0.25)),
 }
 
 
@@ -74,17 +102,30 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def ensure_packed(data: Path, out: Path) -> Path:
-    """Pack ``data`` (metadata.csv + images + masks) into ``out``, or reuse ``out`` if it already holds
-    a pack of the same folder and the same metadata.csv (sha256)."""
-    sha = hashlib.sha256((data / "metadata.csv").read_bytes()).hexdigest()
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def ensure_packed(data: Path, out: Path, *, reuse_only: bool = False) -> Path:
+    """Pack ``data`` (metadata.csv + images + masks) into ``out`` (shards of 128, shuffled), or reuse
+    ``out`` if it already holds a pack of the same folder and the same metadata.csv (sha256).
+
+    Raises:
+        SystemExit: ``reuse_only`` and ``out`` holds no pack of ``data`` (a given ``--shards`` is never
+            overwritten).
+    """
+    sha = _sha256(data / "metadata.csv")
     if (out / "manifest.json").exists():
         source = load_manifest(out / "manifest.json").get("source", {})
         if source.get("metadata_sha256") == sha and Path(source.get("root", "")).resolve() == data.resolve():
             log(f"reusing the pack in {out}")
             return out
+    if reuse_only:
+        raise SystemExit(f"--shards {out}: not a pack of {data} (its manifest names another root or metadata.csv); "
+                         f"pack it with python -m streamaug.cli.pack --root {data} --metadata {data}/metadata.csv "
+                         f"--out {out}, or leave --shards out")
     log(f"packing {data} -> {out}")
-    pack(data, data / "metadata.csv", out, shard_size=256, overwrite=True, progress=False)
+    pack(data, data / "metadata.csv", out, shard_size=128, overwrite=True, progress=False)
     return out
 
 
@@ -108,19 +149,27 @@ class Context:
     t0: float = dataclasses.field(default_factory=time.perf_counter)
 
 
-def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = None, **overrides: Any) -> SeedRun:
-    """Train one classifier (or reuse its cached scores) and score it on validation and test."""
+def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = None, *, announce: bool = True,
+              **overrides: Any) -> SeedRun | None:
+    """Train one classifier (or reuse its cached scores) and score it on validation and test.
+
+    Returns None (cached too) when the synthesis stage accepted no candidate (threshold mode only).
+    ``announce=False`` (a worker of ``--jobs``): log only that the run was trained, not count it.
+    """
     b = ctx.budget
     out = ctx.out / "runs" / region / (tag or arm) / f"seed{seed}"
     cfg = RunConfig(train_shards=[str(ctx.shards)], val_shards=[str(ctx.shards)], train_split="train",
                     val_split="val", out=str(out), region=region, positive_ratio=ctx.ratio, preset=b["preset"],
                     image_size=b["image_size"], epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"],
                     seed=seed, device=ctx.device, s=ctx.s, n=ctx.n, **overrides)
-    key = {"config": dataclasses.asdict(cfg), "test": [str(ctx.test_spec), ctx.test_split]}
+    inputs = {p: _sha256(Path(p)) for p in (cfg.translator, cfg.filter_classifier) if p and Path(p).exists()}
+    key = {"config": dataclasses.asdict(cfg), "inputs": inputs, "test": [str(ctx.test_spec), ctx.test_split]}
     cache = out / "scores.json"
     saved = json.loads(cache.read_text()) if cache.exists() else {}
+    ctx.done += announce
     if saved.get("key") == key and "error" in saved:
-        raise NoAcceptedCandidates(saved["error"])  # the same config failed before: not tried again
+        log(f"[{ctx.done}/{ctx.total}] {region} {tag or arm} seed {seed}: no run (cached: {saved['error'][:100]})")
+        return None
     if saved.get("key") != key:
         t0 = time.perf_counter()
         shutil.rmtree(out, ignore_errors=True)  # the trainer appends to log.jsonl
@@ -129,44 +178,47 @@ def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = 
         except NoAcceptedCandidates as err:
             out.mkdir(parents=True, exist_ok=True)
             cache.write_text(json.dumps({"key": key, "error": str(err), "seconds": time.perf_counter() - t0}))
-            raise
+            log(f"[{ctx.done}/{ctx.total}] {region} {tag or arm} seed {seed}: no run ({str(err)[:100]})")
+            return None
         history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         yv, sv, _ = score_checkpoint(best, str(ctx.shards), split="val", region=region, device=ctx.device)
         yt, st, kt = score_checkpoint(best, ctx.test_spec, split=ctx.test_split, region=region, device=ctx.device)
         saved = {"key": key, "y_val": yv.tolist(), "s_val": sv.tolist(), "y_test": yt.tolist(),
                  "s_test": st.tolist(), "keys_test": kt, "val_auc": max(h["val_auc"] for h in history),
-                 "synthetic": sum(h["synthetic"] for h in history),
-                 "generated": max((h.get("acceptance", {}).get("generated", 0) for h in history), default=0),
                  "seconds": time.perf_counter() - t0, "history": history}
         cache.write_text(json.dumps(saved))
+        if not announce:
+            log(f"trained {region} {tag or arm} seed {seed} in {saved['seconds']:.0f}s")
+            return None
     run = SeedRun(seed, np.asarray(saved["y_val"]), np.asarray(saved["s_val"]), np.asarray(saved["y_test"]),
-                  np.asarray(saved["s_test"]), saved["keys_test"], saved["synthetic"], saved["generated"],
-                  max((h.get("acceptance", {}).get("accepted", 0) for h in saved["history"]), default=0),
-                  saved["seconds"], saved["val_auc"], extra={"best": str(out / "best.pt")})
-    ctx.done += 1
+                  np.asarray(saved["s_test"]), saved["keys_test"], seconds=saved["seconds"],
+                  val_auc=saved["val_auc"], **training_makeup(saved["history"]), extra={"best": str(out / "best.pt")})
     from sklearn.metrics import roc_auc_score
 
+    elapsed = time.perf_counter() - ctx.t0
     log(f"[{ctx.done}/{ctx.total}] {region} {tag or arm} seed {seed}: val AUC {run.val_auc:.3f}, test AUC "
-        f"{roc_auc_score(run.y_test, run.s_test):.3f}, {run.synthetic} synthetic, {run.seconds:.0f}s "
-        f"(elapsed {time.perf_counter() - ctx.t0:.0f}s)")
+        f"{roc_auc_score(run.y_test, run.s_test):.3f}; trained on {run.samples} samples ({run.real_positive} real "
+        f"positive, {run.synthetic} synthetic), {run.seconds:.0f}s (elapsed {elapsed / 60:.1f} min)")
     return run
 
 
-def lesion_arm(ctx: Context, region: str, seed: int, arm: str, translator: Path, filt: str,
-               thresholds: Sequence[float]) -> SeedRun | None:
-    """Train a lesion-stream arm at the first threshold of ``thresholds`` whose filter accepts
-    candidates (the stream stops when none passes in 50 batches); None when no threshold works."""
-    for t in thresholds:
-        try:
-            run = train_arm(ctx, region, seed, arm, tag=f"{arm}_t{t:.2f}", translator=str(translator),
-                            filter_classifier=filt, filter_threshold=t, stream="lesion", augment="flip",
-                            synthetic_fraction=ctx.fraction)
-        except NoAcceptedCandidates as err:
-            log(f"{region} {arm} seed {seed}, t = {t:.2f}: no run ({str(err)[:120]}...)")
-            continue
-        run.extra["threshold"] = t
-        return run
-    return None
+def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
+                  filters: dict[tuple[str, int], str], other: str | None) -> dict[str, Any]:
+    """The :class:`RunConfig` fields that make ``arm`` (everything else is the baseline's)."""
+    if arm in ("baseline", "oversample", "classic"):
+        return {"baseline": dict(augment="flip"), "oversample": dict(augment="flip", oversample=ctx.oversample),
+                "classic": dict(augment="classic")}[arm]
+    if arm in TRANSFER_ARMS and other is None:
+        raise ValueError(f"{arm} needs a second region")
+    lesion = dict(augment="flip", stream="lesion", filter_mode="rank", synthetic_fraction=ctx.fraction,
+                  filter_classifier=filters[other if arm == "lesion_transfer" else region, seed])
+    if arm.endswith("copy_paste"):
+        lesion["synthesizer"] = "copy_paste"
+    else:
+        lesion["translator"] = str(translators[other if arm in TRANSFER_ARMS else region, seed])
+    if arm.startswith("oversample_"):
+        lesion["oversample"] = ctx.oversample
+    return lesion
 
 
 def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path, dict[str, int]]:
@@ -177,7 +229,8 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
     run = TranslatorRun(shards=[str(ctx.shards)], out=str(out), preset=b["translator_preset"],
                         steps=b["translator_steps"], patch_size=b["patch_size"], s=ctx.s, n=ctx.n, region=region,
                         split="train", resize=b["image_size"], batch_size=b["translator_batch"], seed=seed,
-                        device=ctx.device, sample_every=max(1, b["translator_steps"]), ckpt_every=max(1, b["translator_steps"]),
+                        device=ctx.device, sample_every=max(1, b["translator_steps"]),
+                        ckpt_every=max(1, b["translator_steps"]),
                         positives=sorted(select.positives or ()))
     ckpt = out / "translator.pt"
     saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
@@ -197,10 +250,10 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
     """Original / translated / blended on real test normals of ``region`` through the device stage."""
     from streamaug.data.collate import collate_xray
-    from streamaug.sites import LesionBoxBank, SiteProposer
     from streamaug.data.stream import XRayShards
-    from streamaug.synth.ops import paste_blend
     from streamaug.eval.plots import save_sample_grid
+    from streamaug.sites import LesionBoxBank, SiteProposer
+    from streamaug.synth.ops import paste_blend
     from streamaug.synth.stage import SynthesisStage
 
     size = ctx.budget["image_size"]
@@ -229,15 +282,63 @@ def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int 
                             row_titles=[normals[i]["key"] for i in res.source.tolist()])
 
 
+def _in_worker(threads: int | None, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    fn(*args, **kwargs)
+
+
+class Jobs:
+    """``--jobs N``: train the independent runs of a phase in ``N`` forked processes (one torch thread
+    each). They only fill the caches; the driver then reads every run back in order, so the results
+    (and the log's numbering) do not depend on ``N``."""
+
+    def __init__(self, n: int, threads: int | None) -> None:
+        self.threads = threads
+        self.pool = ProcessPoolExecutor(n, mp_context=multiprocessing.get_context("fork")) if n > 1 else None
+
+    def run(self, calls: Sequence[tuple[Callable[..., Any], tuple, dict[str, Any]]]) -> None:
+        if self.pool is None or not calls:
+            return
+        for future in [self.pool.submit(_in_worker, self.threads, fn, args, kwargs) for fn, args, kwargs in calls]:
+            future.result()
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown()
+
+
+def _table(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions: Sequence[str],
+           seeds: Sequence[int]) -> list[dict[str, Any]]:
+    """The table rows of the seeds in ``seeds`` (every arm that ran at all of them)."""
+    rows = []
+    for region in regions:
+        pick = {arm: [r for r in runs[region][arm] if r.seed in seeds] for arm in ARMS}
+        base = pick["baseline"]
+        for arm in ARMS:
+            if len(pick[arm]) < len(seeds) or not seeds:
+                continue
+            versus = {"oversample": pick["oversample"]} if arm in SYNTHESIS_ARMS and \
+                len(pick["oversample"]) == len(seeds) else None
+            rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
+                                      n_boot=ctx.budget["n_boot"], region=region))
+    return rows
+
+
 def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment; returns (and writes) the results dict."""
     budget = {**BUDGETS[args.budget], **({"epochs": args.epochs} if args.epochs else {})}
     if budget["threads"]:
         torch.set_num_threads(budget["threads"])
+    if args.device.startswith("cuda"):
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
-    shards = ensure_packed(Path(args.data), out / "shards")
+    shards = ensure_packed(Path(args.data), Path(args.shards) if args.shards else out / "shards",
+                           reuse_only=bool(args.shards))
     if args.test_data:
         test_pack = ensure_packed(Path(args.test_data), out / "shards_test")
         test_spec, test_split = manifest_shards(test_pack / "manifest.json", None), None  # every row is test data
@@ -248,124 +349,143 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
                   args.device)
     regions, seeds = list(args.regions), list(range(args.seed0, args.seed0 + args.seeds))
     transfer = {r: next((o for o in REGIONS if o != r and o in regions), None) for r in regions}
-    grid_regions = regions if budget["grid"] == "all" else [args.grid_region if args.grid_region in regions
-                                                             else regions[0]]
-    n_t = len(budget["thresholds"])
-    ctx.total = len(regions) * len(seeds) * 4 + sum(v is not None for v in transfer.values()) * len(seeds) \
-        + len(grid_regions) * (n_t - 1)
+    arms = {r: [a for a in ARMS if transfer[r] is not None or a not in TRANSFER_ARMS] for r in regions}
+    ablation_region = args.ablation_region if args.ablation_region in regions else regions[0]
+    quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
+    n_ablation = len(quantiles) + 1 if args.ablation else 0
+    ctx.total = len(seeds) * sum(len(a) for a in arms.values()) + n_ablation
     log(f"budget {args.budget}: {json.dumps(budget)}; regions {regions}; seeds {seeds}; positives cut to "
-        f"{args.positive_ratio:g} per normal (seeded); {ctx.total} classifier runs")
+        f"{args.positive_ratio:g} per normal (seeded); {ctx.total} classifier runs; {torch.get_num_threads()} "
+        "torch thread(s), deterministic algorithms")
 
     translators: dict[tuple[str, int], Path] = {}
     filters: dict[tuple[str, int], str] = {}
     counts: dict[str, dict[int, dict[str, int]]] = {r: {} for r in regions}
     runs: dict[str, dict[str, list[SeedRun]]] = {r: {a: [] for a in ARMS} for r in regions}
-    for region in regions:
-        for seed in seeds:
-            translators[region, seed], counts[region][seed] = train_region_translator(ctx, region, seed)
-            runs[region]["baseline"].append(train_arm(ctx, region, seed, "baseline", augment="flip"))
-            c = counts[region][seed]
-            filters[region, seed] = prior_corrected_filter(runs[region]["baseline"][-1].extra["best"], c["positives"],
-                                                           c["normals"], ctx.out / "filters" / region / f"seed{seed}.pt")
-
     ablation: dict[str, Any] = {}
-    chosen: dict[str, float] = {}
-    grid_t = list(budget["thresholds"])
-    for region in grid_regions:  # grid search of t on validation AUC at the first seed
-        seed, base = seeds[0], runs[region]["baseline"][0]
-        tried: dict[float, SeedRun | None] = {}
-
-        def at(t: float, region: str = region, seed: int = seed,
-               tried: dict[float, SeedRun | None] = tried) -> tuple[float, SeedRun | None]:
-            tried[t] = lesion_arm(ctx, region, seed, "lesion_own", translators[region, seed], filters[region, seed], [t])
-            return (tried[t].val_auc if tried[t] else float("nan")), tried[t]
-
-        chosen[region], _, grid = grid_search_threshold(at, grid_t)
-        rows = [summarize_arm("lesion_own", [tried[g["threshold"]]], [base], n_boot=budget["n_boot"], region=region,
-                              threshold=g["threshold"], val_auc=g["val_auc"]) for g in grid if tried[g["threshold"]]]
-        ablation[region] = {"seed": seed, "chosen": chosen[region], "rows": rows,
-                            "no_run": [g["threshold"] for g in grid if not tried[g["threshold"]]]}
-        log(f"{region}: threshold grid {grid} -> t = {chosen[region]}")
-
-    def fallbacks(t: float) -> list[float]:  # the chosen t, then lower grid values if it accepts nothing
-        return [t, *sorted((v for v in grid_t if v < t), reverse=True)]
-
-    for region in regions:
-        t = chosen.get(region, chosen[grid_regions[0]])
-        for seed in seeds:
-            runs[region]["oversample"].append(train_arm(ctx, region, seed, "oversample", augment="flip",
-                                                        oversample=ctx.oversample))
-            runs[region]["classic"].append(train_arm(ctx, region, seed, "classic", augment="classic"))
-            own = lesion_arm(ctx, region, seed, "lesion_own", translators[region, seed], filters[region, seed],
-                             fallbacks(t))
-            runs[region]["lesion_own"] += [own] if own else []
-            other = transfer[region]
-            if other is not None:
-                t_other = chosen.get(other, chosen[grid_regions[0]])
-                moved = lesion_arm(ctx, region, seed, "lesion_transfer", translators[other, seed],
-                                   filters[other, seed], fallbacks(t_other))
-                runs[region]["lesion_transfer"] += [moved] if moved else []
-
-    table, rocs, grids = [], {}, {}
-    for region in regions:
-        base = runs[region]["baseline"]
-        curves = {}
-        for arm in ARMS:
-            arm_runs = runs[region][arm]
-            if len(arm_runs) < len(seeds):  # a lesion arm whose filter accepted nothing at some seed
-                log(f"{region} {arm}: only {len(arm_runs)} of {len(seeds)} seeds ran; left out of the table")
-                continue
-            ts = sorted({r.extra["threshold"] for r in arm_runs}) if arm.startswith("lesion") else None
-            table.append(summarize_arm(arm, arm_runs, None if arm == "baseline" else base, n_boot=budget["n_boot"],
-                                       region=region, threshold=ts[0] if ts and len(ts) == 1 else ts))
-            curves[arm] = pool_runs(arm_runs)
-        rocs[region] = str(plot_roc(out / f"roc_{region}.png", curves, title=f"BTXRD {region}: test ROC "
-                                    f"(pooled over {len(seeds)} seeds)"))
-        png = sample_grid(ctx, region, translators[region, seeds[0]], out / f"samples_{region}.png")
-        grids[region] = str(png) if png else None
-    results = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if args.record_argv else None,
-        "data": str(args.data), "test_data": str(args.test_data) if args.test_data else "split 'test' of --data",
-        "budget": args.budget, "settings": budget, "device": args.device, "seeds": seeds, "regions": regions,
-        "positive_ratio": args.positive_ratio, "oversample": args.oversample,
-        "synthetic_fraction": fraction, "site_s": ctx.s, "site_n": ctx.n,
-        "training_counts": counts, "threshold": {"chosen": chosen, "grid": list(budget["thresholds"]), "ablation": ablation},
-        "arms": table, "roc_png": rocs, "samples_png": grids, "wall_seconds": time.perf_counter() - t_start,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(render_markdown(results))
-    log(f"done in {results['wall_seconds']:.0f}s; wrote {out / 'results.md'}")
+    results: dict[str, Any] = {}
+    jobs = Jobs(args.jobs, budget["threads"])
+    try:
+        for k, seed in enumerate(seeds):
+            jobs.run([(train_region_translator, (ctx, region, seed), {}) for region in regions])
+            for region in regions:
+                translators[region, seed], counts[region][seed] = train_region_translator(ctx, region, seed)
+            base = {r: arm_overrides(ctx, "baseline", r, seed, translators, filters, None) for r in regions}
+            jobs.run([(train_arm, (ctx, r, seed, "baseline"), {**base[r], "announce": False}) for r in regions])
+            for region in regions:
+                run = train_arm(ctx, region, seed, "baseline", **base[region])
+                runs[region]["baseline"].append(run)
+                filters[region, seed] = run.extra["best"]  # rank mode: the baseline as it is
+            todo = [(region, arm, arm_overrides(ctx, arm, region, seed, translators, filters, transfer[region]))
+                    for region in regions for arm in arms[region][1:]]
+            variants = ablation_variants(ctx, ablation_region, seed, quantiles, translators, filters) \
+                if k == 0 and args.ablation else []
+            jobs.run([(train_arm, (ctx, region, seed, arm), {**kw, "announce": False}) for region, arm, kw in todo]
+                     + [(train_arm, (ctx, ablation_region, seed, "lesion_own", tag), {**kw, "announce": False})
+                        for tag, kw, _ in variants])
+            for region, arm, kw in todo:
+                run = train_arm(ctx, region, seed, arm, **kw)
+                if run is not None:
+                    runs[region][arm].append(run)
+            if variants:
+                ablation = run_ablation(ctx, ablation_region, seed, variants, runs[ablation_region])
+            results = write_results(args, ctx, budget, fraction, seeds[:k + 1], regions, counts, runs, ablation,
+                                    translators, t_start, final=k == len(seeds) - 1)
+    finally:
+        jobs.close()
     print(render_markdown(results))
     return results
 
 
+def ablation_variants(ctx: Context, region: str, seed: int, quantiles: Sequence[float],
+                      translators: dict[tuple[str, int], Path], filters: dict[tuple[str, int], str]
+                      ) -> list[tuple[str, dict[str, Any], str]]:
+    """``(tag, RunConfig fields, label)`` of the ablation runs: ``lesion_own`` with the paper's threshold
+    filter (``t`` = a quantile of the validation real positives' scores, :meth:`PseudoLabel.calibrate`)
+    and with no filter."""
+    own = arm_overrides(ctx, "lesion_own", region, seed, translators, filters, None)
+    out = [(f"ablation_lesion_own_threshold_q{round(100 * q)}",
+            {**own, "filter_mode": "threshold", "filter_quantile": q},
+            f"threshold, t = validation positives' {q:g} quantile") for q in quantiles]
+    return out + [("ablation_lesion_own_no_filter", {**own, "filter_classifier": None}, "no filter (every candidate)")]
+
+
+def run_ablation(ctx: Context, region: str, seed: int, variants: Sequence[tuple[str, dict[str, Any], str]],
+                 runs: dict[str, list[SeedRun]]) -> dict[str, Any]:
+    """The ablation rows: ``lesion_own`` (rank mode) at ``seed`` and each variant, vs that seed's baseline."""
+    base = [r for r in runs["baseline"] if r.seed == seed]
+    rank = [r for r in runs["lesion_own"] if r.seed == seed]
+    rows = [summarize_arm("lesion_own, rank (the arm)", rank, base, n_boot=ctx.budget["n_boot"], region=region)] \
+        if rank else []
+    no_run = []
+    for tag, kw, label in variants:
+        run = train_arm(ctx, region, seed, "lesion_own", tag=tag, **kw)
+        if run is None:
+            no_run.append(label)
+            continue
+        rows.append(summarize_arm(f"lesion_own, {label}", [run], base, n_boot=ctx.budget["n_boot"], region=region))
+    return {"region": region, "seed": seed, "rows": rows, "no_run": no_run}
+
+
+def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any], fraction: float,
+                  seeds: Sequence[int], regions: Sequence[str], counts: dict[str, dict[int, dict[str, int]]],
+                  runs: dict[str, dict[str, list[SeedRun]]], ablation: dict[str, Any],
+                  translators: dict[tuple[str, int], Path], t_start: float, *, final: bool) -> dict[str, Any]:
+    """Tables, ROC curves and sample grids of the seeds done so far -> ``OUT/results.{json,md}``."""
+    out = ctx.out
+    table = _table(ctx, runs, regions, seeds)
+    rocs, grids = {}, {}
+    for region in regions:
+        curves = {arm: pool_runs([r for r in runs[region][arm] if r.seed in seeds]) for arm in ARMS
+                  if len([r for r in runs[region][arm] if r.seed in seeds]) == len(seeds)}
+        rocs[region] = str(plot_roc(out / f"roc_{region}.png", curves, title=f"BTXRD {region}: test ROC "
+                                    f"(pooled over {len(seeds)} seeds)"))
+        if final:
+            png = sample_grid(ctx, region, translators[region, seeds[0]], out / f"samples_{region}.png")
+            grids[region] = str(png) if png else None
+    results = {
+        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if args.record_argv else None,
+        "data": str(args.data), "test_data": str(args.test_data) if args.test_data else "split 'test' of --data",
+        "budget": args.budget, "settings": budget, "device": args.device, "threads": torch.get_num_threads(),
+        "seeds": list(seeds), "seeds_asked": args.seeds, "complete": final, "regions": list(regions),
+        "positive_ratio": args.positive_ratio, "oversample": args.oversample, "synthetic_fraction": fraction,
+        "filter": "PseudoLabel rank mode (no threshold), the baseline of the same seed",
+        "site_s": ctx.s, "site_n": ctx.n, "training_counts": counts, "ablation": ablation,
+        "arms": table, "roc_png": rocs, "samples_png": grids, "wall_seconds": time.perf_counter() - t_start,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "results.md").write_text(render_markdown(results))
+    log(f"{'done' if final else 'partial results'} after {results['wall_seconds'] / 60:.1f} min (seeds "
+        f"{list(seeds)}); wrote {out / 'results.md'}")
+    return results
+
+
 def render_markdown(res: dict[str, Any]) -> str:
-    """The results as Markdown: the arm table and the threshold ablation."""
+    """The results as Markdown: the arm table and the filter ablation."""
     counts = "; ".join(f"{r}: " + ", ".join(f"seed {s} {c['positives']}/{c['positives_available']} tumours + "
                                              f"{c['normals']} normals" for s, c in cs.items())
                        for r, cs in res["training_counts"].items())
-    lines = [f"Budget `{res['budget']}` ({json.dumps(res['settings'])}), seeds {res['seeds']}, test data: "
-             f"{res['test_data']}.", "",
+    state = "" if res["complete"] else f" (PARTIAL: {len(res['seeds'])} of {res['seeds_asked']} seeds done)"
+    lines = [f"Budget `{res['budget']}` ({json.dumps(res['settings'])}), seeds {res['seeds']}{state}, "
+             f"{res['threads']} torch thread(s), test data: {res['test_data']}.", "",
              f"Training positives cut to {res['positive_ratio']:g} per normal, drawn with each seed: {counts}.",
-             f"Oversampling x{res['oversample']}; lesion stream {res['synthetic_fraction']:.0%} synthetic, "
-             f"site size s={res['site_s']}, n={res['site_n']}.", "",
-             "Test AUC: mean ± sd over seeds; pooled = predictions of all seeds concatenated, bootstrap 95% CI; "
-             "Δ pooled = paired bootstrap vs the pooled baseline; Δ seed-avg = the per-seed paired AUC differences "
-             "averaged on each bootstrap sample of the test set (blind to seed-to-seed calibration, which lowers "
-             "pooled AUCs); * = CI excludes 0; sens/spec at each seed's "
-             "validation operating point (counts pooled); synthetic = synthetic positives used in training, "
-             "mean per seed; wall = training + scoring, summed over seeds.", "",
+             f"Oversampling x{res['oversample']} (copies spread over the epoch); lesion stream "
+             f"{res['synthetic_fraction']:.0%} synthetic, site size s={res['site_s']}, n={res['site_n']}; filter: "
+             f"{res['filter']}.", "",
+             "Trained on (per-seed means, all epochs): real pos. share = real positive samples (oversampled copies "
+             "included) / all samples seen; synthetic share = synthetic positives / all samples seen; positives / "
+             "epoch = real + synthetic positives per epoch; candidates / accepted = candidates the synthesis stage "
+             "blended and scored per accepted one. Test AUC: mean ± sd [min–max] over seeds; pooled = "
+             "predictions of all seeds concatenated, bootstrap 95% CI; Δ seed-avg = the per-seed paired AUC "
+             "differences averaged on each bootstrap sample of the test set (blind to seed-to-seed calibration); "
+             "Δ pooled = paired bootstrap on the pooled predictions; * = CI excludes 0; sens/spec at each seed's "
+             "validation operating point (counts pooled); wall = training + scoring, summed over seeds.", "",
              markdown_table(res["arms"]), ""]
-    for region, abl in res["threshold"]["ablation"].items():
-        lines += [f"Pseudo-label threshold ablation ({region}, seed {abl['seed']}, own translator; chosen by "
-                  f"validation AUC: t = {abl['chosen']:.2f}):", "",
-                  "| t | val AUC | synthetic used (accepted of generated) | test AUC [95% CI] | Δ vs baseline [95% CI] |", "|---|---|---|---|---|"]
-        lines += [f"| {r['threshold']:.2f} | {r['val_auc']:.3f} | {r['synthetic']:.0f} ({r['accepted']:.0f} of "
-                  f"{r['generated']:.0f}) | {r['auc_pooled']:.3f} "
-                  f"[{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}] | {r['delta']:+.3f} [{r['delta_ci95'][0]:+.3f}, "
-                  f"{r['delta_ci95'][1]:+.3f}]{' *' if r['significant'] else ''} |" for r in abl["rows"]]
-        lines += [f"| {t:.2f} | — | 0 (the filter accepted no candidate in 50 batches: no run) | — | — |"
-                  for t in abl.get("no_run", [])]
+    abl = res.get("ablation") or {}
+    if abl:
+        lines += [f"Filter ablation ({abl['region']}, seed {abl['seed']}, lesion_own; Δ vs the baseline of that "
+                  "seed):", "", markdown_table(abl["rows"]), ""]
+        lines += [f"- {label}: no run (the filter accepted no candidate in 50 batches)" for label in abl["no_run"]]
         lines.append("")
     lines.append(f"Wall time: {res['wall_seconds'] / 60:.1f} min.")
     return "\n".join(lines) + "\n"
@@ -374,20 +494,27 @@ def render_markdown(res: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder laid out like BTXRD: metadata.csv, images/, masks/")
+    p.add_argument("--shards", default=None,
+                   help="an existing pack of --data (python -m streamaug.cli.pack); default: pack into OUT/shards")
     p.add_argument("--test-data", default=None, help="a second such folder; all of its rows are test data")
-    p.add_argument("--out", required=True)
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--seed0", type=int, default=0, help="first seed")
-    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu")
-    p.add_argument("--regions", nargs="+", default=list(REGIONS), choices=REGIONS)
-    p.add_argument("--grid-region", default="upper_limb", help="region of the threshold grid (cpu/test budgets)")
+    p.add_argument("--out", required=True, help="output folder: results, caches, figures")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per arm (default: %(default)s)")
+    p.add_argument("--seed0", type=int, default=0, help="first seed (default: %(default)s)")
+    p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu128",
+                   help="sizes and lengths (default: %(default)s)")
+    p.add_argument("--regions", nargs="+", default=list(REGIONS), choices=REGIONS, help="regions (default: both)")
+    p.add_argument("--ablation-region", default="upper_limb",
+                   help="region of the filter ablation (default: %(default)s)")
+    p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the filter ablation")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
-    p.add_argument("--positive-ratio", type=float, default=0.1)
-    p.add_argument("--oversample", type=int, default=5)
+    p.add_argument("--positive-ratio", type=float, default=0.1, help="kept training positives per normal")
+    p.add_argument("--oversample", type=int, default=5, help="copies per real positive in oversample arms")
     p.add_argument("--synthetic-fraction", type=float, default=None,
                    help="share of synthetic positives in the lesion stream (default: the budget's)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--no-record-argv", dest="record_argv", action="store_false")
+    p.add_argument("--device", default="cpu", help="torch device")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="train this many runs at once, in forked processes of one torch thread each (default: 1)")
+    p.add_argument("--no-record-argv", dest="record_argv", action="store_false", help="leave the command out")
     return p.parse_args(argv)
 
 

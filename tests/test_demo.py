@@ -24,3 +24,18 @@ def test_miniature_demo_runs_end_to_end(tmp_path, capsys):
     assert (tmp_path / "roc.png").exists() and (tmp_path / "samples.png").exists()
     out = capsys.readouterr().out
     assert "baseline AUC" in out and "[1/5]" not in out  # the result table is printed; progress is logged
+    assert "trained on" in out
+    # the translator saw only the kept (rare) positives, the ones the classifiers train on
+    from streamaug.data.select import rare_positive_select
+    from streamaug.models.checkpoint import load_classifier
+
+    select, kept = rare_positive_select(str(tmp_path / "shards"), "train", None, 0.2, 0)
+    translator_run = json.loads((tmp_path / "translator" / "run.json").read_text())["run"]
+    assert translator_run["positives"] == sorted(select.positives) and kept["positives"] == summary["kept_positives"]
+    # both arms: one classifier recipe and the same real data; only the stream and its (ranked) filter differ
+    base = load_classifier(tmp_path / "baseline" / "best.pt").extra["run"]
+    aug = load_classifier(tmp_path / "augmented" / "best.pt").extra["run"]
+    assert {k for k in base if base[k] != aug[k]} == {"out", "stream", "translator", "filter_classifier",
+                                                      "filter_mode"}
+    assert aug["filter_mode"] == "rank" and summary["trained_on"]["augmented"]["synthetic"] > 0
+    assert summary["trained_on"]["baseline"]["synthetic"] == 0

@@ -1,5 +1,5 @@
-"""benchmarks/btxrd_experiment.py end to end on a tiny phantom BTXRD folder; the threshold grid
-search and the pooled paired test of streamaug.eval.experiment."""
+"""benchmarks/btxrd_experiment.py end to end on a tiny phantom BTXRD folder (every arm, the filter
+ablation, reproducible reruns); the paired tests and the training make-up of streamaug.eval.experiment."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from streamaug.eval import paired_bootstrap, paired_bootstrap_seeds
-from streamaug.eval.experiment import SeedRun, grid_search_threshold, markdown_table, pool_runs, summarize_arm
+from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm, training_makeup
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,24 +23,6 @@ def _driver():
     sys.modules["btxrd_experiment"] = module
     spec.loader.exec_module(module)
     return module
-
-
-def test_grid_search_picks_the_best_validation_auc():
-    val = {0.70: 0.61, 0.85: 0.66, 0.90: 0.64, 0.95: float("nan")}
-    calls = []
-
-    def train_at(t):
-        calls.append(t)
-        return val[t], f"run@{t}"
-
-    best, payload, table = grid_search_threshold(train_at, [0.70, 0.85, 0.90, 0.95])
-    assert best == 0.85 and payload == "run@0.85" and calls == [0.70, 0.85, 0.90, 0.95]
-    assert [row["threshold"] for row in table] == calls and table[1]["val_auc"] == 0.66
-    # ties go to the earlier threshold; all-NaN still returns the first
-    assert grid_search_threshold(lambda t: (0.5, t), [0.9, 0.7])[0] == 0.9
-    assert grid_search_threshold(lambda t: (float("nan"), t), [0.9, 0.7])[0] == 0.9
-    with pytest.raises(ValueError):
-        grid_search_threshold(lambda t: (0.5, t), [])
 
 
 def _runs(rng, seeds, shift):
@@ -58,15 +40,21 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
     base, aug = _runs(rng, [0, 1, 2], 0.5), _runs(rng, [0, 1, 2], 1.5)
     y, s = pool_runs(aug, base)
     assert len(y) == 120 and np.array_equal(s[40:80], aug[1].s_test)
-    row = summarize_arm("aug", aug, base, n_boot=300, region="r", threshold=0.9)
+    over = _runs(rng, [0, 1, 2], 1.0)
+    row = summarize_arm("aug", aug, base, versus={"oversample": over}, n_boot=300, region="r", filter="rank")
     yb, sb = pool_runs(base)
     expected = paired_bootstrap(yb, sb, s, 300, 0)
     assert row["delta"] == pytest.approx(expected[0]) and row["delta_ci95"] == pytest.approx(list(expected[1:]))
     by_seed = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in base], [r.s_test for r in aug], 300, 0)
     assert row["delta_seeds"] == pytest.approx(by_seed[0]) and row["delta_seeds_ci95"] == pytest.approx(list(by_seed[1:]))
+    vs = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in over], [r.s_test for r in aug], 300, 0)
+    assert row["versus"]["oversample"]["delta_seeds"] == pytest.approx(vs[0])
+    assert row["versus"]["oversample"]["delta_seeds_ci95"] == pytest.approx(list(vs[1:]))
     assert len(row["auc_per_seed"]) == 3 and row["auc_sd"] > 0 and row["n_test"] == 120
+    assert row["auc_min"] == min(row["auc_per_seed"]) and row["auc_max"] == max(row["auc_per_seed"])
     assert 0 <= row["sensitivity"] <= 1 and 0 <= row["specificity"] <= 1
-    assert "aug" in markdown_table([summarize_arm("baseline", base, None, n_boot=300), row])
+    table = markdown_table([summarize_arm("baseline", base, None, n_boot=300), row])
+    assert "aug" in table and "Δ seed-avg vs oversample" in table and table.count("\n") == 3
     # a run whose test order differs from the baseline's cannot be paired
     shuffled = _runs(rng, [0, 1, 2], 1.0)
     shuffled[2].keys_test = shuffled[2].keys_test[::-1]
@@ -82,6 +70,21 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
         summarize_arm("aug", other, base, n_boot=50)
 
 
+def test_training_makeup_sums_the_epoch_records():
+    history = [{"samples": 100, "emitted": {"real_positive": 30, "real_normal": 50, "synthetic": 20},
+                "synthetic": 20, "generated": 44, "accepted": 22},
+               {"samples": 90, "emitted": {"real_positive": 20, "real_normal": 50, "synthetic": 20},
+                "synthetic": 20, "generated": 40, "accepted": 20}]
+    made = training_makeup(history)
+    assert made == {"samples": 190, "real_positive": 50, "synthetic": 40, "generated": 84, "accepted": 42, "epochs": 2}
+    y = np.array([0, 1] * 10)
+    run = SeedRun(0, y, y * 1.0, y, y * 1.0, [str(i) for i in range(20)], **made)
+    row = summarize_arm("a", [run], None, n_boot=50)
+    assert row["real_positive_share"] == pytest.approx(50 / 190) and row["synthetic_share"] == pytest.approx(40 / 190)
+    assert row["positives_per_epoch"] == 45 and row["samples_per_epoch"] == 95
+    assert row["candidates_per_accepted"] == 2 and row["candidates_per_used"] == pytest.approx(84 / 40)
+
+
 def test_driver_end_to_end_on_phantom(tmp_path):
     from streamaug.phantom import write_phantom_dataset
 
@@ -91,24 +94,42 @@ def test_driver_end_to_end_on_phantom(tmp_path):
     argv = ["--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--no-record-argv"]
     res = driver.run_experiment(driver.parse_args(argv))
     saved = json.loads((out / "results.json").read_text())
-    assert saved["positive_ratio"] == 0.1 and saved["seeds"] == [0]
-    arms = {(r["region"], r["arm"]) for r in saved["arms"]}
-    assert arms == {(region, arm) for region in driver.REGIONS for arm in driver.ARMS}
+    assert saved["positive_ratio"] == 0.1 and saved["seeds"] == [0] and saved["complete"]
+    rows = {(r["region"], r["arm"]): r for r in saved["arms"]}
+    assert set(rows) == {(region, arm) for region in driver.REGIONS for arm in driver.ARMS}
     for row in saved["arms"]:
-        values = [row["auc_mean"], row["auc_pooled"], *row["auc_ci95"], row["sensitivity"], row["specificity"]]
+        values = [row["auc_mean"], row["auc_pooled"], *row["auc_ci95"], row["sensitivity"], row["specificity"],
+                  row["real_positive_share"], row["synthetic_share"], row["positives_per_epoch"]]
         if row["arm"] != "baseline":
             values += [row["delta"], *row["delta_ci95"], row["delta_seeds"], *row["delta_seeds_ci95"]]
+        if row["arm"] in driver.SYNTHESIS_ARMS:
+            values += [row["versus"]["oversample"]["delta_seeds"], row["candidates_per_accepted"]]
         assert all(math.isfinite(v) for v in values), row
-    assert any(r["synthetic"] > 0 for r in saved["arms"] if r["arm"].startswith("lesion"))
-    ablation = saved["threshold"]["ablation"]
-    assert len(ablation) == 1 and [r["threshold"] for r in next(iter(ablation.values()))["rows"]] == [0.5, 0.9]
+    for region in driver.REGIONS:  # what each arm trained on
+        base, over = rows[region, "baseline"], rows[region, "oversample"]
+        assert base["synthetic_share"] == 0 and over["real_positive_share"] > 2 * base["real_positive_share"]
+        assert over["samples_per_epoch"] > base["samples_per_epoch"]
+        for arm in driver.SYNTHESIS_ARMS:  # rank mode: the asked share, about 2 candidates per accepted one
+            assert 0.1 < rows[region, arm]["synthetic_share"] < 0.6, (region, arm)  # 0.25 asked, of ~30 samples
+            assert 1 <= rows[region, arm]["candidates_per_accepted"] <= 3, (region, arm)
+        over_lesion, lesion = rows[region, "oversample_lesion"], rows[region, "lesion_own"]
+        assert over_lesion["real_positive_share"] >= lesion["real_positive_share"]
+    ablation = saved["ablation"]
+    assert [r["arm"] for r in ablation["rows"]][0] == "lesion_own, rank (the arm)"
+    assert len(ablation["rows"]) + len(ablation["no_run"]) == 3
+    assert "Filter ablation" in (out / "results.md").read_text()
     for name in ["results.md", "roc_upper_limb.png", "roc_lower_limb.png"]:
         assert (out / name).stat().st_size > 0
     assert any(p and Path(p).exists() for p in saved["samples_png"].values())
     assert res["wall_seconds"] > 0
-    # a second call reuses the pack and every cached run
+    # a second call reuses the pack and every cached run; a run trained again gives the same scores
+    cached = out / "runs" / "lower_limb" / "oversample_lesion" / "seed0" / "scores.json"
+    before = json.loads(cached.read_text())
+    cached.unlink()
     again = driver.run_experiment(driver.parse_args(argv))
     assert [r["auc_pooled"] for r in again["arms"]] == [r["auc_pooled"] for r in saved["arms"]]
+    after = json.loads(cached.read_text())
+    assert after["s_test"] == before["s_test"] and after["seconds"] != before["seconds"]
 
 
 def test_driver_with_a_separate_test_folder(tmp_path):
@@ -119,10 +140,22 @@ def test_driver_with_a_separate_test_folder(tmp_path):
     driver = _driver()
     res = driver.run_experiment(driver.parse_args([
         "--data", str(data), "--test-data", str(test), "--out", str(tmp_path / "out"), "--budget", "test",
-        "--seeds", "1", "--regions", "lower_limb", "--no-record-argv"]))
+        "--seeds", "1", "--regions", "lower_limb", "--no-ablation", "--jobs", "2", "--no-record-argv"]))
     # every row of the test folder (all of its splits) is scored; no transfer arm with one region
     assert {r["n_test"] for r in res["arms"]} == {24}
-    assert [r["arm"] for r in res["arms"]] == ["baseline", "oversample", "classic", "lesion_own"]
+    assert [r["arm"] for r in res["arms"]] == [a for a in driver.ARMS if a not in driver.TRANSFER_ARMS]
+    assert not res["ablation"]
+
+
+def test_a_given_pack_of_other_data_is_refused_not_overwritten(tmp_path):
+    driver = _driver()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "metadata.csv").write_text("image_id,label\n")
+    (tmp_path / "pack").mkdir()
+    (tmp_path / "pack" / "manifest.json").write_text(json.dumps({"source": {"root": "/elsewhere"}, "splits": {}}))
+    with pytest.raises(SystemExit, match="not a pack of"):
+        driver.ensure_packed(tmp_path / "data", tmp_path / "pack", reuse_only=True)
+    assert json.loads((tmp_path / "pack" / "manifest.json").read_text())["source"]["root"] == "/elsewhere"
 
 
 def test_a_run_whose_filter_accepts_nothing_is_cached_as_failed(tmp_path, monkeypatch):
@@ -132,18 +165,20 @@ def test_a_run_whose_filter_accepts_nothing_is_cached_as_failed(tmp_path, monkey
     calls = []
 
     def refuse(cfg, progress=False):
-        calls.append(cfg.filter_threshold)
+        calls.append(cfg.filter_quantile)
         raise NoAcceptedCandidates("the synthesis stage accepted no candidate in 50 batches")
 
     monkeypatch.setattr(driver, "train_classifier", refuse)
     ctx = driver.Context(tmp_path, tmp_path / "shards", "test-spec", "test", dict(driver.BUDGETS["test"]),
                          0.1, 5, 0.25, "cpu")
+    kw = dict(stream="lesion", filter_mode="threshold", filter_quantile=0.5, translator="t.pt",
+              filter_classifier="f.pt")
     for _ in range(2):  # the second call reads the cached failure instead of training again
-        assert driver.lesion_arm(ctx, "upper_limb", 0, "lesion_own", tmp_path / "t.pt", "f.pt", [0.9]) is None
-    assert calls == [0.9]
+        assert driver.train_arm(ctx, "upper_limb", 0, "lesion_own", tag="q50", **kw) is None
+    assert calls == [0.5]
     ctx.fraction = 0.5  # another config: tried again
-    assert driver.lesion_arm(ctx, "upper_limb", 0, "lesion_own", tmp_path / "t.pt", "f.pt", [0.9]) is None
-    assert calls == [0.9, 0.9]
+    assert driver.train_arm(ctx, "upper_limb", 0, "lesion_own", tag="q50", **{**kw, "synthetic_fraction": 0.5}) is None
+    assert calls == [0.5, 0.5]
 
 
 def test_no_checkpoint_is_unpickled_with_code_execution():

@@ -105,7 +105,8 @@ def test_lesion_stream_arm_trains_on_synthetic_positives(shards, tmp_path):
                   filter_classifier=str(base), filter_threshold=0.0, synthetic_fraction=0.5, positive_ratio=0.1)
     train_classifier(cfg, progress=False)
     (record,) = [json.loads(line) for line in (tmp_path / "aug" / "log.jsonl").read_text().splitlines()]
-    assert record["synthetic"] > 0 and record["acceptance"]["accepted"] >= record["synthetic"]
+    assert record["synthetic"] > 0 and record["accepted"] >= record["synthetic"]
+    assert record["emitted"]["synthetic"] == record["synthetic"] and record["generated"] >= record["accepted"]
 
 
 def test_ddp_two_cpu_ranks_on_the_lesion_stream_with_resume(shards, tmp_path):
@@ -143,3 +144,129 @@ def test_cli_reports_a_checkpoint_error_without_a_traceback(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert f"error: {tmp_path}: --resume needs last.pt" in err and "Traceback" not in err
+
+
+# -- the lesion stream in the trainer: exact resume, oversampling, filter modes, synthesizers, make-up --
+
+@pytest.fixture(scope="module")
+def translator_pt(tmp_path_factory):
+    config = unit_preset("tiny")
+    return str(save_translator(tmp_path_factory.mktemp("unit") / "translator.pt", UNIT(config), config=config,
+                               patch_size=config.patch_size, s=1.0, region="any", manifest_sha256="0" * 64, step=0))
+
+
+@pytest.fixture(scope="module")
+def filter_pt(shards, tmp_path_factory):
+    return str(train_classifier(cfg_for(shards, tmp_path_factory.mktemp("filter"), epochs=1), progress=False))
+
+
+def _recording(monkeypatch):
+    """Record every training batch (epoch, keys, synthetic flags, labels, image sums) and the streams built."""
+    from streamaug.train import classifier as trainer
+
+    seen, streams = [], []
+    build = trainer.build_train_stream
+
+    def recorded(cfg, **kw):
+        batches, stream = build(cfg, **kw)
+        streams.append(stream)
+
+        def wrapped(epoch):
+            for batch in batches(epoch):
+                seen.append((epoch, list(batch["key"]), batch.get("synthetic", torch.zeros(0)).tolist(),
+                             batch["label"].tolist(), batch["image"].sum((1, 2, 3)).tolist()))
+                yield batch
+        return wrapped, stream
+
+    monkeypatch.setattr(trainer, "build_train_stream", recorded)
+    return seen, streams
+
+
+def _log(out):
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def test_resume_of_a_lesion_stream_run_replays_the_uninterrupted_stream(shards, translator_pt, filter_pt, tmp_path,
+                                                                       monkeypatch):
+    seen, streams = _recording(monkeypatch)
+    kw = dict(stream="lesion", synthesizer="mix", translator=translator_pt, filter_classifier=filter_pt,
+              filter_mode="rank", synthetic_fraction=0.4, positive_ratio=0.2, oversample=2)
+    train_classifier(cfg_for(shards, tmp_path / "a", epochs=3, **kw), progress=False)
+    full = list(seen)
+    seen.clear()
+    train_classifier(cfg_for(shards, tmp_path / "b", epochs=1, **kw), progress=False)
+    saved = load_classifier(tmp_path / "b" / "last.pt").extra["stream"]
+    assert len(saved) == 1 and saved[0]["epoch"] == 0 and saved[0]["emitted"]["synthetic"] > 0
+    train_classifier(cfg_for(shards, tmp_path / "b", epochs=3, **kw), resume=True, progress=False)
+    assert [s[0] for s in seen] == [s[0] for s in full] and seen == full  # same batches, same order, same images
+    assert any(any(s[2]) for s in full if s[0] == 2)  # synthetic samples in the resumed epochs too
+    assert streams[-1].stats["emitted"] == streams[0].stats["emitted"]  # the counts went on from last.pt
+    a = load_classifier(tmp_path / "a" / "last.pt").model.state_dict()
+    b = load_classifier(tmp_path / "b" / "last.pt").model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # the log too, but for the wall times
+    assert [{**r, "seconds": 0} for r in _log(tmp_path / "a")] == [{**r, "seconds": 0} for r in _log(tmp_path / "b")]
+
+
+def test_oversampling_copies_real_positives_only_and_the_log_says_what_was_seen(shards, translator_pt, filter_pt,
+                                                                              tmp_path, monkeypatch):
+    seen, streams = _recording(monkeypatch)
+    plain = cfg_for(shards, tmp_path / "plain", epochs=1, positive_ratio=0.2, oversample=3)
+    counts = count_selected(plain)
+    train_classifier(plain, progress=False)
+    (record,) = _log(tmp_path / "plain")
+    assert record["emitted"] == {"real_positive": 3 * counts["positives"], "real_normal": counts["normals"],
+                                 "real_other": 0, "synthetic": 0}
+    assert record["samples"] == 3 * counts["positives"] + counts["normals"] and record["synthetic_share"] == 0
+    assert record["real_positive_share"] == pytest.approx(3 * counts["positives"] / record["samples"])
+    assert record["candidates_per_accepted"] is None
+    # every batch is full but the last, and no positive is copied into its own batch
+    keys = [s[1] for s in seen]
+    assert all(len(k) == 8 for k in keys[:-1]) and all(len(set(k)) == len(k) for k in keys)
+
+    seen.clear()
+    mixed = cfg_for(shards, tmp_path / "mixed", epochs=1, positive_ratio=0.2, oversample=3, stream="lesion",
+                    translator=translator_pt, filter_classifier=filter_pt, filter_mode="rank", synthetic_fraction=0.3)
+    train_classifier(mixed, progress=False)
+    (record,) = _log(tmp_path / "mixed")
+    emitted = streams[-1].stats["emitted"]  # what the stream gave, before the copies
+    assert record["emitted"]["real_positive"] == 3 * emitted["real_positive"]
+    assert record["emitted"]["synthetic"] == emitted["synthetic"] == record["synthetic"] > 0
+    assert record["emitted"]["real_normal"] == emitted["real_normal"]
+    assert sum(sum(s[2]) for s in seen) == emitted["synthetic"]  # synthetic samples are never copied
+    assert record["synthetic_share"] == pytest.approx(record["synthetic"] / record["samples"])
+    # rank mode: about 2 candidates scored per accepted sample (the stage's oversample), never a dry run;
+    # a synthesis round makes up to a source batch of samples, so the epoch may end with some unused
+    assert record["accepted"] >= record["synthetic"] and 1 <= record["candidates_per_accepted"] <= 4
+
+
+def test_filter_quantile_calibrates_on_validation_positives(shards, filter_pt):
+    from streamaug.train.classifier_data import build_filter, build_val_stream
+
+    cfg = cfg_for(shards, "unused", filter_classifier=filter_pt, filter_quantile=0.5)
+    filt = build_filter(cfg)
+    scores = filt.positive_scores(build_val_stream(cfg))
+    assert filt.mode == "threshold" and filt.threshold == pytest.approx(float(torch.quantile(scores.double(), 0.5)))
+    ranked = build_filter(cfg_for(shards, "unused", filter_classifier=filter_pt, filter_mode="rank"))
+    assert ranked.mode == "rank" and ranked.threshold is None  # rank mode: no floor without a quantile
+    floored = build_filter(cfg_for(shards, "unused", filter_classifier=filter_pt, filter_mode="rank",
+                                   filter_quantile=0.0))
+    assert floored.mode == "rank" and floored.threshold == pytest.approx(float(scores.min()))
+    assert build_filter(cfg_for(shards, "unused")) is None
+
+
+def test_copy_paste_pastes_only_the_kept_positives(shards, tmp_path):
+    from streamaug.data.select import rare_positive_select
+    from streamaug.train.classifier_data import build_train_stream
+
+    cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="copy_paste", positive_ratio=0.2,
+                  synthetic_fraction=0.5)
+    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
+    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
+    stream.set_epoch(0)
+    samples = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    assert samples and {p["synthesizer"] for p in samples} == {"copy_paste"}
+    assert {p["lesion_key"] for p in samples} <= set(select.positives)
+    with pytest.raises(ValueError, match="--translator"):
+        build_train_stream(cfg_for(shards, tmp_path, stream="lesion", synthesizer="mix"), n_real=counts, world=1,
+                           device=torch.device("cpu"))

@@ -1,11 +1,14 @@
 """``python -m streamaug.cli.demo``: the whole method, end to end, in a few minutes on a laptop CPU.
 
 1. write a procedural phantom set laid out like BTXRD (or use ``--data DIR``), pack it to shards;
-2. train a tiny UNIT translator on normal / lesion patches;
-3. train a baseline classifier with positives made rare (1 lesion : 10 normals);
-4. train the same classifier on the on-the-fly lesion stream, filtered by the baseline;
-5. report test AUC (bootstrap 95 % CI) of both, the paired difference, and write a ROC curve and a
-   sample grid (original / translated / blended).
+2. make positives rare (1 lesion : 10 normals, drawn with the seed) and train a tiny UNIT translator
+   on patches of the KEPT positives and the normals only (no lesion the classifiers cannot see);
+3. train a baseline classifier on the rare-positive training set;
+4. train the same classifier (same preset, epochs, batch size, learning rate, seed and real data) on
+   the on-the-fly lesion stream, the baseline as pseudo-label filter in rank mode (the best-scored
+   candidates of each synthesis round, as many as asked: it never runs dry);
+5. report test AUC (bootstrap 95 % CI) of both, the paired difference, what each arm trained on, and
+   write a ROC curve and a sample grid (original / translated / blended).
 """
 from __future__ import annotations
 
@@ -15,22 +18,23 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import torch
 
 logger = logging.getLogger(__name__)
 
 
-def _sample_grid(path: Path, translator: Path, shards: Path, size: int, n: int = 6) -> Path:
-    """Original / translated / blended for ``n`` test normals, through the device stage."""
+def _sample_grid(path: Path, translator: Path, shards: Path, size: int, select: Any = None, n: int = 6) -> Path:
+    """Original / translated / blended for ``n`` test normals, through the device stage (sites matched
+    to the lesion boxes that ``select`` keeps)."""
     from streamaug.data.collate import collate_xray
     from streamaug.data.stream import XRayShards
     from streamaug.eval.plots import save_sample_grid
     from streamaug.synth.ops import paste_blend
     from streamaug.synth.stage import SynthesisStage
 
-    normals = [s for s in XRayShards(shards, split="test", shuffle=False, resize=size, sites=True,
+    normals = [s for s in XRayShards(shards, split="test", shuffle=False, resize=size, sites=True, select=select,
                                      equalize="none") if s["label"] == 0 and len(s["sites"])][:n]
     batch = collate_xray(normals)
     stage = SynthesisStage(translator, min_intensity=None)
@@ -49,10 +53,12 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
              image_size: int = 64, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
              synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
-    from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, plot_roc
+    from streamaug.eval import bootstrap_auc, is_significant, paired_bootstrap, plot_roc
+    from streamaug.eval.experiment import training_makeup
     from streamaug.eval.scoring import score_checkpoint
     from streamaug.models.checkpoint import load_classifier
     from streamaug.cli.pack import pack
+    from streamaug.data.select import rare_positive_select
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
     from streamaug.train.classifier_data import RunConfig
@@ -68,42 +74,52 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     logger.info("[1/5] packing %s -> %s", data, shards)
     pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=bars)
 
-    logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches)")
+    select, kept = rare_positive_select(str(shards), "train", None, positive_ratio, seed)
+    logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches) on the %d kept positives "
+                "(of %d) and %d normals", kept["positives"], kept["positives_available"], kept["normals"])
     translator = train_translator(TranslatorRun(shards=[str(shards)], out=str(out / "translator"), preset="tiny",
                                                 steps=translator_steps, s=1.5, n=5, split="train", seed=seed,
-                                                device=device, sample_every=max(1, translator_steps // 3)))
+                                                device=device, sample_every=max(1, translator_steps // 3),
+                                                positives=sorted(select.positives or ())))
+    # one classifier recipe for both arms: they differ only in the stream (and its filter)
     common = dict(train_shards=[str(shards)], val_shards=[str(shards)], train_split="train", val_split="val",
                   image_size=image_size, epochs=epochs, batch_size=32, positive_ratio=positive_ratio, seed=seed,
-                  device=device, lr=1e-3)
+                  device=device, lr=1e-3, s=1.5, n=5)
     logger.info("[3/5] baseline classifier, positives cut to %g per normal", positive_ratio)
     base = train_classifier(RunConfig(out=str(out / "baseline"), **common))
     base_extra = load_classifier(base).extra
-    y_val, s_val, _ = score_checkpoint(base, shards, split="val", image_size=image_size, device=device)
-    threshold = operating_point(y_val, s_val)["threshold"]
-    logger.info("[4/5] classifier on the lesion stream (%.0f%% synthetic, pseudo-label threshold %.3f = the "
-                "baseline's validation operating point)", 100 * synthetic_fraction, threshold)
+    logger.info("[4/5] classifier on the lesion stream (%.0f%% synthetic; the baseline ranks the candidates)",
+                100 * synthetic_fraction)
     aug = train_classifier(RunConfig(out=str(out / "augmented"), stream="lesion", translator=str(translator),
-                                     filter_classifier=str(base), filter_threshold=float(threshold),
-                                     synthetic_fraction=synthetic_fraction, s=1.5, n=5, **common))
+                                     filter_classifier=str(base), filter_mode="rank",
+                                     synthetic_fraction=synthetic_fraction, **common))
     logger.info("[5/5] scoring the test split")
     y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
     _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
     auc_b, auc_a = bootstrap_auc(y, s_base, seed=seed), bootstrap_auc(y, s_aug, seed=seed)
     delta = paired_bootstrap(y, s_base, s_aug, seed=seed)
     roc = plot_roc(out / "roc.png", {"baseline": (y, s_base), "augmented": (y, s_aug)}, title="demo test ROC")
-    grid = _sample_grid(out / "samples.png", translator, shards, image_size)
-    history = load_classifier(aug).extra.get("history", [])
+    grid = _sample_grid(out / "samples.png", translator, shards, image_size, select)
+    trained = {name: training_makeup(load_classifier(out / name / "last.pt").extra.get("history", []))
+               for name in ("baseline", "augmented")}
     summary = {
         "test_images": len(y), "test_positives": int(y.sum()), "positive_ratio": positive_ratio,
+        "kept_positives": kept["positives"], "normals": kept["normals"],
         "baseline_auc": auc_b, "augmented_auc": auc_a, "delta": delta, "significant": is_significant(delta),
-        "filter_threshold": float(threshold), "synthetic_per_epoch": [h.get("synthetic", 0) for h in history],
-        "baseline_val_auc": base_extra.get("val_auc"), "roc_png": str(roc), "samples_png": str(grid),
-        "seconds": round(time.perf_counter() - t0, 1),
+        "filter": "rank", "trained_on": trained, "baseline_val_auc": base_extra.get("val_auc"),
+        "roc_png": str(roc), "samples_png": str(grid), "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda a: f"{a[0]:.3f} (95% CI {a[1]:.3f}-{a[2]:.3f})"  # noqa: E731
     print("\n=== streamaug demo ===")
-    print(f"test set: {len(y)} images, {int(y.sum())} with lesions; training positives cut to {positive_ratio:g}/normal")
+    print(f"test set: {len(y)} images, {int(y.sum())} with lesions; training positives cut to "
+          f"{positive_ratio:g}/normal ({kept['positives']} kept of {kept['positives_available']}, "
+          f"{kept['normals']} normals)")
+    for name, t in trained.items():
+        print(f"{name:9s} trained on {t['samples'] // max(1, t['epochs'])} samples/epoch: "
+              f"{t['real_positive'] // max(1, t['epochs'])} real positive, {t['synthetic'] // max(1, t['epochs'])} "
+              f"synthetic" + (f" ({t['generated'] / t['accepted']:.1f} candidates scored per accepted)"
+                              if t["accepted"] else ""))
     print(f"baseline AUC : {fmt(auc_b)}")
     print(f"augmented AUC: {fmt(auc_a)}")
     print(f"difference   : {delta[0]:+.3f} (95% CI {delta[1]:+.3f} to {delta[2]:+.3f})"

@@ -3,7 +3,11 @@
 One epoch = one pass over the (selected) real training samples, plus the synthetic share with
 ``--stream lesion``. After every epoch the validation AUC is computed; the best model is kept in
 ``OUT/best.pt`` (what :class:`streamaug.PseudoLabel` loads), the last state in ``OUT/last.pt``
-(``--resume`` continues from it), and ``OUT/log.jsonl`` records every epoch. Adam, lr 1e-4, decayed
+(``--resume`` continues from it; with ``--stream lesion`` it holds every rank's stream position, so
+the resumed run trains on the samples an uninterrupted one would have), and ``OUT/log.jsonl`` records
+every epoch, with the label make-up the model trained on (``emitted``: real positives, oversampled
+copies included, real normals, synthetic positives; ``real_positive_share``, ``synthetic_share``) and
+the candidates the synthesis stage scored per accepted one (``candidates_per_accepted``). Adam, lr 1e-4, decayed
 x0.9 when the validation AUC plateaus (Gupta et al. §4.2). Under ``torchrun`` the model is wrapped in
 DDP (gloo on CPU, NCCL on CUDA); shards are split by rank with equal samples per rank; rank 0 logs
 and saves.
@@ -28,6 +32,49 @@ from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resu
 logger = logging.getLogger(__name__)
 # what last.pt holds beyond best.pt, so that a run can go on
 TRAINER_STATE = ("epoch", "best_auc", "history", "optimizer", "scheduler", "torch_rng", "aug_rng")
+
+
+# the label make-up of the samples an epoch trained on (LesionStream.stats' "emitted" kinds; copies
+# made by --oversample count as real positives)
+MAKEUP = ("real_positive", "real_normal", "real_other", "synthetic")
+
+
+def _count_makeup(made: dict[str, int], batch: dict[str, Any]) -> None:
+    labels = torch.as_tensor(batch["label"]).long()
+    synthetic = torch.as_tensor(batch["synthetic"]).bool() if "synthetic" in batch else labels < -1  # none
+    real = ~synthetic
+    made["real_positive"] += int((real & (labels == 1)).sum())
+    made["real_normal"] += int((real & (labels == 0)).sum())
+    made["real_other"] += int((real & (labels != 0) & (labels != 1)).sum())
+    made["synthetic"] += int(synthetic.sum())
+
+
+def _stage_counts(stream: Any) -> tuple[int, int]:
+    """``(generated, accepted)`` so far of the stream's synthesis stage ((0, 0) without one)."""
+    stage = getattr(stream, "stage", None)
+    if stage is None:
+        return 0, 0
+    stats = stage.stats
+    return int(stats["generated"]), int(stats["accepted"])
+
+
+def makeup_record(tally: Sequence[int]) -> dict[str, Any]:
+    """One epoch's log fields from ``[*MAKEUP counts, generated, accepted]``.
+
+    ``samples``, ``synthetic``, ``emitted`` (the make-up), ``real_positive_share`` (real positives
+    / real samples, as :attr:`LesionStream.stats`), ``synthetic_share`` (synthetic / all),
+    ``generated`` / ``accepted`` (candidates the synthesis stage scored / chose this epoch) and
+    ``candidates_per_accepted`` (None without synthesis).
+    """
+    emitted = {k: int(v) for k, v in zip(MAKEUP, tally)}
+    generated, accepted = (int(v) for v in tally[len(MAKEUP):])
+    total = sum(emitted.values())
+    real = total - emitted["synthetic"]
+    return {"samples": total, "synthetic": emitted["synthetic"], "emitted": emitted,
+            "real_positive_share": emitted["real_positive"] / real if real else None,
+            "synthetic_share": emitted["synthetic"] / total if total else None,
+            "generated": generated, "accepted": accepted,
+            "candidates_per_accepted": generated / accepted if accepted else None}
 
 
 def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
@@ -103,6 +150,11 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
         torch.set_rng_state(state["torch_rng"])
         aug_rng = state["aug_rng"]
         start, best_auc, history = state["epoch"] + 1, state["best_auc"], state["history"]
+        saved_streams = state.get("stream") or []
+        if cfg.stream == "lesion" and rank < len(saved_streams):
+            # saved at an epoch's end: the counts carry on, and set_epoch(start) below drops the
+            # finished epoch's position (a mid-epoch state would go on where it stopped)
+            stream.load_state_dict(saved_streams[rank])
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     loss_fn = torch.nn.BCEWithLogitsLoss()
     gen = torch.Generator(device="cpu").manual_seed(cfg.seed * 1000 + rank)
@@ -115,9 +167,10 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
         model.train()
         if hasattr(stream, "set_epoch"):
             stream.set_epoch(epoch)
-        seen = synthetic = 0
+        made = dict.fromkeys(MAKEUP, 0)
+        stage_before = _stage_counts(stream)
         losses = []
-        bar = tqdm(train_batches(), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
+        bar = tqdm(train_batches(epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False,
                    disable=None if progress and main_rank else True)  # None: off when not a terminal
         for batch in bar:
             x = device_augment(batch["image"].to(device), cfg.augment, gen)
@@ -127,18 +180,27 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            seen += len(y)
-            synthetic += int(batch["synthetic"].sum()) if "synthetic" in batch else 0
+            _count_makeup(made, batch)
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        stage_after = _stage_counts(stream)
+        tally = [made[k] for k in MAKEUP] + [a - b for a, b in zip(stage_after, stage_before)]
+        if world > 1:  # the log reports what all ranks trained on
+            summed = torch.tensor(tally, dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(summed)
+            tally = [int(v) for v in summed.tolist()]
         ys, ss, _ = score_loader(model, val_loader, device)
         val_auc = float(roc_auc_score(ys, ss)) if len(set(ys)) == 2 else float("nan")
         sched.step(val_auc if val_auc == val_auc else 0.0)
         record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "val_auc": val_auc,
-                  "samples": seen, "synthetic": synthetic, "lr": opt.param_groups[0]["lr"],
+                  **makeup_record(tally), "lr": opt.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - t0, 2)}
-        if stream is not None and hasattr(stream, "stats") and cfg.stream == "lesion":
-            record["acceptance"] = {k: v for k, v in stream.stats.items() if k in ("generated", "accepted", "rate")}
         history.append(record)
+        streams = None
+        if cfg.stream == "lesion":  # every rank's stream position, for an exact --resume
+            streams = [stream.state_dict()]
+            if world > 1:
+                streams = [None] * world
+                torch.distributed.all_gather_object(streams, stream.state_dict())
         if main_rank:
             extra = {"run": dataclasses.asdict(cfg), "input_size": cfg.image_size, "epoch": epoch,
                      "val_auc": val_auc, "history": history}
@@ -147,10 +209,11 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
                 save_classifier(out / "best.pt", model, extra=extra)
             save_classifier(out / "last.pt", model, extra={
                 **extra, "best_auc": best_auc, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state()})
+                "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state(), "stream": streams})
             log.write(record)
-            logger.info("epoch %d: loss %.4f val AUC %.4f (%d samples, %d synthetic, %ss)", epoch + 1,
-                        record["train_loss"], val_auc, seen, synthetic, record["seconds"])
+            logger.info("epoch %d: loss %.4f val AUC %.4f (%d samples: %d real positive, %d synthetic; %ss)",
+                        epoch + 1, record["train_loss"], val_auc, record["samples"],
+                        record["emitted"]["real_positive"], record["synthetic"], record["seconds"])
         best_auc = max(best_auc, val_auc) if val_auc == val_auc else best_auc
     if log is not None:
         log.close()

@@ -1,6 +1,7 @@
 """Data for the classifier trainer: the run config, sample selection, train/val streams, augmentation."""
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Literal
@@ -8,9 +9,9 @@ from typing import Any, Callable, Iterator, Literal
 import numpy as np
 import torch
 
-from streamaug.data.collate import collate_xray, unbatch
-from streamaug.io.labels import to_int_label
-from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest, scan_metadata
+from streamaug.data.collate import collate_xray
+from streamaug.data.oversample import oversample_batches
+from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 from streamaug.data.select import KeySelect, rare_positive_select
 from streamaug.data.stream import XRayShards
 from streamaug.models.drn import DRN_PRESETS
@@ -29,13 +30,23 @@ class RunConfig:
         val_split: split name when --val-shards is a packed folder.
         out: run folder: best.pt, last.pt and log.jsonl go here.
         region: only images of this region (e.g. lower_limb); default: all.
-        stream: plain: the real images only; lesion: on-the-fly lesion synthesis (needs --translator).
-        translator: translator.pt for --stream lesion.
+        stream: plain: the real images only; lesion: on-the-fly lesion synthesis (see --synthesizer).
+        translator: translator.pt for --stream lesion with --synthesizer translate or mix.
+        synthesizer: what makes the synthetic lesions of --stream lesion: translate (the UNIT
+            translator of --translator), copy_paste (crops of the kept real training positives,
+            pasted at normal sites) or mix (both, equal weights).
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter; default: no filter.
-        filter_threshold: pseudo-label threshold: keep synthetic positives the filter scores at least this.
+        filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
+            rank: keep the best-scored candidates of each synthesis round, as many as asked, so the
+            synthetic share never depends on the score scale (no floor unless --filter-quantile).
+        filter_threshold: threshold mode: the pseudo-label threshold, unless --filter-quantile sets it.
+        filter_quantile: calibrate the threshold (threshold mode) or the floor (rank mode) as this
+            quantile of the filter's scores on the validation real positives (PseudoLabel.calibrate);
+            default: threshold mode uses --filter-threshold, rank mode has no floor.
         synthetic_fraction: share of each epoch's samples that are synthetic (--stream lesion).
         positive_ratio: keep real training positives at this many per normal (e.g. 0.1); default: all.
-        oversample: repeat every real positive this many times per epoch (--stream plain).
+        oversample: show every real positive this many times per epoch, the copies spread over the
+            epoch (streamaug.data.oversample); with --stream lesion only real positives are copied.
         augment: device augmentation: none, flip (horizontal flips) or classic (flips, affine, brightness/contrast).
         preset: DRN size preset.
         image_size: side images are resized to, for training and validation.
@@ -60,8 +71,11 @@ class RunConfig:
     region: str | None = None
     stream: Literal["plain", "lesion"] = "plain"
     translator: str | None = None
+    synthesizer: Literal["translate", "copy_paste", "mix"] = "translate"
     filter_classifier: str | None = None
+    filter_mode: Literal["threshold", "rank"] = "threshold"
     filter_threshold: float = 0.9
+    filter_quantile: float | None = None
     synthetic_fraction: float = 0.25
     positive_ratio: float | None = None
     oversample: int = 1
@@ -93,63 +107,128 @@ def count_selected(cfg: RunConfig) -> dict[str, int]:
     return counts
 
 
-def _oversampled(loader: Any, times: int, batch_size: int, seed: int) -> Iterator[dict[str, Any]]:
-    """Re-batch ``loader`` with every positive repeated ``times`` times, through a shuffle buffer."""
-    rng = np.random.default_rng(seed)
-    buf: list[dict[str, Any]] = []
-    for batch in loader:
-        for sample in unbatch(batch):
-            buf.extend([sample] * (times if sample["label"] == 1 else 1))
-        while len(buf) >= 4 * batch_size:
-            rng.shuffle(buf)
-            yield collate_xray(buf[:batch_size])
-            buf = buf[batch_size:]
-    rng.shuffle(buf)
-    for i in range(0, len(buf), batch_size):
-        yield collate_xray(buf[i:i + batch_size])
+def is_real_positive(sample: dict[str, Any]) -> bool:
+    """What ``--oversample`` copies: real positives (label 1), never synthetic ones."""
+    return int(sample["label"]) == 1 and not bool(sample.get("synthetic", False))
+
+
+def oversample_gap(samples: float, times: float, batch_size: int) -> float:
+    """Mean distance, in samples, between consecutive copies of an oversampled positive.
+
+    :func:`streamaug.data.oversample.oversample` yields the copies still due at the end of the input
+    last, so a long gap piles them up at the end of the epoch: with ``gap = samples / times`` (1:10
+    positives, x5) the last tenth of an epoch is all positives and the first tenth 10 %. A quarter of
+    that keeps the positive share flat over the epoch except for its first and last tenths, with the
+    copies of one sample at least a batch apart (never in one batch).
+
+    Args:
+        samples: samples of one epoch, copies included (per rank).
+        times: copies per positive, the original included.
+        batch_size: the smallest gap allowed.
+    """
+    return max(float(batch_size), samples / (4.0 * times))
+
+
+def seed_worker(worker_id: int) -> None:
+    """``worker_init_fn``: seed numpy and ``random`` in a DataLoader worker from its torch seed."""
+    import random
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def seeded_loader(dataset: Any, cfg: RunConfig, batch_size: int) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` whose workers are seeded from ``cfg.seed`` (``generator=``, ``worker_init_fn=``)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers,
+                                       collate_fn=collate_xray, generator=torch.Generator().manual_seed(cfg.seed),
+                                       worker_init_fn=seed_worker)
+
+
+def build_filter(cfg: RunConfig, device: torch.device | str = "cpu") -> Any:
+    """The pseudo-label filter of ``cfg`` (a :class:`streamaug.PseudoLabel`), or None without
+    ``filter_classifier``. With ``filter_quantile`` its threshold (or rank-mode floor) is calibrated on
+    the scores of the validation real positives (:meth:`PseudoLabel.calibrate`)."""
+    if not cfg.filter_classifier:
+        return None
+    from streamaug.filters.pseudo_label import PseudoLabel
+
+    if cfg.filter_mode not in ("threshold", "rank"):
+        raise ValueError(f"filter_mode must be 'threshold' or 'rank', got {cfg.filter_mode!r}")
+    threshold = cfg.filter_threshold if cfg.filter_mode == "threshold" else None
+    filt = PseudoLabel(cfg.filter_classifier, threshold, mode=cfg.filter_mode, device=device)
+    if cfg.filter_quantile is not None:
+        scores = filt.positive_scores(build_val_stream(cfg))
+        if not len(scores):
+            raise ValueError("--filter-quantile needs validation positives (none in --val-shards for this region)")
+        filt.calibrate(scores, cfg.filter_quantile)
+    return filt
+
+
+def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = "cpu") -> Any:
+    """The synthesizer of ``cfg.synthesizer``: a :class:`streamaug.synth.Translate` of ``cfg.translator``,
+    a :class:`streamaug.synth.CopyPaste` of the selected (kept) training positives, or a
+    :class:`streamaug.synth.Mix` of both."""
+    from streamaug.synth.copy_paste import CopyPaste
+    from streamaug.synth.mix import Mix
+    from streamaug.synth.translate import Translate
+
+    if cfg.synthesizer not in ("translate", "copy_paste", "mix"):
+        raise ValueError(f"synthesizer must be translate, copy_paste or mix, got {cfg.synthesizer!r}")
+    parts = []
+    if cfg.synthesizer in ("translate", "mix"):
+        if not cfg.translator:
+            raise ValueError(f"--synthesizer {cfg.synthesizer} needs --translator PATH (train one with "
+                             "`python -m streamaug.train translator`), or use --synthesizer copy_paste")
+        parts.append(Translate(cfg.translator, blend_n=cfg.blend_n, device=device))
+    if cfg.synthesizer in ("copy_paste", "mix"):
+        parts.append(CopyPaste(_spec(cfg.train_shards), split=cfg.train_split, select=select, resize=cfg.image_size,
+                               blend_n=cfg.blend_n, device=device))
+    return parts[0] if len(parts) == 1 else Mix(parts)
 
 
 def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
-                       device: torch.device) -> tuple[Callable[[], Iterator[dict[str, Any]]], Any]:
-    """``(batches, stream)``: ``batches()`` yields one epoch of collated training batches."""
+                       device: torch.device) -> tuple[Callable[[int], Iterator[dict[str, Any]]], Any]:
+    """``(batches, stream)``: ``batches(epoch)`` yields one epoch of collated training batches (call
+    ``stream.set_epoch(epoch)`` first); ``stream`` is the dataset (``XRayShards`` or ``LesionStream``)."""
     select, _ = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
+    real = (n_real["positives"] + n_real["normals"]) / world  # real samples per rank and epoch
     if cfg.stream == "plain":
         ds = XRayShards(_spec(cfg.train_shards), split=cfg.train_split, seed=cfg.seed, resize=cfg.image_size,
                         select=select)
-        loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch_size, num_workers=cfg.workers,
-                                             collate_fn=collate_xray)
-        if cfg.oversample > 1:
-            return (lambda: _oversampled(loader, cfg.oversample, cfg.batch_size, cfg.seed + ds.epoch)), ds
-        return (lambda: iter(loader)), ds
-    if cfg.stream != "lesion":
-        raise ValueError(f"stream must be 'plain' or 'lesion', got {cfg.stream!r}")
-    if not cfg.translator:
-        raise ValueError("--stream lesion needs --translator PATH (train one with `python -m streamaug.train translator`)")
-    from streamaug.filters.pseudo_label import PseudoLabel
-    from streamaug.sites import LesionBoxBank, SiteProposer
-    from streamaug.synth.lesion_stream import LesionStream
+        source: Callable[[], Iterator[dict[str, Any]]] = functools.partial(iter, seeded_loader(ds, cfg, cfg.batch_size))
+    elif cfg.stream == "lesion":
+        from streamaug.sites import LesionBoxBank, SiteProposer
+        from streamaug.synth.lesion_stream import LesionStream
 
-    manifest = find_manifest(expand_urls(_spec(cfg.train_shards), cfg.train_split)[0])
-    if manifest is None:
-        raise ValueError("--stream lesion needs shards written by `python -m streamaug.cli.pack` (manifest.json)")
-    records = [r for r in load_manifest(manifest)["lesion_boxes"] if r.get("split") in (cfg.train_split, None)
-               and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
-    sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
-    filt = PseudoLabel(cfg.filter_classifier, cfg.filter_threshold, device=device) if cfg.filter_classifier else None
-    total = n_real["positives"] + n_real["normals"]
-    stream = LesionStream(_spec(cfg.train_shards), translator=cfg.translator, filter=filt,
-                          synthetic_fraction=cfg.synthetic_fraction, blend_n=cfg.blend_n, device=device,
+        manifest = find_manifest(expand_urls(_spec(cfg.train_shards), cfg.train_split)[0])
+        if manifest is None:
+            raise ValueError("--stream lesion needs shards written by `python -m streamaug.cli.pack` (manifest.json)")
+        records = [r for r in load_manifest(manifest)["lesion_boxes"] if r.get("split") in (cfg.train_split, None)
+                   and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
+        sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
+        ds = LesionStream(_spec(cfg.train_shards), synthesizer=build_synthesizer(cfg, select, device),
+                          filter=build_filter(cfg, device), synthetic_fraction=cfg.synthetic_fraction, device=device,
                           seed=cfg.seed, sites=sites, split=cfg.train_split, resize=cfg.image_size,
                           num_workers=cfg.workers, select=select,
-                          epoch_length=math.ceil(total / world / (1 - cfg.synthetic_fraction)))
-    return (lambda: stream.iter_batches(cfg.batch_size)), stream
+                          epoch_length=math.ceil(real / (1 - cfg.synthetic_fraction)))
+        source = functools.partial(ds.iter_batches, cfg.batch_size)
+    else:
+        raise ValueError(f"stream must be 'plain' or 'lesion', got {cfg.stream!r}")
+    if cfg.oversample == 1:
+        return (lambda epoch: source()), ds
+    per_epoch = (real if cfg.stream == "plain" else math.ceil(real / (1 - cfg.synthetic_fraction))) \
+        + (cfg.oversample - 1) * n_real["positives"] / world
+    gap = oversample_gap(per_epoch, cfg.oversample, cfg.batch_size)
+    return (lambda epoch: oversample_batches(source(), cfg.oversample, cfg.batch_size, gap=gap,
+                                             select=is_real_positive, seed=[cfg.seed, epoch])), ds
 
 
 def build_val_stream(cfg: RunConfig) -> torch.utils.data.DataLoader:
     """Every validation sample of the region, once, on every rank (ranks compute the same AUC)."""
     ds = XRayShards(_spec(cfg.val_shards), split=cfg.val_split, shuffle=False, resize=cfg.image_size,
                     select=KeySelect(cfg.region), equalize="none", distributed=False)
-    return torch.utils.data.DataLoader(ds, batch_size=64, num_workers=cfg.workers, collate_fn=collate_xray)
+    return seeded_loader(ds, cfg, 64)
 
 
 _CLASSIC: dict[str, Any] = {}
