@@ -18,9 +18,9 @@ from functools import partial
 from torch.utils.data import DataLoader
 
 from streamaug import XRayShards
+from streamaug.cli.bench import add_shards_argument, shard_urls
 from streamaug.cli.bench_measure import measure, plain_dataset
 from streamaug.data.collate import collate_xray
-from streamaug.cli.bench import add_shards_argument, shard_urls
 
 
 def main() -> None:

@@ -18,9 +18,8 @@ from __future__ import annotations
 import argparse
 import json
 
-
-from streamaug.cli.bench_measure import compare, loader_factories
 from streamaug.cli.bench import add_shards_argument, loader_table, shard_urls
+from streamaug.cli.bench_measure import compare, loader_factories
 
 GOAL = 0.95
 

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from streamaug.cli.bench_measure import make_lesion_stream, memory_trend
 from streamaug.cli.bench import add_shards_argument, shard_urls
+from streamaug.cli.bench_measure import make_lesion_stream, memory_trend
 
 
 def main() -> None:

@@ -18,9 +18,8 @@ import argparse
 
 import torch
 
-
-from streamaug.cli.bench_measure import compare, loader_factories, synthesis_bench
 from streamaug.cli.bench import add_shards_argument, shard_urls, synthesis_table
+from streamaug.cli.bench_measure import compare, loader_factories, synthesis_bench
 
 GOAL = 0.7
 

@@ -14,8 +14,8 @@ import statistics
 import tarfile
 import time
 
-from streamaug.io.tar import iter_tar_files, open_tar_stream
 from streamaug.cli.bench import add_shards_argument, shard_urls
+from streamaug.io.tar import iter_tar_files, open_tar_stream
 
 
 def with_tarfile(urls: list[str]) -> int:

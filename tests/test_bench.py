@@ -12,8 +12,8 @@ import torch
 from streamaug.cli.bench import loader_table, report, run_suite
 from streamaug.cli.bench_measure import classifier_step, compare, loader_factories, memory_snapshot
 from streamaug.cli.pack import pack
-from streamaug.phantom import write_phantom_dataset
 from streamaug.data.shardlist import expand_urls
+from streamaug.phantom import write_phantom_dataset
 
 TINY = dict(rounds=1, seconds=0.05, workers=(0, 1), batch=4, dicom_n=4, dicom_size=64, dicom_rounds=1,
             dicom_seconds=0.05, dicom_workers=(0,), dicom_batch=2, synth_seconds=0.05, trend_batches=4,

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import torch
-
 from shardgen import write_shards
+
 from streamaug import XRayShards
 from streamaug.data.collate import collate_xray, one_storage
 

@@ -9,8 +9,8 @@ import textwrap
 from pathlib import Path
 
 import pytest
-
 from shardgen import write_shards
+
 from streamaug.data.shardlist import plan_epoch
 
 SCRIPT = """

@@ -10,7 +10,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 import streamaug.eval.stats as ev
-from streamaug.eval.__main__ import main as eval_main
 from streamaug.eval import (
     bootstrap_auc,
     bootstrap_indices,
@@ -25,6 +24,7 @@ from streamaug.eval import (
     score_loader,
     sens_spec_at,
 )
+from streamaug.eval.__main__ import main as eval_main
 
 
 def _data(n: int, seed: int = 0, noise: float = 1.0, prevalence: float = 0.3) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +52,7 @@ def test_bootstrap_auc_point_estimate_and_ci() -> None:
     y, s = _data(300)
     auc, lo, hi = bootstrap_auc(y, s, n_boot=1000, seed=0)
     assert auc == roc_auc_score(y, s)
-    assert lo < auc < hi and 0.0 <= lo and hi <= 1.0
+    assert lo < auc < hi and lo >= 0.0 and hi <= 1.0
     assert bootstrap_auc(y, s, n_boot=1000, seed=0) == (auc, lo, hi)  # deterministic
     assert bootstrap_auc(y, s, n_boot=1000, seed=1)[1:] != (lo, hi)
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from shardgen import write_shards
+
 from streamaug import LesionStream, PseudoLabel
 from streamaug.models.registry import IdentityConfig, IdentityTranslator
 from streamaug.sites import LesionBoxBank, SiteProposer

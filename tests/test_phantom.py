@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from streamaug.phantom import COLUMNS, components, make_phantom, write_phantom_dataset
 from streamaug.cli.phantom import main
+from streamaug.phantom import COLUMNS, components, make_phantom, write_phantom_dataset
 
 BTXRD_COLUMNS = ["image_id", "image", "mask", "label", "malignancy", "subtype", "bone", "region", "view", "center",
                  "age", "sex", "boxes_xyxy", "mask_pixels", "group", "split"]
@@ -65,7 +65,7 @@ def test_types_shapes_and_range(size):
     img, mask = out["image"], out["mask"]
     assert img.shape == size and img.dtype == np.float32
     assert mask.shape == size and mask.dtype == np.uint8 and out["bone_mask"].shape == size
-    assert 0.0 <= img.min() and img.max() <= 1.0 and img.std() > 0.05
+    assert img.min() >= 0.0 and img.max() <= 1.0 and img.std() > 0.05
     assert set(np.unique(mask)) == {0, 1}
     assert out["label"] == "tumor" and out["region"] == "upper_limb" and out["view"] == "oblique"
     inside = (mask.astype(bool) & out["bone_mask"].astype(bool)).sum() / mask.sum()

@@ -6,10 +6,10 @@ from math import comb
 
 import numpy as np
 import pytest
-
 from sitecheck import _sample
-from streamaug.sites import _propose_kernels as pk
+
 from streamaug.sites import LesionBoxBank, SiteProposer
+from streamaug.sites import _propose_kernels as pk
 
 
 def test_splitmix64_matches_the_reference_outputs():
@@ -24,7 +24,7 @@ def test_splitmix64_matches_the_reference_outputs():
 def test_uniforms_and_bounded_ints_cover_their_range_evenly():
     state = np.array([7], dtype=np.uint64)
     u = np.array([pk.next_uniform(state) for _ in range(20000)])
-    assert 0.0 <= u.min() and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
+    assert u.min() >= 0.0 and u.max() < 1.0 and abs(u.mean() - 0.5) < 0.01
     counts = np.bincount([pk.next_below(state, 6) for _ in range(12000)], minlength=6)
     assert len(counts) == 6 and counts.min() > 1800 and counts.max() < 2200  # ~2000 each
 
@@ -34,7 +34,7 @@ def test_choose_picks_every_subset_equally_often(count, k):
     state = np.array([11], dtype=np.uint64)
     draws = [pk.choose_kernel(count, k, state) for _ in range(6000)]
     assert all(len(d) == min(k, count) == len(set(d.tolist())) for d in draws)
-    assert all(0 <= d.min() and d.max() < count for d in draws)
+    assert all(d.min() >= 0 and d.max() < count for d in draws)
     subsets = collections.Counter(tuple(sorted(d.tolist())) for d in draws)
     expected = 6000 / len(subsets)
     assert len(subsets) == comb(count, min(k, count))

@@ -71,3 +71,17 @@ def test_missing_optional_parts_name_their_extra(monkeypatch):
         ZarrXRays("/nonexistent.zarr")
     with pytest.raises(ImportError, match=r"pip install streamaug\[plots\]"):
         save_sample_grid("/nonexistent.png", [])
+
+
+def test_ruff_is_clean():
+    """The ruff configuration in pyproject.toml passes on the whole tree (skipped without ruff)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is not installed (pip install -e '.[test]' brings it)")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([ruff, "check", "--no-cache", "."], cwd=root, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

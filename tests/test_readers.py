@@ -8,11 +8,11 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+from dicomgen import dicom_bytes as _dicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-from dicomgen import dicom_bytes as _dicom
 from streamaug.io import dicom as dicom_mod
 from streamaug.io.readers import MissingCodecError, XRayDecodeError, decode_xray, read_xray
 
@@ -203,7 +203,7 @@ def test_dicom_windows_match_pydicom(case):
     img, meta = decode_xray(data, "dcm")
     assert meta["voi"] == "window" and img.dtype == torch.float32
     np.testing.assert_allclose(img[0].numpy(), _pydicom_display(data), rtol=0, atol=1e-6)
-    assert 0.0 <= float(img.min()) and float(img.max()) <= 1.0
+    assert float(img.min()) >= 0.0 and float(img.max()) <= 1.0
 
 
 def test_dicom_fast_path_does_not_call_pydicom_voi(monkeypatch):

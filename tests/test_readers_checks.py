@@ -9,9 +9,9 @@ import numpy as np
 import pydicom
 import pytest
 import torch
-
 from dicomgen import dicom_bytes, raw_dicom
 from shardgen import png_bytes
+
 from streamaug.io import dicom as dicom_mod
 from streamaug.io import readers
 from streamaug.io.pixels import MAX_PIXELS, rgb_to_gray
@@ -94,9 +94,9 @@ def test_rgb_to_gray_scales_and_clips():
 def test_one_by_one_dicom_with_excess_data_names_the_file():
     data = raw_dicom(Rows=1, Columns=1, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
                      PixelData=bytes(64))  # pydicom reads the excess bytes as 64 frames
-    with pytest.warns(UserWarning):
-        with pytest.raises(XRayDecodeError, match=r"one\.dcm: pixel data decodes to shape \(64, 1, 1\).*\(1, 1\)"):
-            decode_xray(data, "dcm", source="one.dcm")
+    shape = r"one\.dcm: pixel data decodes to shape \(64, 1, 1\).*\(1, 1\)"
+    with pytest.warns(UserWarning), pytest.raises(XRayDecodeError, match=shape):
+        decode_xray(data, "dcm", source="one.dcm")
     ok = raw_dicom(Rows=1, Columns=1, BitsAllocated=8, BitsStored=8, HighBit=7, PixelRepresentation=0,
                    PixelData=b"\xff\x00")
     assert decode_xray(ok, "dcm")[0].tolist() == [[[1.0]]]

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 
 import pytest
-
 from realdata_mix import measure, pack_rows
 
 

@@ -27,12 +27,12 @@ import tracemalloc
 from collections import Counter
 from pathlib import Path
 
-import pytest
 import torch
 
 _TESTS = Path(__file__).resolve().parent
 sys.path[:0] = [str(_TESTS), str(_TESTS.parent)]  # shardgen, and this checkout's streamaug when run as a script
 from shardgen import write_manifest, write_shards  # noqa: E402
+
 from streamaug import XRayShards  # noqa: E402
 from streamaug.data.select import KeySelect  # noqa: E402
 from streamaug.io.errors import SampleError, ShardError  # noqa: E402

@@ -6,9 +6,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from sitecheck import _brute_means, _check_geometry
-from streamaug.sites import _kernels as _site_kernels
+
 from streamaug.sites import box_means, crop_means, direct_is_cheaper, integral_image, lesion_crops, parse_boxes
 
 

@@ -12,10 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-
 from sitecheck import _brute_means, _check_geometry, _sample
-from streamaug.sites import _kernels as _site_kernels, _propose_kernels
-from streamaug.sites import LesionBoxBank, SiteProposer, integral_image, parse_boxes, sample_seed
+
+from streamaug.sites import LesionBoxBank, SiteProposer, _propose_kernels, integral_image, parse_boxes, sample_seed
+from streamaug.sites import _kernels as _site_kernels
 
 
 # --------------------------------------------------------------------------- intensity filter
@@ -184,6 +184,7 @@ def test_from_manifest(tmp_path):
 def test_stream_bank_follows_select(tmp_path):
     """A rare-positive ``select`` must not leak the boxes of the positives it drops into the bank."""
     from shardgen import write_shards
+
     from streamaug import XRayShards
     from streamaug.data.select import KeySelect
 

@@ -12,9 +12,9 @@ from functools import partial
 
 import pytest
 import torch
+from shardgen import png_bytes, set_size_field, tiny_image, write_shards
 from torch.utils.data import DataLoader
 
-from shardgen import png_bytes, set_size_field, tiny_image, write_shards
 from streamaug import XRayShards, collate_xray
 from streamaug.data.shardlist import ShardError, plan_epoch
 from streamaug.data.stream import SampleError

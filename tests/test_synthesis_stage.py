@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from shardgen import write_shards
 from torch.utils.data import DataLoader
 
-from shardgen import write_shards
 from streamaug import LesionStream, NoAcceptedCandidates, PseudoLabel, SynthesisStage, XRayShards, collate_xray
 from streamaug.sites import LesionBoxBank, SiteProposer
 

@@ -6,8 +6,8 @@ import io
 import tarfile
 
 import pytest
-
 from shardgen import set_size_field
+
 from streamaug.io.tar import CHUNK, TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
 
 FILES = [("k1.png", b"\x89PNG" * 300), ("k1.json", b'{"label": 1}'), ("k2.png", b""),

@@ -13,8 +13,8 @@ import torch
 
 from streamaug.cli.pack import pack
 from streamaug.models.checkpoint import CheckpointError, load_classifier, save_translator
-from streamaug.phantom import write_phantom_dataset
 from streamaug.models.unit import UNIT, unit_preset
+from streamaug.phantom import write_phantom_dataset
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import RunConfig, count_selected
 

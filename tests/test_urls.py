@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from shardgen import write_shards
+
 from streamaug import ShardError, XRayShards, collate_xray
 
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
-from streamaug.cli.bench_measure import (KINDS, classifier_step, compare, loader_factories, make_lesion_stream, memory_snapshot,
-                            memory_trend, synthesis_bench)
+from streamaug.cli.bench_measure import (
+    KINDS,
+    classifier_step,
+    compare,
+    loader_factories,
+    make_lesion_stream,
+    memory_snapshot,
+    memory_trend,
+    synthesis_bench,
+)
 
 LABELS = {"plain": "plain wds", "stream": "stream", "stream_sites": "stream+sites", "synth": "stream+synth"}
 
@@ -116,7 +125,6 @@ def run_suite(shards: str | None, *, quick: bool = False, cache: str | None = No
         override: replace entries of the :data:`SUITE` settings (tests use tiny values).
     """
     import platform
-    import tempfile
 
     from streamaug.data.shardlist import expand_urls
 
@@ -131,7 +139,8 @@ def run_suite(shards: str | None, *, quick: bool = False, cache: str | None = No
                            "torch": torch.__version__, "threads": torch.get_num_threads(), "cuda": cuda,
                            "gpu": torch.cuda.get_device_name() if cuda else None}, "loaders": []}
     started = time.perf_counter()
-    sets = [(os.path.basename(os.path.normpath(shards)) if os.path.isdir(shards) else "shards", urls, cfg["workers"], cfg["batch"], cfg["rounds"], cfg["seconds"])]
+    name = os.path.basename(os.path.normpath(shards)) if os.path.isdir(shards) else "shards"
+    sets = [(name, urls, cfg["workers"], cfg["batch"], cfg["rounds"], cfg["seconds"])]
     if dicom:
         t = time.perf_counter()
         durls = shard_urls(phantom_shards(cache, cfg["dicom_n"], cfg["dicom_size"], fmt="dcm", shard_size=8))

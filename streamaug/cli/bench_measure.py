@@ -22,7 +22,8 @@ import io
 import os
 import statistics
 import time
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import torch
 
@@ -116,8 +117,8 @@ def make_lesion_stream(urls: Sequence[str], *, workers: int, batch: int, preset:
     scored at ``filter_size``. Weights do not matter for speed."""
     from streamaug.filters.pseudo_label import PseudoLabel
     from streamaug.models import get_classifier
-    from streamaug.synth.lesion_stream import LesionStream
     from streamaug.models.unit import UNIT, unit_preset
+    from streamaug.synth.lesion_stream import LesionStream
 
     filt = PseudoLabel(get_classifier("drn_tiny")(), threshold=0.0, input_size=filter_size, device=device)
     return LesionStream(list(urls), translator=UNIT(unit_preset(preset)), filter=filt, device=device, seed=seed,
@@ -270,9 +271,9 @@ def synthesis_bench(urls: Sequence[str], *, preset: str = "tiny", device: str = 
     """
     from streamaug.filters.pseudo_label import PseudoLabel
     from streamaug.models import get_classifier
+    from streamaug.models.unit import UNIT, unit_preset
     from streamaug.synth.ops import crop_sites, paste_blend
     from streamaug.synth.stage import SynthesisStage
-    from streamaug.models.unit import UNIT, unit_preset
 
     dev = torch.device(device)
     translator = UNIT(unit_preset(preset)).to(dev).eval()

@@ -17,8 +17,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
@@ -53,12 +54,12 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
              image_size: int = 64, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
              synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
+    from streamaug.cli.pack import pack
+    from streamaug.data.select import rare_positive_select
     from streamaug.eval import bootstrap_auc, is_significant, paired_bootstrap, plot_roc
     from streamaug.eval.experiment import training_makeup
     from streamaug.eval.scoring import score_checkpoint
     from streamaug.models.checkpoint import load_classifier
-    from streamaug.cli.pack import pack
-    from streamaug.data.select import rare_positive_select
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
     from streamaug.train.classifier_data import RunConfig

@@ -173,7 +173,9 @@ def _pack_into(work: Path, samples: SampleBuilder, groups: list[tuple[str, list[
                      has_split="split" in samples.columns)
     t0 = time.perf_counter()
     try:
-        for key, group in tqdm(groups, desc=f"pack {samples.metadata.name}", unit="img", disable=None if progress else True):  # None: off when not a terminal
+        bar = tqdm(groups, desc=f"pack {samples.metadata.name}", unit="img",
+                   disable=None if progress else True)  # None: off when not a terminal
+        for key, group in bar:
             packer.add(key, group)
     finally:  # on an error the shards written so far are closed (and then deleted by pack)
         splits = packer.close()

@@ -1,8 +1,8 @@
 """``collate_xray``: batch sample dicts whose boxes and sites differ in number."""
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Iterator
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import torch
 

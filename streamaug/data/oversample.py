@@ -13,7 +13,8 @@ ones. Here the copy schedule is explicit: a sample yielded at output position ``
 from __future__ import annotations
 
 import heapq
-from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import numpy as np
 

@@ -1,7 +1,7 @@
 """Sample selection decided before decoding: ``select(key, metadata) -> bool`` for :class:`XRayShards`."""
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

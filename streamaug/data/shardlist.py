@@ -14,16 +14,24 @@ import json
 import os
 import tarfile
 import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
 from streamaug.io.errors import ShardError
-from streamaug.io.tar import (READ_ERRORS, group_samples, is_url, iter_tar_files, open_tar_stream, shard_sha256,
-                              tar_samples)
+from streamaug.io.tar import (
+    READ_ERRORS,
+    group_samples,
+    is_url,
+    iter_tar_files,
+    open_tar_stream,
+    shard_sha256,
+    tar_samples,
+)
 
 MANIFEST = "manifest.json"
 
@@ -74,7 +82,7 @@ def load_manifest(path: str | os.PathLike) -> dict:
     except (OSError, json.JSONDecodeError) as err:
         raise ShardError(f"cannot read shard manifest {path}: {err}. Re-run `python -m streamaug.cli.pack`.") from err
     if "splits" not in manifest:
-        raise ShardError(f"{path} is not a streamaug shard manifest (no 'splits'); re-run `python -m streamaug.cli.pack`")
+        raise ShardError(f"{path} is not a streamaug shard manifest (no 'splits'); re-run `streamaug-pack`")
     return manifest
 
 

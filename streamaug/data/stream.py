@@ -20,16 +20,17 @@ import io
 import json
 import multiprocessing
 import warnings
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
 
 from streamaug.data.collate import one_storage
 from streamaug.data.distributed import Slot, current_slot
-from streamaug.io.labels import to_int_label
-from streamaug.io.errors import SampleError, ShardError
 from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, read_tar, shard_infos
+from streamaug.io.errors import SampleError, ShardError
+from streamaug.io.labels import to_int_label
 
 IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
 _PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)

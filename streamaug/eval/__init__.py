@@ -4,6 +4,8 @@
 ``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`);
 :func:`score_checkpoint` is the scoring both use.
 """
+from streamaug.eval.realism import discriminator_auc, frechet_distance, kernel_distance, realism_report  # noqa: F401
+from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
     bootstrap_indices,
@@ -18,8 +20,6 @@ from streamaug.eval.stats import (
     score_loader,
     sens_spec_at,
 )
-from streamaug.eval.scoring import score_checkpoint
-from streamaug.eval.realism import discriminator_auc, frechet_distance, kernel_distance, realism_report  # noqa: F401
 
 __all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
            "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores",

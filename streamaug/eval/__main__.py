@@ -8,14 +8,22 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
 from streamaug.eval.scoring import score_checkpoint
-from streamaug.eval.stats import (bootstrap_auc, is_significant, load_scores, operating_point, paired_bootstrap,
-                                  plot_roc, save_scores, sens_spec_at)
+from streamaug.eval.stats import (
+    bootstrap_auc,
+    is_significant,
+    load_scores,
+    operating_point,
+    paired_bootstrap,
+    plot_roc,
+    save_scores,
+    sens_spec_at,
+)
 
 __all__ = ["build_parser", "main", "score_checkpoint"]  # score_checkpoint: for imports from here
 
@@ -94,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--split", default="test", help="split of the packed folder to score (default: %(default)s)")
     sc.add_argument("--val-split", default=None, help="choose the operating point on this split")
     sc.add_argument("--region", default=None, help="only images of this region (e.g. lower_limb); default: all")
-    sc.add_argument("--image-size", type=int, default=None, help="side images are resized to; default: the checkpoint's input size")
+    sc.add_argument("--image-size", type=int, default=None,
+                    help="side images are resized to; default: the checkpoint's input size")
     sc.add_argument("--out", default="report.json",
                     help="the JSON report: AUC, 95%% CI, operating point (default: %(default)s)")
     sc.add_argument("--roc", default=None, help="also draw the ROC curve into this PNG")

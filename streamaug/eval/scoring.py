@@ -5,7 +5,7 @@ Used by ``python -m streamaug.eval score``, the demo and the BTXRD experiment.
 from __future__ import annotations
 
 import os
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

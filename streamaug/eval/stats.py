@@ -236,7 +236,8 @@ def paired_bootstrap_seeds(
         0.25
     """
     if len(scores_a) != len(scores_b) or not scores_a:
-        raise ValueError(f"need the same, non-zero number of seeds for a and b; got {len(scores_a)} and {len(scores_b)}")
+        raise ValueError(f"need the same, non-zero number of seeds for a and b; "
+                         f"got {len(scores_a)} and {len(scores_b)}")
     (y,) = _check(y)
     idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
     diffs = np.zeros(idx.shape[0])

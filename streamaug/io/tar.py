@@ -38,7 +38,8 @@ import os
 import re
 import tarfile
 import zlib
-from typing import Any, BinaryIO, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any, BinaryIO
 
 from webdataset.tariterators import base_plus_ext
 

@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import torch
 import torch.nn as nn
@@ -248,7 +249,7 @@ class IdentityConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "IdentityConfig":
+    def from_dict(cls, d: dict[str, Any]) -> IdentityConfig:
         return cls(**d)
 
 

@@ -89,7 +89,7 @@ class UNITConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "UNITConfig":
+    def from_dict(cls, d: dict[str, Any]) -> UNITConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:

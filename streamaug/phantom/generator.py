@@ -90,7 +90,7 @@ def _bone_attenuation(bone: Bone, X: np.ndarray, Y: np.ndarray, tex: np.ndarray,
     if bone.physis > 0:  # open growth plate: a thin, wavy, less dense line across the metaphysis
         wave = bone.physis + 0.08 * bone.r0 * np.sin(v / (0.35 * bone.r0))
         dens = dens * (1.0 - 0.6 * np.exp(-(((t - wave) / (0.05 * bone.r0)) ** 2)))
-    return (mu / bone.r0) * (outer - inner + dens * inner), R > np.abs(v)
+    return (mu / bone.r0) * (outer - inner + dens * inner), np.abs(v) < R
 
 
 def _lesion_rho(les: Lesion, X: np.ndarray, Y: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ before the first sample rather than inside it.
 from __future__ import annotations
 
 import math
+
 import numba
 import numpy as np
 

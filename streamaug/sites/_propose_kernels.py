@@ -23,8 +23,14 @@ import numba
 import numpy as np
 
 from streamaug.sites import _kernels as _site_kernels
-from streamaug.sites._kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
-                                     gather_boxes_kernel, integral_image_kernel, place_crops_kernel)
+from streamaug.sites._kernels import (
+    box_means_kernel,
+    crop_means_kernel,
+    direct_is_cheaper_kernel,
+    gather_boxes_kernel,
+    integral_image_kernel,
+    place_crops_kernel,
+)
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)

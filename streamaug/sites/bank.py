@@ -13,9 +13,9 @@ from typing import Any
 
 import numpy as np
 
+from streamaug.io.labels import to_int_label
 from streamaug.sites import _kernels as _k
 from streamaug.sites.boxes import parse_boxes
-from streamaug.io.labels import to_int_label
 
 __all__ = ["LesionBoxBank"]
 

@@ -10,10 +10,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamaug.sites._kernels import (box_means_kernel, crop_means_kernel, direct_is_cheaper_kernel,
-                                      integral_image_kernel, place_crops_kernel)
+from streamaug.sites._kernels import (
+    box_means_kernel,
+    crop_means_kernel,
+    direct_is_cheaper_kernel,
+    integral_image_kernel,
+    place_crops_kernel,
+)
 
-__all__ = ["box_means", "box_problem", "crop_means", "direct_is_cheaper", "integral_image", "lesion_crops", "parse_boxes"]
+__all__ = ["box_means", "box_problem", "crop_means", "direct_is_cheaper", "integral_image", "lesion_crops",
+           "parse_boxes"]
 
 _EMPTY = np.zeros((0, 4), dtype=np.int64)
 

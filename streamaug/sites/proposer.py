@@ -6,8 +6,8 @@ cut (lesion images) or where a synthetic lesion may be translated in (normal ima
 - Lesion image (``label == 1`` with boxes): one square per box, side ``s * max(box w, box h)``,
   placed at random so that the box lies inside it (:func:`lesion_crops`).
 - Normal image (``label == 0``): ``n`` matched lesion records are drawn from a
-  :class:`~streamaug.sites.bank.LesionBoxBank`; each of their boxes, scaled to this image, gives a square placed the same
-  way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
+  :class:`~streamaug.sites.bank.LesionBoxBank`; each of their boxes, scaled to this image, gives a
+  square placed the same way; squares whose mean intensity is below ``min_intensity`` (0.15 in the paper: "no bone") are
   dropped. Means are summed directly over the crops when they cover less than the image, else read
   from an integral image, O(1) per crop (numba kernels in :mod:`streamaug.sites._kernels`).
 
@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamaug.sites import _propose_kernels as _pk
-from streamaug.sites.boxes import parse_boxes
 from streamaug.io.labels import to_int_label
+from streamaug.sites import _propose_kernels as _pk
 from streamaug.sites.bank import LesionBoxBank
+from streamaug.sites.boxes import parse_boxes
 
 __all__ = ["SiteProposer", "sample_seed"]
 
@@ -52,7 +52,8 @@ def sample_seed(seed: int, epoch: int, key: str) -> int:
         platform and in every interpreter, whatever ``PYTHONHASHSEED``).
 
     Examples:
-        >>> sample_seed(0, 1, "IMG1") == sample_seed(0, 1, "IMG1"), sample_seed(0, 1, "IMG1") == sample_seed(0, 2, "IMG1")
+        >>> same, other = sample_seed(0, 1, "IMG1"), sample_seed(0, 2, "IMG1")
+        >>> same == sample_seed(0, 1, "IMG1"), same == other
         (True, False)
     """
     data = (b"streamaug.sites.proposer/2" + (int(seed) & _MASK64).to_bytes(8, "little")

@@ -33,7 +33,8 @@ import functools
 import os
 import warnings
 from collections import deque
-from typing import Any, Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,7 +123,8 @@ class LesionStream(torch.utils.data.IterableDataset):
     emitted label make-up and the candidates scored per accepted sample.
     """
 
-    def __init__(self, normal_shards: str | Sequence[str], *, translator: torch.nn.Module | str | os.PathLike | None = None,
+    def __init__(self, normal_shards: str | Sequence[str], *,
+                 translator: torch.nn.Module | str | os.PathLike | None = None,
                  synthesizer: Any = None, filter: Callable | None = None,
                  positives: str | Sequence[str] | None = None, synthetic_fraction: float = 0.25,
                  positive_fraction: float | None = None, blend_n: float = 2.0, device: str | torch.device = "cpu",

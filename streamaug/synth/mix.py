@@ -1,7 +1,8 @@
 """``Mix``: several synthesizers, each candidate made by one drawn with the given weights."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 

@@ -19,14 +19,21 @@ import dataclasses
 import logging
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 
 from streamaug.models.checkpoint import CheckpointError, load_classifier, save_classifier
 from streamaug.models.drn import DRN, DRNConfig
-from streamaug.train.classifier_data import RunConfig, build_train_stream, build_val_stream, count_selected, device_augment
+from streamaug.train.classifier_data import (
+    RunConfig,
+    build_train_stream,
+    build_val_stream,
+    count_selected,
+    device_augment,
+)
 from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
 
 logger = logging.getLogger(__name__)

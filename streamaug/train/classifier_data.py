@@ -3,16 +3,17 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from streamaug.data.collate import collate_xray
 from streamaug.data.oversample import oversample_batches
-from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 from streamaug.data.stream import XRayShards
 from streamaug.models.drn import DRN_PRESETS
 

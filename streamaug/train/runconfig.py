@@ -37,8 +37,9 @@ import os
 import re
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable, Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 from streamaug.models.checkpoint import CheckpointError
 
@@ -186,7 +187,7 @@ class JsonlLog:
             tmp = self.path.with_name(self.path.name + ".tmp")
             tmp.write_text("".join(kept))
             os.replace(tmp, self.path)
-        self._file = open(self.path, "a")
+        self._file = open(self.path, "a")  # noqa: SIM115 - open for the run's life; close() closes it
 
     def write(self, record: dict[str, Any]) -> None:
         """Append ``record`` as one line and flush it to the OS."""
