@@ -34,7 +34,7 @@ from streamaug.train.classifier_data import (
     count_selected,
     device_augment,
 )
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
+from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
 
 logger = logging.getLogger(__name__)
 # what last.pt holds beyond best.pt, so that a run can go on
@@ -240,8 +240,5 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     """``streamaug-train classifier``: parse the options (unless given parsed), train; the best checkpoint."""
-    if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="python -m streamaug.train classifier", description=__doc__)
-        add_arguments(p)
-        args = p.parse_args(args)
+    args = parse_options(args, add_arguments, prog="python -m streamaug.train classifier", description=__doc__)
     return train_classifier(config_from_args(RunConfig, args), resume=args.resume)

@@ -35,7 +35,7 @@ from streamaug.eval.plots import save_sample_grid
 from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_inpainter
 from streamaug.models.pix2pix import PRESETS, Pix2Pix, box_mask, composite, pix2pix_preset
 from streamaug.train.patches import data_fingerprint
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
+from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
 
 logger = logging.getLogger(__name__)
 
@@ -381,9 +381,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="continue from OUT/inpainter.pt with the same options (--steps may grow)")
 
 
-def main(args: argparse.Namespace) -> Path:
-    """``streamaug-train inpainter`` with the options of :func:`add_arguments` parsed: train; the checkpoint path.
+def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
+    """``streamaug-train inpainter``: parse the options (unless given parsed), train; the checkpoint path.
 
     A split given with plain ``.tar`` shards (no manifest) is ignored.
     """
+    args = parse_options(args, add_arguments, prog="python -m streamaug.train inpainter", description=__doc__)
     return train_inpainter(config_from_args(InpainterRun, args), resume=args.resume)

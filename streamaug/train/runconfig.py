@@ -37,7 +37,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -128,6 +128,18 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type, *, required
             if default is not None and default != []:
                 help_text += " (default: %(default)s)"
         parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, help=help_text, **kw)
+
+
+def parse_options(args: argparse.Namespace | Sequence[str] | None,
+                  add_arguments: Callable[[argparse.ArgumentParser], None], *, prog: str,
+                  description: str | None = None) -> argparse.Namespace:
+    """A trainer's options: ``args`` as it is when already parsed, else ``args`` (or ``sys.argv``)
+    parsed by a parser that ``add_arguments`` fills (one per trainer, shared by ``python -m`` and tests)."""
+    if isinstance(args, argparse.Namespace):
+        return args
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    add_arguments(parser)
+    return parser.parse_args(args)
 
 
 def config_from_args(cls: type[C], args: argparse.Namespace) -> C:

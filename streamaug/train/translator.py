@@ -38,7 +38,7 @@ from streamaug.synth.ops import cosine_alpha
 from streamaug.train.augment import AUGMENT_MODES, DIFFAUG_POLICIES, apply_patch_aug, patch_aug_params
 from streamaug.train.patches import build_patch_sets, s_for_region
 from streamaug.train.quality import TranslationScore
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args
+from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
 from streamaug.train.unit_losses import UNITTrainer
 
 logger = logging.getLogger(__name__)
@@ -349,10 +349,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     """``streamaug-train translator``: parse the options (unless given parsed), train; the checkpoint path."""
-    if not isinstance(args, argparse.Namespace):
-        p = argparse.ArgumentParser(prog="python -m streamaug.train translator", description=__doc__)
-        add_arguments(p)
-        args = p.parse_args(args)
+    args = parse_options(args, add_arguments, prog="python -m streamaug.train translator", description=__doc__)
     run = config_from_args(TranslatorRun, args)
     packed = len(run.shards) == 1 and (Path(run.shards[0]).is_dir() or run.shards[0].endswith(".json"))
     run.split = run.split if packed else None  # plain .tar lists have no splits
