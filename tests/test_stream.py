@@ -405,3 +405,20 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     assert len(out[0]) == len(out[1])
     assert set(out[0]) | set(out[1]) == {f"k{i:06d}" for i in range(22)}
     assert not set(out[0]) & set(out[1]) or len(out[0]) * 2 > 22
+
+
+def test_verified_shards_are_hashed_once_until_they_change(tmp_path, monkeypatch):
+    """A resampled stream draws a shard many times: its bytes are hashed once per process while the
+    file is unchanged, and again (and refused) once it changes."""
+    from streamaug.data import shardlist
+
+    paths = write_shards(tmp_path, n=8, shard_size=4, sha256=True)
+    monkeypatch.setattr(shardlist, "_VERIFIED", set())
+    hashed = []
+    real = shardlist.shard_sha256
+    monkeypatch.setattr(shardlist, "shard_sha256", lambda shard: hashed.append(shard) or real(shard))
+    ds = XRayShards(tmp_path, resampled=True, epoch_length=40, verify=True)
+    assert len(list(ds)) == 40 and sorted(set(hashed)) == sorted(str(p) for p in paths) and len(hashed) == 2
+    _change_one_label(paths[0])
+    with pytest.raises(ShardError, match=r"t-000000\.tar .*sha256"):
+        list(XRayShards(paths[0], shuffle=False, verify=True))

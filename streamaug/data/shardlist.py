@@ -270,6 +270,9 @@ class ShardCheckError(tarfile.ReadError):
 def _verified(shard: str, sha256: str, how: bool | str) -> Iterable[dict[str, Any]]:
     """The shard's raw samples once its bytes match ``sha256``: hashed first (``True``, a second
     read of the file) or read once into memory while hashing (``"buffer"``)."""
+    stamp = _file_stamp(shard, sha256)
+    if stamp is not None and stamp in _VERIFIED:  # unchanged since this process checked it: no re-hash
+        return tar_samples(shard)
     if how == "buffer":
         h = hashlib.sha256()
         samples = list(tar_samples(shard, h))
@@ -279,7 +282,25 @@ def _verified(shard: str, sha256: str, how: bool | str) -> Iterable[dict[str, An
     if digest != sha256:
         raise ShardCheckError(f"its sha256 {digest[:16]}... differs from the manifest's {sha256[:16]}...: the "
                               "file changed after packing")
+    if stamp is not None:
+        _VERIFIED.add(stamp)
     return samples if samples is not None else tar_samples(shard)
+
+
+#: (path, inode, size, mtime_ns, sha256) of local shards whose bytes this process has checked; a
+#: resampled stream draws a shard many times and need not hash it again while the file is unchanged
+_VERIFIED: set[tuple] = set()
+
+
+def _file_stamp(shard: str, sha256: str) -> tuple | None:
+    """What identifies an unchanged local file (None for URLs and unreadable paths: always hashed)."""
+    if is_url(shard):
+        return None
+    try:
+        st = os.stat(shard)
+    except OSError:
+        return None
+    return (os.path.abspath(shard), st.st_ino, st.st_size, st.st_mtime_ns, sha256)
 
 
 def read_tar(shard: str, on_error: str, counters: Any, *, expected: int | None = None,

@@ -184,7 +184,8 @@ class XRayShards(torch.utils.data.IterableDataset):
             function or a ``functools.partial`` of one).
         verify: check each shard's bytes against the sha256 the packer's manifest records before
             yielding any of its samples; a mismatch makes it a bad shard (see ``on_error``), so no
-            altered sample is ever yielded. ``True`` (default) hashes the file first (a second,
+            altered sample is ever yielded. ``True`` (default) hashes a local file first, once per process
+            while it is unchanged (a second,
             cached read; constant memory), ``"buffer"`` reads it once, holding one shard's samples
             in memory until the hash is checked (for shards that are costly to read twice),
             ``False`` does not check. Shards without a recorded sha256 are read unchecked. The
