@@ -4,18 +4,26 @@
         --budget cpu128 --jobs 2
 
 For each limb region, with training positives cut to 1 tumour : 10 normals (``--positive-ratio``,
-drawn with the run's seed), every arm is trained at every seed:
+drawn with the run's seed), every arm is trained at every seed. Every epoch of every arm shows each
+kept real sample exactly once; the arms that add positives all add the same number, ``k - 1`` per
+kept positive (``--oversample k``, default 5), so they train on the same number of samples and of
+positives per epoch and differ only in what the added positives are:
 
-  baseline               flips only
-  oversample             + every kept real positive shown ``--oversample`` times per epoch (copies spread)
-  classic                + classic augmentation (affine, brightness/contrast)
-  copy_paste             + lesion stream: crops of the kept real positives pasted at normal sites
-  lesion_own             + lesion stream: the region's translator (trained on its KEPT rare positives and
-                           normals), filtered by the region's baseline
-  lesion_transfer        + lesion stream: the other region's translator and baseline filter (paper: TL)
-  lesion_transfer_g      + lesion stream: the other region's translator, the region's own filter (paper: TL_G)
-  oversample_copy_paste  oversample + copy_paste (does synthesis add to oversampling?)
-  oversample_lesion      oversample + lesion_own
+  baseline               flips only (one pass: fewer samples per epoch than the arms below)
+  oversample             + k - 1 copies of every kept real positive per epoch (copies spread)
+  classic                + classic augmentation (affine, brightness/contrast; one pass, like baseline)
+  copy_paste             + k - 1 synthetic positives per kept positive instead of the copies: crops of the
+                           kept real positives pasted at normal sites
+  lesion_own             + the same, made by the region's translator (trained on its KEPT rare positives
+                           and normals), ranked by the region's baseline
+  lesion_transfer        + the same, by the other region's translator and baseline filter (paper: TL)
+  lesion_transfer_g      + the same, by the other region's translator, the region's own filter (paper: TL_G)
+  oversample_copy_paste  half of the added positives copies, half copy-paste synthetic
+  oversample_lesion      half copies, half lesion_own synthetic
+
+So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
+(the question "does synthesis add to what the real positives give?"), not a longer epoch or a
+higher positive share.
 
 The pseudo-label filter runs in rank mode (``PseudoLabel(threshold=None)``): of the candidates scored
 for each synthesis round (about two per wanted sample) it keeps the best, as many as asked. The
@@ -83,17 +91,13 @@ TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 # cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
-                 patch_size=32, translator_steps=3, translator_batch=4, n_boot=200, threads=1,
-                 synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
+                 patch_size=32, translator_steps=3, translator_batch=4, n_boot=200, threads=1, ablation_quantiles=(0.5,)),
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
-                patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1,
-                synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
+                patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1, ablation_quantiles=(0.5,)),
     "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
-                   patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1,
-                   synthetic_fraction=0.25, ablation_quantiles=(0.5,)),
+                   patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1, ablation_quantiles=(0.5,)),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
-                 patch_size=128, translator_steps=20000, translator_batch=8, n_boot=2000, threads=None,
-                 synthetic_fraction=0.25, ablation_quantiles=(0.5, 0.25)),
+                 patch_size=128, translator_steps=20000, translator_batch=8, n_boot=2000, threads=None, ablation_quantiles=(0.5, 0.25)),
 }
 
 
@@ -140,7 +144,6 @@ class Context:
     budget: dict[str, Any]
     ratio: float
     oversample: int
-    fraction: float
     device: str
     s: float = 1.5
     n: int = 7
@@ -210,14 +213,15 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
                 "classic": dict(augment="classic")}[arm]
     if arm in TRANSFER_ARMS and other is None:
         raise ValueError(f"{arm} needs a second region")
-    lesion = dict(augment="flip", stream="lesion", filter_mode="rank", synthetic_fraction=ctx.fraction,
+    added = ctx.oversample - 1  # positives added per kept positive and epoch, in every arm that adds any
+    synthetic = added // 2 if arm.startswith("oversample_") else added
+    lesion = dict(augment="flip", stream="lesion", filter_mode="rank", synthetic_per_positive=float(synthetic),
+                  oversample=1 + added - synthetic,
                   filter_classifier=filters[other if arm == "lesion_transfer" else region, seed])
     if arm.endswith("copy_paste"):
         lesion["synthesizer"] = "copy_paste"
     else:
         lesion["translator"] = str(translators[other if arm in TRANSFER_ARMS else region, seed])
-    if arm.startswith("oversample_"):
-        lesion["oversample"] = ctx.oversample
     return lesion
 
 
@@ -344,8 +348,9 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
         test_spec, test_split = manifest_shards(test_pack / "manifest.json", None), None  # every row is test data
     else:
         test_spec, test_split = str(shards), "test"
-    fraction = args.synthetic_fraction if args.synthetic_fraction is not None else budget["synthetic_fraction"]
-    ctx = Context(out, shards, test_spec, test_split, budget, args.positive_ratio, args.oversample, fraction,
+    if args.oversample < 3:
+        raise SystemExit("--oversample must be >= 3 (the oversample_* arms split the k - 1 added positives)")
+    ctx = Context(out, shards, test_spec, test_split, budget, args.positive_ratio, args.oversample,
                   args.device)
     regions, seeds = list(args.regions), list(range(args.seed0, args.seed0 + args.seeds))
     transfer = {r: next((o for o in REGIONS if o != r and o in regions), None) for r in regions}
@@ -389,7 +394,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
                     runs[region][arm].append(run)
             if variants:
                 ablation = run_ablation(ctx, ablation_region, seed, variants, runs[ablation_region])
-            results = write_results(args, ctx, budget, fraction, seeds[:k + 1], regions, counts, runs, ablation,
+            results = write_results(args, ctx, budget, seeds[:k + 1], regions, counts, runs, ablation,
                                     translators, t_start, final=k == len(seeds) - 1)
     finally:
         jobs.close()
@@ -427,7 +432,7 @@ def run_ablation(ctx: Context, region: str, seed: int, variants: Sequence[tuple[
     return {"region": region, "seed": seed, "rows": rows, "no_run": no_run}
 
 
-def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any], fraction: float,
+def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any],
                   seeds: Sequence[int], regions: Sequence[str], counts: dict[str, dict[int, dict[str, int]]],
                   runs: dict[str, dict[str, list[SeedRun]]], ablation: dict[str, Any],
                   translators: dict[tuple[str, int], Path], t_start: float, *, final: bool) -> dict[str, Any]:
@@ -448,7 +453,7 @@ def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any]
         "data": str(args.data), "test_data": str(args.test_data) if args.test_data else "split 'test' of --data",
         "budget": args.budget, "settings": budget, "device": args.device, "threads": torch.get_num_threads(),
         "seeds": list(seeds), "seeds_asked": args.seeds, "complete": final, "regions": list(regions),
-        "positive_ratio": args.positive_ratio, "oversample": args.oversample, "synthetic_fraction": fraction,
+        "positive_ratio": args.positive_ratio, "oversample": args.oversample,
         "filter": "PseudoLabel rank mode (no threshold), the baseline of the same seed",
         "site_s": ctx.s, "site_n": ctx.n, "training_counts": counts, "ablation": ablation,
         "arms": table, "roc_png": rocs, "samples_png": grids, "wall_seconds": time.perf_counter() - t_start,
@@ -469,9 +474,10 @@ def render_markdown(res: dict[str, Any]) -> str:
     lines = [f"Budget `{res['budget']}` ({json.dumps(res['settings'])}), seeds {res['seeds']}{state}, "
              f"{res['threads']} torch thread(s), test data: {res['test_data']}.", "",
              f"Training positives cut to {res['positive_ratio']:g} per normal, drawn with each seed: {counts}.",
-             f"Oversampling x{res['oversample']} (copies spread over the epoch); lesion stream "
-             f"{res['synthetic_fraction']:.0%} synthetic, site size s={res['site_s']}, n={res['site_n']}; filter: "
-             f"{res['filter']}.", "",
+             f"Every arm but baseline and classic adds {res['oversample'] - 1} positives per kept positive and "
+             f"epoch: oversample as copies (x{res['oversample']}, spread over the epoch), the synthesis arms as "
+             f"synthetic positives, the oversample_* arms half and half; each epoch shows every kept real sample "
+             f"once. Sites s={res['site_s']}, n={res['site_n']}; filter: {res['filter']}.", "",
              "Trained on (per-seed means, all epochs): real pos. share = real positive samples (oversampled copies "
              "included) / all samples seen; synthetic share = synthetic positives / all samples seen; positives / "
              "epoch = real + synthetic positives per epoch; candidates / accepted = candidates the synthesis stage "
@@ -508,9 +514,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the filter ablation")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
     p.add_argument("--positive-ratio", type=float, default=0.1, help="kept training positives per normal")
-    p.add_argument("--oversample", type=int, default=5, help="copies per real positive in oversample arms")
-    p.add_argument("--synthetic-fraction", type=float, default=None,
-                   help="share of synthetic positives in the lesion stream (default: the budget's)")
+    p.add_argument("--oversample", type=int, default=5,
+                   help="k: the arms that add positives add k - 1 per kept positive and epoch (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--jobs", type=int, default=1,
                    help="train this many runs at once, in forked processes of one torch thread each (default: 1)")

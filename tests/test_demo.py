@@ -36,6 +36,10 @@ def test_miniature_demo_runs_end_to_end(tmp_path, capsys):
     base = load_classifier(tmp_path / "baseline" / "best.pt").extra["run"]
     aug = load_classifier(tmp_path / "augmented" / "best.pt").extra["run"]
     assert {k for k in base if base[k] != aug[k]} == {"out", "stream", "translator", "filter_classifier",
-                                                      "filter_mode"}
+                                                      "filter_mode", "oversample", "synthetic_per_positive"}
     assert aug["filter_mode"] == "rank" and summary["trained_on"]["augmented"]["synthetic"] > 0
     assert summary["trained_on"]["baseline"]["synthetic"] == 0
+    # the same budget: as many samples and positives per epoch; copies in one arm, synthetic in the other
+    b, a = summary["trained_on"]["baseline"], summary["trained_on"]["augmented"]
+    assert b["samples"] == a["samples"] and b["real_positive"] == a["real_positive"] + a["synthetic"]
+    assert a["synthetic"] == 3 * kept["positives"]

@@ -109,11 +109,15 @@ def test_driver_end_to_end_on_phantom(tmp_path):
         base, over = rows[region, "baseline"], rows[region, "oversample"]
         assert base["synthetic_share"] == 0 and over["real_positive_share"] > 2 * base["real_positive_share"]
         assert over["samples_per_epoch"] > base["samples_per_epoch"]
-        for arm in driver.SYNTHESIS_ARMS:  # rank mode: the asked share, about 2 candidates per accepted one
-            assert 0.1 < rows[region, arm]["synthetic_share"] < 0.6, (region, arm)  # 0.25 asked, of ~30 samples
-            assert 1 <= rows[region, arm]["candidates_per_accepted"] <= 3, (region, arm)
-        over_lesion, lesion = rows[region, "oversample_lesion"], rows[region, "lesion_own"]
-        assert over_lesion["real_positive_share"] >= lesion["real_positive_share"]
+        kept = base["positives_per_epoch"]  # one pass: every kept positive once
+        assert over["positives_per_epoch"] == 5 * kept
+        for arm in driver.SYNTHESIS_ARMS:  # the oversampling budget, the added positives (partly) synthetic
+            row = rows[region, arm]
+            assert row["samples_per_epoch"] == over["samples_per_epoch"], (region, arm)
+            assert row["positives_per_epoch"] == over["positives_per_epoch"], (region, arm)
+            synthetic = (2 if arm.startswith("oversample_") else 4) * kept
+            assert row["synthetic_share"] == pytest.approx(synthetic / row["samples_per_epoch"]), (region, arm)
+            assert 1 <= row["candidates_per_accepted"] <= 3, (region, arm)  # rank mode: about 2 per accepted
     ablation = saved["ablation"]
     assert [r["arm"] for r in ablation["rows"]][0] == "lesion_own, rank (the arm)"
     assert len(ablation["rows"]) + len(ablation["no_run"]) == 3
@@ -170,13 +174,13 @@ def test_a_run_whose_filter_accepts_nothing_is_cached_as_failed(tmp_path, monkey
 
     monkeypatch.setattr(driver, "train_classifier", refuse)
     ctx = driver.Context(tmp_path, tmp_path / "shards", "test-spec", "test", dict(driver.BUDGETS["test"]),
-                         0.1, 5, 0.25, "cpu")
+                         0.1, 5, "cpu")
     kw = dict(stream="lesion", filter_mode="threshold", filter_quantile=0.5, translator="t.pt",
               filter_classifier="f.pt")
     for _ in range(2):  # the second call reads the cached failure instead of training again
         assert driver.train_arm(ctx, "upper_limb", 0, "lesion_own", tag="q50", **kw) is None
     assert calls == [0.5]
-    ctx.fraction = 0.5  # another config: tried again
+    # another config: tried again
     assert driver.train_arm(ctx, "upper_limb", 0, "lesion_own", tag="q50", **{**kw, "synthetic_fraction": 0.5}) is None
     assert calls == [0.5, 0.5]
 

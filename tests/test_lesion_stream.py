@@ -130,3 +130,40 @@ def test_lesions_cut_at_another_size_than_the_stream_are_refused(shards):
     crops = LesionCrops.from_shards(shards, size=8)
     with pytest.raises(ValueError, match="resize"):
         _stream(shards, translator=None, synthesizer=CopyPaste(crops=crops, resize=64), resize=32)
+
+
+@pytest.mark.parametrize("rate", [0.1, 1.0])
+def test_real_pass_shows_every_real_sample_once_per_epoch_with_exact_synthetic_counts(shards, rate):
+    """Before: real samples came from a resampled stream, so the real positives an epoch trained on varied
+    (some twice, some never); with real_pass every epoch holds each of them exactly once."""
+    stream = _stream(shards, filter=RateFilter(rate), synthetic_fraction=0.25, real_pass=True, seed=5)
+    epochs = []
+    for epoch in range(2):
+        stream.set_epoch(epoch)
+        epochs.append(list(stream))
+    for samples in epochs:
+        real = [s["key"] for s in samples if not s["synthetic"]]
+        assert sorted(real) == sorted(set(real)) and len(real) == 60  # each real sample once
+        assert sum(s["label"] == 1 for s in samples if not s["synthetic"]) == 12
+        synthetic = sum(s["synthetic"] for s in samples)
+        assert synthetic in (20, 21)  # floor(60 * 0.25 / 0.75 + u)
+        # spread evenly: never two synthetic samples in a row (one is due every third real sample)
+        flags = [s["synthetic"] for s in samples]
+        assert not any(a and b for a, b in zip(flags, flags[1:]))
+    assert [s["key"] for s in epochs[0]] != [s["key"] for s in epochs[1]]  # reshuffled per epoch
+    with pytest.raises(ValueError, match="real_pass"):
+        _stream(shards, real_pass=True, epoch_length=10)
+
+
+@pytest.mark.parametrize("k", [0, 17, 81])
+def test_real_pass_resumes_exactly(shards, k):
+    full = list(_mixed(shards, real_pass=True))
+    assert len(full) == 100  # 60 real / (1 - 0.3 - 0.1)
+    first = _mixed(shards, real_pass=True)
+    it = iter(first)
+    head = [next(it) for _ in range(k)]
+    resumed = _mixed(shards, real_pass=True)
+    resumed.load_state_dict(first.state_dict())
+    tail = list(resumed)
+    assert [(s["key"], s["synthetic"]) for s in head + tail] == [(s["key"], s["synthetic"]) for s in full]
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(full, head + tail))

@@ -113,6 +113,15 @@ def test_check_resume_names_the_checkpoint_and_the_fields(tmp_path):
         check_resume(tmp_path / "t.pt", None, run)
 
 
+def test_check_resume_reads_a_field_an_older_checkpoint_lacks_as_its_default(tmp_path):
+    run = TranslatorRun(shards=["a"], steps=10)
+    saved = dataclasses.asdict(run)
+    del saved["seed"]  # written before the field existed: the run used its default
+    check_resume(tmp_path / "t.pt", saved, run)
+    with pytest.raises(CheckpointError, match=r"seed: saved 0, given 3"):
+        check_resume(tmp_path / "t.pt", saved, dataclasses.replace(run, seed=3))
+
+
 def test_jsonl_log_flushes_each_record_and_trims_past_the_checkpoint(tmp_path):
     path = tmp_path / "run" / "losses.jsonl"
     log = JsonlLog(path, "step", upto=0)

@@ -240,6 +240,37 @@ def test_oversampling_copies_real_positives_only_and_the_log_says_what_was_seen(
     assert record["accepted"] >= record["synthetic"] and 1 <= record["candidates_per_accepted"] <= 4
 
 
+def test_synthetic_per_positive_matches_the_oversampling_budget_and_every_epoch_sees_each_real_sample(
+        shards, tmp_path):
+    """Before: lesion arms drew real samples from a resampled stream (the real positives an epoch saw
+    varied) and their epochs were longer than the oversampling arm's; now synthetic positives replace
+    copies one for one."""
+    from streamaug.data.select import rare_positive_select
+    from streamaug.train.classifier_data import build_train_stream
+
+    select, counts = rare_positive_select(shards, "train", None, 0.2, 1)
+
+    def epochs(**kw):
+        cfg = cfg_for(shards, tmp_path, positive_ratio=0.2, **kw)
+        batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
+        out = []
+        for epoch in range(2):
+            stream.set_epoch(epoch)
+            out.append([(k, lab, syn) for b in batches(epoch) for k, lab, syn in
+                        zip(b["key"], b["label"].tolist(), b.get("synthetic", torch.zeros(len(b["key"]))).tolist())])
+        return out
+
+    copies = epochs(oversample=5)
+    half = epochs(oversample=3, stream="lesion", synthesizer="copy_paste", synthetic_per_positive=2.0)
+    for a, b in zip(copies, half):
+        assert len(a) == len(b) == counts["normals"] + 5 * counts["positives"]
+        assert sum(lab for _, lab, _ in a) == sum(lab for _, lab, _ in b) == 5 * counts["positives"]
+        assert sum(syn for *_, syn in b) == 2 * counts["positives"]
+        real = [k for k, _, syn in b if not syn]
+        assert set(real) == {k for k, _, _ in a}  # every kept real sample, every epoch
+        assert {k for k, lab, syn in b if lab and not syn} == set(select.positives)
+
+
 def test_filter_quantile_calibrates_on_validation_positives(shards, filter_pt):
     from streamaug.train.classifier_data import build_filter, build_val_stream
 

@@ -3,10 +3,13 @@
 1. write a procedural phantom set laid out like BTXRD (or use ``--data DIR``), pack it to shards;
 2. make positives rare (1 lesion : 10 normals, drawn with the seed) and train a tiny UNIT translator
    on patches of the KEPT positives and the normals only (no lesion the classifiers cannot see);
-3. train a baseline classifier on the rare-positive training set;
+3. train a baseline classifier on the rare-positive training set, every kept positive shown
+   ``1 + r`` times per epoch (oversampling, the copies spread over the epoch);
 4. train the same classifier (same preset, epochs, batch size, learning rate, seed and real data) on
-   the on-the-fly lesion stream, the baseline as pseudo-label filter in rank mode (the best-scored
-   candidates of each synthesis round, as many as asked: it never runs dry);
+   the on-the-fly lesion stream: each epoch every real sample once plus ``r`` synthetic positives per
+   kept positive, so both arms see the same number of samples and of positives per epoch and differ
+   only in what the extra positives are (copies or synthetic); the baseline is the pseudo-label filter
+   in rank mode (the best-scored candidates of each synthesis round, as many as asked);
 5. report test AUC (bootstrap 95 % CI) of both, the paired difference, what each arm trained on, and
    write a ROC curve and a sample grid (original / translated / blended).
 """
@@ -52,7 +55,7 @@ def _sample_grid(path: Path, translator: Path, shards: Path, size: int, select: 
 
 def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesion: int = 300,
              image_size: int = 64, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
-             synthetic_fraction: float = 0.25, seed: int = 0, device: str = "cpu") -> dict:
+             synthetic_per_positive: float = 3.0, seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
@@ -82,18 +85,23 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
                                                 steps=translator_steps, s=1.5, n=5, split="train", seed=seed,
                                                 device=device, sample_every=max(1, translator_steps // 3),
                                                 positives=sorted(select.positives or ())))
-    # one classifier recipe for both arms: they differ only in the stream (and its filter)
+    # one classifier recipe for both arms: they differ only in what the extra positives are
+    extra = int(synthetic_per_positive)
+    if extra != synthetic_per_positive or extra < 1:
+        raise ValueError(f"synthetic_per_positive must be a whole number >= 1 (the baseline shows each positive "
+                         f"1 + r times), got {synthetic_per_positive}")
     common = dict(train_shards=[str(shards)], val_shards=[str(shards)], train_split="train", val_split="val",
                   image_size=image_size, epochs=epochs, batch_size=32, positive_ratio=positive_ratio, seed=seed,
                   device=device, lr=1e-3, s=1.5, n=5)
-    logger.info("[3/5] baseline classifier, positives cut to %g per normal", positive_ratio)
-    base = train_classifier(RunConfig(out=str(out / "baseline"), **common))
+    logger.info("[3/5] baseline classifier, positives cut to %g per normal, each shown %d times per epoch",
+                positive_ratio, 1 + extra)
+    base = train_classifier(RunConfig(out=str(out / "baseline"), oversample=1 + extra, **common))
     base_extra = load_classifier(base).extra
-    logger.info("[4/5] classifier on the lesion stream (%.0f%% synthetic; the baseline ranks the candidates)",
-                100 * synthetic_fraction)
+    logger.info("[4/5] classifier on the lesion stream (%d synthetic positives per kept positive and epoch; "
+                "the baseline ranks the candidates)", extra)
     aug = train_classifier(RunConfig(out=str(out / "augmented"), stream="lesion", translator=str(translator),
                                      filter_classifier=str(base), filter_mode="rank",
-                                     synthetic_fraction=synthetic_fraction, **common))
+                                     synthetic_per_positive=float(extra), **common))
     logger.info("[5/5] scoring the test split")
     y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
     _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
@@ -115,7 +123,8 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     print("\n=== streamaug demo ===")
     print(f"test set: {len(y)} images, {int(y.sum())} with lesions; training positives cut to "
           f"{positive_ratio:g}/normal ({kept['positives']} kept of {kept['positives_available']}, "
-          f"{kept['normals']} normals)")
+          f"{kept['normals']} normals); baseline: each positive {1 + extra}x per epoch, augmented: "
+          f"{extra} synthetic per positive instead of the copies")
     for name, t in trained.items():
         print(f"{name:9s} trained on {t['samples'] // max(1, t['epochs'])} samples/epoch: "
               f"{t['real_positive'] // max(1, t['epochs'])} real positive, {t['synthetic'] // max(1, t['epochs'])} "
@@ -147,8 +156,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="training steps of the UNIT translator (default: %(default)s)")
     p.add_argument("--positive-ratio", type=float, default=0.1,
                    help="training positives kept per normal, to make them rare (default: %(default)s)")
-    p.add_argument("--synthetic-fraction", type=float, default=0.25,
-                   help="share of the augmented arm's samples that are synthetic (default: %(default)s)")
+    p.add_argument("--synthetic-per-positive", type=int, default=3,
+                   help="r: the augmented arm adds r synthetic positives per kept positive and epoch, the "
+                        "baseline r copies of each (same samples and positives per epoch; default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, selection and training (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -168,7 +178,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
              epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
-             synthetic_fraction=a.synthetic_fraction, seed=a.seed, device=a.device)
+             synthetic_per_positive=a.synthetic_per_positive, seed=a.seed, device=a.device)
     return 0
 
 

@@ -11,7 +11,9 @@ Where each part runs::
                                                  real, drawn with the asked fractions
 
 The real samples have a stream of their own over the same shards (all labels, in the shards'
-proportions), drawn apart from synthesis: how many candidates the filter accepts changes how many
+proportions), drawn apart from synthesis (resampled, or with ``real_pass=True`` one exact pass per
+epoch: every selected sample once, the synthetic and ``positives=`` samples interleaved at exact
+counts, so every epoch trains on the same real positives): how many candidates the filter accepts changes how many
 normals the sources stream decodes, never the label make-up of the real samples. The sources
 stream reads only normals (label 0, decided from the JSON before decoding), or only positives for
 a synthesizer that makes new positives from real ones (``source_label = 1``: :class:`streamaug.synth.Inpaint`;
@@ -111,7 +113,13 @@ class LesionStream(torch.utils.data.IterableDataset):
         resize: ``(H, W)`` or int, applied by the workers (needed when image sizes differ).
         num_workers: CPU DataLoader workers of each inner loader (real, sources, positives).
         device_batch: images per batch of each inner loader (a synthesis round uses one or more).
-        epoch_length: samples per ``iter()`` (None: unbounded).
+        epoch_length: samples per ``iter()`` (None: unbounded; not with ``real_pass``).
+        real_pass: each ``iter()`` is one pass over the real samples of ``normal_shards`` (every
+            selected sample exactly once, shuffled per epoch), with ``floor(real * f_syn / (1 - f_syn
+            - f_pos) + u)`` synthetic samples (and likewise ``positives=`` samples) spread evenly among
+            them (``u`` uniform per epoch): the epoch has ``real / (1 - f_syn - f_pos)`` samples and
+            the same real label make-up every epoch. False: the real samples are drawn from a resampled
+            stream and each sample's kind by a coin flip with the asked fractions.
         max_empty_batches: raise after this many source batches in a row give no synthetic sample.
         on_error: shard and sample error policy (see :class:`streamaug.XRayShards`).
         select: ``select(key, metadata) -> bool`` on ``normal_shards`` (see :class:`XRayShards`).
@@ -130,8 +138,9 @@ class LesionStream(torch.utils.data.IterableDataset):
                  positive_fraction: float | None = None, blend_n: float = 2.0, device: str | torch.device = "cpu",
                  seed: int = 0, sites: Any = True, split: str | None = None,
                  resize: int | tuple[int, int] | None = None, num_workers: int = 0, device_batch: int = 32,
-                 epoch_length: int | None = None, max_empty_batches: int = 50, on_error: str = "raise",
-                 select: Callable[[str, dict], bool] | None = None, **stage_kwargs: Any) -> None:
+                 epoch_length: int | None = None, real_pass: bool = False, max_empty_batches: int = 50,
+                 on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
+                 **stage_kwargs: Any) -> None:
         super().__init__()
         positive_fraction = (0.1 if positives is not None else 0.0) if positive_fraction is None else positive_fraction
         if positive_fraction and positives is None:
@@ -139,14 +148,18 @@ class LesionStream(torch.utils.data.IterableDataset):
         if synthetic_fraction < 0 or positive_fraction < 0 or synthetic_fraction + positive_fraction > 1:
             raise ValueError(f"fractions must be >= 0 and sum to <= 1, got synthetic={synthetic_fraction}, "
                              f"positive={positive_fraction}")
+        if real_pass and (epoch_length is not None or synthetic_fraction + positive_fraction >= 1):
+            raise ValueError("real_pass=True makes each epoch one pass over the real samples: it needs real "
+                             "samples (synthetic_fraction + positive_fraction < 1) and no epoch_length")
         self.fractions = (float(synthetic_fraction), float(positive_fraction))
+        self.real_pass = bool(real_pass)
         self.device = torch.device(device)
         self.seed, self.num_workers, self.device_batch = seed, num_workers, device_batch
         self.epoch_length, self.max_empty_batches = epoch_length, max_empty_batches
         common = {"split": split, "resampled": True, "resize": resize, "on_error": on_error}
         self.stage = SynthesisStage(translator, synthesizer=synthesizer, filter=filter, blend_n=blend_n,
                                     device=self.device, seed=seed, **stage_kwargs)
-        self.real = XRayShards(normal_shards, seed=seed, select=select, **common)
+        self.real = XRayShards(normal_shards, seed=seed, select=select, **{**common, "resampled": not real_pass})
         label = self.stage.source_label
         if label == 1:  # positives are their own sites
             sites = lesion_box_sites
@@ -220,14 +233,22 @@ class LesionStream(torch.utils.data.IterableDataset):
         run = self._run = _Run(self, resume["epoch"] if resume else self.epoch, resume)
         f_syn, f_pos = self.fractions
         while self.epoch_length is None or run.n < self.epoch_length:
-            u = run.rng.random()
-            if u < f_syn:
-                kind, sample = "synthetic", run.take("sources")
-            elif u < f_syn + f_pos:
-                kind, sample = "positives", run.take("positives")
+            if self.real_pass:  # one pass: a synthetic (positives=) sample each time its credit reaches 1
+                name = next((n for n in ("sources", "positives") if run.credit[n] >= 1), "real")
+                if name != "real":
+                    run.credit[name] -= 1
             else:
-                sample = run.take("real")
+                u = run.rng.random()
+                name = "sources" if u < f_syn else "positives" if u < f_syn + f_pos else "real"
+            sample = run.take(name)
+            if sample is None:  # the pass is over
+                break
+            if name == "real":
                 kind = {1: "real_positive", 0: "real_normal"}.get(int(sample["label"]), "real_other")
+                for other, rate in run.rates.items():
+                    run.credit[other] += rate
+            else:
+                kind = "synthetic" if name == "sources" else "positives"
             self.emitted[kind] += 1
             run.n += 1
             yield sample
@@ -258,6 +279,11 @@ class _Run:
         self.stream, self.epoch, self.n = stream, epoch, 0
         stream.stage.set_epoch(epoch)
         self.rng = np.random.default_rng(epoch_seed(stream.seed, epoch, 0x1E51))
+        f_syn, f_pos = stream.fractions
+        rest = 1.0 - f_syn - f_pos
+        # real_pass: synthetic (positives=) samples due per real sample; a random phase per epoch
+        self.rates = {"sources": f_syn / rest, "positives": f_pos / rest} if stream.real_pass else {}
+        self.credit = {name: float(self.rng.random()) for name in self.rates}
         saved = (resume or {}).get("queues", {})
         self.feeds: dict[str, _Feed] = {}
         self.queues: dict[str, _Queue] = {}
@@ -273,6 +299,7 @@ class _Run:
             self.n = int(resume["n"])
             if resume["rng"] is not None:
                 self.rng.bit_generator.state = resume["rng"]
+            self.credit.update(resume.get("credit") or {})
             for name, state in saved.items():
                 if state["filled"]:  # make the batch being consumed again, skip what was taken
                     if state["stage"] is not None:
@@ -281,22 +308,29 @@ class _Run:
                     for _ in range(int(state["taken"])):
                         self.queues[name].pop()
 
-    def _fill(self, name: str) -> None:
+    def _fill(self, name: str) -> bool:
+        """Read the next batch of ``name``; False when its (not resampled) stream is over."""
         feed, queue = self.feeds[name], self.queues[name]
         point = feed.point
         if name == "sources":
             stage = self.stream.stage.state_dict()
             queue.fill(self.stream._synthesize(feed), point, stage)
-        else:
-            queue.fill([self.stream._to_device(s) for s in unbatch(feed.next_batch())], point)
+            return True
+        try:
+            batch = feed.next_batch()
+        except StopIteration:
+            return False
+        queue.fill([self.stream._to_device(s) for s in unbatch(batch)], point)
+        return True
 
-    def take(self, name: str) -> dict[str, Any]:
-        if not self.queues[name].items:
-            self._fill(name)
+    def take(self, name: str) -> dict[str, Any] | None:
+        """The next sample of ``name``, or None when its stream is over (``real_pass``)."""
+        if not self.queues[name].items and not self._fill(name):
+            return None
         return self.queues[name].pop()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"epoch": self.epoch, "n": self.n, "rng": self.rng.bit_generator.state,
+        return {"epoch": self.epoch, "n": self.n, "rng": self.rng.bit_generator.state, "credit": dict(self.credit),
                 "queues": {name: dict(q.state) for name, q in self.queues.items()},
                 "emitted": dict(self.stream.emitted)}
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -44,7 +43,12 @@ class RunConfig:
         filter_quantile: calibrate the threshold (threshold mode) or the floor (rank mode) as this
             quantile of the filter's scores on the validation real positives (PseudoLabel.calibrate);
             default: threshold mode uses --filter-threshold, rank mode has no floor.
-        synthetic_fraction: share of each epoch's samples that are synthetic (--stream lesion).
+        synthetic_fraction: share of each epoch's samples that are synthetic (--stream lesion); an epoch
+            is one pass over the real training samples plus the synthetic ones.
+        synthetic_per_positive: synthetic positives per kept real positive and epoch (--stream lesion;
+            replaces --synthetic-fraction): r makes an epoch as long, with as many positives, as
+            --oversample k + r without synthesis, so synthetic positives can be set against copies of
+            real ones at an equal budget.
         positive_ratio: keep real training positives at this many per normal (e.g. 0.1); default: all.
         oversample: show every real positive this many times per epoch, the copies spread over the
             epoch (streamaug.data.oversample); with --stream lesion only real positives are copied.
@@ -78,6 +82,7 @@ class RunConfig:
     filter_threshold: float = 0.9
     filter_quantile: float | None = None
     synthetic_fraction: float = 0.25
+    synthetic_per_positive: float | None = None
     positive_ratio: float | None = None
     oversample: int = 1
     augment: Literal["none", "flip", "classic"] = "flip"
@@ -188,6 +193,23 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
     return parts[0] if len(parts) == 1 else Mix(parts)
 
 
+def synthetic_share(cfg: RunConfig, n_real: dict[str, int], world: int = 1) -> float:
+    """The share of each epoch's samples (before oversampling copies) that are synthetic:
+    ``cfg.synthetic_fraction``, or with ``cfg.synthetic_per_positive = r`` the share that puts ``r``
+    synthetic samples per kept real positive beside one pass over the real samples.
+
+    Examples:
+        >>> synthetic_share(RunConfig(synthetic_per_positive=2.0), {"positives": 10, "normals": 100})
+        0.15384615384615385
+    """
+    if cfg.synthetic_per_positive is None:
+        return cfg.synthetic_fraction
+    if cfg.synthetic_per_positive < 0:
+        raise ValueError(f"synthetic_per_positive must be >= 0, got {cfg.synthetic_per_positive}")
+    synthetic = cfg.synthetic_per_positive * n_real["positives"] / world
+    return synthetic / ((n_real["positives"] + n_real["normals"]) / world + synthetic)
+
+
 def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
                        device: torch.device) -> tuple[Callable[[int], Iterator[dict[str, Any]]], Any]:
     """``(batches, stream)``: ``batches(epoch)`` yields one epoch of collated training batches (call
@@ -208,17 +230,17 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
         records = [r for r in load_manifest(manifest)["lesion_boxes"] if r.get("split") in (cfg.train_split, None)
                    and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
         sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
+        fraction = synthetic_share(cfg, n_real, world)
         ds = LesionStream(_spec(cfg.train_shards), synthesizer=build_synthesizer(cfg, select, device),
-                          filter=build_filter(cfg, device), synthetic_fraction=cfg.synthetic_fraction, device=device,
+                          filter=build_filter(cfg, device), synthetic_fraction=fraction, device=device,
                           seed=cfg.seed, sites=sites, split=cfg.train_split, resize=cfg.image_size,
-                          num_workers=cfg.workers, select=select,
-                          epoch_length=math.ceil(real / (1 - cfg.synthetic_fraction)))
+                          num_workers=cfg.workers, select=select, real_pass=True)
         source = functools.partial(ds.iter_batches, cfg.batch_size)
     else:
         raise ValueError(f"stream must be 'plain' or 'lesion', got {cfg.stream!r}")
     if cfg.oversample == 1:
         return (lambda epoch: source()), ds
-    per_epoch = (real if cfg.stream == "plain" else math.ceil(real / (1 - cfg.synthetic_fraction))) \
+    per_epoch = (real if cfg.stream == "plain" else real / (1 - synthetic_share(cfg, n_real, world))) \
         + (cfg.oversample - 1) * n_real["positives"] / world
     gap = oversample_gap(per_epoch, cfg.oversample, cfg.batch_size)
     return (lambda epoch: oversample_batches(source(), cfg.oversample, cfg.batch_size, gap=gap,

@@ -150,7 +150,8 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
 def check_resume(path: str | os.PathLike, saved: dict[str, Any] | None, given: Any) -> None:
     """Refuse to resume a run whose config differs from the one saved in its checkpoint.
 
-    Fields named in ``type(given).RESUMABLE`` (e.g. ``steps``, ``device``) may differ.
+    Fields named in ``type(given).RESUMABLE`` (e.g. ``steps``, ``device``) may differ. A field the
+    saved config lacks (added to the config class after the checkpoint was written) counts as its default.
 
     Args:
         path: the checkpoint (for the message).
@@ -164,8 +165,12 @@ def check_resume(path: str | os.PathLike, saved: dict[str, Any] | None, given: A
         raise CheckpointError(f"{path}: no run config stored, so it cannot be resumed; "
                               "start a new run (another --out, without --resume)")
     resumable = getattr(type(given), "RESUMABLE", ())
-    diff = {k: (saved.get(k), v) for k, v in dataclasses.asdict(given).items()
-            if k not in resumable and saved.get(k) != v}
+    # a field added after the checkpoint was written counts as its default (what the run used)
+    defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(given)
+                if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    diff = {k: (saved.get(k, defaults.get(k)), v) for k, v in dataclasses.asdict(given).items()
+            if k not in resumable and saved.get(k, defaults.get(k)) != v}
     if diff:
         fields = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"{path}: --resume with a different config ({fields}); rerun with the original "
