@@ -15,7 +15,8 @@ import tarfile
 import time
 
 from streamaug.cli.bench import add_shards_argument, shard_urls
-from streamaug.io.tar import iter_tar_files, open_tar_stream
+from streamaug.io.opener import open_tar_stream
+from streamaug.io.tar import iter_tar_files
 
 
 def with_tarfile(urls: list[str]) -> int:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from shardgen import write_shards
 
-from streamaug.data.shardlist import plan_epoch
+from streamaug.data.plan import plan_epoch
 
 SCRIPT = """
     import datetime, json, sys, torch, torch.distributed as dist

@@ -10,15 +10,8 @@ import torch
 
 from streamaug.cli import realism as cli
 from streamaug.eval import bootstrap_auc
-from streamaug.eval.realism import (
-    cluster_bootstrap_auc,
-    discriminator_auc,
-    fit_binary,
-    frechet_distance,
-    gaussian_frechet,
-    kernel_distance,
-    predict,
-)
+from streamaug.eval.distances import frechet_distance, gaussian_frechet, kernel_distance
+from streamaug.eval.realism import cluster_bootstrap_auc, discriminator_auc, fit_binary, predict
 
 
 def _with_moments(rng, n, mean, cov):

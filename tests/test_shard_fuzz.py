@@ -317,7 +317,8 @@ def stream_once(folder: Path, shard: Path, clean: Clean, *, on_error: str, verif
 
 def tar_memory(path: Path) -> tuple[int, str | None]:
     """Peak bytes the tar reader allocates reading ``path`` (both modes), and the error it raises."""
-    from streamaug.io.tar import iter_tar_files, open_tar_stream
+    from streamaug.io.opener import open_tar_stream
+    from streamaug.io.tar import iter_tar_files
 
     error = None
     tracemalloc.start()

@@ -16,7 +16,8 @@ from shardgen import png_bytes, set_size_field, tiny_image, write_shards
 from torch.utils.data import DataLoader
 
 from streamaug import XRayShards, collate_xray
-from streamaug.data.shardlist import ShardError, plan_epoch
+from streamaug.data.plan import plan_epoch
+from streamaug.data.shardlist import ShardError
 from streamaug.data.stream import SampleError
 
 
@@ -311,7 +312,7 @@ def test_verify_finds_a_changed_shard_before_yielding_from_it(tmp_path, verify):
 
 
 def test_resize_updates_the_reader_meta():
-    from streamaug.data.stream import resize_sample
+    from streamaug.data.decode import resize_sample
 
     sample = {"image": torch.rand(1, 40, 20), "boxes": torch.zeros(0, 4),
               "meta": {"reader": {"size": (40, 20), "pixel_spacing": (0.1, 0.2)}}}

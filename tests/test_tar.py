@@ -8,7 +8,8 @@ import tarfile
 import pytest
 from shardgen import set_size_field
 
-from streamaug.io.tar import CHUNK, TarHeaderError, TarTruncated, _number, iter_tar_files, open_tar_stream
+from streamaug.io.opener import open_tar_stream
+from streamaug.io.tar import CHUNK, TarHeaderError, TarTruncated, _number, iter_tar_files
 
 FILES = [("k1.png", b"\x89PNG" * 300), ("k1.json", b'{"label": 1}'), ("k2.png", b""),
          ("d" * 60 + "/" + "e" * 70 + ".png", b"long path, ustar prefix or pax/GNU name"),

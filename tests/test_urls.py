@@ -130,7 +130,7 @@ def test_decode_and_sites_work_as_webdataset_map_stages(tmp_path):
 
     import webdataset as wds
 
-    from streamaug.data.stream import decode_sample
+    from streamaug.data.decode import decode_sample
     from streamaug.sites import LesionBoxBank, SiteProposer
 
     write_shards(tmp_path, n=8, shard_size=4)

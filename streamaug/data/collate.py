@@ -120,6 +120,31 @@ def unbatch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+class HandOff(dict):
+    """A sample dict that packs its tensors into one storage (:func:`one_storage`) only when it is
+    pickled, that is when a DataLoader worker hands it over by itself (``batch_size=None``).
+
+    Batched, a worker collates its samples and never pickles them, so the copy would be wasted:
+    packing every sample cost about 5 % of the 2-worker batched loader (``benchmarks/loader.py``);
+    handed over one by one it saves far more (figures in ``benchmarks/RESULTS.md``). Unpickled, it
+    is a plain ``dict``.
+
+    A shallow copy stays a ``HandOff`` (torch's ``default_convert``, which a per-sample loader runs
+    in the worker, copies each sample before it is sent).
+
+    Examples:
+        >>> make, (packed,) = HandOff(image=torch.ones(1, 2, 2), boxes=torch.zeros(1, 4)).__reduce__()
+        >>> make is dict, packed["image"].untyped_storage().data_ptr() == packed["boxes"].untyped_storage().data_ptr()
+        (True, True)
+    """
+
+    def __reduce__(self) -> tuple[type, tuple[dict[str, Any]]]:
+        return dict, (one_storage(self),)
+
+    def __copy__(self) -> HandOff:
+        return HandOff(self)
+
+
 def one_storage(sample: dict[str, Any]) -> dict[str, Any]:
     """A shallow copy of ``sample`` whose top-level tensors are views into one shared storage.
 

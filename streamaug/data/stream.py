@@ -16,7 +16,6 @@ without decoding them. Example with a ``DataLoader``::
 """
 from __future__ import annotations
 
-import io
 import json
 import multiprocessing
 import warnings
@@ -26,13 +25,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from streamaug.data.collate import one_storage
+from streamaug.data.collate import HandOff
+from streamaug.data.decode import decode_sample, resize_sample
 from streamaug.data.distributed import Slot, current_slot
-from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, plan_epoch, read_tar, shard_infos
+from streamaug.data.plan import plan_epoch
+from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, read_tar, shard_infos
 from streamaug.io.errors import SampleError, ShardError
 from streamaug.io.labels import to_int_label
 
-IMAGE_EXTS = ("png", "jpg", "jpeg", "dcm", "dicom", "tif", "tiff")
 _PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)
 STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded", "lost_samples")
 
@@ -79,54 +79,6 @@ def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generato
         yield sample
     rng.shuffle(buf)
     yield from buf
-
-
-def decode_sample(raw: dict[str, Any], label_fn: Callable[[Any], int] = to_int_label) -> dict[str, Any]:
-    """Raw tar sample -> sample dict (see docs/ARCHITECTURE.md): ``key``, ``image`` (1, H, W),
-    ``label``, ``boxes`` (k, 4), ``meta`` and ``mask`` when present."""
-    from streamaug.io.readers import decode_xray
-
-    key, url = raw["__key__"], raw["__url__"]
-    ext = next((e for e in IMAGE_EXTS if e in raw), None)
-    if ext is None:
-        raise SampleError(f"sample {key!r} in {url} has no image (found {sorted(k for k in raw if k[0] != '_')}; "
-                          f"expected one of {IMAGE_EXTS})")
-    image, reader_meta = decode_xray(raw[ext], ext, source=f"{url}:{key}.{ext}")
-    meta = json.loads(raw["json"]) if "json" in raw else {}
-    meta.update({"reader": reader_meta, "shard": url})
-    boxes = torch.as_tensor(meta.get("boxes") or [], dtype=torch.float32).reshape(-1, 4)
-    sample = {"key": key, "image": image, "label": label_fn(meta.get("label")), "boxes": boxes, "meta": meta}
-    if "mask.png" in raw:
-        from PIL import Image
-
-        mask = np.asarray(Image.open(io.BytesIO(raw["mask.png"])).convert("L")) > 127
-        # numpy, not Tensor.to: a small torch op runs on the intra-op thread pool, which on a busy
-        # machine cost ~100x the conversion itself (15 ms vs 0.16 ms per 256 px mask, 2 threads)
-        sample["mask"] = torch.from_numpy(mask.astype(np.float32))[None]
-    return sample
-
-
-def resize_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, Any]:
-    """Resize ``image`` (area/bilinear, antialiased) and ``mask`` (nearest) to ``size = (H, W)``
-    and scale ``boxes`` to match; ``meta["reader"]`` gets the new ``size`` and ``pixel_spacing``
-    (mm per pixel, so it grows as the image shrinks) and keeps the decoded size in ``resized_from``."""
-    _, h, w = sample["image"].shape
-    if (h, w) == tuple(size):
-        return sample
-    reader = sample.get("meta", {}).get("reader")
-    if isinstance(reader, dict):
-        reader.setdefault("resized_from", (h, w))
-        reader["size"] = (int(size[0]), int(size[1]))
-        spacing = reader.get("pixel_spacing")
-        if spacing is not None:
-            reader["pixel_spacing"] = (float(spacing[0]) * h / size[0], float(spacing[1]) * w / size[1])
-    sample["image"] = torch.nn.functional.interpolate(
-        sample["image"][None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
-    if "mask" in sample:
-        sample["mask"] = torch.nn.functional.interpolate(sample["mask"][None], size=size, mode="nearest")[0]
-    scale = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h])
-    sample["boxes"] = sample["boxes"] * scale
-    return sample
 
 
 def manifest_site_proposer(shards: Sequence[str], *, select: Callable[[str, dict], bool] | None = None,
@@ -198,7 +150,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         batch_size: the ``DataLoader``'s batch size, for equal *batches* per rank (see below).
 
     Every rank gets the same number of samples per epoch (``equalize="pad"``): the epoch's plan
-    (:func:`streamaug.data.shardlist.plan_epoch`) gives each rank the largest rank total, padding
+    (:func:`streamaug.data.plan.plan_epoch`) gives each rank the largest rank total, padding
     the others. A ``DataLoader`` with workers batches each worker's share apart, so equal
     samples can still leave one rank a batch more than another and a DDP job hangs on its last
     step: pass the loader's ``batch_size`` here too
@@ -416,7 +368,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         self._state = {"epoch": epoch, "consumed": consumed, "yielded": yielded}
         if self.sites is not None and hasattr(self.sites, "set_epoch"):
             self.sites.set_epoch(epoch)
-        in_worker = torch.utils.data.get_worker_info() is not None  # hand-off: one storage per sample
+        in_worker = torch.utils.data.get_worker_info() is not None  # hand-off: one storage per sample, if pickled
         progress = [0]
         raws, quota = self._raw_passes(epoch, progress)
         position, n_pass = -1, 0
@@ -447,4 +399,4 @@ class XRayShards(torch.utils.data.IterableDataset):
             yielded += 1
             self._state["yielded"] = yielded
             self._counters.add("yielded")
-            yield one_storage(sample) if in_worker else sample
+            yield HandOff(sample) if in_worker else sample

@@ -4,7 +4,8 @@
 ``python -m streamaug.eval compare`` compares score files (see :mod:`streamaug.eval.__main__`);
 :func:`score_checkpoint` is the scoring both use.
 """
-from streamaug.eval.realism import discriminator_auc, frechet_distance, kernel_distance, realism_report  # noqa: F401
+from streamaug.eval.distances import frechet_distance, kernel_distance  # noqa: F401
+from streamaug.eval.realism import discriminator_auc, realism_report  # noqa: F401
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
