@@ -271,6 +271,27 @@ def test_synthetic_per_positive_matches_the_oversampling_budget_and_every_epoch_
         assert {k for k, lab, syn in b if lab and not syn} == set(select.positives)
 
 
+def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_path):
+    from streamaug.data.select import rare_positive_select
+    from streamaug.models.checkpoint import save_inpainter
+    from streamaug.models.pix2pix import Pix2Pix, pix2pix_preset
+    from streamaug.train.classifier_data import build_train_stream
+
+    inpainter = save_inpainter(tmp_path / "inpainter.pt", Pix2Pix(pix2pix_preset("tiny", image_size=32, depth=4)),
+                               data_sha256="0" * 64, step=0)
+    cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="inpaint", inpainter=str(inpainter),
+                  positive_ratio=0.2, synthetic_per_positive=2.0)
+    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
+    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
+    stream.set_epoch(0)
+    made = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    assert len(made) == 2 * counts["positives"] and {p["synthesizer"] for p in made} == {"inpaint"}
+    assert {p["source_key"] for p in made} <= set(select.positives)
+    with pytest.raises(ValueError, match="--inpainter"):
+        build_train_stream(cfg_for(shards, tmp_path, stream="lesion", synthesizer="inpaint"), n_real=counts,
+                           world=1, device=torch.device("cpu"))
+
+
 def test_filter_quantile_calibrates_on_validation_positives(shards, filter_pt):
     from streamaug.train.classifier_data import build_filter, build_val_stream
 

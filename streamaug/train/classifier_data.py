@@ -34,7 +34,9 @@ class RunConfig:
         translator: translator.pt for --stream lesion with --synthesizer translate or mix.
         synthesizer: what makes the synthetic lesions of --stream lesion: translate (the UNIT
             translator of --translator), copy_paste (crops of the kept real training positives,
-            pasted at normal sites) or mix (both, equal weights).
+            pasted at normal sites), mix (both, equal weights) or inpaint (the pix2pix inpainter of
+            --inpainter gives the kept real positives new surroundings, their lesion boxes kept).
+        inpainter: inpainter.pt (`streamaug-train inpainter`) for --synthesizer inpaint.
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter; default: no filter.
         filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
             rank: keep the best-scored candidates of each synthesis round, as many as asked, so the
@@ -76,7 +78,8 @@ class RunConfig:
     region: str | None = None
     stream: Literal["plain", "lesion"] = "plain"
     translator: str | None = None
-    synthesizer: Literal["translate", "copy_paste", "mix"] = "translate"
+    synthesizer: Literal["translate", "copy_paste", "mix", "inpaint"] = "translate"
+    inpainter: str | None = None
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
     filter_threshold: float = 0.9
@@ -173,14 +176,22 @@ def build_filter(cfg: RunConfig, device: torch.device | str = "cpu") -> Any:
 
 def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = "cpu") -> Any:
     """The synthesizer of ``cfg.synthesizer``: a :class:`streamaug.synth.Translate` of ``cfg.translator``,
-    a :class:`streamaug.synth.CopyPaste` of the selected (kept) training positives, or a
-    :class:`streamaug.synth.Mix` of both."""
+    a :class:`streamaug.synth.CopyPaste` of the selected (kept) training positives, a
+    :class:`streamaug.synth.Mix` of both, or an :class:`streamaug.synth.Inpaint` of ``cfg.inpainter``
+    (its sources are the kept real positives: the stream's ``select``)."""
     from streamaug.synth.copy_paste import CopyPaste
     from streamaug.synth.mix import Mix
     from streamaug.synth.translate import Translate
 
-    if cfg.synthesizer not in ("translate", "copy_paste", "mix"):
-        raise ValueError(f"synthesizer must be translate, copy_paste or mix, got {cfg.synthesizer!r}")
+    if cfg.synthesizer not in ("translate", "copy_paste", "mix", "inpaint"):
+        raise ValueError(f"synthesizer must be translate, copy_paste, mix or inpaint, got {cfg.synthesizer!r}")
+    if cfg.synthesizer == "inpaint":
+        from streamaug.synth.inpaint import Inpaint
+
+        if not cfg.inpainter:
+            raise ValueError("--synthesizer inpaint needs --inpainter PATH (train one with "
+                             "`python -m streamaug.train inpainter`)")
+        return Inpaint(cfg.inpainter, device=device)
     parts = []
     if cfg.synthesizer in ("translate", "mix"):
         if not cfg.translator:
