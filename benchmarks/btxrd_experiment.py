@@ -20,6 +20,10 @@ positives per epoch and differ only in what the added positives are:
   lesion_transfer_g      + the same, by the other region's translator, the region's own filter (paper: TL_G)
   oversample_copy_paste  half of the added positives copies, half copy-paste synthetic
   oversample_lesion      half copies, half lesion_own synthetic
+  inpaint                + k - 1 synthetic positives per kept positive made by the region's pix2pix
+                           inpainter (Xing et al., the -N variant: trained on the KEPT positives and the
+                           normals): each keeps a kept real positive's lesion box and gets new surroundings
+  oversample_inpaint     half copies, half inpaint synthetic
 
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a
@@ -80,7 +84,7 @@ from streamaug.train.translator import TranslatorRun, train_translator
 
 REGIONS = ("upper_limb", "lower_limb")
 ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion_transfer", "lesion_transfer_g",
-        "oversample_copy_paste", "oversample_lesion")
+        "oversample_copy_paste", "oversample_lesion", "inpaint", "oversample_inpaint")
 SYNTHESIS_ARMS = ARMS[3:]
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
@@ -91,13 +95,17 @@ TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 # cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
-                 patch_size=32, translator_steps=3, translator_batch=4, n_boot=200, threads=1, ablation_quantiles=(0.5,)),
+                 patch_size=32, translator_steps=3, translator_batch=4, inpainter_steps=2, n_boot=200, threads=1,
+                 ablation_quantiles=(0.5,)),
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
-                patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1, ablation_quantiles=(0.5,)),
+                patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=300, n_boot=2000, threads=1,
+                ablation_quantiles=(0.5,)),
     "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
-                   patch_size=32, translator_steps=300, translator_batch=8, n_boot=2000, threads=1, ablation_quantiles=(0.5,)),
+                   patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=300, n_boot=2000,
+                   threads=1, ablation_quantiles=(0.5,)),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
-                 patch_size=128, translator_steps=20000, translator_batch=8, n_boot=2000, threads=None, ablation_quantiles=(0.5, 0.25)),
+                 patch_size=128, translator_steps=20000, translator_batch=8, inpainter_steps=20000, n_boot=2000,
+                 threads=None, ablation_quantiles=(0.5, 0.25)),
 }
 
 
@@ -147,6 +155,7 @@ class Context:
     device: str
     s: float = 1.5
     n: int = 7
+    inpainters: dict[tuple[str, int], Path] = dataclasses.field(default_factory=dict)
     done: int = 0
     total: int = 0
     t0: float = dataclasses.field(default_factory=time.perf_counter)
@@ -165,7 +174,8 @@ def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = 
                     val_split="val", out=str(out), region=region, positive_ratio=ctx.ratio, preset=b["preset"],
                     image_size=b["image_size"], epochs=b["epochs"], batch_size=b["batch_size"], lr=b["lr"],
                     seed=seed, device=ctx.device, s=ctx.s, n=ctx.n, **overrides)
-    inputs = {p: _sha256(Path(p)) for p in (cfg.translator, cfg.filter_classifier) if p and Path(p).exists()}
+    inputs = {p: _sha256(Path(p)) for p in (cfg.translator, cfg.filter_classifier, cfg.inpainter)
+              if p and Path(p).exists()}
     key = {"config": dataclasses.asdict(cfg), "inputs": inputs, "test": [str(ctx.test_spec), ctx.test_split]}
     cache = out / "scores.json"
     saved = json.loads(cache.read_text()) if cache.exists() else {}
@@ -220,6 +230,8 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
                   filter_classifier=filters[other if arm == "lesion_transfer" else region, seed])
     if arm.endswith("copy_paste"):
         lesion["synthesizer"] = "copy_paste"
+    elif arm.endswith("inpaint"):
+        lesion.update(synthesizer="inpaint", inpainter=str(ctx.inpainters[region, seed]))
     else:
         lesion["translator"] = str(translators[other if arm in TRANSFER_ARMS else region, seed])
     return lesion
@@ -249,6 +261,32 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
     ckpt = train_translator(run, progress=False)
     log(f"{region} seed {seed}: translator done in {time.perf_counter() - t0:.0f}s")
     return ckpt, counts
+
+
+def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:
+    """A pix2pix inpainter (the -N variant) on the region's KEPT rare positives + its normals."""
+    from streamaug.train.inpainter import InpainterRun, train_inpainter
+
+    select, counts = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)
+    b = ctx.budget
+    out = ctx.out / "inpainters" / region / f"seed{seed}"
+    run = InpainterRun(shards=[str(ctx.shards)], out=str(out), preset="tiny" if b["preset"] == "tiny" else "paper",
+                       steps=b["inpainter_steps"], normals=True, region=region, split="train", seed=seed,
+                       device=ctx.device, sample_every=max(1, b["inpainter_steps"]),
+                       ckpt_every=max(1, b["inpainter_steps"]), positives=sorted(select.positives or ()))
+    ckpt = out / "inpainter.pt"
+    saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
+            and read_checkpoint(ckpt, kind="inpainter")["step"] == run.steps:
+        log(f"reusing inpainter {ckpt}")
+        return ckpt
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    log(f"{region} seed {seed}: training inpainter on {counts['positives']} kept positives + {counts['normals']} "
+        f"normals, {run.steps} steps")
+    ckpt = train_inpainter(run, progress=False)
+    log(f"{region} seed {seed}: inpainter done in {time.perf_counter() - t0:.0f}s")
+    return ckpt
 
 
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
@@ -372,9 +410,11 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     jobs = Jobs(args.jobs, budget["threads"])
     try:
         for k, seed in enumerate(seeds):
-            jobs.run([(train_region_translator, (ctx, region, seed), {}) for region in regions])
+            jobs.run([(fn, (ctx, region, seed), {}) for region in regions
+                      for fn in (train_region_translator, train_region_inpainter)])
             for region in regions:
                 translators[region, seed], counts[region][seed] = train_region_translator(ctx, region, seed)
+                ctx.inpainters[region, seed] = train_region_inpainter(ctx, region, seed)
             base = {r: arm_overrides(ctx, "baseline", r, seed, translators, filters, None) for r in regions}
             jobs.run([(train_arm, (ctx, r, seed, "baseline"), {**base[r], "announce": False}) for r in regions])
             for region in regions:

@@ -93,6 +93,17 @@ def test_pairs_keep_the_real_boxes_and_mirror_them_with_the_image(shards):
         assert any(torch.equal(image, x) for x in stored)
 
 
+def test_pairs_use_only_the_listed_positives(shards):
+    """The experiment's inpainter sees only the kept (rare) positives, like its translator and classifiers."""
+    every = read_pairs(shards, size=32, split="all", progress=False)
+    kept = every.keys[::3]
+    pairs = read_pairs(shards, size=32, split="all", positives=kept, progress=False)
+    assert pairs.keys == kept and len(pairs.boxes) == len(kept)
+    with_normals = read_pairs(shards, size=32, split="all", positives=kept, normals=True, progress=False)
+    assert len(with_normals.normals) == 16 and set(with_normals.keys) - set(kept) == {
+        with_normals.keys[i] for i in with_normals.normals.tolist()}  # every normal, only the kept positives
+
+
 def _real_sizes(n: int = 300) -> torch.Tensor:
     """Real-looking box sizes in a 64 px image: log-normal widths and heights, clipped to [2, 48]."""
     rng = np.random.default_rng(0)

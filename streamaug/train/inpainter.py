@@ -55,6 +55,7 @@ class InpainterRun:
         normals: add the normal images, each with a random box of a real box's size (Pix2Pix-N).
         region: only images of this region (e.g. lower_limb); default: all.
         split: split of a packed folder or manifest (ignored for plain .tar lists).
+        positives: keys of the only lesion images to use (e.g. the kept rare positives); default: all.
         batch_size: pairs per step (pix2pix used 1).
         flip: random horizontal flips of the pairs.
         seed: seeds initialisation, the pairs drawn, random boxes, flips and dropout.
@@ -72,6 +73,7 @@ class InpainterRun:
     normals: bool = False
     region: str | None = None
     split: str | None = None
+    positives: list[str] | None = None  # only these lesion images (e.g. the kept rare positives); None: all
     batch_size: int = 8
     flip: bool = True
     seed: int = 0
@@ -106,15 +108,17 @@ class Pairs:
 
 
 def read_pairs(shards: str | Sequence[str], *, size: int, split: str | None = None, region: str | None = None,
-               normals: bool = False, progress: bool = True) -> Pairs:
-    """Read the positives with boxes (and with ``normals`` the normal images) once, resized to ``size``.
+               normals: bool = False, positives: Sequence[str] | None = None, progress: bool = True) -> Pairs:
+    """Read the positives with boxes (only those in ``positives`` when given; and with ``normals`` the
+    normal images) once, resized to ``size``.
 
     Raises:
         ValueError: no lesion box, or ``normals`` without a normal image.
     """
     from tqdm.auto import tqdm
 
-    select = KeySelect(region) if region is not None else None
+    select = KeySelect(region, None if positives is None else frozenset(positives)) \
+        if region is not None or positives is not None else None
     stream = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none",
                         select=select if normals else LabelSelect(1, select))
     images, keys, boxes, owner, normal = [], [], [], [], []
@@ -334,7 +338,7 @@ def train_inpainter(run: InpainterRun, *, resume: bool = False, progress: bool =
     config = pix2pix_preset(run.preset, **({"image_size": run.image_size} if run.image_size else {}))
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
     pairs = read_pairs(shards, size=config.image_size, split=run.split, region=run.region, normals=run.normals,
-                       progress=progress)
+                       positives=run.positives, progress=progress)
     model = Pix2Pix(config).to(device)
     trainer = Pix2PixTrainer(model, seed=run.seed, autocast_dtype=torch.bfloat16 if run.bf16 else None)
     if ckpt is not None:
