@@ -192,3 +192,19 @@ def test_synthesizer_specs_dispatch_on_names_and_checkpoint_kinds(tmp_path, caps
                        ("copy_paste", "no file")):
         assert cli.main(["--real", "x", "--synthesizer", str(spec), "--out", str(tmp_path / "o")]) == 2
         assert said in capsys.readouterr().err
+
+
+def test_an_inpainter_checkpoint_makes_its_positives_from_the_donor_side(shards, tmp_path):
+    """Before: an inpainter checkpoint was refused (the report made synthetic positives from normals only)."""
+    from streamaug.models.checkpoint import save_inpainter
+    from streamaug.models.pix2pix import Pix2Pix, pix2pix_preset
+
+    path = save_inpainter(tmp_path / "inpainter.pt", Pix2Pix(pix2pix_preset("tiny", image_size=32, depth=4)),
+                          data_sha256="0" * 64, step=0)
+    report = _run(shards, tmp_path / "out", str(path), "--epochs", "1", "--n-boot", "50")
+    assert report["synthesis"]["held_out"]["synthesizer"] == "inpaint"
+    for part in report["keys"].values():  # each synthetic positive is a donor-side positive, re-surrounded
+        made = [k.removesuffix("-syn") for k in part["synthetic"]]
+        assert made and set(made) <= set(part["donor"]) and not set(made) & set(part["real"])
+    held = report["counts"]["held_out"]  # one per donor: the donor side may be a few smaller than the real side
+    assert 0 < held["real"] - 3 <= held["synthetic"] <= held["real"]

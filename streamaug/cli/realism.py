@@ -14,7 +14,9 @@ SPEC (``--synthesizer``) is what the synthetic side is made with:
   positives from normals when nothing is pasted at all (the part of any synthesizer's AUC that is
   not about the lesion);
 * a checkpoint path, dispatched on its kind (its ``format`` field): a translator checkpoint gives
-  :class:`~streamaug.synth.Translate`. Another kind is one line in :data:`FROM_CHECKPOINT`.
+  :class:`~streamaug.synth.Translate` (lesions on the normals' sites), an inpainter checkpoint
+  :class:`~streamaug.synth.Inpaint` (the donor-side real positives, each lesion box kept, new
+  surroundings generated). Another kind is one line in :data:`FROM_CHECKPOINT`.
 
 Writes ``OUT/realism.json`` and ``OUT/grid.png`` (see :func:`streamaug.eval.realism.realism_report`).
 """
@@ -34,7 +36,7 @@ from streamaug.data.shardlist import expand_urls, find_manifest
 from streamaug.eval.realism import realism_report
 from streamaug.models.checkpoint import CheckpointError
 from streamaug.sites import LesionBoxBank, SiteProposer
-from streamaug.synth import CopyPaste, LesionCrops, Made, Synthesizer, Translate
+from streamaug.synth import CopyPaste, Inpaint, LesionCrops, Made, Synthesizer, Translate
 
 __all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "Unchanged", "build_parser", "checkpoint_kind", "main",
            "make_synthesizer"]
@@ -96,9 +98,11 @@ NAMED: dict[str, Factory | None] = {
     "broken": lambda donors, args: NoiseSquare(),
     "unchanged": lambda donors, args: Unchanged(),
 }
-#: checkpoint kind (``streamaug-<kind>/N`` format) -> synthesizer; an inpainter will be one more line here.
+#: checkpoint kind (``streamaug-<kind>/N`` format) -> synthesizer. An inpainter makes its positives from
+#: the donor-side real positives (new surroundings for each lesion box), not from normals.
 FROM_CHECKPOINT: dict[str, Callable[[str, argparse.Namespace], Synthesizer]] = {
     "translator": lambda path, args: Translate(path, device=args.device),
+    "inpainter": lambda path, args: Inpaint(path, device=args.device),
 }
 
 

@@ -11,7 +11,9 @@ patient is in both parts and no image on both sides:
   against; the donor side gives the synthesizer's real lesions (copy-paste crops) or, in the
   ``real`` control (no synthesizer), is itself the other set.
 
-Synthetic positives are made from each part's normals by :class:`~streamaug.synth.SynthesisStage`
+Synthetic positives are made from each part's normals (or, for a synthesizer that makes new positives
+from real ones, ``source_label = 1`` as :class:`~streamaug.synth.Inpaint`, from the part's donor-side
+positives, their lesion boxes the sites) by :class:`~streamaug.synth.SynthesisStage`
 (the stream's stage: sites, bone check, synthesis, blend; no filter) in one pass, one per normal at
 most, as many as the part has real-side positives (fewer if it has fewer usable normals). Not
 :class:`~streamaug.synth.LesionStream`: its sources draw shards with replacement, so one normal
@@ -306,7 +308,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         shards: packed shards (a folder with ``manifest.json``, a manifest or shard list).
         out: output folder; gets ``realism.json`` and ``grid.png``.
         make_synthesizer: ``donors -> Synthesizer``, called once per part with that part's donor-side
-            real positives; None for the ``real`` control (the donor side is the other set).
+            real positives; None for the ``real`` control (the donor side is the other set). A
+            synthesizer with ``source_label = 1`` makes its positives from those donors.
         split: split of ``shards``.
         region: only images of this region (None: all).
         image_size: side every image is read, synthesized and judged at.
@@ -327,6 +330,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         each part: ``real``, ``synthetic`` (a made one is its normal's key + ``-syn``) and
         ``donor``), ``seconds``, ...
     """
+    from streamaug.synth.stage import lesion_box_sites
+
     t0, out = time.perf_counter(), Path(out)
     if (make_synthesizer is not None and sites is None) or not 0 < held_out < 1:
         raise ValueError(f"need sites= (a SiteProposer) with a synthesizer, and 0 < held_out < 1 (got {held_out})")
@@ -342,7 +347,10 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
             other[part] = donor[part][:len(real[part])]
         else:
             synth = make_synthesizer(donor[part])
-            other[part], stats = synthesize(synth, normal[part], len(real[part]), seed=seed + i, device=device)
+            # new positives from real ones (Inpaint): the donor side, each at its own lesion boxes
+            sources = [lesion_box_sites(dict(x)) for x in donor[part]] \
+                if getattr(synth, "source_label", 0) == 1 else normal[part]
+            other[part], stats = synthesize(synth, sources, len(real[part]), seed=seed + i, device=device)
             synthesis[part] = {**synth.describe(), **{k: stats[k] for k in ("generated", "accepted", "dark_crops")}}
         if len(other[part]) < 2 or len(real[part]) < 2:
             raise ValueError(f"the {part} part has {len(real[part])} real and {len(other[part])} other positives; "
