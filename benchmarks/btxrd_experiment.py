@@ -118,26 +118,28 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def ensure_packed(data: Path, out: Path, *, reuse_only: bool = False) -> Path:
-    """Pack ``data`` (metadata.csv + images + masks) into ``out`` (shards of 128, shuffled), or reuse
-    ``out`` if it already holds a pack of the same folder and the same metadata.csv (sha256).
+def ensure_packed(data: Path, out: Path, *, metadata: Path | None = None, reuse_only: bool = False) -> Path:
+    """Pack ``data`` (``metadata``, default ``data/metadata.csv``, + images + masks) into ``out`` (shards
+    of 128, shuffled), or reuse ``out`` if it already holds a pack of the same folder and the same
+    metadata CSV (sha256).
 
     Raises:
         SystemExit: ``reuse_only`` and ``out`` holds no pack of ``data`` (a given ``--shards`` is never
             overwritten).
     """
-    sha = _sha256(data / "metadata.csv")
+    metadata = metadata or data / "metadata.csv"
+    sha = _sha256(metadata)
     if (out / "manifest.json").exists():
         source = load_manifest(out / "manifest.json").get("source", {})
         if source.get("metadata_sha256") == sha and Path(source.get("root", "")).resolve() == data.resolve():
             log(f"reusing the pack in {out}")
             return out
     if reuse_only:
-        raise SystemExit(f"--shards {out}: not a pack of {data} (its manifest names another root or metadata.csv); "
-                         f"pack it with python -m streamaug.cli.pack --root {data} --metadata {data}/metadata.csv "
+        raise SystemExit(f"--shards {out}: not a pack of {data} (its manifest names another root or metadata CSV); "
+                         f"pack it with python -m streamaug.cli.pack --root {data} --metadata {metadata} "
                          f"--out {out}, or leave --shards out")
-    log(f"packing {data} -> {out}")
-    pack(data, data / "metadata.csv", out, shard_size=128, overwrite=True, progress=False)
+    log(f"packing {data} ({metadata}) -> {out}")
+    pack(data, metadata, out, shard_size=128, overwrite=True, progress=False)
     return out
 
 
@@ -380,7 +382,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     shards = ensure_packed(Path(args.data), Path(args.shards) if args.shards else out / "shards",
-                           reuse_only=bool(args.shards))
+                           metadata=Path(args.metadata) if args.metadata else None, reuse_only=bool(args.shards))
     if args.test_data:
         test_pack = ensure_packed(Path(args.test_data), out / "shards_test")
         test_spec, test_split = manifest_shards(test_pack / "manifest.json", None), None  # every row is test data
@@ -391,10 +393,20 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     ctx = Context(out, shards, test_spec, test_split, budget, args.positive_ratio, args.oversample,
                   args.device)
     regions, seeds = list(args.regions), list(range(args.seed0, args.seed0 + args.seeds))
-    transfer = {r: next((o for o in REGIONS if o != r and o in regions), None) for r in regions}
-    arms = {r: [a for a in ARMS if transfer[r] is not None or a not in TRANSFER_ARMS] for r in regions}
+    if "baseline" not in args.arms:
+        raise SystemExit("--arms must include baseline (every other arm is compared with it; it is the filter)")
+    transfer = {r: next((o for o in regions if o != r), None) for r in regions}
+    arms = {r: [a for a in ARMS if a in args.arms and (transfer[r] is not None or a not in TRANSFER_ARMS)]
+            for r in regions}
     ablation_region = args.ablation_region if args.ablation_region in regions else regions[0]
+    args.ablation = args.ablation and "lesion_own" in arms[ablation_region]
     quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
+    # a translator for every region some translation arm needs (its own, or as the other region's);
+    # an inpainter where an inpaint arm runs
+    need_translator = {r for r in regions for o in regions
+                       if any(a.endswith("lesion") or a.startswith("lesion_") for a in arms[o])
+                       and (r == o or any(a in TRANSFER_ARMS for a in arms[o]))}
+    need_inpainter = {r for r in regions if any(a.endswith("inpaint") for a in arms[r])}
     n_ablation = len(quantiles) + 1 if args.ablation else 0
     ctx.total = len(seeds) * sum(len(a) for a in arms.values()) + n_ablation
     log(f"budget {args.budget}: {json.dumps(budget)}; regions {regions}; seeds {seeds}; positives cut to "
@@ -410,11 +422,14 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     jobs = Jobs(args.jobs, budget["threads"])
     try:
         for k, seed in enumerate(seeds):
-            jobs.run([(fn, (ctx, region, seed), {}) for region in regions
-                      for fn in (train_region_translator, train_region_inpainter)])
+            jobs.run([(train_region_translator, (ctx, r, seed), {}) for r in regions if r in need_translator]
+                     + [(train_region_inpainter, (ctx, r, seed), {}) for r in regions if r in need_inpainter])
             for region in regions:
-                translators[region, seed], counts[region][seed] = train_region_translator(ctx, region, seed)
-                ctx.inpainters[region, seed] = train_region_inpainter(ctx, region, seed)
+                counts[region][seed] = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)[1]
+                if region in need_translator:
+                    translators[region, seed] = train_region_translator(ctx, region, seed)[0]
+                if region in need_inpainter:
+                    ctx.inpainters[region, seed] = train_region_inpainter(ctx, region, seed)
             base = {r: arm_overrides(ctx, "baseline", r, seed, translators, filters, None) for r in regions}
             jobs.run([(train_arm, (ctx, r, seed, "baseline"), {**base[r], "announce": False}) for r in regions])
             for region in regions:
@@ -485,7 +500,7 @@ def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any]
                   if len([r for r in runs[region][arm] if r.seed in seeds]) == len(seeds)}
         rocs[region] = str(plot_roc(out / f"roc_{region}.png", curves, title=f"BTXRD {region}: test ROC "
                                     f"(pooled over {len(seeds)} seeds)"))
-        if final:
+        if final and (region, seeds[0]) in translators:
             png = sample_grid(ctx, region, translators[region, seeds[0]], out / f"samples_{region}.png")
             grids[region] = str(png) if png else None
     results = {
@@ -507,8 +522,8 @@ def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any]
 
 def render_markdown(res: dict[str, Any]) -> str:
     """The results as Markdown: the arm table and the filter ablation."""
-    counts = "; ".join(f"{r}: " + ", ".join(f"seed {s} {c['positives']}/{c['positives_available']} tumours + "
-                                             f"{c['normals']} normals" for s, c in cs.items())
+    counts = "; ".join(f"{r}: " + ", ".join(f"seed {s} {c['positives']}/{c['positives_available']} positives + "
+                                             f"{c['normals']} negatives" for s, c in cs.items())
                        for r, cs in res["training_counts"].items())
     state = "" if res["complete"] else f" (PARTIAL: {len(res['seeds'])} of {res['seeds_asked']} seeds done)"
     lines = [f"Budget `{res['budget']}` ({json.dumps(res['settings'])}), seeds {res['seeds']}{state}, "
@@ -540,6 +555,9 @@ def render_markdown(res: dict[str, Any]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", required=True, help="folder laid out like BTXRD: metadata.csv, images/, masks/")
+    p.add_argument("--metadata", default=None,
+                   help="the metadata CSV (paths relative to --data; default: DATA/metadata.csv), e.g. one written "
+                        "by benchmarks/nih_metadata.py for the chest set")
     p.add_argument("--shards", default=None,
                    help="an existing pack of --data (python -m streamaug.cli.pack); default: pack into OUT/shards")
     p.add_argument("--test-data", default=None, help="a second such folder; all of its rows are test data")
@@ -548,7 +566,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed0", type=int, default=0, help="first seed (default: %(default)s)")
     p.add_argument("--budget", choices=sorted(BUDGETS), default="cpu128",
                    help="sizes and lengths (default: %(default)s)")
-    p.add_argument("--regions", nargs="+", default=list(REGIONS), choices=REGIONS, help="regions (default: both)")
+    p.add_argument("--regions", nargs="+", default=list(REGIONS),
+                   help="values of the region column to run (default: %(default)s); the transfer arms need two")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
+                   help="arms to run (default: all; baseline is always needed)")
     p.add_argument("--ablation-region", default="upper_limb",
                    help="region of the filter ablation (default: %(default)s)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the filter ablation")

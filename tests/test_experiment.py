@@ -190,3 +190,31 @@ def test_no_checkpoint_is_unpickled_with_code_execution():
     offenders = [str(p.relative_to(ROOT)) for folder in ("streamaug", "benchmarks") for p in (ROOT / folder).rglob("*.py")
                  if "weights_only=False" in p.read_text()]
     assert not offenders, offenders
+
+
+def test_driver_runs_the_asked_arms_only_and_reads_another_metadata_csv(tmp_path):
+    """The chest set (benchmarks/nih_metadata.py) has its CSV outside the data folder and needs no translator."""
+    import csv
+
+    from streamaug.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
+    with open(data / "metadata.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for r in rows:
+        r["region"] = "chest"
+    other = tmp_path / "chest.csv"
+    with open(other, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    driver = _driver()
+    out = tmp_path / "out"
+    res = driver.run_experiment(driver.parse_args([
+        "--data", str(data), "--metadata", str(other), "--out", str(out), "--budget", "test", "--seeds", "1",
+        "--regions", "chest", "--arms", "baseline", "copy_paste", "inpaint", "--no-record-argv"]))
+    assert [(r["region"], r["arm"]) for r in res["arms"]] == [("chest", "baseline"), ("chest", "copy_paste"),
+                                                             ("chest", "inpaint")]
+    assert not (out / "translators").exists() and (out / "inpainters" / "chest" / "seed0" / "inpainter.pt").exists()
+    with pytest.raises(SystemExit, match="baseline"):
+        driver.run_experiment(driver.parse_args(["--data", str(data), "--out", str(out), "--arms", "oversample"]))
