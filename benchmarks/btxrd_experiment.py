@@ -239,30 +239,36 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
     return lesion
 
 
+def _train_cached(kind: str, run: Any, train: Callable[..., Path], what: str) -> Path:
+    """``OUT/<kind>.pt`` of ``run`` (a translator or inpainter run config): reused when its folder holds
+    a finished checkpoint of the same config, else trained afresh."""
+    out = Path(run.out)
+    ckpt = out / f"{kind}.pt"
+    saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
+    if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
+            and read_checkpoint(ckpt, kind=kind)["step"] == run.steps:
+        log(f"reusing {kind} {ckpt}")
+        return ckpt
+    shutil.rmtree(out, ignore_errors=True)
+    t0 = time.perf_counter()
+    log(f"{run.region} seed {run.seed}: training {kind} on {what}, {run.steps} steps")
+    ckpt = train(run, progress=False)
+    log(f"{run.region} seed {run.seed}: {kind} done in {time.perf_counter() - t0:.0f}s")
+    return ckpt
+
+
 def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path, dict[str, int]]:
     """A translator on the region's KEPT rare positives (the baseline's subsample) + its normals."""
     select, counts = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)
     b = ctx.budget
-    out = ctx.out / "translators" / region / f"seed{seed}"
-    run = TranslatorRun(shards=[str(ctx.shards)], out=str(out), preset=b["translator_preset"],
-                        steps=b["translator_steps"], patch_size=b["patch_size"], s=ctx.s, n=ctx.n, region=region,
-                        split="train", resize=b["image_size"], batch_size=b["translator_batch"], seed=seed,
-                        device=ctx.device, sample_every=max(1, b["translator_steps"]),
-                        ckpt_every=max(1, b["translator_steps"]),
+    run = TranslatorRun(shards=[str(ctx.shards)], out=str(ctx.out / "translators" / region / f"seed{seed}"),
+                        preset=b["translator_preset"], steps=b["translator_steps"], patch_size=b["patch_size"],
+                        s=ctx.s, n=ctx.n, region=region, split="train", resize=b["image_size"],
+                        batch_size=b["translator_batch"], seed=seed, device=ctx.device,
+                        sample_every=max(1, b["translator_steps"]), ckpt_every=max(1, b["translator_steps"]),
                         positives=sorted(select.positives or ()))
-    ckpt = out / "translator.pt"
-    saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
-            and read_checkpoint(ckpt)["step"] == run.steps:
-        log(f"reusing translator {ckpt}")
-        return ckpt, counts
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    log(f"{region} seed {seed}: training translator on {counts['positives']} kept positives "
-        f"(of {counts['positives_available']}) + {counts['normals']} normals, {run.steps} steps")
-    ckpt = train_translator(run, progress=False)
-    log(f"{region} seed {seed}: translator done in {time.perf_counter() - t0:.0f}s")
-    return ckpt, counts
+    what = f"{counts['positives']} kept positives (of {counts['positives_available']}) + {counts['normals']} normals"
+    return _train_cached("translator", run, train_translator, what), counts
 
 
 def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:
@@ -271,24 +277,13 @@ def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:
 
     select, counts = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)
     b = ctx.budget
-    out = ctx.out / "inpainters" / region / f"seed{seed}"
-    run = InpainterRun(shards=[str(ctx.shards)], out=str(out), preset="tiny" if b["preset"] == "tiny" else "paper",
-                       steps=b["inpainter_steps"], normals=True, region=region, split="train", seed=seed,
-                       device=ctx.device, sample_every=max(1, b["inpainter_steps"]),
-                       ckpt_every=max(1, b["inpainter_steps"]), positives=sorted(select.positives or ()))
-    ckpt = out / "inpainter.pt"
-    saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
-            and read_checkpoint(ckpt, kind="inpainter")["step"] == run.steps:
-        log(f"reusing inpainter {ckpt}")
-        return ckpt
-    shutil.rmtree(out, ignore_errors=True)
-    t0 = time.perf_counter()
-    log(f"{region} seed {seed}: training inpainter on {counts['positives']} kept positives + {counts['normals']} "
-        f"normals, {run.steps} steps")
-    ckpt = train_inpainter(run, progress=False)
-    log(f"{region} seed {seed}: inpainter done in {time.perf_counter() - t0:.0f}s")
-    return ckpt
+    run = InpainterRun(shards=[str(ctx.shards)], out=str(ctx.out / "inpainters" / region / f"seed{seed}"),
+                       preset="tiny" if b["preset"] == "tiny" else "paper", steps=b["inpainter_steps"], normals=True,
+                       region=region, split="train", seed=seed, device=ctx.device,
+                       sample_every=max(1, b["inpainter_steps"]), ckpt_every=max(1, b["inpainter_steps"]),
+                       positives=sorted(select.positives or ()))
+    return _train_cached("inpainter", run, train_inpainter, f"{counts['positives']} kept positives + "
+                                                              f"{counts['normals']} normals")
 
 
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:

@@ -2,14 +2,13 @@
 ablation, reproducible reruns); the paired tests and the training make-up of streamaug.eval.experiment."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchload import load_benchmark
 
 from streamaug.eval import paired_bootstrap, paired_bootstrap_seeds
 from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm, training_makeup
@@ -18,11 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _driver():
-    spec = importlib.util.spec_from_file_location("btxrd_experiment", ROOT / "benchmarks" / "btxrd_experiment.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["btxrd_experiment"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("btxrd_experiment")
 
 
 def _runs(rng, seeds, shift):

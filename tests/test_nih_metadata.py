@@ -2,19 +2,12 @@
 from __future__ import annotations
 
 import csv
-import importlib.util
-import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchload import load_benchmark
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location("nih_metadata", ROOT / "benchmarks" / "nih_metadata.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["nih_metadata"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("nih_metadata")
 
 
 def test_rows_label_by_boxed_finding_drop_unboxed_positives_and_split_by_patient(tmp_path):

@@ -1,19 +1,13 @@
 """benchmarks/translator_quality.py runs end to end on tiny shards and prints its side-by-side table."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
+from benchload import load_benchmark
 from shardgen import write_shards
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_translator_quality_benchmark_prints_both_arms(tmp_path, capsys):
     write_shards(tmp_path / "shards", n=24, shard_size=8, size=48, lesion_every=3, box=(10, 12, 26, 30))
-    spec = importlib.util.spec_from_file_location("translator_quality", ROOT / "benchmarks" / "translator_quality.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("translator_quality")
     bench.main(["--shards", str(tmp_path / "shards"), "--out", str(tmp_path / "out"), "--train-split", "all",
                 "--heldout-split", "all", "--steps", "2", "--score-every", "2", "--arms", "old", "new"])
     out = capsys.readouterr().out
