@@ -11,10 +11,11 @@ Where each part runs::
                                                  real, drawn with the asked fractions
 
 The real samples have a stream of their own over the same shards (all labels, in the shards'
-proportions), drawn apart from synthesis (resampled, or with ``real_pass=True`` one exact pass per
-epoch: every selected sample once, the synthetic and ``positives=`` samples interleaved at exact
-counts, so every epoch trains on the same real positives): how many candidates the filter accepts changes how many
-normals the sources stream decodes, never the label make-up of the real samples. The sources
+proportions), drawn apart from synthesis: how many candidates the filter accepts changes how many
+normals the sources stream decodes, never the label make-up of the real samples. That stream is
+resampled, or with ``real_pass=True`` one exact pass per epoch (every selected sample once, the
+synthetic and ``positives=`` samples interleaved at exact counts, so every epoch trains on the same
+real positives). The sources
 stream reads only normals (label 0, decided from the JSON before decoding), or only positives for
 a synthesizer that makes new positives from real ones (``source_label = 1``: :class:`streamaug.synth.Inpaint`;
 their own lesion boxes are then the sites).
