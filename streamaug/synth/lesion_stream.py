@@ -15,10 +15,9 @@ proportions), drawn apart from synthesis: how many candidates the filter accepts
 normals the sources stream decodes, never the label make-up of the real samples. That stream is
 resampled, or with ``real_pass=True`` one exact pass per epoch (every selected sample once, the
 synthetic and ``positives=`` samples interleaved at exact counts, so every epoch trains on the same
-real positives). The sources
-stream reads only normals (label 0, decided from the JSON before decoding), or only positives for
-a synthesizer that makes new positives from real ones (``source_label = 1``: :class:`streamaug.synth.Inpaint`;
-their own lesion boxes are then the sites).
+real positives). The sources stream reads only normals (label 0, decided from the JSON before
+decoding), or only positives for a synthesizer that makes new positives from real ones
+(``source_label = 1``: :class:`streamaug.synth.Inpaint`; their own lesion boxes are then the sites).
 
 Iterate it in the process that owns the device (``DataLoader(stream, num_workers=0)`` or
 :meth:`LesionStream.iter_batches`); its own ``num_workers`` CPU workers per inner loader decode.
