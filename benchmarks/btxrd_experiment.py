@@ -92,16 +92,17 @@ TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 # (2 translators, 18 classifier runs, the 2 ablation runs) took 470 s of CPU (~170 s of it the two
 # translators), so the 3 seeds x 6 epochs cost ~6,000 CPU-s, ~50-55 min on two otherwise idle cores
 # (~100 min with one job); on the shared sandbox at load 7 the same timing took 18 min of wall time.
-# cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU.
+# cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU. A tiny inpainter step
+# takes ~50 ms on one thread (2000 steps: ~100 s); at 300 steps it paints an average limb only.
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
                  patch_size=32, translator_steps=3, translator_batch=4, inpainter_steps=2, n_boot=200, threads=1,
                  ablation_quantiles=(0.5,)),
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
-                patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=300, n_boot=2000, threads=1,
+                patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=1000, n_boot=2000, threads=1,
                 ablation_quantiles=(0.5,)),
     "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
-                   patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=300, n_boot=2000,
+                   patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=2000, n_boot=2000,
                    threads=1, ablation_quantiles=(0.5,)),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
                  patch_size=128, translator_steps=20000, translator_batch=8, inpainter_steps=20000, n_boot=2000,
