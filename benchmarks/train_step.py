@@ -36,8 +36,10 @@ def factories(urls: list[str], args: argparse.Namespace) -> dict:
     from streamaug.models.unit import UNIT, unit_preset
 
     plain = XRayShards(urls, resampled=True, sites=True, resize=args.size)
+    # not persistent: each measurement shuts its workers down (bench_measure), as LesionStream's inner
+    # loaders start theirs afresh; a persistent loader's next iter() would reuse the closed queues
     loader = torch.utils.data.DataLoader(plain, batch_size=args.batch, num_workers=args.workers,
-                                         collate_fn=collate_xray, persistent_workers=args.workers > 0)
+                                         collate_fn=collate_xray)
     filt = PseudoLabel(get_classifier("drn_tiny")(), threshold=None, device=args.device)  # rank mode
     lesion = LesionStream(urls, translator=UNIT(unit_preset(args.preset)), filter=filt, device=args.device,
                           synthetic_fraction=args.synthetic_fraction, resize=args.size, num_workers=args.workers,

@@ -114,7 +114,9 @@ def test_collate_and_tar_read_scripts_run(shards: Path) -> None:
 
 
 def test_train_step_script_runs(shards: Path) -> None:
-    out = _script("train_step", "--shards", str(shards / "shards"), "--workers", "0", "--batch", "4", "--size", "64",
-                  "--rounds", "1", "--seconds", "0.05")
+    # two rounds with a worker: each round starts a fresh loader (before: the second round reused a plain
+    # loader whose workers the first had shut down, "Queue is closed")
+    out = _script("train_step", "--shards", str(shards / "shards"), "--workers", "1", "--batch", "4", "--size", "64",
+                  "--rounds", "2", "--seconds", "0.05")
     last = out.strip().splitlines()[-1]
     assert "lesion / plain = " in last and float(last.rsplit(" ", 1)[-1]) > 0
