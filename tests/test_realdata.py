@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from streamaug import LesionStream, XRayShards, load_translator
 from streamaug.cli.pack import pack
@@ -55,3 +56,33 @@ def test_translator_and_lesion_stream_on_real_images(btxrd_subset, tmp_path):
         x0, y0, x1, y1 = s["provenance"]["box"]
         assert 0 <= x0 < x1 <= 256 and 0 <= y0 < y1 <= 256
         assert s["provenance"]["translator"] == translator.id
+
+
+def test_copy_paste_and_inpaint_streams_on_real_images(btxrd_subset, tmp_path):
+    """The other two synthesizers in the stream on real radiographs, each epoch one exact pass over the
+    real samples: copy-paste names its lesion; the inpainter keeps each source's lesion box bit-exactly."""
+    from streamaug.synth import CopyPaste, Inpaint
+    from streamaug.train.inpainter import InpainterRun, train_inpainter
+
+    real = {s["key"]: s for s in XRayShards(btxrd_subset, split="train", shuffle=False, equalize="none",
+                                            resize=128)}
+    paste = LesionStream(btxrd_subset, split="train", resize=128, device_batch=8, real_pass=True,
+                         synthesizer=CopyPaste(str(btxrd_subset), split="train", resize=128),
+                         synthetic_fraction=0.2)
+    samples = list(paste)
+    assert sorted(s["key"] for s in samples if not s["synthetic"]) == sorted(real)  # every real sample once
+    made = [s for s in samples if s["synthetic"]]
+    assert made and all(s["provenance"]["lesion_key"] in real for s in made)
+
+    ckpt = train_inpainter(InpainterRun(shards=[str(btxrd_subset)], out=str(tmp_path), preset="tiny", steps=3,
+                                        split="train", normals=True, batch_size=4, sample_every=3, ckpt_every=3),
+                           progress=False)
+    inpaint = LesionStream(btxrd_subset, split="train", resize=128, device_batch=8, real_pass=True,
+                           synthesizer=Inpaint(ckpt), synthetic_fraction=0.2)
+    made = [s for s in inpaint if s["synthetic"]]
+    assert made
+    for s in made:
+        source = real[s["provenance"]["source_key"]]
+        assert source["label"] == 1
+        x0, y0, x1, y1 = (int(v) for v in s["provenance"]["box"])
+        assert torch.equal(s["image"][:, y0:y1, x0:x1], source["image"][:, y0:y1, x0:x1])
