@@ -14,8 +14,8 @@ patient is in both parts and no image on both sides:
 Synthetic positives are made from each part's normals (or, for a synthesizer that makes new positives
 from real ones, ``source_label = 1`` as :class:`~streamaug.synth.Inpaint`, from the part's donor-side
 positives, their lesion boxes the sites) by :class:`~streamaug.synth.SynthesisStage`
-(the stream's stage: sites, bone check, synthesis, blend; no filter) in one pass, one per normal at
-most, as many as the part has real-side positives (fewer if it has fewer usable normals). Not
+(the stream's stage: sites, bone check, synthesis, blend; no filter) in one pass, one per normal
+(or donor) at most, as many as the part has real-side positives (fewer if it has fewer usable sources). Not
 :class:`~streamaug.synth.LesionStream`: its sources draw shards with replacement, so one normal
 could come back twice, and on both sides of the train / held-out split.
 
