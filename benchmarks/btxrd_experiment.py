@@ -399,9 +399,8 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
     # a translator for every region some translation arm needs (its own, or as the other region's);
     # an inpainter where an inpaint arm runs
-    need_translator = {r for r in regions for o in regions
-                       if any(a.endswith("lesion") or a.startswith("lesion_") for a in arms[o])
-                       and (r == o or any(a in TRANSFER_ARMS for a in arms[o]))}
+    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion"} & set(arms[r])} \
+        | {transfer[r] for r in regions if set(TRANSFER_ARMS) & set(arms[r])}
     need_inpainter = {r for r in regions if any(a.endswith("inpaint") for a in arms[r])}
     n_ablation = len(quantiles) + 1 if args.ablation else 0
     ctx.total = len(seeds) * sum(len(a) for a in arms.values()) + n_ablation
