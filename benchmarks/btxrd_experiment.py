@@ -25,6 +25,15 @@ positives per epoch and differ only in what the added positives are:
                            normals): each keeps a kept real positive's lesion box and gets new surroundings
   oversample_inpaint     half copies, half inpaint synthetic
 
+Selection arms (opt-in with ``--arms``; the same synthesizer, another filter, at the same budget):
+
+  copy_paste_scorer      copy_paste ranked by a patch scorer (``streamaug-train scorer`` on the region's
+                         kept positives and its normals, seeded like the translator): the filter looks at
+                         the blended site only, not the whole image
+  copy_paste_unfiltered  copy_paste, every candidate accepted (random sites)
+  lesion_own_scorer      lesion_own ranked by the patch scorer
+  lesion_own_unfiltered  lesion_own, no filter
+
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a
 higher positive share.
@@ -85,7 +94,10 @@ from streamaug.train.translator import TranslatorRun, train_translator
 REGIONS = ("upper_limb", "lower_limb")
 ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion_transfer", "lesion_transfer_g",
         "oversample_copy_paste", "oversample_lesion", "inpaint", "oversample_inpaint")
-SYNTHESIS_ARMS = ARMS[3:]
+SELECTION_ARMS = ("copy_paste_scorer", "copy_paste_unfiltered", "lesion_own_scorer", "lesion_own_unfiltered")
+ALL_ARMS = ARMS + SELECTION_ARMS
+SYNTHESIS_ARMS = ALL_ARMS[3:]
+SAME_SYNTHESIZER = "same synthesizer, baseline filter"
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
 # cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
@@ -97,16 +109,16 @@ TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 BUDGETS: dict[str, dict[str, Any]] = {
     "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
                  patch_size=32, translator_steps=3, translator_batch=4, inpainter_steps=2, n_boot=200, threads=1,
-                 ablation_quantiles=(0.5,)),
+                 ablation_quantiles=(0.5,), scorer_steps=4),
     "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
                 patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=1000, n_boot=2000, threads=1,
-                ablation_quantiles=(0.5,)),
+                ablation_quantiles=(0.5,), scorer_steps=600),
     "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
                    patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=2000, n_boot=2000,
-                   threads=1, ablation_quantiles=(0.5,)),
+                   threads=1, ablation_quantiles=(0.5,), scorer_steps=600),
     "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
                  patch_size=128, translator_steps=20000, translator_batch=8, inpainter_steps=20000, n_boot=2000,
-                 threads=None, ablation_quantiles=(0.5, 0.25)),
+                 threads=None, ablation_quantiles=(0.5, 0.25), scorer_steps=3000),
 }
 
 
@@ -159,6 +171,7 @@ class Context:
     s: float = 1.5
     n: int = 7
     inpainters: dict[tuple[str, int], Path] = dataclasses.field(default_factory=dict)
+    scorers: dict[tuple[str, int], Path] = dataclasses.field(default_factory=dict)
     done: int = 0
     total: int = 0
     t0: float = dataclasses.field(default_factory=time.perf_counter)
@@ -221,6 +234,10 @@ def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = 
 def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
                   filters: dict[tuple[str, int], str], other: str | None) -> dict[str, Any]:
     """The :class:`RunConfig` fields that make ``arm`` (everything else is the baseline's)."""
+    if arm in SELECTION_ARMS:
+        synthesizer, selection = arm.rsplit("_", 1)
+        own = arm_overrides(ctx, synthesizer, region, seed, translators, filters, other)
+        return {**own, "filter_classifier": str(ctx.scorers[region, seed]) if selection == "scorer" else None}
     if arm in ("baseline", "oversample", "classic"):
         return {"baseline": dict(augment="flip"), "oversample": dict(augment="flip", oversample=ctx.oversample),
                 "classic": dict(augment="classic")}[arm]
@@ -241,13 +258,13 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
 
 
 def _train_cached(kind: str, run: Any, train: Callable[..., Path], what: str) -> Path:
-    """``OUT/<kind>.pt`` of ``run`` (a translator or inpainter run config): reused when its folder holds
-    a finished checkpoint of the same config, else trained afresh."""
+    """``OUT/<kind>.pt`` of ``run`` (a translator, inpainter or scorer run config): reused when its folder
+    holds a finished checkpoint of the same config, else trained afresh."""
     out = Path(run.out)
     ckpt = out / f"{kind}.pt"
     saved = json.loads((out / "run.json").read_text()) if (out / "run.json").exists() else {}
-    if ckpt.exists() and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))) \
-            and read_checkpoint(ckpt, kind=kind)["step"] == run.steps:
+    finished = kind == "scorer" or read_checkpoint(ckpt, kind=kind)["step"] == run.steps if ckpt.exists() else False
+    if finished and saved.get("run") == json.loads(json.dumps(dataclasses.asdict(run))):
         log(f"reusing {kind} {ckpt}")
         return ckpt
     shutil.rmtree(out, ignore_errors=True)
@@ -285,6 +302,20 @@ def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:
                        positives=sorted(select.positives or ()))
     return _train_cached("inpainter", run, train_inpainter, f"{counts['positives']} kept positives + "
                                                               f"{counts['normals']} normals")
+
+
+def train_region_scorer(ctx: Context, region: str, seed: int) -> Path:
+    """A patch scorer (the site filter) on the region's KEPT rare positives' lesion crops vs its normals' sites."""
+    from streamaug.train.scorer import ScorerRun, train_scorer
+
+    select, counts = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)
+    b = ctx.budget
+    run = ScorerRun(shards=[str(ctx.shards)], out=str(ctx.out / "scorers" / region / f"seed{seed}"),
+                    patch_size=b["patch_size"], steps=b["scorer_steps"], s=ctx.s, n=ctx.n, region=region,
+                    split="train", resize=b["image_size"], seed=seed, device=ctx.device,
+                    positives=sorted(select.positives or ()))
+    return _train_cached("scorer", run, train_scorer, f"{counts['positives']} kept positives + "
+                                                      f"{counts['normals']} normals")
 
 
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
@@ -354,13 +385,16 @@ def _table(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions: Seq
     """The table rows of the seeds in ``seeds`` (every arm that ran at all of them)."""
     rows = []
     for region in regions:
-        pick = {arm: [r for r in runs[region][arm] if r.seed in seeds] for arm in ARMS}
+        pick = {arm: [r for r in runs[region][arm] if r.seed in seeds] for arm in ALL_ARMS}
         base = pick["baseline"]
-        for arm in ARMS:
+        for arm in ALL_ARMS:
             if len(pick[arm]) < len(seeds) or not seeds:
                 continue
             versus = {"oversample": pick["oversample"]} if arm in SYNTHESIS_ARMS and \
-                len(pick["oversample"]) == len(seeds) else None
+                len(pick["oversample"]) == len(seeds) else {}
+            same = pick[arm.rsplit("_", 1)[0]] if arm in SELECTION_ARMS else []
+            if len(same) == len(seeds):
+                versus[SAME_SYNTHESIZER] = same
             rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
                                       n_boot=ctx.budget["n_boot"], region=region))
     return rows
@@ -392,16 +426,17 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     if "baseline" not in args.arms:
         raise SystemExit("--arms must include baseline (every other arm is compared with it; it is the filter)")
     transfer = {r: next((o for o in regions if o != r), None) for r in regions}
-    arms = {r: [a for a in ARMS if a in args.arms and (transfer[r] is not None or a not in TRANSFER_ARMS)]
+    arms = {r: [a for a in ALL_ARMS if a in args.arms and (transfer[r] is not None or a not in TRANSFER_ARMS)]
             for r in regions}
     ablation_region = args.ablation_region if args.ablation_region in regions else regions[0]
     args.ablation = args.ablation and "lesion_own" in arms[ablation_region]
     quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
     # a translator for every region some translation arm needs (its own, or as the other region's);
     # an inpainter where an inpaint arm runs
-    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion"} & set(arms[r])} \
+    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion", *SELECTION_ARMS[2:]} & set(arms[r])} \
         | {transfer[r] for r in regions if set(TRANSFER_ARMS) & set(arms[r])}
     need_inpainter = {r for r in regions if any(a.endswith("inpaint") for a in arms[r])}
+    need_scorer = {r for r in regions if any(a.endswith("_scorer") for a in arms[r])}
     n_ablation = len(quantiles) + 1 if args.ablation else 0
     ctx.total = len(seeds) * sum(len(a) for a in arms.values()) + n_ablation
     log(f"budget {args.budget}: {json.dumps(budget)}; regions {regions}; seeds {seeds}; positives cut to "
@@ -411,20 +446,23 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     translators: dict[tuple[str, int], Path] = {}
     filters: dict[tuple[str, int], str] = {}
     counts: dict[str, dict[int, dict[str, int]]] = {r: {} for r in regions}
-    runs: dict[str, dict[str, list[SeedRun]]] = {r: {a: [] for a in ARMS} for r in regions}
+    runs: dict[str, dict[str, list[SeedRun]]] = {r: {a: [] for a in ALL_ARMS} for r in regions}
     ablation: dict[str, Any] = {}
     results: dict[str, Any] = {}
     jobs = Jobs(args.jobs, budget["threads"])
     try:
         for k, seed in enumerate(seeds):
             jobs.run([(train_region_translator, (ctx, r, seed), {}) for r in regions if r in need_translator]
-                     + [(train_region_inpainter, (ctx, r, seed), {}) for r in regions if r in need_inpainter])
+                     + [(train_region_inpainter, (ctx, r, seed), {}) for r in regions if r in need_inpainter]
+                     + [(train_region_scorer, (ctx, r, seed), {}) for r in regions if r in need_scorer])
             for region in regions:
                 counts[region][seed] = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)[1]
                 if region in need_translator:
                     translators[region, seed] = train_region_translator(ctx, region, seed)[0]
                 if region in need_inpainter:
                     ctx.inpainters[region, seed] = train_region_inpainter(ctx, region, seed)
+                if region in need_scorer:
+                    ctx.scorers[region, seed] = train_region_scorer(ctx, region, seed)
             base = {r: arm_overrides(ctx, "baseline", r, seed, translators, filters, None) for r in regions}
             jobs.run([(train_arm, (ctx, r, seed, "baseline"), {**base[r], "announce": False}) for r in regions])
             for region in regions:
@@ -491,7 +529,7 @@ def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any]
     table = _table(ctx, runs, regions, seeds)
     rocs, grids = {}, {}
     for region in regions:
-        curves = {arm: pool_runs([r for r in runs[region][arm] if r.seed in seeds]) for arm in ARMS
+        curves = {arm: pool_runs([r for r in runs[region][arm] if r.seed in seeds]) for arm in ALL_ARMS
                   if len([r for r in runs[region][arm] if r.seed in seeds]) == len(seeds)}
         rocs[region] = str(plot_roc(out / f"roc_{region}.png", curves, title=f"BTXRD {region}: test ROC "
                                     f"(pooled over {len(seeds)} seeds)"))
@@ -504,7 +542,8 @@ def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any]
         "budget": args.budget, "settings": budget, "device": args.device, "threads": torch.get_num_threads(),
         "seeds": list(seeds), "seeds_asked": args.seeds, "complete": final, "regions": list(regions),
         "positive_ratio": args.positive_ratio, "oversample": args.oversample,
-        "filter": "PseudoLabel rank mode (no threshold), the baseline of the same seed",
+        "filter": "PseudoLabel rank mode (no threshold), the baseline of the same seed (the *_scorer arms: the "
+                  "region's patch scorer of the same seed, on the blended sites; *_unfiltered: none)",
         "site_s": ctx.s, "site_n": ctx.n, "training_counts": counts, "ablation": ablation,
         "arms": table, "roc_png": rocs, "samples_png": grids, "wall_seconds": time.perf_counter() - t_start,
     }
@@ -563,8 +602,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="sizes and lengths (default: %(default)s)")
     p.add_argument("--regions", nargs="+", default=list(REGIONS),
                    help="values of the region column to run (default: %(default)s); the transfer arms need two")
-    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ARMS,
-                   help="arms to run (default: all; baseline is always needed)")
+    p.add_argument("--arms", nargs="+", default=list(ARMS), choices=ALL_ARMS,
+                   help="arms to run (default: all but the selection arms; baseline is always needed)")
     p.add_argument("--ablation-region", default="upper_limb",
                    help="region of the filter ablation (default: %(default)s)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the filter ablation")

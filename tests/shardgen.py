@@ -40,11 +40,13 @@ def tiny_image(i: int, size: int = 16) -> np.ndarray:
 
 def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesion_every: int = 4,
                  manifest: bool = True, prefix: str = "t",
-                 box: tuple[int, int, int, int] = (2, 3, 9, 10), sha256: bool = False) -> list[Path]:
+                 box: tuple[int, int, int, int] = (2, 3, 9, 10), sha256: bool = False,
+                 lesion_value: int | None = None) -> list[Path]:
     """Write ``n`` samples (``k000000`` ...) into tar shards of ``shard_size`` samples.
 
     Every ``lesion_every``-th sample is a lesion (label ``tumor``) with one box. ``sha256``: the
-    manifest records each shard's sha256, as the packer's does.
+    manifest records each shard's sha256, as the packer's does. ``lesion_value``: paint a lesion's
+    box with this grey value (a visible lesion; default: the box looks like the rest of the noise).
     """
     import tarfile
 
@@ -58,7 +60,10 @@ def write_shards(folder: Path, n: int, shard_size: int, *, size: int = 16, lesio
                 lesion = i % lesion_every == 0
                 meta = {"label": "tumor" if lesion else "normal", "region": "lower_limb", "view": "frontal",
                         "boxes": [list(box)] if lesion else [], "index": i}
-                for ext, data in (("png", png_bytes(tiny_image(i, size))), ("json", json.dumps(meta).encode())):
+                image = tiny_image(i, size)
+                if lesion and lesion_value is not None:
+                    image[box[1]:box[3], box[0]:box[2]] = lesion_value
+                for ext, data in (("png", png_bytes(image)), ("json", json.dumps(meta).encode())):
                     info = tarfile.TarInfo(f"k{i:06d}.{ext}")
                     info.size = len(data)
                     tar.addfile(info, io.BytesIO(data))

@@ -106,7 +106,7 @@ def test_driver_end_to_end_on_phantom(tmp_path):
         assert over["samples_per_epoch"] > base["samples_per_epoch"]
         kept = base["positives_per_epoch"]  # one pass: every kept positive once
         assert over["positives_per_epoch"] == 5 * kept
-        for arm in driver.SYNTHESIS_ARMS:  # the oversampling budget, the added positives (partly) synthetic
+        for arm in driver.ARMS[3:]:  # the oversampling budget, the added positives (partly) synthetic
             row = rows[region, arm]
             assert row["samples_per_epoch"] == over["samples_per_epoch"], (region, arm)
             assert row["positives_per_epoch"] == over["positives_per_epoch"], (region, arm)
@@ -213,3 +213,30 @@ def test_driver_runs_the_asked_arms_only_and_reads_another_metadata_csv(tmp_path
     assert not (out / "translators").exists() and (out / "inpainters" / "chest" / "seed0" / "inpainter.pt").exists()
     with pytest.raises(SystemExit, match="baseline"):
         driver.run_experiment(driver.parse_args(["--data", str(data), "--out", str(out), "--arms", "oversample"]))
+
+
+def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
+    """copy_paste with the patch scorer and with no filter, beside copy_paste with the baseline filter."""
+    from streamaug.filters.pseudo_label import PseudoLabel
+    from streamaug.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
+    driver = _driver()
+    out = tmp_path / "out"
+    res = driver.run_experiment(driver.parse_args([
+        "--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--regions", "lower_limb",
+        "--arms", "baseline", "oversample", "copy_paste", "copy_paste_scorer", "copy_paste_unfiltered",
+        "--no-record-argv"]))
+    rows = {r["arm"]: r for r in res["arms"]}
+    assert list(rows) == ["baseline", "oversample", "copy_paste", "copy_paste_scorer", "copy_paste_unfiltered"]
+    scorer = out / "scorers" / "lower_limb" / "seed0" / "scorer.pt"
+    assert PseudoLabel(scorer, threshold=None).on == "site" and not (out / "translators").exists()
+    assert rows["copy_paste_scorer"]["candidates_per_accepted"] > 1  # ranked: more candidates than kept
+    assert rows["copy_paste_unfiltered"]["candidates_per_accepted"] == 1  # no filter: every candidate kept
+    for arm in ("copy_paste_scorer", "copy_paste_unfiltered"):
+        versus = rows[arm]["versus"]
+        assert set(versus) == {"oversample", driver.SAME_SYNTHESIZER}
+        assert math.isfinite(versus[driver.SAME_SYNTHESIZER]["delta_seeds"])
+        assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
+    key = json.loads((out / "runs" / "lower_limb" / "copy_paste_scorer" / "seed0" / "scores.json").read_text())["key"]
+    assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]

@@ -10,10 +10,17 @@ from shardgen import write_shards
 from test_unit import blobs
 
 from streamaug.models.registry import IdentityTranslator
-from streamaug.train.augment import apply_diffaug, apply_patch_aug, diff_augment, diffaug_params, patch_aug_params
+from streamaug.train.augment import (
+    apply_diffaug,
+    apply_patch_aug,
+    diff_augment,
+    diffaug_params,
+    draw_patches,
+    patch_aug_params,
+)
 from streamaug.train.patches import HELDOUT_CROPS_PER_BOX, build_patch_sets, lesion_patch_sites, s_for_region
 from streamaug.train.quality import TranslationScore
-from streamaug.train.translator import _batch, parse_s
+from streamaug.train.translator import parse_s
 
 # ----------------------------------------------------------------------------- crops
 
@@ -102,12 +109,12 @@ def test_patch_sets_keep_every_normal_patch_and_hold_out_groups(shards):
 def test_batches_and_augmentation_replay_from_the_generator_state():
     patches = torch.rand(50, 1, 16, 16)
     g = torch.Generator().manual_seed(0)
-    _batch(patches, 8, g, torch.device("cpu"), "all", 0.1)
+    draw_patches(patches, 8, g, torch.device("cpu"), "all", 0.1)
     state = g.get_state()  # a checkpoint here ...
-    after = [_batch(patches, 8, g, torch.device("cpu"), "all", 0.1) for _ in range(3)]
+    after = [draw_patches(patches, 8, g, torch.device("cpu"), "all", 0.1) for _ in range(3)]
     g2 = torch.Generator().manual_seed(123)
     g2.set_state(state)  # ... and a resumed run
-    again = [_batch(patches, 8, g2, torch.device("cpu"), "all", 0.1) for _ in range(3)]
+    again = [draw_patches(patches, 8, g2, torch.device("cpu"), "all", 0.1) for _ in range(3)]
     assert all(torch.equal(a, b) for a, b in zip(after, again))
     assert not torch.equal(after[0], after[1])
 

@@ -8,6 +8,13 @@ Two modes:
   The synthesis stage scores a few candidates per wanted sample (several sites per image), so the
   asked number is delivered whatever the score scale.
 
+What is scored (``on``):
+
+* ``"image"`` (the paper): the whole blended image, by a full-image baseline classifier.
+* ``"site"``: only the blended site, cropped by :class:`streamaug.SynthesisStage` and resized to
+  ``input_size``, by a patch scorer (``python -m streamaug.train scorer``, whose checkpoint says
+  ``on: site``): cheaper, and it looks only where synthesis changed the image.
+
 :meth:`PseudoLabel.calibrate` sets the threshold as a quantile of validation real-positive scores
 (the classifier's own scale), instead of a fixed number.
 """
@@ -24,10 +31,11 @@ from streamaug.filters.rank import select_top
 from streamaug.filters.stats import AcceptanceStats
 
 MODES = ("threshold", "rank")
+ON = ("image", "site")
 
 
 class PseudoLabel:
-    """Score blended full images with a baseline classifier and keep the lesion-like ones.
+    """Score blended candidates (whole images, or their sites) with a classifier; keep the lesion-like ones.
 
     Args:
         classifier: a torch module mapping ``(B, 1, H, W)`` to ``(B,)`` logits (or ``(B, 1)``), or
@@ -39,6 +47,9 @@ class PseudoLabel:
             threshold, ``"rank"`` without.
         input_size: ``(H, W)`` the classifier expects; images are resized to it before scoring.
             Read from the checkpoint when a path is given; None scores at the given size.
+        on: ``"image"`` (score the blended image) or ``"site"`` (the stage passes the blended sites,
+            cropped to ``input_size``, which must then be known). Default: the checkpoint's ``on``,
+            else ``"image"``.
         batch_size: images scored per forward pass.
         device: where the classifier runs (default: where it already is).
 
@@ -55,7 +66,7 @@ class PseudoLabel:
 
     def __init__(self, classifier: torch.nn.Module | str | os.PathLike, threshold: float | None = 0.9, *,
                  mode: str | None = None, input_size: int | tuple[int, int] | None = None,
-                 batch_size: int = 64, device: str | torch.device | None = None) -> None:
+                 on: str | None = None, batch_size: int = 64, device: str | torch.device | None = None) -> None:
         mode = mode or ("threshold" if threshold is not None else "rank")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -70,6 +81,7 @@ class PseudoLabel:
             loaded = load_classifier(classifier, device=device or "cpu")
             classifier, self.source = loaded.model, str(classifier)
             input_size = input_size or loaded.extra.get("input_size")
+            on = on or loaded.extra.get("on")
         elif device is not None:
             classifier = classifier.to(device)
         self.classifier = classifier.eval()
@@ -77,12 +89,19 @@ class PseudoLabel:
         self.mode = mode
         self.input_size = (input_size, input_size) if isinstance(input_size, int) else (
             tuple(input_size) if input_size else None)
+        self.on = on or "image"
+        if self.on not in ON:
+            raise ValueError(f"on must be one of {ON}, got {self.on!r}")
+        if self.on == "site" and (self.input_size is None or self.input_size[0] != self.input_size[1]):
+            raise ValueError(f"on='site' needs a square input_size (the side sites are cropped to, e.g. the "
+                             f"scorer's patch size), got {self.input_size}")
         self.batch_size = batch_size
         self.stats = AcceptanceStats()
 
     @property
     def device(self) -> torch.device:
-        return next(self.classifier.parameters()).device
+        first = next(self.classifier.parameters(), None)  # a module without parameters runs on the CPU
+        return first.device if first is not None else torch.device("cpu")
 
     @torch.no_grad()
     def scores(self, images: torch.Tensor) -> torch.Tensor:
@@ -100,7 +119,7 @@ class PseudoLabel:
         """Score ``images`` and choose.
 
         Args:
-            images: ``(K, 1, H, W)`` candidates.
+            images: ``(K, 1, H, W)`` candidates (with ``on="site"``: their blended sites).
             want: rank mode: how many to keep at most (None: all above the floor). Ignored in
                 threshold mode.
             groups: rank mode: ``(K,)`` group of each candidate (e.g. its source image); at most one
@@ -146,7 +165,15 @@ class PseudoLabel:
         return self.threshold
 
     def positive_scores(self, batches: Iterable[dict[str, Any]]) -> torch.Tensor:
-        """Scores of the label-1 images of ``collate_xray`` batches (e.g. a validation loader)."""
+        """Scores of the label-1 images of ``collate_xray`` batches (e.g. a validation loader).
+
+        Raises:
+            ValueError: a site scorer (``on="site"``): score real lesion patches yourself and pass
+                them to :meth:`calibrate`.
+        """
+        if self.on == "site":
+            raise ValueError("positive_scores scores whole images, but this filter scores sites (on='site'): "
+                             "calibrate it on scores of real lesion patches instead")
         out = [self.scores(b["image"][b["label"] == 1]).cpu() for b in batches]
         return torch.cat(out) if out else torch.zeros(0)
 
@@ -159,5 +186,6 @@ class PseudoLabel:
         self.stats.load_state_dict(state["stats"])
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "pseudo_label", "mode": self.mode, "threshold": self.threshold, "source": self.source,
+        return {"kind": "pseudo_label", "mode": self.mode, "threshold": self.threshold, "on": self.on,
+                "source": self.source,
                 **self.stats.as_dict()}

@@ -36,6 +36,7 @@ from streamaug.filters.rank import select_top
 from streamaug.filters.stats import AcceptanceStats
 from streamaug.synth.base import Synthesizer
 from streamaug.synth.mix import Mix
+from streamaug.synth.ops import crop_sites
 from streamaug.synth.translate import Translate
 
 
@@ -124,7 +125,8 @@ class SynthesisStage:
             :class:`streamaug.synth.Mix`, or a list of synthesizers / ``(synthesizer, weight)`` pairs.
         filter: a callable ``images (K,1,H,W) -> (keep (K,) bool, scores (K,))`` such as
             :class:`streamaug.PseudoLabel`, or None to accept every candidate. A filter with
-            ``mode == "rank"`` is called as ``filter(images, want=, groups=)``.
+            ``mode == "rank"`` is called as ``filter(images, want=, groups=)``; one with
+            ``on == "site"`` gets the blended sites, cropped to its square ``input_size``, instead of the images.
         blend_n: exponent ``n`` of the cosine blending mask (for ``translator=``).
         device: where cropping, synthesis, blending and filtering run.
         fraction: for :meth:`apply`: the share of each batch (all its samples) replaced by synthetic
@@ -222,13 +224,16 @@ class SynthesisStage:
                                               per_image=self.sites_per_image)
         return boxes, source, want
 
-    def _score(self, images: torch.Tensor, source: torch.Tensor,
+    def _score(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
                want: int | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(passed, scores)`` of the filter (all passed, NaN scores without one)."""
+        """``(passed, scores)`` of the filter (all passed, NaN scores without one). A filter with
+        ``on == "site"`` sees each candidate's blended site, cropped to its ``input_size``."""
         k = len(images)
         if self.filter is None:
             return (torch.ones(k, dtype=torch.bool, device=self.device),
                     torch.full((k,), float("nan"), device=self.device))
+        if getattr(self.filter, "on", "image") == "site":
+            images = crop_sites(images, boxes, torch.arange(k, device=images.device), self.filter.input_size[0])
         if getattr(self.filter, "mode", "threshold") == "rank":
             passed, scores = self.filter(images, want=want, groups=source)
         else:
@@ -263,7 +268,7 @@ class SynthesisStage:
                                none, None, None, {}, none)
         params = self.synthesizer.generate_parameters(images, boxes, source, self.generator)
         made = self.synthesizer.apply(images, boxes, source, params)
-        passed, scores = self._score(made.images, source, want)
+        passed, scores = self._score(made.images, boxes, source, want)
         keep = passed if want is None else select_top(scores, want, eligible=passed, groups=source)
         self.acceptance.update(k, int(keep.sum()))
         return Synthesized(made.images, source, boxes, scores, keep, made.translated, made.patches, params, passed)

@@ -1,4 +1,4 @@
-"""``python -m streamaug.train {translator,classifier,inpainter} ...`` (console script ``streamaug-train``)."""
+"""``python -m streamaug.train {translator,classifier,scorer,inpainter} ...`` (console script ``streamaug-train``)."""
 from __future__ import annotations
 
 import argparse
@@ -9,6 +9,7 @@ import sys
 COMMANDS = {
     "translator": ("streamaug.train.translator", "train a UNIT normal->lesion patch translator"),
     "classifier": ("streamaug.train.classifier", "train a DRN classifier, optionally on the lesion stream"),
+    "scorer": ("streamaug.train.scorer", "train a lesion-vs-normal patch scorer: the site filter of synthesis"),
     "inpainter": ("streamaug.train.inpainter", "train a pix2pix inpainter: new context around kept lesion boxes"),
 }
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["AUGMENT_MODES", "DIFFAUG_POLICIES", "patch_aug_params", "apply_patch_aug", "diffaug_params",
-           "apply_diffaug", "diff_augment"]
+__all__ = ["AUGMENT_MODES", "DIFFAUG_POLICIES", "patch_aug_params", "apply_patch_aug", "draw_patches",
+           "diffaug_params", "apply_diffaug", "diff_augment"]
 
 AUGMENT_MODES = ("none", "hflip", "all")
 DIFFAUG_POLICIES = ("color", "translation", "cutout")
@@ -87,6 +87,21 @@ def apply_patch_aug(x: torch.Tensor, params: dict[str, torch.Tensor]) -> torch.T
         mean = x.mean((-2, -1), keepdim=True)
         x = ((x - mean) * c + mean + b).clamp(0, 1)
     return x
+
+
+def draw_patches(patches: torch.Tensor, size: int, generator: torch.Generator, device: torch.device | str,
+                 augment: str = "hflip", jitter: float = 0.0) -> torch.Tensor:
+    """A random minibatch of ``patches``, augmented: ``(size, C, P, P)`` on ``device``.
+
+    The indices (uniform, with replacement) and then the augmentation are drawn from ``generator``.
+
+    Examples:
+        >>> g = torch.Generator().manual_seed(0)
+        >>> draw_patches(torch.rand(10, 1, 8, 8), 4, g, "cpu", "all", 0.1).shape
+        torch.Size([4, 1, 8, 8])
+    """
+    idx = torch.randint(len(patches), (size,), generator=generator)
+    return apply_patch_aug(patches[idx], patch_aug_params(size, augment, jitter, generator)).to(device)
 
 
 def diffaug_params(shape: Sequence[int], policy: Sequence[str], generator: torch.Generator) -> dict[str, torch.Tensor]:

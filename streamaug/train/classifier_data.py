@@ -37,7 +37,8 @@ class RunConfig:
             pasted at normal sites), mix (both, equal weights) or inpaint (the pix2pix inpainter of
             --inpainter gives the kept real positives new surroundings, their lesion boxes kept).
         inpainter: inpainter.pt (`streamaug-train inpainter`) for --synthesizer inpaint.
-        filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter; default: no filter.
+        filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter, or a patch
+            scorer (streamaug-train scorer's scorer.pt: scores the blended sites); default: no filter.
         filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
             rank: keep the best-scored candidates of each synthesis round, as many as asked, so the
             synthetic share never depends on the score scale (no floor unless --filter-quantile).
@@ -166,6 +167,9 @@ def build_filter(cfg: RunConfig, device: torch.device | str = "cpu") -> Any:
         raise ValueError(f"filter_mode must be 'threshold' or 'rank', got {cfg.filter_mode!r}")
     threshold = cfg.filter_threshold if cfg.filter_mode == "threshold" else None
     filt = PseudoLabel(cfg.filter_classifier, threshold, mode=cfg.filter_mode, device=device)
+    if cfg.filter_quantile is not None and filt.on == "site":
+        raise ValueError(f"--filter-quantile calibrates on whole validation images, but {cfg.filter_classifier} is a "
+                         "site scorer (streamaug-train scorer): use rank mode or --filter-threshold with it")
     if cfg.filter_quantile is not None:
         scores = filt.positive_scores(build_val_stream(cfg))
         if not len(scores):

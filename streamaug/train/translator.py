@@ -35,7 +35,7 @@ from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_t
 from streamaug.models.unit import PRESETS as UNIT_PRESETS
 from streamaug.models.unit import UNIT, unit_preset
 from streamaug.synth.ops import cosine_alpha
-from streamaug.train.augment import AUGMENT_MODES, DIFFAUG_POLICIES, apply_patch_aug, patch_aug_params
+from streamaug.train.augment import AUGMENT_MODES, DIFFAUG_POLICIES, draw_patches
 from streamaug.train.patches import build_patch_sets, s_for_region
 from streamaug.train.quality import TranslationScore
 from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
@@ -165,13 +165,6 @@ class TranslatorRun:
         if self.augment not in AUGMENT_MODES or set(self.diffaug) - set(DIFFAUG_POLICIES):
             raise ValueError(f"augment must be one of {AUGMENT_MODES} (got {self.augment!r}) and diffaug a "
                              f"subset of {DIFFAUG_POLICIES} (got {self.diffaug})")
-
-
-def _batch(patches: torch.Tensor, size: int, g: torch.Generator, device: torch.device, augment: str,
-           jitter: float) -> torch.Tensor:
-    """A random minibatch, augmented: ``(size, 1, P, P)``; its indices and augmentation drawn from ``g``."""
-    idx = torch.randint(len(patches), (size,), generator=g)
-    return apply_patch_aug(patches[idx], patch_aug_params(size, augment, jitter, g)).to(device)
 
 
 @torch.no_grad()
@@ -310,8 +303,8 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     with JsonlLog(out / "losses.jsonl", "step", upto=step) as log:
         t0 = time.perf_counter()
         while step < run.steps:
-            losses = trainer.step(_batch(data.normal, run.batch_size, g, device, run.augment, run.jitter),
-                                  _batch(data.lesion, run.batch_size, g, device, run.augment, run.jitter))
+            losses = trainer.step(draw_patches(data.normal, run.batch_size, g, device, run.augment, run.jitter),
+                                  draw_patches(data.lesion, run.batch_size, g, device, run.augment, run.jitter))
             step += 1
             record = {"step": step, **{k: round(v, 5) for k, v in losses.items()}}
             if score is not None and step % run.score_every == 0:  # not at the last step: a longer resume replays
