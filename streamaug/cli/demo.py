@@ -27,11 +27,12 @@ from typing import Any
 import torch
 
 logger = logging.getLogger(__name__)
+SYNTHESIZERS = ("translate", "copy_paste", "mix")
 
 
-def _sample_grid(path: Path, translator: Path, shards: Path, size: int, select: Any = None, n: int = 6) -> Path:
-    """Original / translated / blended for ``n`` test normals, through the device stage (sites matched
-    to the lesion boxes that ``select`` keeps)."""
+def _sample_grid(path: Path, synthesizer: Any, shards: Path, size: int, select: Any = None, n: int = 6) -> Path:
+    """Original / synthesized / blended for ``n`` test normals, through the device stage with the
+    augmented arm's ``synthesizer`` (sites matched to the lesion boxes that ``select`` keeps)."""
     from streamaug.data.collate import collate_xray
     from streamaug.data.stream import XRayShards
     from streamaug.eval.plots import save_sample_grid
@@ -41,7 +42,7 @@ def _sample_grid(path: Path, translator: Path, shards: Path, size: int, select: 
     normals = [s for s in XRayShards(shards, split="test", shuffle=False, resize=size, sites=True, select=select,
                                      equalize="none") if s["label"] == 0 and len(s["sites"])][:n]
     batch = collate_xray(normals)
-    stage = SynthesisStage(translator, min_intensity=None)
+    stage = SynthesisStage(synthesizer=synthesizer, min_intensity=None)
     boxes, source = stage.choose_sites(batch["sites"], list(range(len(normals))))
     result = stage.synthesize(batch["image"], boxes, source)
     # the raw translation pasted with a (near) flat mask, beside the cosine-blended result
@@ -50,12 +51,13 @@ def _sample_grid(path: Path, translator: Path, shards: Path, size: int, select: 
                              torch.arange(len(result.boxes)), n=flat_n)
     rows = [torch.stack([batch["image"][i], translated[j], result.images[j]])
             for j, i in enumerate(result.source.tolist())]
-    return save_sample_grid(path, rows, titles=("original", "translated", "blended"))
+    return save_sample_grid(path, rows, titles=("original", "synthesized", "blended"))
 
 
 def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesion: int = 300,
              image_size: int = 64, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
-             synthetic_per_positive: float = 3.0, seed: int = 0, device: str = "cpu") -> dict:
+             synthetic_per_positive: float = 3.0, synthesizer: str = "translate", seed: int = 0,
+             device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
@@ -65,7 +67,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     from streamaug.models.checkpoint import load_classifier
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
-    from streamaug.train.classifier_data import RunConfig
+    from streamaug.train.classifier_data import RunConfig, build_synthesizer
     from streamaug.train.translator import TranslatorRun, train_translator
 
     t0 = time.perf_counter()
@@ -78,13 +80,20 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     logger.info("[1/5] packing %s -> %s", data, shards)
     pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=bars)
 
+    if synthesizer not in SYNTHESIZERS:
+        raise ValueError(f"synthesizer must be one of {SYNTHESIZERS}, got {synthesizer!r}")
     select, kept = rare_positive_select(str(shards), "train", None, positive_ratio, seed)
-    logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches) on the %d kept positives "
-                "(of %d) and %d normals", kept["positives"], kept["positives_available"], kept["normals"])
-    translator = train_translator(TranslatorRun(shards=[str(shards)], out=str(out / "translator"), preset="tiny",
-                                                steps=translator_steps, s=1.5, n=5, split="train", seed=seed,
-                                                device=device, sample_every=max(1, translator_steps // 3),
-                                                positives=sorted(select.positives or ())))
+    translator = None
+    if synthesizer in ("translate", "mix"):
+        logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches) on the %d kept positives "
+                    "(of %d) and %d normals", kept["positives"], kept["positives_available"], kept["normals"])
+        translator = train_translator(TranslatorRun(
+            shards=[str(shards)], out=str(out / "translator"), preset="tiny", steps=translator_steps, s=1.5, n=5,
+            split="train", seed=seed, device=device, sample_every=max(1, translator_steps // 3),
+            positives=sorted(select.positives or ())))
+    else:
+        logger.info("[2/5] copy-paste: crops of the %d kept positives (of %d) pasted at sites of the %d normals",
+                    kept["positives"], kept["positives_available"], kept["normals"])
     # one classifier recipe for both arms: they differ only in what the extra positives are
     extra = int(synthetic_per_positive)
     if extra != synthetic_per_positive or extra < 1:
@@ -99,23 +108,25 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     base_extra = load_classifier(base).extra
     logger.info("[4/5] classifier on the lesion stream (%d synthetic positives per kept positive and epoch; "
                 "the baseline ranks the candidates)", extra)
-    aug = train_classifier(RunConfig(out=str(out / "augmented"), stream="lesion", translator=str(translator),
-                                     filter_classifier=str(base), filter_mode="rank",
-                                     synthetic_per_positive=float(extra), **common))
+    aug_cfg = RunConfig(out=str(out / "augmented"), stream="lesion", synthesizer=synthesizer,
+                        translator=str(translator) if translator else None, filter_classifier=str(base),
+                        filter_mode="rank", synthetic_per_positive=float(extra), **common)
+    aug = train_classifier(aug_cfg)
     logger.info("[5/5] scoring the test split")
     y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
     _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
     auc_b, auc_a = bootstrap_auc(y, s_base, seed=seed), bootstrap_auc(y, s_aug, seed=seed)
     delta = paired_bootstrap(y, s_base, s_aug, seed=seed)
     roc = plot_roc(out / "roc.png", {"baseline": (y, s_base), "augmented": (y, s_aug)}, title="demo test ROC")
-    grid = _sample_grid(out / "samples.png", translator, shards, image_size, select)
+    grid = _sample_grid(out / "samples.png", build_synthesizer(aug_cfg, select, device), shards, image_size, select)
     trained = {name: training_makeup(load_classifier(out / name / "last.pt").extra.get("history", []))
                for name in ("baseline", "augmented")}
     summary = {
         "test_images": len(y), "test_positives": int(y.sum()), "positive_ratio": positive_ratio,
         "kept_positives": kept["positives"], "normals": kept["normals"],
         "baseline_auc": auc_b, "augmented_auc": auc_a, "delta": delta, "significant": is_significant(delta),
-        "filter": "rank", "trained_on": trained, "baseline_val_auc": base_extra.get("val_auc"),
+        "synthesizer": synthesizer, "filter": "rank", "trained_on": trained,
+        "baseline_val_auc": base_extra.get("val_auc"),
         "roc_png": str(roc), "samples_png": str(grid), "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
@@ -159,6 +170,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--synthetic-per-positive", type=int, default=3,
                    help="r: the augmented arm adds r synthetic positives per kept positive and epoch, the "
                         "baseline r copies of each (same samples and positives per epoch; default: %(default)s)")
+    p.add_argument("--synthesizer", choices=SYNTHESIZERS, default="translate",
+                   help="what makes the augmented arm's synthetic positives: translate (a tiny UNIT translator "
+                        "trained here), copy_paste (crops of the kept positives pasted at normal sites), or mix "
+                        "(both, half and half) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, selection and training (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -178,7 +193,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
              epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
-             synthetic_per_positive=a.synthetic_per_positive, seed=a.seed, device=a.device)
+             synthetic_per_positive=a.synthetic_per_positive, synthesizer=a.synthesizer, seed=a.seed, device=a.device)
     return 0
 
 
