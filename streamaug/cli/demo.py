@@ -45,7 +45,10 @@ def _sample_grid(path: Path, synthesizer: Any, shards: Path, size: int, select: 
     stage = SynthesisStage(synthesizer=synthesizer, min_intensity=None)
     boxes, source = stage.choose_sites(batch["sites"], list(range(len(normals))))
     result = stage.synthesize(batch["image"], boxes, source)
-    # the raw translation pasted with a (near) flat mask, beside the cosine-blended result
+    if result.translated is None:  # a Mix of synthesizers with different patch sizes keeps no patches
+        rows = [torch.stack([batch["image"][i], result.images[j]]) for j, i in enumerate(result.source.tolist())]
+        return save_sample_grid(path, rows, titles=("original", "blended"))
+    # the raw synthesized patch pasted with a (near) flat mask, beside the cosine-blended result
     flat_n = 1e6  # cos(|i|^n * pi/2) -> 1 inside the site for large n
     translated = paste_blend(batch["image"][result.source], result.translated, result.boxes,
                              torch.arange(len(result.boxes)), n=flat_n)
