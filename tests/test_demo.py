@@ -15,9 +15,10 @@ def test_every_demo_option_has_help():
 
 
 @pytest.mark.slow
-def test_miniature_demo_runs_end_to_end(tmp_path, capsys):
+@pytest.mark.parametrize("synthesizer", ["mix", "copy_paste"])
+def test_miniature_demo_runs_end_to_end(tmp_path, capsys, synthesizer):
     summary = run_demo(tmp_path, n_normal=40, n_lesion=24, image_size=32, epochs=1, translator_steps=2,
-                       positive_ratio=0.2)
+                       positive_ratio=0.2, synthesizer=synthesizer)
     assert summary["test_images"] > 0 and 0 < summary["test_positives"] < summary["test_images"]
     assert 0.0 <= summary["baseline_auc"][0] <= 1.0 and 0.0 <= summary["augmented_auc"][0] <= 1.0
     assert json.loads((tmp_path / "summary.json").read_text())["test_images"] == summary["test_images"]
@@ -30,13 +31,22 @@ def test_miniature_demo_runs_end_to_end(tmp_path, capsys):
     from streamaug.models.checkpoint import load_classifier
 
     select, kept = rare_positive_select(str(tmp_path / "shards"), "train", None, 0.2, 0)
-    translator_run = json.loads((tmp_path / "translator" / "run.json").read_text())["run"]
-    assert translator_run["positives"] == sorted(select.positives) and kept["positives"] == summary["kept_positives"]
+    assert kept["positives"] == summary["kept_positives"] and summary["synthesizer"] == synthesizer
+    if synthesizer == "mix":
+        translator_run = json.loads((tmp_path / "translator" / "run.json").read_text())["run"]
+        assert translator_run["positives"] == sorted(select.positives)
+    else:  # copy-paste trains no translator; its lesion crops come from the kept positives only
+        assert not (tmp_path / "translator").exists()
+        from streamaug.train.classifier_data import RunConfig, build_synthesizer
+
+        run = load_classifier(tmp_path / "augmented" / "best.pt").extra["run"]
+        pasted = set(build_synthesizer(RunConfig(**run), select).crops.keys)
+        assert pasted and pasted <= set(select.positives)
     # both arms: one classifier recipe and the same real data; only the stream and its (ranked) filter differ
     base = load_classifier(tmp_path / "baseline" / "best.pt").extra["run"]
     aug = load_classifier(tmp_path / "augmented" / "best.pt").extra["run"]
-    assert {k for k in base if base[k] != aug[k]} == {"out", "stream", "translator", "filter_classifier",
-                                                      "filter_mode", "oversample", "synthetic_per_positive"}
+    differ = {"out", "stream", "synthesizer", "filter_classifier", "filter_mode", "oversample", "synthetic_per_positive"}
+    assert {k for k in base if base[k] != aug[k]} == differ | ({"translator"} if synthesizer == "mix" else set())
     assert aug["filter_mode"] == "rank" and summary["trained_on"]["augmented"]["synthetic"] > 0
     assert summary["trained_on"]["baseline"]["synthetic"] == 0
     # the same budget: as many samples and positives per epoch; copies in one arm, synthetic in the other
