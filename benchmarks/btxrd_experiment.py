@@ -69,7 +69,6 @@ import json
 import multiprocessing
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -78,53 +77,19 @@ from typing import Any
 
 import numpy as np
 import torch
+from btxrd_arms import ALL_ARMS, ARMS, BUDGETS, REGIONS, SELECTION_ARMS, TRANSFER_ARMS, Context, arm_overrides, log
+from btxrd_report import render_markdown, write_results
 
 from streamaug.cli.pack import pack
-from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.data.select import rare_positive_select
 from streamaug.data.shardlist import load_manifest, manifest_shards
-from streamaug.eval import plot_roc
-from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm, training_makeup
+from streamaug.eval.experiment import SeedRun, summarize_arm, training_makeup
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.models.checkpoint import read_checkpoint
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import RunConfig
 from streamaug.train.translator import TranslatorRun, train_translator
-
-REGIONS = ("upper_limb", "lower_limb")
-ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion_transfer", "lesion_transfer_g",
-        "oversample_copy_paste", "oversample_lesion", "inpaint", "oversample_inpaint")
-SELECTION_ARMS = ("copy_paste_scorer", "copy_paste_unfiltered", "lesion_own_scorer", "lesion_own_unfiltered")
-ALL_ARMS = ARMS + SELECTION_ARMS
-SYNTHESIS_ARMS = ALL_ARMS[3:]
-SAME_SYNTHESIZER = "same synthesizer, baseline filter"
-TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
-
-# cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
-# (2 translators, 18 classifier runs, the 2 ablation runs) took 470 s of CPU (~170 s of it the two
-# translators), so the 3 seeds x 6 epochs cost ~6,000 CPU-s, ~50-55 min on two otherwise idle cores
-# (~100 min with one job); on the shared sandbox at load 7 the same timing took 18 min of wall time.
-# cpu: a quicker look (96 px, 4 epochs). full: paper-like presets for one GPU. A tiny inpainter step
-# takes ~50 ms on one thread (2000 steps: ~100 s); at 300 steps it paints an average limb only.
-BUDGETS: dict[str, dict[str, Any]] = {
-    "test": dict(preset="tiny", image_size=64, epochs=1, batch_size=16, lr=1e-3, translator_preset="tiny",
-                 patch_size=32, translator_steps=3, translator_batch=4, inpainter_steps=2, n_boot=200, threads=1,
-                 ablation_quantiles=(0.5,), scorer_steps=4),
-    "cpu": dict(preset="tiny", image_size=96, epochs=4, batch_size=32, lr=1e-3, translator_preset="tiny",
-                patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=1000, n_boot=2000, threads=1,
-                ablation_quantiles=(0.5,), scorer_steps=600),
-    "cpu128": dict(preset="tiny", image_size=128, epochs=6, batch_size=32, lr=1e-3, translator_preset="tiny",
-                   patch_size=32, translator_steps=300, translator_batch=8, inpainter_steps=2000, n_boot=2000,
-                   threads=1, ablation_quantiles=(0.5,), scorer_steps=600),
-    "full": dict(preset="paper", image_size=256, epochs=30, batch_size=32, lr=1e-4, translator_preset="paper",
-                 patch_size=128, translator_steps=20000, translator_batch=8, inpainter_steps=20000, n_boot=2000,
-                 threads=None, ablation_quantiles=(0.5, 0.25), scorer_steps=3000),
-}
-
-
-def log(msg: str) -> None:
-    """Progress line with a timestamp (flushed: the run is usually followed through a log file)."""
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def _sha256(path: Path) -> str:
@@ -154,27 +119,6 @@ def ensure_packed(data: Path, out: Path, *, metadata: Path | None = None, reuse_
     log(f"packing {data} ({metadata}) -> {out}")
     pack(data, metadata, out, shard_size=128, overwrite=True, progress=False)
     return out
-
-
-@dataclasses.dataclass
-class Context:
-    """What every run of one experiment shares."""
-
-    out: Path
-    shards: Path
-    test_spec: Any  # shard spec of the test data
-    test_split: str | None
-    budget: dict[str, Any]
-    ratio: float
-    oversample: int
-    device: str
-    s: float = 1.5
-    n: int = 7
-    inpainters: dict[tuple[str, int], Path] = dataclasses.field(default_factory=dict)
-    scorers: dict[tuple[str, int], Path] = dataclasses.field(default_factory=dict)
-    done: int = 0
-    total: int = 0
-    t0: float = dataclasses.field(default_factory=time.perf_counter)
 
 
 def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = None, *, announce: bool = True,
@@ -229,32 +173,6 @@ def train_arm(ctx: Context, region: str, seed: int, arm: str, tag: str | None = 
         f"{roc_auc_score(run.y_test, run.s_test):.3f}; trained on {run.samples} samples ({run.real_positive} real "
         f"positive, {run.synthetic} synthetic), {run.seconds:.0f}s (elapsed {elapsed / 60:.1f} min)")
     return run
-
-
-def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
-                  filters: dict[tuple[str, int], str], other: str | None) -> dict[str, Any]:
-    """The :class:`RunConfig` fields that make ``arm`` (everything else is the baseline's)."""
-    if arm in SELECTION_ARMS:
-        synthesizer, selection = arm.rsplit("_", 1)
-        own = arm_overrides(ctx, synthesizer, region, seed, translators, filters, other)
-        return {**own, "filter_classifier": str(ctx.scorers[region, seed]) if selection == "scorer" else None}
-    if arm in ("baseline", "oversample", "classic"):
-        return {"baseline": dict(augment="flip"), "oversample": dict(augment="flip", oversample=ctx.oversample),
-                "classic": dict(augment="classic")}[arm]
-    if arm in TRANSFER_ARMS and other is None:
-        raise ValueError(f"{arm} needs a second region")
-    added = ctx.oversample - 1  # positives added per kept positive and epoch, in every arm that adds any
-    synthetic = added // 2 if arm.startswith("oversample_") else added
-    lesion = dict(augment="flip", stream="lesion", filter_mode="rank", synthetic_per_positive=float(synthetic),
-                  oversample=1 + added - synthetic,
-                  filter_classifier=filters[other if arm == "lesion_transfer" else region, seed])
-    if arm.endswith("copy_paste"):
-        lesion["synthesizer"] = "copy_paste"
-    elif arm.endswith("inpaint"):
-        lesion.update(synthesizer="inpaint", inpainter=str(ctx.inpainters[region, seed]))
-    else:
-        lesion["translator"] = str(translators[other if arm in TRANSFER_ARMS else region, seed])
-    return lesion
 
 
 def _train_cached(kind: str, run: Any, train: Callable[..., Path], what: str) -> Path:
@@ -318,41 +236,6 @@ def train_region_scorer(ctx: Context, region: str, seed: int) -> Path:
                                                       f"{counts['normals']} normals")
 
 
-def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
-    """Original / translated / blended on real test normals of ``region`` through the device stage."""
-    from streamaug.data.collate import collate_xray
-    from streamaug.data.stream import XRayShards
-    from streamaug.eval.plots import save_sample_grid
-    from streamaug.sites import LesionBoxBank, SiteProposer
-    from streamaug.synth.ops import paste_blend
-    from streamaug.synth.stage import SynthesisStage
-
-    size = ctx.budget["image_size"]
-    records = [r for r in load_manifest(ctx.shards / "manifest.json")["lesion_boxes"]
-               if r.get("split") == "train" and r.get("region") == region]
-    sites = SiteProposer(LesionBoxBank.from_records(records), s=ctx.s, n=ctx.n, seed=0)
-    ds = XRayShards(ctx.test_spec, split=ctx.test_split, shuffle=False, resize=size, sites=sites,
-                    select=KeySelect(region), equalize="none", distributed=False)
-    normals = []
-    for x in ds:
-        if x["label"] == 0 and len(x["sites"]):
-            normals.append(x)
-        if len(normals) == k:
-            break
-    if not normals:
-        return None
-    batch = collate_xray(normals)
-    stage = SynthesisStage(translator, min_intensity=None, device=ctx.device)
-    boxes, source = stage.choose_sites(batch["sites"], list(range(len(normals))))
-    res = stage.synthesize(batch["image"], boxes, source)
-    raw = paste_blend(batch["image"][res.source.cpu()].to(ctx.device), res.translated, res.boxes,
-                      torch.arange(len(res.boxes), device=res.boxes.device), n=1e6)  # near-flat mask
-    rows = [torch.stack([batch["image"][i], raw[j].cpu(), res.images[j].cpu()])
-            for j, i in enumerate(res.source.tolist())]
-    return save_sample_grid(path, rows, titles=("original", "translated", "blended"),
-                            row_titles=[normals[i]["key"] for i in res.source.tolist()])
-
-
 def _in_worker(threads: int | None, fn: Callable[..., Any], args: tuple, kwargs: dict[str, Any]) -> None:
     if threads:
         torch.set_num_threads(threads)
@@ -378,26 +261,6 @@ class Jobs:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.shutdown()
-
-
-def _table(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions: Sequence[str],
-           seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """The table rows of the seeds in ``seeds`` (every arm that ran at all of them)."""
-    rows = []
-    for region in regions:
-        pick = {arm: [r for r in runs[region][arm] if r.seed in seeds] for arm in ALL_ARMS}
-        base = pick["baseline"]
-        for arm in ALL_ARMS:
-            if len(pick[arm]) < len(seeds) or not seeds:
-                continue
-            versus = {"oversample": pick["oversample"]} if arm in SYNTHESIS_ARMS and \
-                len(pick["oversample"]) == len(seeds) else {}
-            same = pick[arm.rsplit("_", 1)[0]] if arm in SELECTION_ARMS else []
-            if len(same) == len(seeds):
-                versus[SAME_SYNTHESIZER] = same
-            rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
-                                      n_boot=ctx.budget["n_boot"], region=region))
-    return rows
 
 
 def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
@@ -518,72 +381,6 @@ def run_ablation(ctx: Context, region: str, seed: int, variants: Sequence[tuple[
             continue
         rows.append(summarize_arm(f"lesion_own, {label}", [run], base, n_boot=ctx.budget["n_boot"], region=region))
     return {"region": region, "seed": seed, "rows": rows, "no_run": no_run}
-
-
-def write_results(args: argparse.Namespace, ctx: Context, budget: dict[str, Any],
-                  seeds: Sequence[int], regions: Sequence[str], counts: dict[str, dict[int, dict[str, int]]],
-                  runs: dict[str, dict[str, list[SeedRun]]], ablation: dict[str, Any],
-                  translators: dict[tuple[str, int], Path], t_start: float, *, final: bool) -> dict[str, Any]:
-    """Tables, ROC curves and sample grids of the seeds done so far -> ``OUT/results.{json,md}``."""
-    out = ctx.out
-    table = _table(ctx, runs, regions, seeds)
-    rocs, grids = {}, {}
-    for region in regions:
-        curves = {arm: pool_runs([r for r in runs[region][arm] if r.seed in seeds]) for arm in ALL_ARMS
-                  if len([r for r in runs[region][arm] if r.seed in seeds]) == len(seeds)}
-        rocs[region] = str(plot_roc(out / f"roc_{region}.png", curves, title=f"BTXRD {region}: test ROC "
-                                    f"(pooled over {len(seeds)} seeds)"))
-        if final and (region, seeds[0]) in translators:
-            png = sample_grid(ctx, region, translators[region, seeds[0]], out / f"samples_{region}.png")
-            grids[region] = str(png) if png else None
-    results = {
-        "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]) if args.record_argv else None,
-        "data": str(args.data), "test_data": str(args.test_data) if args.test_data else "split 'test' of --data",
-        "budget": args.budget, "settings": budget, "device": args.device, "threads": torch.get_num_threads(),
-        "seeds": list(seeds), "seeds_asked": args.seeds, "complete": final, "regions": list(regions),
-        "positive_ratio": args.positive_ratio, "oversample": args.oversample,
-        "filter": "PseudoLabel rank mode (no threshold), the baseline of the same seed (the *_scorer arms: the "
-                  "region's patch scorer of the same seed, on the blended sites; *_unfiltered: none)",
-        "site_s": ctx.s, "site_n": ctx.n, "training_counts": counts, "ablation": ablation,
-        "arms": table, "roc_png": rocs, "samples_png": grids, "wall_seconds": time.perf_counter() - t_start,
-    }
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(render_markdown(results))
-    log(f"{'done' if final else 'partial results'} after {results['wall_seconds'] / 60:.1f} min (seeds "
-        f"{list(seeds)}); wrote {out / 'results.md'}")
-    return results
-
-
-def render_markdown(res: dict[str, Any]) -> str:
-    """The results as Markdown: the arm table and the filter ablation."""
-    counts = "; ".join(f"{r}: " + ", ".join(f"seed {s} {c['positives']}/{c['positives_available']} positives + "
-                                             f"{c['normals']} negatives" for s, c in cs.items())
-                       for r, cs in res["training_counts"].items())
-    state = "" if res["complete"] else f" (PARTIAL: {len(res['seeds'])} of {res['seeds_asked']} seeds done)"
-    lines = [f"Budget `{res['budget']}` ({json.dumps(res['settings'])}), seeds {res['seeds']}{state}, "
-             f"{res['threads']} torch thread(s), test data: {res['test_data']}.", "",
-             f"Training positives cut to {res['positive_ratio']:g} per normal, drawn with each seed: {counts}.",
-             f"Every arm but baseline and classic adds {res['oversample'] - 1} positives per kept positive and "
-             f"epoch: oversample as copies (x{res['oversample']}, spread over the epoch), the synthesis arms as "
-             f"synthetic positives, the oversample_* arms half and half; each epoch shows every kept real sample "
-             f"once. Sites s={res['site_s']}, n={res['site_n']}; filter: {res['filter']}.", "",
-             "Trained on (per-seed means, all epochs): real pos. share = real positive samples (oversampled copies "
-             "included) / all samples seen; synthetic share = synthetic positives / all samples seen; positives / "
-             "epoch = real + synthetic positives per epoch; candidates / accepted = candidates the synthesis stage "
-             "blended and scored per accepted one. Test AUC: mean ± sd [min–max] over seeds; pooled = "
-             "predictions of all seeds concatenated, bootstrap 95% CI; Δ seed-avg = the per-seed paired AUC "
-             "differences averaged on each bootstrap sample of the test set (blind to seed-to-seed calibration); "
-             "Δ pooled = paired bootstrap on the pooled predictions; * = CI excludes 0; sens/spec at each seed's "
-             "validation operating point (counts pooled); wall = training + scoring, summed over seeds.", "",
-             markdown_table(res["arms"]), ""]
-    abl = res.get("ablation") or {}
-    if abl:
-        lines += [f"Filter ablation ({abl['region']}, seed {abl['seed']}, lesion_own; Δ vs the baseline of that "
-                  "seed):", "", markdown_table(abl["rows"]), ""]
-        lines += [f"- {label}: no run (the filter accepted no candidate in 50 batches)" for label in abl["no_run"]]
-        lines.append("")
-    lines.append(f"Wall time: {res['wall_seconds'] / 60:.1f} min.")
-    return "\n".join(lines) + "\n"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

@@ -16,6 +16,14 @@ from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summar
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def _arms():
+    """benchmarks/btxrd_arms.py, the driver's arms, budgets and context (imported as the driver does)."""
+    _driver()
+    import btxrd_arms
+
+    return btxrd_arms
+
+
 def _driver():
     return load_benchmark("btxrd_experiment")
 
@@ -86,6 +94,7 @@ def test_driver_end_to_end_on_phantom(tmp_path):
     data = write_phantom_dataset(tmp_path / "data", 80, 60, size=(64, 64), seed=1)
     out = tmp_path / "out"
     driver = _driver()
+    arms = _arms()
     argv = ["--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--no-record-argv"]
     res = driver.run_experiment(driver.parse_args(argv))
     saved = json.loads((out / "results.json").read_text())
@@ -97,7 +106,7 @@ def test_driver_end_to_end_on_phantom(tmp_path):
                   row["real_positive_share"], row["synthetic_share"], row["positives_per_epoch"]]
         if row["arm"] != "baseline":
             values += [row["delta"], *row["delta_ci95"], row["delta_seeds"], *row["delta_seeds_ci95"]]
-        if row["arm"] in driver.SYNTHESIS_ARMS:
+        if row["arm"] in arms.SYNTHESIS_ARMS:
             values += [row["versus"]["oversample"]["delta_seeds"], row["candidates_per_accepted"]]
         assert all(math.isfinite(v) for v in values), row
     for region in driver.REGIONS:  # what each arm trained on
@@ -222,6 +231,7 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
 
     data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
     driver = _driver()
+    arms = _arms()
     out = tmp_path / "out"
     res = driver.run_experiment(driver.parse_args([
         "--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--regions", "lower_limb",
@@ -235,8 +245,8 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
     assert rows["copy_paste_unfiltered"]["candidates_per_accepted"] == 1  # no filter: every candidate kept
     for arm in ("copy_paste_scorer", "copy_paste_unfiltered"):
         versus = rows[arm]["versus"]
-        assert set(versus) == {"oversample", driver.SAME_SYNTHESIZER}
-        assert math.isfinite(versus[driver.SAME_SYNTHESIZER]["delta_seeds"])
+        assert set(versus) == {"oversample", arms.SAME_SYNTHESIZER}
+        assert math.isfinite(versus[arms.SAME_SYNTHESIZER]["delta_seeds"])
         assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
     key = json.loads((out / "runs" / "lower_limb" / "copy_paste_scorer" / "seed0" / "scores.json").read_text())["key"]
     assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]
