@@ -265,7 +265,8 @@ class Jobs:
 
 def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     """The whole experiment; returns (and writes) the results dict."""
-    budget = {**BUDGETS[args.budget], **({"epochs": args.epochs} if args.epochs else {})}
+    budget = {**BUDGETS[args.budget], **{k: v for k, v in (("epochs", args.epochs),
+                                                          ("translator_steps", args.translator_steps)) if v}}
     if budget["threads"]:
         torch.set_num_threads(budget["threads"])
     if args.device.startswith("cuda"):
@@ -405,6 +406,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                    help="region of the filter ablation (default: %(default)s)")
     p.add_argument("--no-ablation", dest="ablation", action="store_false", help="skip the filter ablation")
     p.add_argument("--epochs", type=int, default=None, help="override the budget's epochs")
+    p.add_argument("--translator-steps", type=int, default=None, help="override the budget's translator steps")
     p.add_argument("--positive-ratio", type=float, default=0.1, help="kept training positives per normal")
     p.add_argument("--oversample", type=int, default=5,
                    help="k: the arms that add positives add k - 1 per kept positive and epoch (default: %(default)s)")
