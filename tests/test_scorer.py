@@ -10,6 +10,7 @@ from shardgen import write_shards
 
 from streamaug import PseudoLabel, SynthesisStage
 from streamaug.models.registry import IdentityTranslator
+from streamaug.synth import Translate
 from streamaug.synth.ops import crop_sites
 from streamaug.train.__main__ import main as train_main
 from streamaug.train.classifier_data import RunConfig, build_filter
@@ -82,3 +83,8 @@ def test_site_filters_refuse_what_they_cannot_do(scorer):
         build_filter(RunConfig(filter_classifier=str(path), filter_quantile=0.5))
     with pytest.raises(ValueError, match="on='site'"):
         PseudoLabel(path, threshold=None).positive_scores([])
+
+    keeps_the_site = Translate(IdentityTranslator())
+    keeps_the_site.source_label = 1  # as the inpainter's: the site is a real lesion box, kept as it is
+    with pytest.raises(ValueError, match="whole-image filter"):
+        SynthesisStage(synthesizer=keeps_the_site, filter=PseudoLabel(path, threshold=None))

@@ -159,6 +159,9 @@ class SynthesisStage:
         self.filter, self.fraction, self.oversample = filter, fraction, float(oversample)
         self.sites_per_image = int(sites_per_image)
         self.source_label = source_label(self.synthesizer)
+        if self.source_label == 1 and getattr(filter, "on", "image") == "site":
+            raise ValueError("a site filter (on='site') scores the blended site, but this synthesizer keeps the "
+                             "site (a real lesion box) and repaints around it: use a whole-image filter")
         self.bone = BoneContent(min_intensity) if min_intensity is not None and self.source_label == 0 else None
         self.seed = seed
         self.generator = torch.Generator().manual_seed(seed)
