@@ -89,7 +89,7 @@ from streamaug.models.checkpoint import read_checkpoint
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import RunConfig
-from streamaug.train.translator import TranslatorRun, train_translator
+from streamaug.train.translator import TranslatorRun, chosen_checkpoint, train_translator
 
 
 def _sha256(path: Path) -> str:
@@ -194,7 +194,8 @@ def _train_cached(kind: str, run: Any, train: Callable[..., Path], what: str) ->
 
 
 def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path, dict[str, int]]:
-    """A translator on the region's KEPT rare positives (the baseline's subsample) + its normals."""
+    """A translator on the region's KEPT rare positives (the baseline's subsample) + its normals; its
+    best held-out step (:func:`streamaug.train.translator.chosen_checkpoint`)."""
     select, counts = rare_positive_select(str(ctx.shards), "train", region, ctx.ratio, seed)
     b = ctx.budget
     run = TranslatorRun(shards=[str(ctx.shards)], out=str(ctx.out / "translators" / region / f"seed{seed}"),
@@ -204,7 +205,7 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
                         sample_every=max(1, b["translator_steps"]), ckpt_every=max(1, b["translator_steps"]),
                         positives=sorted(select.positives or ()))
     what = f"{counts['positives']} kept positives (of {counts['positives_available']}) + {counts['normals']} normals"
-    return _train_cached("translator", run, train_translator, what), counts
+    return chosen_checkpoint(_train_cached("translator", run, train_translator, what).parent), counts
 
 
 def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:

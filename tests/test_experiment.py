@@ -250,3 +250,4 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
         assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
     key = json.loads((out / "runs" / "lower_limb" / "copy_paste_scorer" / "seed0" / "scores.json").read_text())["key"]
     assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]
+

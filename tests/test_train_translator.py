@@ -13,7 +13,7 @@ from shardgen import write_shards
 from streamaug import load_translator
 from streamaug.models.checkpoint import CheckpointError
 from streamaug.train.__main__ import main as train_main
-from streamaug.train.translator import TranslatorRun, train_translator
+from streamaug.train.translator import TranslatorRun, chosen_checkpoint, train_translator
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +93,9 @@ def test_best_checkpoint_is_the_lowest_held_out_score(shards, tmp_path):
     assert best.meta["step"] == winner["step"] and best.meta["extra"]["best"] == winner
     assert torch.load(tmp_path / "best.pt", weights_only=True)["trainer_state"] is None  # for inference
     assert best.meta["extra"]["run"] == extra["run"]  # the config travels with best.pt too
+    assert chosen_checkpoint(tmp_path) == tmp_path / "best.pt"  # what the experiment and the demo use
+    (tmp_path / "best.pt").unlink()
+    assert chosen_checkpoint(tmp_path) == last  # an unscored run: its last step
 
 
 def test_s_per_region_lands_in_the_checkpoint(shards, tmp_path):

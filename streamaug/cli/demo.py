@@ -78,7 +78,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
     from streamaug.train.classifier_data import RunConfig, build_synthesizer
-    from streamaug.train.translator import TranslatorRun, train_translator
+    from streamaug.train.translator import TranslatorRun, chosen_checkpoint, train_translator
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
@@ -101,6 +101,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
             shards=[str(shards)], out=str(out / "translator"), preset="tiny", steps=translator_steps, s=1.5, n=5,
             split="train", seed=seed, device=device, sample_every=max(1, translator_steps // 3),
             positives=sorted(select.positives or ())))
+        translator = chosen_checkpoint(translator.parent)  # its best held-out step
     else:
         logger.info("[2/5] copy-paste: crops of the %d kept positives (of %d) pasted at sites of the %d normals",
                     kept["positives"], kept["positives_available"], kept["normals"])

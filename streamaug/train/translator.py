@@ -195,6 +195,13 @@ def _best(scores: list[dict[str, float]]) -> dict[str, float] | None:
     return min(scores, key=lambda r: r["kid"]) if scores else None
 
 
+def chosen_checkpoint(out: str | Path) -> Path:
+    """The translator of run folder ``out`` to use: ``best.pt`` (the step of lowest held-out KID) when
+    the run scored one, else ``translator.pt`` (the last step: a run too short or without a hold-out)."""
+    best = Path(out) / "best.pt"
+    return best if best.exists() else Path(out) / "translator.pt"
+
+
 def checkpoint_s(run: TranslatorRun, info: dict[str, Any]) -> float:
     """The checkpoint's ``s``: the region's; else the one every image used; else that of the region
     with the most lesion patches (with a warning; ``info["s"]`` keeps every region's)."""
