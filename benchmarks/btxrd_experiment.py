@@ -205,7 +205,9 @@ def train_region_translator(ctx: Context, region: str, seed: int) -> tuple[Path,
                         sample_every=max(1, b["translator_steps"]), ckpt_every=max(1, b["translator_steps"]),
                         positives=sorted(select.positives or ()))
     what = f"{counts['positives']} kept positives (of {counts['positives_available']}) + {counts['normals']} normals"
-    return chosen_checkpoint(_train_cached("translator", run, train_translator, what).parent), counts
+    chosen = chosen_checkpoint(_train_cached("translator", run, train_translator, what).parent)
+    log(f"{region} seed {seed}: the arms use {chosen} (step {read_checkpoint(chosen, kind='translator')['step']})")
+    return chosen, counts
 
 
 def train_region_inpainter(ctx: Context, region: str, seed: int) -> Path:
