@@ -14,9 +14,12 @@ REGIONS = ("upper_limb", "lower_limb")
 ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion_transfer", "lesion_transfer_g",
         "oversample_copy_paste", "oversample_lesion", "inpaint", "oversample_inpaint")
 SELECTION_ARMS = ("copy_paste_scorer", "copy_paste_unfiltered", "lesion_own_scorer", "lesion_own_unfiltered")
-ALL_ARMS = ARMS + SELECTION_ARMS
+# the same arm with its synthesis sources drawn from normals whose age follows the kept positives'
+MATCHED_ARMS = ("oversample_copy_paste_age", "oversample_lesion_age")
+ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS
 SYNTHESIS_ARMS = ALL_ARMS[3:]
 SAME_SYNTHESIZER = "same synthesizer, baseline filter"
+SAME_ARM_UNMATCHED = "same arm, sources from every normal"
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
 # cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
@@ -70,6 +73,9 @@ class Context:
 def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
                   filters: dict[tuple[str, int], str], other: str | None) -> dict[str, Any]:
     """The :class:`RunConfig` fields that make ``arm`` (everything else is the baseline's)."""
+    if arm in MATCHED_ARMS:
+        unmatched, column = arm.rsplit("_", 1)
+        return {**arm_overrides(ctx, unmatched, region, seed, translators, filters, other), "match_sources": column}
     if arm in SELECTION_ARMS:
         synthesizer, selection = arm.rsplit("_", 1)
         own = arm_overrides(ctx, synthesizer, region, seed, translators, filters, other)

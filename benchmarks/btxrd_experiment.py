@@ -34,6 +34,12 @@ Selection arms (opt-in with ``--arms``; the same synthesizer, another filter, at
   lesion_own_scorer      lesion_own ranked by the patch scorer
   lesion_own_unfiltered  lesion_own, no filter
 
+Matched-source arms (opt-in): the same arm, its synthetic positives made only from normals whose age
+follows the kept positives' (``--match-sources age``; ``streamaug.data.select.matched_normals``), so
+they do not contradict what the image context tells of the patient (open growth plates, say):
+
+  oversample_copy_paste_age, oversample_lesion_age
+
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a
 higher positive share.
@@ -300,7 +306,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
     # a translator for every region some translation arm needs (its own, or as the other region's);
     # an inpainter where an inpaint arm runs
-    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion", *SELECTION_ARMS[2:]} & set(arms[r])} \
+    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion", "oversample_lesion_age", *SELECTION_ARMS[2:]} & set(arms[r])} \
         | {transfer[r] for r in regions if set(TRANSFER_ARMS) & set(arms[r])}
     need_inpainter = {r for r in regions if any(a.endswith("inpaint") for a in arms[r])}
     need_scorer = {r for r in regions if any(a.endswith("_scorer") for a in arms[r])}

@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from btxrd_arms import ALL_ARMS, SAME_SYNTHESIZER, SELECTION_ARMS, SYNTHESIS_ARMS, Context, log
+from btxrd_arms import (
+    ALL_ARMS,
+    MATCHED_ARMS,
+    SAME_ARM_UNMATCHED,
+    SAME_SYNTHESIZER,
+    SELECTION_ARMS,
+    SYNTHESIS_ARMS,
+    Context,
+    log,
+)
 
 from streamaug.data.select import KeySelect
 from streamaug.data.shardlist import load_manifest
@@ -65,9 +74,9 @@ def table_rows(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions:
                 continue
             versus = {"oversample": pick["oversample"]} if arm in SYNTHESIS_ARMS and \
                 len(pick["oversample"]) == len(seeds) else {}
-            same = pick[arm.rsplit("_", 1)[0]] if arm in SELECTION_ARMS else []
+            same = pick[arm.rsplit("_", 1)[0]] if arm in SELECTION_ARMS + MATCHED_ARMS else []
             if len(same) == len(seeds):
-                versus[SAME_SYNTHESIZER] = same
+                versus[SAME_ARM_UNMATCHED if arm in MATCHED_ARMS else SAME_SYNTHESIZER] = same
             rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
                                       n_boot=ctx.budget["n_boot"], region=region))
     return rows

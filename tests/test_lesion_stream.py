@@ -6,6 +6,7 @@ import torch
 from shardgen import write_shards
 
 from streamaug import LesionStream, PseudoLabel
+from streamaug.data.select import KeySet
 from streamaug.models.registry import IdentityConfig, IdentityTranslator
 from streamaug.sites import LesionBoxBank, SiteProposer
 from streamaug.synth import CopyPaste, LesionCrops, Mix, Translate
@@ -167,3 +168,13 @@ def test_real_pass_resumes_exactly(shards, k):
     tail = list(resumed)
     assert [(s["key"], s["synthetic"]) for s in head + tail] == [(s["key"], s["synthetic"]) for s in full]
     assert all(torch.equal(a["image"], b["image"]) for a, b in zip(full, head + tail))
+
+
+def test_source_select_limits_the_synthesis_sources_not_the_real_samples(shards):
+    allowed = {f"k{i:06d}" for i in (1, 2, 3, 4)}
+    stream = _stream(shards, synthetic_fraction=0.25, real_pass=True, seed=3, source_select=KeySet(allowed))
+    samples = list(stream)
+    synthetic = [s for s in samples if s["synthetic"]]
+    assert len(synthetic) in (20, 21)
+    assert {s["provenance"]["source_key"] for s in synthetic} <= allowed
+    assert len({s["key"] for s in samples if not s["synthetic"]}) == 60  # every real sample still shown

@@ -8,7 +8,7 @@ import numpy as np
 from streamaug.data.shardlist import expand_urls, scan_metadata
 from streamaug.io.labels import to_int_label
 
-__all__ = ["KeySelect", "LabelSelect", "rare_positive_select"]
+__all__ = ["AllOf", "KeySelect", "KeySet", "LabelSelect", "matched_normals", "rare_positive_select"]
 
 
 class KeySelect:
@@ -54,3 +54,85 @@ class LabelSelect:
 
     def __call__(self, key: str, meta: dict) -> bool:
         return to_int_label(meta.get("label")) == self.label and (self.select is None or bool(self.select(key, meta)))
+
+
+class KeySet:
+    """Picklable ``select(key, meta)``: only the listed keys.
+
+    Examples:
+        >>> KeySet({"a"})("a", {}), KeySet({"a"})("b", {})
+        (True, False)
+    """
+
+    def __init__(self, keys: frozenset[str] | set[str]) -> None:
+        self.keys = frozenset(keys)
+
+    def __call__(self, key: str, meta: dict) -> bool:
+        return key in self.keys
+
+
+class AllOf:
+    """Picklable ``select(key, meta)`` that needs every one of ``selects`` (None entries are skipped).
+
+    Examples:
+        >>> AllOf(KeySet({"a", "b"}), None, KeySet({"b"}))("b", {}), AllOf(KeySet({"a"}), KeySet({"b"}))("a", {})
+        (True, False)
+    """
+
+    def __init__(self, *selects: Callable[[str, dict], bool] | None) -> None:
+        self.selects = tuple(s for s in selects if s is not None)
+
+    def __call__(self, key: str, meta: dict) -> bool:
+        return all(bool(s(key, meta)) for s in self.selects)
+
+
+def _number(value: object) -> float | None:
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if np.isfinite(x) else None
+
+
+def matched_normals(shards: str | list[str], split: str | None, select: Callable[[str, dict], bool],
+                    column: str, seed: int, bins: int = 5) -> tuple[KeySet, dict]:
+    """The normals of ``select`` subsampled so that the numeric metadata ``column`` (e.g. ``age``) is
+    distributed as among the positives of ``select`` (the kept ones, in the rare-positive setting).
+
+    Synthetic positives are made from normal images, and a classifier learns whatever tells positives
+    from normals, the image context included (on BTXRD the tumour patients are younger: open growth
+    plates). Drawing the synthesis sources from normals that look like the positives in that respect
+    keeps the synthetic positives from contradicting it. The positives' values are cut into ``bins``
+    bins of equal positive count (edges at their quantiles, the outer bins open-ended), and the same
+    number of normals, ``min`` over the bins that hold any, is drawn from each bin with ``seed``.
+    Normals without a numeric value are left out; so are all normals of a bin that holds none (the
+    count ``unmatched_bins`` says how many bins of positives found no normal).
+
+    Returns:
+        ``(select, counts)``: a :class:`KeySet` of the chosen normals (use it as a source select,
+        e.g. ``LesionStream(source_select=...)``) and ``{"sources", "normals", "positives",
+        "per_bin", "edges", "unmatched_bins"}``.
+
+    Raises:
+        ValueError: no selected positive has a numeric ``column``, or ``bins < 1``.
+    """
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    metas = [(k, m) for s in expand_urls(shards, split) for k, m in scan_metadata(s) if select(k, m)]
+    pos = [x for k, m in metas if to_int_label(m.get("label")) == 1 and (x := _number(m.get(column))) is not None]
+    normals = sorted((k, _number(m.get(column))) for k, m in metas if to_int_label(m.get("label")) == 0)
+    if not pos:
+        raise ValueError(f"matching normals on {column!r}: no selected positive has a number in that column "
+                         f"(a metadata column of the packed CSV, e.g. age)")
+    edges = np.unique(np.quantile(pos, np.linspace(0, 1, bins + 1)[1:-1]))
+    groups: list[list[str]] = [[] for _ in range(len(edges) + 1)]
+    for key, x in normals:
+        if x is not None:
+            groups[int(np.searchsorted(edges, x, side="right"))].append(key)
+    filled = [g for g in groups if g]
+    per_bin = min((len(g) for g in filled), default=0)
+    rng = np.random.default_rng([seed, 0x5EC])
+    keys = [g[i] for g in filled for i in sorted(rng.choice(len(g), size=per_bin, replace=False))]
+    return KeySet(frozenset(keys)), {"sources": len(keys), "normals": len(normals), "positives": len(pos),
+                                     "per_bin": per_bin, "edges": [float(e) for e in edges],
+                                     "unmatched_bins": len(groups) - len(filled)}

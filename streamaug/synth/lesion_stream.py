@@ -44,7 +44,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
-from streamaug.data.select import LabelSelect
+from streamaug.data.select import AllOf, LabelSelect
 from streamaug.data.stream import XRayShards, manifest_site_proposer
 from streamaug.synth.stage import SynthesisStage, epoch_seed, lesion_box_sites
 
@@ -123,6 +123,8 @@ class LesionStream(torch.utils.data.IterableDataset):
         max_empty_batches: raise after this many source batches in a row give no synthetic sample.
         on_error: shard and sample error policy (see :class:`streamaug.XRayShards`).
         select: ``select(key, metadata) -> bool`` on ``normal_shards`` (see :class:`XRayShards`).
+        source_select: a further ``select(key, metadata)`` for the synthesis sources only (the real
+            samples follow ``select`` alone), e.g. :func:`streamaug.data.select.matched_normals`.
         **stage_kwargs: passed to :class:`streamaug.SynthesisStage` (``oversample``,
             ``sites_per_image``, ``min_intensity``, ``dtype``).
 
@@ -140,6 +142,7 @@ class LesionStream(torch.utils.data.IterableDataset):
                  resize: int | tuple[int, int] | None = None, num_workers: int = 0, device_batch: int = 32,
                  epoch_length: int | None = None, real_pass: bool = False, max_empty_batches: int = 50,
                  on_error: str = "raise", select: Callable[[str, dict], bool] | None = None,
+                 source_select: Callable[[str, dict], bool] | None = None,
                  **stage_kwargs: Any) -> None:
         super().__init__()
         positive_fraction = (0.1 if positives is not None else 0.0) if positive_fraction is None else positive_fraction
@@ -165,8 +168,8 @@ class LesionStream(torch.utils.data.IterableDataset):
             sites = lesion_box_sites
         elif sites is True:  # the bank follows the caller's select, not the normals-only one below
             sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
-        self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites, select=LabelSelect(label, select),
-                                  **common)
+        self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites,
+                                  select=LabelSelect(label, AllOf(select, source_select)), **common)
         self.positives = None if positives is None else XRayShards(
             positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
         _check_resize(self.stage.synthesizer, resize)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -11,10 +12,12 @@ import torch
 
 from streamaug.data.collate import collate_xray
 from streamaug.data.oversample import oversample_batches
-from streamaug.data.select import KeySelect, rare_positive_select
+from streamaug.data.select import KeySelect, matched_normals, rare_positive_select
 from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 from streamaug.data.stream import XRayShards
 from streamaug.models.drn import DRN_PRESETS
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,6 +56,9 @@ class RunConfig:
             --oversample k + r without synthesis, so synthetic positives can be set against copies of
             real ones at an equal budget.
         positive_ratio: keep real training positives at this many per normal (e.g. 0.1); default: all.
+        match_sources: --stream lesion: make synthetic positives only from normals whose value of this
+            numeric metadata column (e.g. age) is distributed as among the kept positives
+            (streamaug.data.select.matched_normals); default: from every normal.
         oversample: show every real positive this many times per epoch, the copies spread over the
             epoch (streamaug.data.oversample); with --stream lesion only real positives are copied.
         augment: device augmentation: none, flip (horizontal flips) or classic (flips, affine, brightness/contrast).
@@ -88,6 +94,7 @@ class RunConfig:
     synthetic_fraction: float = 0.25
     synthetic_per_positive: float | None = None
     positive_ratio: float | None = None
+    match_sources: str | None = None
     oversample: int = 1
     augment: Literal["none", "flip", "classic"] = "flip"
     preset: str = field(default="tiny", metadata={"choices": sorted(DRN_PRESETS)})
@@ -231,6 +238,9 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
     ``stream.set_epoch(epoch)`` first); ``stream`` is the dataset (``XRayShards`` or ``LesionStream``)."""
     select, _ = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
     real = (n_real["positives"] + n_real["normals"]) / world  # real samples per rank and epoch
+    if cfg.match_sources and (cfg.stream != "lesion" or cfg.synthesizer == "inpaint"):
+        raise ValueError("--match-sources chooses the normals synthetic positives are made from: it needs "
+                         "--stream lesion and a synthesizer that starts from normals (not inpaint)")
     if cfg.stream == "plain":
         ds = XRayShards(_spec(cfg.train_shards), split=cfg.train_split, seed=cfg.seed, resize=cfg.image_size,
                         select=select)
@@ -246,10 +256,17 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
                    and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
         sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
         fraction = synthetic_share(cfg, n_real, world)
+        source_select = None
+        if cfg.match_sources:
+            source_select, matched = matched_normals(_spec(cfg.train_shards), cfg.train_split, select,
+                                                     cfg.match_sources, cfg.seed)
+            logger.info("synthesis sources matched on %s: %d of %d normals (%d per bin, edges %s)",
+                        cfg.match_sources, matched["sources"], matched["normals"], matched["per_bin"],
+                        matched["edges"])
         ds = LesionStream(_spec(cfg.train_shards), synthesizer=build_synthesizer(cfg, select, device),
                           filter=build_filter(cfg, device), synthetic_fraction=fraction, device=device,
                           seed=cfg.seed, sites=sites, split=cfg.train_split, resize=cfg.image_size,
-                          num_workers=cfg.workers, select=select, real_pass=True)
+                          num_workers=cfg.workers, select=select, source_select=source_select, real_pass=True)
         source = functools.partial(ds.iter_batches, cfg.batch_size)
     else:
         raise ValueError(f"stream must be 'plain' or 'lesion', got {cfg.stream!r}")

@@ -1,0 +1,50 @@
+"""Selections decided from sample metadata: matching the synthesis sources to the positives."""
+from __future__ import annotations
+
+import pickle
+
+import pytest
+from shardgen import write_shards
+
+from streamaug.data.select import AllOf, KeySet, matched_normals
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """60 samples ``k000000``...: every fifth a positive; the JSON's ``index`` is the sample number."""
+    folder = tmp_path_factory.mktemp("select")
+    write_shards(folder, n=60, shard_size=10, lesion_every=5)
+    return folder
+
+
+def _young_positives(key: str, meta: dict) -> bool:
+    """The positives 0, 5, 10, 15 and every normal."""
+    return meta["label"] != "tumor" or meta["index"] < 20
+
+
+def test_matched_normals_follow_the_positives_distribution(shards):
+    select, counts = matched_normals(str(shards), None, _young_positives, "index", seed=0, bins=2)
+    # positives 0, 5, 10, 15: one edge at their median 7.5; normals 1-4, 6, 7 below it, 42 above
+    assert counts["edges"] == [7.5] and counts["positives"] == 4 and counts["normals"] == 48
+    assert counts["per_bin"] == 6 and counts["sources"] == 12 and counts["unmatched_bins"] == 0
+    low = {f"k{i:06d}" for i in (1, 2, 3, 4, 6, 7)}
+    assert low <= select.keys and len(select.keys - low) == 6
+    assert all(int(k[1:]) > 7 and int(k[1:]) % 5 for k in select.keys - low)  # normals of the upper bin
+    # unmatched, 42 of the 48 normals lie above the positives' median; matched, half of them
+    again, _ = matched_normals(str(shards), None, _young_positives, "index", seed=0, bins=2)
+    other, _ = matched_normals(str(shards), None, _young_positives, "index", seed=1, bins=2)
+    assert again.keys == select.keys and other.keys != select.keys
+    assert pickle.loads(pickle.dumps(select)).keys == select.keys  # DataLoader workers get a copy
+
+
+def test_matched_normals_refuse_a_column_the_positives_lack(shards):
+    with pytest.raises(ValueError, match="no selected positive has a number in that column"):
+        matched_normals(str(shards), None, _young_positives, "age", seed=0)
+    with pytest.raises(ValueError, match="bins"):
+        matched_normals(str(shards), None, _young_positives, "index", seed=0, bins=0)
+
+
+def test_all_of_needs_every_select():
+    both = AllOf(KeySet({"a", "b"}), None, lambda k, m: m.get("ok", False))
+    assert both("a", {"ok": True}) and not both("a", {}) and not both("c", {"ok": True})
+    assert AllOf()("anything", {})
