@@ -251,3 +251,25 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
     key = json.loads((out / "runs" / "lower_limb" / "copy_paste_scorer" / "seed0" / "scores.json").read_text())["key"]
     assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]
 
+
+
+def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path):
+    from streamaug.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
+    driver = _driver()
+    arms = _arms()
+    out = tmp_path / "out"
+    res = driver.run_experiment(driver.parse_args([
+        "--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--regions", "lower_limb",
+        "--arms", "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age", "--no-record-argv"]))
+    rows = {r["arm"]: r for r in res["arms"]}
+    versus = rows["oversample_copy_paste_age"]["versus"]
+    assert set(versus) == {"oversample", arms.SAME_ARM_UNMATCHED}
+    assert math.isfinite(versus[arms.SAME_ARM_UNMATCHED]["delta_seeds"])
+    assert rows["oversample_copy_paste_age"]["samples_per_epoch"] == rows["oversample_copy_paste"]["samples_per_epoch"]
+    scores = out / "runs" / "lower_limb" / "{}" / "seed0" / "scores.json"
+    matched = json.loads(Path(str(scores).format("oversample_copy_paste_age")).read_text())["key"]["config"]
+    plain = json.loads(Path(str(scores).format("oversample_copy_paste")).read_text())["key"]["config"]
+    assert matched.pop("match_sources") == "age" and plain.pop("match_sources") is None
+    assert {k: v for k, v in matched.items() if k != "out"} == {k: v for k, v in plain.items() if k != "out"}
