@@ -224,20 +224,26 @@ def test_driver_runs_the_asked_arms_only_and_reads_another_metadata_csv(tmp_path
         driver.run_experiment(driver.parse_args(["--data", str(data), "--out", str(out), "--arms", "oversample"]))
 
 
-def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
-    """copy_paste with the patch scorer and with no filter, beside copy_paste with the baseline filter."""
-    from streamaug.filters.pseudo_label import PseudoLabel
+def _lower_limb_rows(tmp_path, *arms):
+    """The table rows, by arm, of a one-seed ``test``-budget run of ``arms`` on a lower-limb phantom
+    (its results go to ``tmp_path / "out"``)."""
     from streamaug.phantom import write_phantom_dataset
 
     data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
     driver = _driver()
-    arms = _arms()
-    out = tmp_path / "out"
     res = driver.run_experiment(driver.parse_args([
-        "--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--regions", "lower_limb",
-        "--arms", "baseline", "oversample", "copy_paste", "copy_paste_scorer", "copy_paste_unfiltered",
-        "--no-record-argv"]))
-    rows = {r["arm"]: r for r in res["arms"]}
+        "--data", str(data), "--out", str(tmp_path / "out"), "--budget", "test", "--seeds", "1",
+        "--regions", "lower_limb", "--arms", *arms, "--no-record-argv"]))
+    return {r["arm"]: r for r in res["arms"]}
+
+
+def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
+    """copy_paste with the patch scorer and with no filter, beside copy_paste with the baseline filter."""
+    from streamaug.filters.pseudo_label import PseudoLabel
+
+    arms, out = _arms(), tmp_path / "out"
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "copy_paste", "copy_paste_scorer",
+                            "copy_paste_unfiltered")
     assert list(rows) == ["baseline", "oversample", "copy_paste", "copy_paste_scorer", "copy_paste_unfiltered"]
     scorer = out / "scorers" / "lower_limb" / "seed0" / "scorer.pt"
     assert PseudoLabel(scorer, threshold=None).on == "site" and not (out / "translators").exists()
@@ -254,16 +260,8 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
 
 
 def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path):
-    from streamaug.phantom import write_phantom_dataset
-
-    data = write_phantom_dataset(tmp_path / "data", 60, 40, size=(64, 64), seed=3, regions=("lower_limb",))
-    driver = _driver()
-    arms = _arms()
-    out = tmp_path / "out"
-    res = driver.run_experiment(driver.parse_args([
-        "--data", str(data), "--out", str(out), "--budget", "test", "--seeds", "1", "--regions", "lower_limb",
-        "--arms", "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age", "--no-record-argv"]))
-    rows = {r["arm"]: r for r in res["arms"]}
+    arms, out = _arms(), tmp_path / "out"
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age")
     versus = rows["oversample_copy_paste_age"]["versus"]
     assert set(versus) == {"oversample", arms.SAME_ARM_UNMATCHED}
     assert math.isfinite(versus[arms.SAME_ARM_UNMATCHED]["delta_seeds"])
