@@ -109,3 +109,28 @@ def test_patch_scorer_learns_real_lesions_and_ranks_copy_paste_sites(btxrd_subse
     made = [s for s in stream if s["synthetic"]]
     assert made and all(0.0 <= s["provenance"]["score"] <= 1.0 for s in made)
     assert filt.on == "site" and stream.stats["candidates_per_accepted"] > 1.2
+
+
+def test_age_matched_sources_on_real_images(btxrd_subset):
+    """Synthesis sources drawn from the normals so that their age follows the positives' (BTXRD's
+    ``age`` column, stored as text in the shards' JSON): as many normals in each positive age quintile,
+    and a copy-paste stream that makes its synthetic positives from those normals only."""
+    import numpy as np
+
+    from streamaug.data.select import KeySelect, matched_normals
+    from streamaug.data.shardlist import expand_urls, scan_metadata
+    from streamaug.synth import CopyPaste
+
+    matched, info = matched_normals(str(btxrd_subset), "train", KeySelect("lower_limb"), "age", seed=0)
+    ages = {k: float(m["age"]) for s in expand_urls(str(btxrd_subset), "train") for k, m in scan_metadata(s)}
+    assert info["unmatched_bins"] == 0 and len(info["edges"]) == 4 and 0 < info["sources"] < info["normals"]
+    counts = np.bincount(np.searchsorted(info["edges"], [ages[k] for k in matched.keys], side="right"), minlength=5)
+    assert counts.tolist() == [info["per_bin"]] * 5
+    median = float(np.median([ages[k] for k in matched.keys]))
+    assert info["edges"][1] <= median <= info["edges"][2]  # the positives' middle quintile
+
+    stream = LesionStream(btxrd_subset, split="train", resize=128, device_batch=8, real_pass=True,
+                          synthesizer=CopyPaste(str(btxrd_subset), split="train", resize=128),
+                          synthetic_fraction=0.2, source_select=matched)
+    made = [s for s in stream if s["synthetic"]]
+    assert made and {s["provenance"]["source_key"] for s in made} <= matched.keys
