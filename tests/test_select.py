@@ -1,10 +1,14 @@
 """Selections decided from sample metadata: matching the synthesis sources to the positives."""
 from __future__ import annotations
 
+import io
+import json
 import pickle
+import tarfile
 
+import numpy as np
 import pytest
-from shardgen import write_shards
+from shardgen import png_bytes, write_shards
 
 from streamaug.data.select import AllOf, KeySet, matched_normals
 
@@ -42,6 +46,19 @@ def test_matched_normals_refuse_a_column_the_positives_lack(shards):
         matched_normals(str(shards), None, _young_positives, "age", seed=0)
     with pytest.raises(ValueError, match="bins"):
         matched_normals(str(shards), None, _young_positives, "index", seed=0, bins=0)
+
+
+def test_matched_normals_need_normals_with_a_value(tmp_path):
+    """As a CSV packs an empty cell: the positives have an age, the normals ``""``."""
+    with tarfile.open(tmp_path / "s-000000.tar", "w") as tar:
+        for i, (label, age) in enumerate([("tumor", "12"), ("normal", ""), ("tumor", "40"), ("normal", "")]):
+            meta = {"label": label, "age": age, "boxes": [[1, 1, 4, 4]] if label == "tumor" else []}
+            for ext, data in (("png", png_bytes(np.zeros((8, 8), np.uint8))), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"k{i}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ValueError, match="none of the 2 selected normals has a number in that column"):
+        matched_normals(str(tmp_path / "s-000000.tar"), None, lambda k, m: True, "age", seed=0)
 
 
 def test_all_of_needs_every_select():

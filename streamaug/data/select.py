@@ -114,16 +114,17 @@ def matched_normals(shards: str | list[str], split: str | None, select: Callable
         "per_bin", "edges", "unmatched_bins"}``.
 
     Raises:
-        ValueError: no selected positive has a numeric ``column``, or ``bins < 1``.
+        ValueError: no selected positive, or no selected normal, has a numeric ``column``; ``bins < 1``.
     """
     if bins < 1:
         raise ValueError(f"bins must be >= 1, got {bins}")
     metas = [(k, m) for s in expand_urls(shards, split) for k, m in scan_metadata(s) if select(k, m)]
     pos = [x for k, m in metas if to_int_label(m.get("label")) == 1 and (x := _number(m.get(column))) is not None]
-    normals = sorted((k, _number(m.get(column))) for k, m in metas if to_int_label(m.get("label")) == 0)
+    normals = sorted(((k, _number(m.get(column))) for k, m in metas if to_int_label(m.get("label")) == 0),
+                     key=lambda kx: kx[0])
     if not pos:
         raise ValueError(f"matching normals on {column!r}: no selected positive has a number in that column "
-                         f"(a metadata column of the packed CSV, e.g. age)")
+                         "(a metadata column of the packed CSV, e.g. age)")
     edges = np.unique(np.quantile(pos, np.linspace(0, 1, bins + 1)[1:-1]))
     groups: list[list[str]] = [[] for _ in range(len(edges) + 1)]
     for key, x in normals:
@@ -133,6 +134,9 @@ def matched_normals(shards: str | list[str], split: str | None, select: Callable
     per_bin = min((len(g) for g in filled), default=0)
     rng = np.random.default_rng([seed, 0x5EC])
     keys = [g[i] for g in filled for i in sorted(rng.choice(len(g), size=per_bin, replace=False))]
+    if not keys:
+        raise ValueError(f"matching normals on {column!r}: none of the {len(normals)} selected normals has a number "
+                         "in that column, so none can be a synthesis source")
     return KeySet(frozenset(keys)), {"sources": len(keys), "normals": len(normals), "positives": len(pos),
                                      "per_bin": per_bin, "edges": [float(e) for e in edges],
                                      "unmatched_bins": len(groups) - len(filled)}
