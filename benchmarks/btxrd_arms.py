@@ -70,15 +70,21 @@ class Context:
     t0: float = dataclasses.field(default_factory=time.perf_counter)
 
 
+def base_arm(arm: str) -> str:
+    """The arm a selection or matched-source arm varies (``lesion_own_scorer`` -> ``lesion_own``);
+    any other arm is its own base."""
+    return arm.rsplit("_", 1)[0] if arm in SELECTION_ARMS + MATCHED_ARMS else arm
+
+
 def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
                   filters: dict[tuple[str, int], str], other: str | None) -> dict[str, Any]:
     """The :class:`RunConfig` fields that make ``arm`` (everything else is the baseline's)."""
     if arm in MATCHED_ARMS:
-        unmatched, column = arm.rsplit("_", 1)
-        return {**arm_overrides(ctx, unmatched, region, seed, translators, filters, other), "match_sources": column}
+        own = arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other)
+        return {**own, "match_sources": arm.rsplit("_", 1)[1]}
     if arm in SELECTION_ARMS:
-        synthesizer, selection = arm.rsplit("_", 1)
-        own = arm_overrides(ctx, synthesizer, region, seed, translators, filters, other)
+        selection = arm.rsplit("_", 1)[1]
+        own = arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other)
         return {**own, "filter_classifier": str(ctx.scorers[region, seed]) if selection == "scorer" else None}
     if arm in ("baseline", "oversample", "classic"):
         return {"baseline": dict(augment="flip"), "oversample": dict(augment="flip", oversample=ctx.oversample),

@@ -83,7 +83,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from btxrd_arms import ALL_ARMS, ARMS, BUDGETS, REGIONS, SELECTION_ARMS, TRANSFER_ARMS, Context, arm_overrides, log
+from btxrd_arms import ALL_ARMS, ARMS, BUDGETS, REGIONS, TRANSFER_ARMS, Context, arm_overrides, base_arm, log
 from btxrd_report import render_markdown, write_results
 
 from streamaug.cli.pack import pack
@@ -306,7 +306,7 @@ def run_experiment(args: argparse.Namespace) -> dict[str, Any]:
     quantiles = list(budget["ablation_quantiles"]) if args.ablation else []
     # a translator for every region some translation arm needs (its own, or as the other region's);
     # an inpainter where an inpaint arm runs
-    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion", "oversample_lesion_age", *SELECTION_ARMS[2:]} & set(arms[r])} \
+    need_translator = {r for r in regions if {"lesion_own", "oversample_lesion"} & {base_arm(a) for a in arms[r]}} \
         | {transfer[r] for r in regions if set(TRANSFER_ARMS) & set(arms[r])}
     need_inpainter = {r for r in regions if any(a.endswith("inpaint") for a in arms[r])}
     need_scorer = {r for r in regions if any(a.endswith("_scorer") for a in arms[r])}

@@ -15,9 +15,9 @@ from btxrd_arms import (
     MATCHED_ARMS,
     SAME_ARM_UNMATCHED,
     SAME_SYNTHESIZER,
-    SELECTION_ARMS,
     SYNTHESIS_ARMS,
     Context,
+    base_arm,
     log,
 )
 
@@ -74,7 +74,7 @@ def table_rows(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions:
                 continue
             versus = {"oversample": pick["oversample"]} if arm in SYNTHESIS_ARMS and \
                 len(pick["oversample"]) == len(seeds) else {}
-            same = pick[arm.rsplit("_", 1)[0]] if arm in SELECTION_ARMS + MATCHED_ARMS else []
+            same = pick[base_arm(arm)] if base_arm(arm) != arm else []
             if len(same) == len(seeds):
                 versus[SAME_ARM_UNMATCHED if arm in MATCHED_ARMS else SAME_SYNTHESIZER] = same
             rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,

@@ -258,7 +258,6 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
     assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]
 
 
-
 def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path):
     arms, out = _arms(), tmp_path / "out"
     rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age")
