@@ -16,7 +16,9 @@ ARMS = ("baseline", "oversample", "classic", "copy_paste", "lesion_own", "lesion
 SELECTION_ARMS = ("copy_paste_scorer", "copy_paste_unfiltered", "lesion_own_scorer", "lesion_own_unfiltered")
 # the same arm with its synthesis sources drawn from normals whose age follows the kept positives'
 MATCHED_ARMS = ("oversample_copy_paste_age", "oversample_lesion_age")
-ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS
+# new positives from the kept positives themselves: another kept lesion pasted over each one's own
+SWAP_ARMS = ("swap", "oversample_swap")
+ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS
 SYNTHESIS_ARMS = ALL_ARMS[3:]
 SAME_SYNTHESIZER = "same synthesizer, baseline filter"
 SAME_ARM_UNMATCHED = "same arm, sources from every normal"
@@ -98,6 +100,8 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
                   filter_classifier=filters[other if arm == "lesion_transfer" else region, seed])
     if arm.endswith("copy_paste"):
         lesion["synthesizer"] = "copy_paste"
+    elif arm.endswith("swap"):
+        lesion["synthesizer"] = "swap"
     elif arm.endswith("inpaint"):
         lesion.update(synthesizer="inpaint", inpainter=str(ctx.inpainters[region, seed]))
     else:

@@ -40,6 +40,13 @@ they do not contradict what the image context tells of the patient (open growth 
 
   oversample_copy_paste_age, oversample_lesion_age
 
+Lesion-swap arms (opt-in): new positives made from the kept positives themselves, so they keep a real
+positive's context (``--synthesizer swap``: ``CopyPaste(onto="lesions")``, another kept lesion of a
+similar size pasted over each one's own lesion box, widened by the crop margin):
+
+  swap                   + k - 1 lesion-swap positives per kept positive instead of the copies
+  oversample_swap        half copies, half lesion swaps
+
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a
 higher positive share.

@@ -270,3 +270,14 @@ def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path)
     plain = json.loads(Path(str(scores).format("oversample_copy_paste")).read_text())["key"]["config"]
     assert matched.pop("match_sources") == "age" and plain.pop("match_sources") is None
     assert {k: v for k, v in matched.items() if k != "out"} == {k: v for k, v in plain.items() if k != "out"}
+
+
+def test_swap_arms_make_new_positives_from_the_kept_positives(tmp_path):
+    out = tmp_path / "out"
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "swap", "oversample_swap")
+    assert list(rows) == ["baseline", "oversample", "swap", "oversample_swap"]
+    assert set(rows["oversample_swap"]["versus"]) == {"oversample"} and not (out / "translators").exists()
+    for arm in ("swap", "oversample_swap"):
+        assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
+        config = json.loads((out / "runs" / "lower_limb" / arm / "seed0" / "scores.json").read_text())["key"]["config"]
+        assert config["synthesizer"] == "swap" and config["stream"] == "lesion"

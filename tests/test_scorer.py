@@ -85,6 +85,6 @@ def test_site_filters_refuse_what_they_cannot_do(scorer):
         PseudoLabel(path, threshold=None).positive_scores([])
 
     keeps_the_site = Translate(IdentityTranslator())
-    keeps_the_site.source_label = 1  # as the inpainter's: the site is a real lesion box, kept as it is
+    keeps_the_site.source_label, keeps_the_site.keeps_site = 1, True  # as the inpainter: the site is kept as it is
     with pytest.raises(ValueError, match="whole-image filter"):
         SynthesisStage(synthesizer=keeps_the_site, filter=PseudoLabel(path, threshold=None))

@@ -292,6 +292,24 @@ def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_
                            world=1, device=torch.device("cpu"))
 
 
+def test_swap_pastes_kept_lesions_over_kept_positives(shards, tmp_path):
+    from streamaug.data.select import rare_positive_select
+    from streamaug.train.classifier_data import build_train_stream
+
+    cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", positive_ratio=0.2,
+                  synthetic_per_positive=2.0)
+    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
+    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
+    stream.set_epoch(0)
+    made = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    assert len(made) == 2 * counts["positives"] and {p["synthesizer"] for p in made} == {"copy_paste"}
+    assert {p["source_key"] for p in made} <= set(select.positives)
+    assert {p["lesion_key"] for p in made} <= set(select.positives)
+    with pytest.raises(ValueError, match="not inpaint or swap"):
+        build_train_stream(cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", match_sources="age"),
+                           n_real=counts, world=1, device=torch.device("cpu"))
+
+
 def test_match_sources_draws_synthetic_positives_from_age_matched_normals(shards, tmp_path):
     from streamaug.data.select import matched_normals, rare_positive_select
     from streamaug.train.classifier_data import build_train_stream

@@ -330,7 +330,7 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         each part: ``real``, ``synthetic`` (a made one is its normal's key + ``-syn``) and
         ``donor``), ``seconds``, ...
     """
-    from streamaug.synth.stage import lesion_box_sites, source_label
+    from streamaug.synth.sources import source_label, source_sites
 
     t0, out = time.perf_counter(), Path(out)
     if (make_synthesizer is not None and sites is None) or not 0 < held_out < 1:
@@ -348,7 +348,7 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         else:
             synth = make_synthesizer(donor[part])
             # new positives from real ones (Inpaint): the donor side, each at its own lesion boxes
-            sources = [lesion_box_sites(dict(x)) for x in donor[part]] \
+            sources = [source_sites(synth)(dict(x)) for x in donor[part]] \
                 if source_label(synth) == 1 else normal[part]
             other[part], stats = synthesize(synth, sources, len(real[part]), seed=seed + i, device=device)
             synthesis[part] = {**synth.describe(), **{k: stats[k] for k in ("generated", "accepted", "dark_crops")}}

@@ -12,13 +12,21 @@ Only the site's pixels change.
 Lesions are matched to sites by size: a lesion whose crop side ``c`` lies within ``size_tolerance``
 of the site side is drawn (uniformly among them; the nearest one when none is that close), so a
 small lesion is not blown up to fill a large site.
+
+``onto="lesions"`` pastes onto positives instead of normals (a lesion swap): the sources are the
+real positives, each site is the square of side ``margin * max(w, h)`` around one of their own lesion
+boxes (:class:`streamaug.synth.sources.LesionBoxSites`), and another real lesion of a similar size
+covers the original (which shows only where the cosine mask fades). The context stays a real
+positive's context, where a paste onto a normal carries the normals' context. A source can draw its
+own lesion (then the sample is a flipped, rotated, rescaled copy of itself); the provenance's
+``lesion_key`` beside ``source_key`` tells.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +34,7 @@ import torch.nn.functional as F
 from streamaug.data.select import LabelSelect
 from streamaug.synth.base import Made, Synthesizer
 from streamaug.synth.ops import crop_sites, paste_blend
+from streamaug.synth.sources import LesionBoxSites
 
 
 @dataclass
@@ -124,6 +133,8 @@ class CopyPaste(Synthesizer):
         match_intensity: shift the lesion's mean to the site's mean (over the pasted area).
         size_tolerance: a lesion matches a site when ``1 / tol <= site side / c <= tol``.
         blend_n: exponent of the cosine mask.
+        onto: ``"normals"``: sites proposed in normal images; ``"lesions"``: the sources are positives
+            and the sites their own lesion boxes widened by ``margin`` (``source_label = 1``).
         device: where the canvases live.
 
     Examples:
@@ -144,7 +155,13 @@ class CopyPaste(Synthesizer):
                  crops: LesionCrops | None = None, margin: float = 2.0, size: int = 64, center: bool = True,
                  flip: bool = True, rot90: bool = True, scale: tuple[float, float] = (0.8, 1.25),
                  contrast: tuple[float, float] = (0.8, 1.2), match_intensity: bool = True,
-                 size_tolerance: float = 1.5, blend_n: float = 2.0, device: str | torch.device = "cpu") -> None:
+                 size_tolerance: float = 1.5, blend_n: float = 2.0,
+                 onto: Literal["normals", "lesions"] = "normals", device: str | torch.device = "cpu") -> None:
+        if onto not in ("normals", "lesions"):
+            raise ValueError(f"onto must be 'normals' or 'lesions', got {onto!r}")
+        self.onto = onto
+        if onto == "lesions":  # new positives from real ones, each at its own (widened) lesion boxes
+            self.source_label, self.source_sites = 1, LesionBoxSites(margin)
         if crops is None:
             if lesion_shards is None:
                 raise ValueError("CopyPaste needs lesion_shards or crops")
@@ -232,4 +249,5 @@ class CopyPaste(Synthesizer):
         return {"synthesizer": self.name, "lesions": len(self.crops), "canvas": int(self.crops.canvases.shape[-1]),
                 "center": self.center, "flip": self.flip, "rot90": self.rot90, "scale": list(self.scale),
                 "contrast": list(self.contrast), "match_intensity": self.match_intensity,
-                "size_tolerance": math.exp(self.log_tol), "blend_n": self.blend_n, "resize": self.resize}
+                "size_tolerance": math.exp(self.log_tol), "blend_n": self.blend_n, "resize": self.resize,
+                "onto": self.onto}

@@ -51,6 +51,7 @@ class Inpaint(Synthesizer):
 
     name = "inpaint"
     source_label = 1
+    keeps_site = True  # the site (a real lesion box) is the source's, bit for bit: a site filter has nothing to score
     blend_n = None  # no blending: the box is kept, the rest generated
 
     def __init__(self, inpainter: torch.nn.Module | str | os.PathLike, *, noise: bool = True,

@@ -46,7 +46,8 @@ from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
 from streamaug.data.select import AllOf, LabelSelect
 from streamaug.data.stream import XRayShards, manifest_site_proposer
-from streamaug.synth.stage import SynthesisStage, epoch_seed, lesion_box_sites
+from streamaug.synth.sources import source_sites
+from streamaug.synth.stage import SynthesisStage, epoch_seed
 
 _KINDS = ("real_positive", "real_normal", "real_other", "synthetic", "positives")
 
@@ -165,7 +166,7 @@ class LesionStream(torch.utils.data.IterableDataset):
         self.real = XRayShards(normal_shards, seed=seed, select=select, **{**common, "resampled": not real_pass})
         label = self.stage.source_label
         if label == 1:  # positives are their own sites
-            sites = lesion_box_sites
+            sites = source_sites(self.stage.synthesizer)
         elif sites is True:  # the bank follows the caller's select, not the normals-only one below
             sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
         self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites,

@@ -16,8 +16,8 @@ source image; in threshold mode only those ``>= t``), so a ranking filter
 (``PseudoLabel(mode="rank")``) scores ``oversample`` candidates per accepted sample.
 
 Sources: a synthesizer makes positives from normals (label 0, sites proposed by the workers) unless
-it declares ``source_label = 1`` (:class:`streamaug.synth.Inpaint`): then the sources are positives
-and their sites are their own lesion boxes (:func:`lesion_box_sites`); :func:`source_label` reads it.
+it declares ``source_label = 1`` (:class:`streamaug.synth.Inpaint`, ``CopyPaste(onto="lesions")``): then
+the sources are positives and their sites are their own lesion boxes (:mod:`streamaug.synth.sources`).
 """
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ from streamaug.filters.stats import AcceptanceStats
 from streamaug.synth.base import Synthesizer
 from streamaug.synth.mix import Mix
 from streamaug.synth.ops import crop_sites
+from streamaug.synth.sources import source_label
 from streamaug.synth.translate import Translate
 
 
@@ -77,37 +78,6 @@ def as_synthesizer(spec: Any, *, blend_n: float = 2.0, dtype: torch.dtype | None
     if isinstance(spec, (list, tuple)):
         return Mix(spec).to(device)
     return Translate(spec, blend_n=blend_n, dtype=dtype, device=device)
-
-
-def source_label(synthesizer: Synthesizer) -> int:
-    """The label of the images ``synthesizer`` makes positives from: its ``source_label`` attribute,
-    0 (normals) when it has none. The parts of a :class:`Mix` must agree.
-
-    Raises:
-        ValueError: a :class:`Mix` of synthesizers with different source labels.
-    """
-    labels = {int(getattr(s, "source_label", 0)) for s in getattr(synthesizer, "synthesizers", [synthesizer])}
-    if len(labels) != 1:
-        raise ValueError(f"the synthesizers of a Mix take sources of different labels ({sorted(labels)}): mix "
-                         "only those that make positives from the same images (e.g. Translate with CopyPaste)")
-    return labels.pop()
-
-
-def lesion_box_sites(sample: dict[str, Any]) -> dict[str, Any]:
-    """``sample["sites"]``: its own lesion boxes, widened to whole pixels and clipped to the image
-    (the sites of positive sources; a picklable stand-in for a site proposer).
-
-    Examples:
-        >>> s = lesion_box_sites({"image": torch.zeros(1, 10, 10), "boxes": torch.tensor([[1.5, 2., 4.2, 12.]])})
-        >>> s["sites"].tolist()
-        [[1, 2, 5, 10]]
-    """
-    _, h, w = sample["image"].shape
-    b = torch.as_tensor(sample["boxes"], dtype=torch.float64).reshape(-1, 4)
-    limit = torch.tensor([w, h, w, h], dtype=torch.float64)
-    sites = torch.minimum(torch.cat([b[:, :2].floor(), b[:, 2:].ceil()], 1).clamp(min=0), limit).long()
-    sample["sites"] = sites[(sites[:, 2] > sites[:, 0]) & (sites[:, 3] > sites[:, 1])]
-    return sample
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
@@ -159,7 +129,8 @@ class SynthesisStage:
         self.filter, self.fraction, self.oversample = filter, fraction, float(oversample)
         self.sites_per_image = int(sites_per_image)
         self.source_label = source_label(self.synthesizer)
-        if self.source_label == 1 and getattr(filter, "on", "image") == "site":
+        parts = getattr(self.synthesizer, "synthesizers", [self.synthesizer])
+        if any(getattr(s, "keeps_site", False) for s in parts) and getattr(filter, "on", "image") == "site":
             raise ValueError("a site filter (on='site') scores the blended site, but this synthesizer keeps the "
                              "site (a real lesion box) and repaints around it: use a whole-image filter")
         self.bone = BoneContent(min_intensity) if min_intensity is not None and self.source_label == 0 else None
@@ -294,7 +265,7 @@ class SynthesisStage:
         """Replace ``fraction`` of a ``collate_xray`` batch by synthetic positives made from its
         normals (each replaced normal becomes the :meth:`sample` made from it; with a positive-source
         synthesizer such as :class:`streamaug.synth.Inpaint`, from its positives, whose ``sites``
-        are then their lesion boxes: ``XRayShards(..., sites=lesion_box_sites)``). Candidates that are
+        are then their lesion boxes: ``XRayShards(..., sites=source_sites(synthesizer))``). Candidates that are
         not chosen leave their normal image in place, so the batch size never changes. The batch
         needs ``image``, ``label`` and ``sites``."""
         if "sites" not in batch:

@@ -37,8 +37,10 @@ class RunConfig:
         translator: translator.pt for --stream lesion with --synthesizer translate or mix.
         synthesizer: what makes the synthetic lesions of --stream lesion: translate (the UNIT
             translator of --translator), copy_paste (crops of the kept real training positives,
-            pasted at normal sites), mix (both, equal weights) or inpaint (the pix2pix inpainter of
-            --inpainter gives the kept real positives new surroundings, their lesion boxes kept).
+            pasted at normal sites), mix (both, equal weights), inpaint (the pix2pix inpainter of
+            --inpainter gives the kept real positives new surroundings, their lesion boxes kept) or
+            swap (copy_paste onto the kept real positives: another kept lesion of a similar size
+            covers each one's own lesion, in that positive's context).
         inpainter: inpainter.pt (`streamaug-train inpainter`) for --synthesizer inpaint.
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter, or a patch
             scorer (streamaug-train scorer's scorer.pt: scores the blended sites); default: no filter.
@@ -85,7 +87,7 @@ class RunConfig:
     region: str | None = None
     stream: Literal["plain", "lesion"] = "plain"
     translator: str | None = None
-    synthesizer: Literal["translate", "copy_paste", "mix", "inpaint"] = "translate"
+    synthesizer: Literal["translate", "copy_paste", "mix", "inpaint", "swap"] = "translate"
     inpainter: str | None = None
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
@@ -189,13 +191,14 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
     """The synthesizer of ``cfg.synthesizer``: a :class:`streamaug.synth.Translate` of ``cfg.translator``,
     a :class:`streamaug.synth.CopyPaste` of the selected (kept) training positives, a
     :class:`streamaug.synth.Mix` of both, or an :class:`streamaug.synth.Inpaint` of ``cfg.inpainter``
-    (its sources are the kept real positives: the stream's ``select``)."""
+    (its sources are the kept real positives: the stream's ``select``), or a lesion swap
+    (``CopyPaste(onto="lesions")``, sources and lesions both the kept real positives)."""
     from streamaug.synth.copy_paste import CopyPaste
     from streamaug.synth.mix import Mix
     from streamaug.synth.translate import Translate
 
-    if cfg.synthesizer not in ("translate", "copy_paste", "mix", "inpaint"):
-        raise ValueError(f"synthesizer must be translate, copy_paste, mix or inpaint, got {cfg.synthesizer!r}")
+    if cfg.synthesizer not in ("translate", "copy_paste", "mix", "inpaint", "swap"):
+        raise ValueError(f"synthesizer must be translate, copy_paste, mix, inpaint or swap, got {cfg.synthesizer!r}")
     if cfg.synthesizer == "inpaint":
         from streamaug.synth.inpaint import Inpaint
 
@@ -209,9 +212,10 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
             raise ValueError(f"--synthesizer {cfg.synthesizer} needs --translator PATH (train one with "
                              "`python -m streamaug.train translator`), or use --synthesizer copy_paste")
         parts.append(Translate(cfg.translator, blend_n=cfg.blend_n, device=device))
-    if cfg.synthesizer in ("copy_paste", "mix"):
+    if cfg.synthesizer in ("copy_paste", "mix", "swap"):
         parts.append(CopyPaste(_spec(cfg.train_shards), split=cfg.train_split, select=select, resize=cfg.image_size,
-                               blend_n=cfg.blend_n, device=device))
+                               blend_n=cfg.blend_n, onto="lesions" if cfg.synthesizer == "swap" else "normals",
+                               device=device))
     return parts[0] if len(parts) == 1 else Mix(parts)
 
 
@@ -238,9 +242,9 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
     ``stream.set_epoch(epoch)`` first); ``stream`` is the dataset (``XRayShards`` or ``LesionStream``)."""
     select, _ = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
     real = (n_real["positives"] + n_real["normals"]) / world  # real samples per rank and epoch
-    if cfg.match_sources and (cfg.stream != "lesion" or cfg.synthesizer == "inpaint"):
+    if cfg.match_sources and (cfg.stream != "lesion" or cfg.synthesizer in ("inpaint", "swap")):
         raise ValueError("--match-sources chooses the normals synthetic positives are made from: it needs "
-                         "--stream lesion and a synthesizer that starts from normals (not inpaint)")
+                         "--stream lesion and a synthesizer that starts from normals (not inpaint or swap)")
     if cfg.stream == "plain":
         ds = XRayShards(_spec(cfg.train_shards), split=cfg.train_split, seed=cfg.seed, resize=cfg.image_size,
                         select=select)
