@@ -7,10 +7,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 from shardgen import write_shards
+from test_copy_paste import PLAIN, lesion
 
 from streamaug import LesionStream, XRayShards
 from streamaug.synth import CopyPaste, Inpaint, LesionBoxSites, LesionCrops, Mix, SynthesisStage, source_sites
-from test_copy_paste import PLAIN, lesion
 
 BOX = (10, 12, 26, 30)  # 16 x 18 px: with margin 2 the site is the 36 px square around its centre (18, 21)
 

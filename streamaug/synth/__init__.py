@@ -20,6 +20,6 @@ from streamaug.synth.sources import LesionBoxSites, lesion_box_sites, source_lab
 from streamaug.synth.stage import SynthesisLoader, SynthesisStage, Synthesized
 from streamaug.synth.translate import Translate
 
-__all__ = ["CopyPaste", "Inpaint", "LesionBoxSites", "LesionCrops", "LesionStream", "Made", "Mix", "NoAcceptedCandidates",
-           "SynthesisLoader", "SynthesisStage", "Synthesized", "Synthesizer", "Translate", "cosine_alpha", "crop_sites",
-           "lesion_box_sites", "paste_blend", "source_label", "source_sites"]
+__all__ = ["CopyPaste", "Inpaint", "LesionBoxSites", "LesionCrops", "LesionStream", "Made", "Mix",
+           "NoAcceptedCandidates", "SynthesisLoader", "SynthesisStage", "Synthesized", "Synthesizer", "Translate",
+           "cosine_alpha", "crop_sites", "lesion_box_sites", "paste_blend", "source_label", "source_sites"]
