@@ -88,6 +88,33 @@ def test_copy_paste_and_inpaint_streams_on_real_images(btxrd_subset, tmp_path):
         assert torch.equal(s["image"][:, y0:y1, x0:x1], source["image"][:, y0:y1, x0:x1])
 
 
+def test_lesion_swap_on_real_images(btxrd_subset):
+    """CopyPaste(onto="lesions") on real radiographs: each synthetic positive is a real positive whose
+    widened lesion box (and nothing else) now holds another real lesion; every real sample still once."""
+    from streamaug.synth import CopyPaste, LesionBoxSites
+
+    real = {s["key"]: s for s in XRayShards(btxrd_subset, split="train", shuffle=False, equalize="none",
+                                            resize=128)}
+    swap = LesionStream(btxrd_subset, split="train", resize=128, device_batch=8, real_pass=True,
+                        synthesizer=CopyPaste(str(btxrd_subset), split="train", resize=128, onto="lesions"),
+                        synthetic_fraction=0.2)
+    samples = list(swap)
+    assert sorted(s["key"] for s in samples if not s["synthetic"]) == sorted(real)
+    made = [s for s in samples if s["synthetic"]]
+    assert len(made) >= 0.2 * len(samples) - 1
+    for s in made:
+        p = s["provenance"]
+        source = real[p["source_key"]]
+        assert source["label"] == 1 and real[p["lesion_key"]]["label"] == 1
+        assert p["box"] in LesionBoxSites(2.0)(dict(source))["sites"].tolist()
+        x0, y0, x1, y1 = p["box"]
+        outside = torch.ones(128, 128, dtype=torch.bool)
+        outside[y0:y1, x0:x1] = False
+        assert torch.equal(s["image"][0][outside], source["image"][0][outside])
+        assert not torch.equal(s["image"], source["image"])
+    assert sum(s["provenance"]["lesion_key"] != s["provenance"]["source_key"] for s in made) > 0.8 * len(made)
+
+
 def test_patch_scorer_learns_real_lesions_and_ranks_copy_paste_sites(btxrd_subset, tmp_path):
     """A patch scorer trained on real lesion crops vs normal sites tells held-out ones apart, and as a
     site filter ranks the copy-paste candidates of the stream (more scored than accepted)."""

@@ -208,3 +208,12 @@ def test_an_inpainter_checkpoint_makes_its_positives_from_the_donor_side(shards,
         assert made and set(made) <= set(part["donor"]) and not set(made) & set(part["real"])
     held = report["counts"]["held_out"]  # one per donor: the donor side may be a few smaller than the real side
     assert 0 < held["real"] - 3 <= held["synthetic"] <= held["real"]
+
+
+def test_a_lesion_swap_makes_its_positives_from_the_donor_side(shards, tmp_path):
+    report = _run(shards, tmp_path / "out", "swap", "--epochs", "1", "--n-boot", "50")
+    assert report["synthesis"]["held_out"]["synthesizer"] == "copy_paste"
+    assert report["synthesis"]["held_out"]["onto"] == "lesions"
+    for part in report["keys"].values():  # a donor-side positive with another donor-side lesion over its own
+        made = [k.removesuffix("-syn") for k in part["synthetic"]]
+        assert made and set(made) <= set(part["donor"]) and not set(made) & set(part["real"])

@@ -8,6 +8,8 @@ SPEC (``--synthesizer``) is what the synthetic side is made with:
 * ``real``: no synthesizer; the control: real positives against held-apart real positives (the
   discriminator AUC should sit at 0.5, and the distances give their floor at this sample count);
 * ``copy-paste``: :class:`~streamaug.synth.CopyPaste` with the donor-side real lesions;
+* ``swap``: ``CopyPaste(onto="lesions")``: each donor-side positive gets another donor-side lesion
+  pasted over its own (a lesion swap: the context stays a real positive's);
 * ``broken``: :class:`NoiseSquare`, uniform noise pasted at the sites with hard edges (the
   discriminator AUC should be near 1: the check that the report can fail);
 * ``unchanged``: :class:`Unchanged`, the normals as they are: how well the discriminator tells real
@@ -95,6 +97,8 @@ Factory = Callable[[list[dict[str, Any]], argparse.Namespace], Synthesizer]
 NAMED: dict[str, Factory | None] = {
     "real": None,
     "copy-paste": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors), device=args.device),
+    "swap": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors), onto="lesions",
+                                           device=args.device),
     "broken": lambda donors, args: NoiseSquare(),
     "unchanged": lambda donors, args: Unchanged(),
 }
