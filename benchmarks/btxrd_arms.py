@@ -18,10 +18,13 @@ SELECTION_ARMS = ("copy_paste_scorer", "copy_paste_unfiltered", "lesion_own_scor
 MATCHED_ARMS = ("oversample_copy_paste_age", "oversample_lesion_age")
 # new positives from the kept positives themselves: another kept lesion pasted over each one's own
 SWAP_ARMS = ("swap", "oversample_swap")
-ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS
+# the same arm with its pasted lesions flipped only, never turned by quarter turns (the limb stays upright)
+UPRIGHT_ARMS = ("oversample_swap_upright",)
+ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS + UPRIGHT_ARMS
 SYNTHESIS_ARMS = ALL_ARMS[3:]
 SAME_SYNTHESIZER = "same synthesizer, baseline filter"
 SAME_ARM_UNMATCHED = "same arm, sources from every normal"
+SAME_ARM_TURNED = "same arm, pastes turned by quarter turns"
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
 # cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
@@ -73,9 +76,14 @@ class Context:
 
 
 def base_arm(arm: str) -> str:
-    """The arm a selection or matched-source arm varies (``lesion_own_scorer`` -> ``lesion_own``);
+    """The arm a selection, matched-source or upright arm varies (``lesion_own_scorer`` -> ``lesion_own``);
     any other arm is its own base."""
-    return arm.rsplit("_", 1)[0] if arm in SELECTION_ARMS + MATCHED_ARMS else arm
+    return arm.rsplit("_", 1)[0] if arm in SELECTION_ARMS + MATCHED_ARMS + UPRIGHT_ARMS else arm
+
+
+def same_arm_label(arm: str) -> str:
+    """The report's column for ``arm`` against the arm it varies (:func:`base_arm`)."""
+    return SAME_ARM_UNMATCHED if arm in MATCHED_ARMS else SAME_ARM_TURNED if arm in UPRIGHT_ARMS else SAME_SYNTHESIZER
 
 
 def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
@@ -84,6 +92,8 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
     if arm in MATCHED_ARMS:
         own = arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other)
         return {**own, "match_sources": arm.rsplit("_", 1)[1]}
+    if arm in UPRIGHT_ARMS:
+        return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_rot90": False}
     if arm in SELECTION_ARMS:
         selection = arm.rsplit("_", 1)[1]
         own = arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other)

@@ -46,6 +46,8 @@ similar size pasted over each one's own lesion box, widened by the crop margin):
 
   swap                   + k - 1 lesion-swap positives per kept positive instead of the copies
   oversample_swap        half copies, half lesion swaps
+  oversample_swap_upright  the same, each pasted lesion flipped only, never turned by quarter turns
+                         (``--no-paste-rot90``: a limb's bone edges keep their direction)
 
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a

@@ -12,13 +12,11 @@ from typing import Any
 import torch
 from btxrd_arms import (
     ALL_ARMS,
-    MATCHED_ARMS,
-    SAME_ARM_UNMATCHED,
-    SAME_SYNTHESIZER,
     SYNTHESIS_ARMS,
     Context,
     base_arm,
     log,
+    same_arm_label,
 )
 
 from streamaug.data.select import KeySelect
@@ -76,7 +74,7 @@ def table_rows(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions:
                 len(pick["oversample"]) == len(seeds) else {}
             same = pick[base_arm(arm)] if base_arm(arm) != arm else []
             if len(same) == len(seeds):
-                versus[SAME_ARM_UNMATCHED if arm in MATCHED_ARMS else SAME_SYNTHESIZER] = same
+                versus[same_arm_label(arm)] = same
             rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
                                       n_boot=ctx.budget["n_boot"], region=region))
     return rows

@@ -273,11 +273,17 @@ def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path)
 
 
 def test_swap_arms_make_new_positives_from_the_kept_positives(tmp_path):
-    out = tmp_path / "out"
-    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "swap", "oversample_swap")
-    assert list(rows) == ["baseline", "oversample", "swap", "oversample_swap"]
+    arms, out = _arms(), tmp_path / "out"
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "swap", "oversample_swap", "oversample_swap_upright")
+    assert list(rows) == ["baseline", "oversample", "swap", "oversample_swap", "oversample_swap_upright"]
     assert set(rows["oversample_swap"]["versus"]) == {"oversample"} and not (out / "translators").exists()
-    for arm in ("swap", "oversample_swap"):
+    assert set(rows["oversample_swap_upright"]["versus"]) == {"oversample", arms.SAME_ARM_TURNED}
+    configs = {}
+    for arm in ("swap", "oversample_swap", "oversample_swap_upright"):
         assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
         config = json.loads((out / "runs" / "lower_limb" / arm / "seed0" / "scores.json").read_text())["key"]["config"]
         assert config["synthesizer"] == "swap" and config["stream"] == "lesion"
+        configs[arm] = {k: v for k, v in config.items() if k != "out"}
+    assert configs["oversample_swap_upright"].pop("paste_rot90") is False
+    assert configs["oversample_swap"].pop("paste_rot90") is True
+    assert configs["oversample_swap_upright"] == configs["oversample_swap"]

@@ -305,6 +305,11 @@ def test_swap_pastes_kept_lesions_over_kept_positives(shards, tmp_path):
     assert len(made) == 2 * counts["positives"] and {p["synthesizer"] for p in made} == {"copy_paste"}
     assert {p["source_key"] for p in made} <= set(select.positives)
     assert {p["lesion_key"] for p in made} <= set(select.positives)
+    assert {p["rot90"] for p in made} == {0, 1, 2, 3}  # quarter turns by default
+    upright = dataclasses.replace(cfg, paste_rot90=False)
+    batches, stream = build_train_stream(upright, n_real=counts, world=1, device=torch.device("cpu"))
+    stream.set_epoch(0)
+    assert {p["rot90"] for b in batches(0) for p in b["provenance"] if p is not None} == {0}
     with pytest.raises(ValueError, match="not inpaint or swap"):
         build_train_stream(cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", match_sources="age"),
                            n_real=counts, world=1, device=torch.device("cpu"))

@@ -42,6 +42,9 @@ class RunConfig:
             swap (copy_paste onto the kept real positives: another kept lesion of a similar size
             covers each one's own lesion, in that positive's context).
         inpainter: inpainter.pt (`streamaug-train inpainter`) for --synthesizer inpaint.
+        paste_rot90: copy_paste, swap, mix: turn each pasted lesion by a random multiple of 90 degrees
+            (besides the random flip); --no-paste-rot90 keeps its orientation (a limb's bone edges
+            keep their direction).
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter, or a patch
             scorer (streamaug-train scorer's scorer.pt: scores the blended sites); default: no filter.
         filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
@@ -89,6 +92,7 @@ class RunConfig:
     translator: str | None = None
     synthesizer: Literal["translate", "copy_paste", "mix", "inpaint", "swap"] = "translate"
     inpainter: str | None = None
+    paste_rot90: bool = True
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
     filter_threshold: float = 0.9
@@ -215,7 +219,7 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
     if cfg.synthesizer in ("copy_paste", "mix", "swap"):
         parts.append(CopyPaste(_spec(cfg.train_shards), split=cfg.train_split, select=select, resize=cfg.image_size,
                                blend_n=cfg.blend_n, onto="lesions" if cfg.synthesizer == "swap" else "normals",
-                               device=device))
+                               rot90=cfg.paste_rot90, device=device))
     return parts[0] if len(parts) == 1 else Mix(parts)
 
 
