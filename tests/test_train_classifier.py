@@ -271,8 +271,19 @@ def test_synthetic_per_positive_matches_the_oversampling_budget_and_every_epoch_
         assert {k for k, lab, syn in b if lab and not syn} == set(select.positives)
 
 
-def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_path):
+def _synthetic_provenance(shards, cfg):
+    """``(select, counts, provenance)``: the kept rare positives of ``cfg``, their counts, and the
+    provenance of every synthetic sample of epoch 0 of its training stream."""
     from streamaug.data.select import rare_positive_select
+    from streamaug.train.classifier_data import build_train_stream
+
+    select, counts = rare_positive_select(shards, "train", None, cfg.positive_ratio, cfg.seed)
+    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
+    stream.set_epoch(0)
+    return select, counts, [p for b in batches(0) for p in b["provenance"] if p is not None]
+
+
+def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_path):
     from streamaug.models.checkpoint import save_inpainter
     from streamaug.models.pix2pix import Pix2Pix, pix2pix_preset
     from streamaug.train.classifier_data import build_train_stream
@@ -281,10 +292,7 @@ def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_
                                data_sha256="0" * 64, step=0)
     cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="inpaint", inpainter=str(inpainter),
                   positive_ratio=0.2, synthetic_per_positive=2.0)
-    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
-    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
-    stream.set_epoch(0)
-    made = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    select, counts, made = _synthetic_provenance(shards, cfg)
     assert len(made) == 2 * counts["positives"] and {p["synthesizer"] for p in made} == {"inpaint"}
     assert {p["source_key"] for p in made} <= set(select.positives)
     with pytest.raises(ValueError, match="--inpainter"):
@@ -293,23 +301,17 @@ def test_inpaint_arm_gives_only_the_kept_positives_new_surroundings(shards, tmp_
 
 
 def test_swap_pastes_kept_lesions_over_kept_positives(shards, tmp_path):
-    from streamaug.data.select import rare_positive_select
     from streamaug.train.classifier_data import build_train_stream
 
     cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", positive_ratio=0.2,
                   synthetic_per_positive=2.0)
-    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
-    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
-    stream.set_epoch(0)
-    made = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    select, counts, made = _synthetic_provenance(shards, cfg)
     assert len(made) == 2 * counts["positives"] and {p["synthesizer"] for p in made} == {"copy_paste"}
     assert {p["source_key"] for p in made} <= set(select.positives)
     assert {p["lesion_key"] for p in made} <= set(select.positives)
     assert {p["rot90"] for p in made} == {0, 1, 2, 3}  # quarter turns by default
-    upright = dataclasses.replace(cfg, paste_rot90=False)
-    batches, stream = build_train_stream(upright, n_real=counts, world=1, device=torch.device("cpu"))
-    stream.set_epoch(0)
-    assert {p["rot90"] for b in batches(0) for p in b["provenance"] if p is not None} == {0}
+    _, _, upright = _synthetic_provenance(shards, dataclasses.replace(cfg, paste_rot90=False))
+    assert {p["rot90"] for p in upright} == {0}
     with pytest.raises(ValueError, match="not inpaint or swap"):
         build_train_stream(cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", match_sources="age"),
                            n_real=counts, world=1, device=torch.device("cpu"))
@@ -349,15 +351,11 @@ def test_filter_quantile_calibrates_on_validation_positives(shards, filter_pt):
 
 
 def test_copy_paste_pastes_only_the_kept_positives(shards, tmp_path):
-    from streamaug.data.select import rare_positive_select
     from streamaug.train.classifier_data import build_train_stream
 
     cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="copy_paste", positive_ratio=0.2,
                   synthetic_fraction=0.5)
-    select, counts = rare_positive_select(shards, "train", None, 0.2, cfg.seed)
-    batches, stream = build_train_stream(cfg, n_real=counts, world=1, device=torch.device("cpu"))
-    stream.set_epoch(0)
-    samples = [p for b in batches(0) for p in b["provenance"] if p is not None]
+    select, counts, samples = _synthetic_provenance(shards, cfg)
     assert samples and {p["synthesizer"] for p in samples} == {"copy_paste"}
     assert {p["lesion_key"] for p in samples} <= set(select.positives)
     with pytest.raises(ValueError, match="--translator"):
