@@ -123,7 +123,8 @@ class CopyPaste(Synthesizer):
         select: ``select(key, meta)`` on ``lesion_shards`` (e.g. one region, the kept rare positives).
         resize: the stream's ``resize``: lesions must be cut at the size the sites are proposed at.
         crops: ready :class:`LesionCrops` instead of reading shards.
-        margin: crop side as a multiple of the lesion box's larger side (the ``s`` of the paper).
+        margin: crop side as a multiple of the lesion box's larger side (the ``s`` of the paper); with
+            ``onto="lesions"`` also the site's (give the margin ``crops`` were cut with).
         size: canvas side ``R`` the crops are kept at.
         center: keep the lesion at the site's centre (where the cosine mask is 1); False draws an
             offset that keeps it inside the site (the mask fades it).

@@ -17,7 +17,8 @@ resampled, or with ``real_pass=True`` one exact pass per epoch (every selected s
 synthetic and ``positives=`` samples interleaved at exact counts, so every epoch trains on the same
 real positives). The sources stream reads only normals (label 0, decided from the JSON before
 decoding), or only positives for a synthesizer that makes new positives from real ones
-(``source_label = 1``: :class:`streamaug.synth.Inpaint`; their own lesion boxes are then the sites).
+(``source_label = 1``: :class:`streamaug.synth.Inpaint`, ``CopyPaste(onto="lesions")``; their own
+lesion boxes are then the sites, :func:`streamaug.synth.sources.source_sites`).
 
 Iterate it in the process that owns the device (``DataLoader(stream, num_workers=0)`` or
 :meth:`LesionStream.iter_batches`); its own ``num_workers`` CPU workers per inner loader decode.
@@ -96,7 +97,7 @@ class LesionStream(torch.utils.data.IterableDataset):
     Args:
         normal_shards: the source shards: real samples are drawn from all of them (every label, as
             they come), synthetic ones are made from their normals (label 0, with sites) or, for a
-            synthesizer with ``source_label = 1`` (:class:`streamaug.synth.Inpaint`), from their
+            synthesizer with ``source_label = 1`` (:class:`streamaug.synth.Inpaint`, a lesion swap), from their
             positives (label 1, their lesion boxes as sites; ``sites`` is not used then).
         translator: shorthand for ``synthesizer=Translate(translator)``: a translator module or
             checkpoint path (:func:`streamaug.load_translator`).
