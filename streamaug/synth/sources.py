@@ -35,6 +35,13 @@ def source_label(synthesizer: Synthesizer) -> int:
     return labels.pop()
 
 
+def keeps_site(synthesizer: Synthesizer) -> bool:
+    """Whether ``synthesizer`` (or a part of a :class:`~streamaug.synth.Mix`) keeps its site as the
+    source had it and changes only the rest (its ``keeps_site`` attribute: :class:`~streamaug.synth.Inpaint`),
+    so that a filter of the blended site has nothing to score."""
+    return any(getattr(s, "keeps_site", False) for s in _parts(synthesizer))
+
+
 @dataclass(frozen=True)
 class LesionBoxSites:
     """``sample["sites"]``: the sample's own lesion boxes as sites (the sites of positive sources;

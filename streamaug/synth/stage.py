@@ -37,7 +37,7 @@ from streamaug.filters.stats import AcceptanceStats
 from streamaug.synth.base import Synthesizer
 from streamaug.synth.mix import Mix
 from streamaug.synth.ops import crop_sites
-from streamaug.synth.sources import source_label
+from streamaug.synth.sources import keeps_site, source_label
 from streamaug.synth.translate import Translate
 
 
@@ -129,8 +129,7 @@ class SynthesisStage:
         self.filter, self.fraction, self.oversample = filter, fraction, float(oversample)
         self.sites_per_image = int(sites_per_image)
         self.source_label = source_label(self.synthesizer)
-        parts = getattr(self.synthesizer, "synthesizers", [self.synthesizer])
-        if any(getattr(s, "keeps_site", False) for s in parts) and getattr(filter, "on", "image") == "site":
+        if keeps_site(self.synthesizer) and getattr(filter, "on", "image") == "site":
             raise ValueError("a site filter (on='site') scores the blended site, but this synthesizer keeps the "
                              "site (a real lesion box) and repaints around it: use a whole-image filter")
         self.bone = BoneContent(min_intensity) if min_intensity is not None and self.source_label == 0 else None

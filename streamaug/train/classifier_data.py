@@ -246,9 +246,10 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
     ``stream.set_epoch(epoch)`` first); ``stream`` is the dataset (``XRayShards`` or ``LesionStream``)."""
     select, _ = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
     real = (n_real["positives"] + n_real["normals"]) / world  # real samples per rank and epoch
-    if cfg.match_sources and (cfg.stream != "lesion" or cfg.synthesizer in ("inpaint", "swap")):
-        raise ValueError("--match-sources chooses the normals synthetic positives are made from: it needs "
-                         "--stream lesion and a synthesizer that starts from normals (not inpaint or swap)")
+    refuse = ("--match-sources chooses the normals synthetic positives are made from: it needs --stream lesion "
+              "and a synthesizer that starts from normals (not inpaint or swap)")
+    if cfg.match_sources and cfg.stream != "lesion":
+        raise ValueError(refuse)
     if cfg.stream == "plain":
         ds = XRayShards(_spec(cfg.train_shards), split=cfg.train_split, seed=cfg.seed, resize=cfg.image_size,
                         select=select)
@@ -256,6 +257,7 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
     elif cfg.stream == "lesion":
         from streamaug.sites import LesionBoxBank, SiteProposer
         from streamaug.synth.lesion_stream import LesionStream
+        from streamaug.synth.sources import source_label
 
         manifest = find_manifest(expand_urls(_spec(cfg.train_shards), cfg.train_split)[0])
         if manifest is None:
@@ -264,6 +266,9 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
                    and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
         sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
         fraction = synthetic_share(cfg, n_real, world)
+        synthesizer = build_synthesizer(cfg, select, device)
+        if cfg.match_sources and source_label(synthesizer) == 1:
+            raise ValueError(refuse)
         source_select = None
         if cfg.match_sources:
             source_select, matched = matched_normals(_spec(cfg.train_shards), cfg.train_split, select,
@@ -271,7 +276,7 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
             logger.info("synthesis sources matched on %s: %d of %d normals (%d per bin, edges %s)",
                         cfg.match_sources, matched["sources"], matched["normals"], matched["per_bin"],
                         matched["edges"])
-        ds = LesionStream(_spec(cfg.train_shards), synthesizer=build_synthesizer(cfg, select, device),
+        ds = LesionStream(_spec(cfg.train_shards), synthesizer=synthesizer,
                           filter=build_filter(cfg, device), synthetic_fraction=fraction, device=device,
                           seed=cfg.seed, sites=sites, split=cfg.train_split, resize=cfg.image_size,
                           num_workers=cfg.workers, select=select, source_select=source_select, real_pass=True)
