@@ -47,7 +47,8 @@ def test_swap_covers_the_own_lesion_with_another_and_changes_only_the_site():
 
 def test_a_site_filter_may_score_a_swap_but_a_mix_must_agree_on_the_sites():
     crops = LesionCrops.from_samples([lesion("L7", (20, 20, 36, 36))], size=8)
-    SynthesisStage(synthesizer=CopyPaste(crops=crops, onto="lesions"), filter=SimpleNamespace(on="site"))
+    ranked = SynthesisStage(synthesizer=CopyPaste(crops=crops, onto="lesions"), filter=SimpleNamespace(on="site"))
+    assert ranked.source_label == 1 and ranked.filter.on == "site"  # a swap changes its site: no refusal
     with pytest.raises(ValueError, match="different labels"):
         SynthesisStage(synthesizer=Mix([CopyPaste(crops=crops), CopyPaste(crops=crops, onto="lesions")]))
     from streamaug.models.pix2pix import Pix2Pix, pix2pix_preset
