@@ -20,11 +20,16 @@ MATCHED_ARMS = ("oversample_copy_paste_age", "oversample_lesion_age")
 SWAP_ARMS = ("swap", "oversample_swap")
 # the same arm with its pasted lesions flipped only, never turned by quarter turns (the limb stays upright)
 UPRIGHT_ARMS = ("oversample_swap_upright",)
-ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS + UPRIGHT_ARMS
+# the same arm with each pasted lesion drawn from a kept positive of the same bone as its site's, of
+# another patient (so never the positive's own lesion)
+BONE_ARMS = ("oversample_swap_bone",)
+VARIANT_ARMS = SELECTION_ARMS + MATCHED_ARMS + UPRIGHT_ARMS + BONE_ARMS
+ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS + UPRIGHT_ARMS + BONE_ARMS
 SYNTHESIS_ARMS = ALL_ARMS[3:]
 SAME_SYNTHESIZER = "same synthesizer, baseline filter"
 SAME_ARM_UNMATCHED = "same arm, sources from every normal"
 SAME_ARM_TURNED = "same arm, pastes turned by quarter turns"
+SAME_ARM_ANY_BONE = "same arm, lesions of any bone and patient"
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
 # cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
@@ -76,14 +81,16 @@ class Context:
 
 
 def base_arm(arm: str) -> str:
-    """The arm a selection, matched-source or upright arm varies (``lesion_own_scorer`` -> ``lesion_own``);
-    any other arm is its own base."""
-    return arm.rsplit("_", 1)[0] if arm in SELECTION_ARMS + MATCHED_ARMS + UPRIGHT_ARMS else arm
+    """The arm a selection, matched-source, upright or bone arm varies (``lesion_own_scorer`` ->
+    ``lesion_own``); any other arm is its own base."""
+    return arm.rsplit("_", 1)[0] if arm in VARIANT_ARMS else arm
 
 
 def same_arm_label(arm: str) -> str:
     """The report's column for ``arm`` against the arm it varies (:func:`base_arm`)."""
-    return SAME_ARM_UNMATCHED if arm in MATCHED_ARMS else SAME_ARM_TURNED if arm in UPRIGHT_ARMS else SAME_SYNTHESIZER
+    labels = {**dict.fromkeys(MATCHED_ARMS, SAME_ARM_UNMATCHED), **dict.fromkeys(UPRIGHT_ARMS, SAME_ARM_TURNED),
+              **dict.fromkeys(BONE_ARMS, SAME_ARM_ANY_BONE)}
+    return labels.get(arm, SAME_SYNTHESIZER)
 
 
 def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: dict[tuple[str, int], Path],
@@ -94,6 +101,9 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
         return {**own, "match_sources": arm.rsplit("_", 1)[1]}
     if arm in UPRIGHT_ARMS:
         return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_rot90": False}
+    if arm in BONE_ARMS:
+        return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_match": "bone",
+                "paste_avoid": "group"}
     if arm in SELECTION_ARMS:
         selection = arm.rsplit("_", 1)[1]
         own = arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other)

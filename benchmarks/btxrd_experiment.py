@@ -48,6 +48,9 @@ similar size pasted over each one's own lesion box, widened by the crop margin):
   oversample_swap        half copies, half lesion swaps
   oversample_swap_upright  the same, each pasted lesion flipped only, never turned by quarter turns
                          (``--no-paste-rot90``: a limb's bone edges keep their direction)
+  oversample_swap_bone   oversample_swap, each pasted lesion from a kept positive of the same bone and
+                         another patient (``--paste-match bone --paste-avoid group``: no hand lesion
+                         on a humerus, never a positive's own lesion)
 
 So ``X - oversample`` measures synthetic positives against copies of the real ones at an equal budget
 (the question "does synthesis add to what the real positives give?"), not a longer epoch or a

@@ -27,7 +27,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -63,7 +63,8 @@ class NoiseSquare(Synthesizer):
         self.cells = int(cells)
 
     def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                            generator: torch.Generator | None = None) -> dict[str, Any]:
+                            generator: torch.Generator | None = None,
+                            meta: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
         """``noise``: ``(K, 1, cells, cells)`` uniform in ``[0, 1)``."""
         return {"noise": torch.rand(len(boxes), 1, self.cells, self.cells, generator=generator)}
 

@@ -2,19 +2,22 @@
 
 A synthesizer turns normal images and one site box per candidate into blended candidates::
 
-    params = synth.generate_parameters(images, boxes, source, generator)  # every random draw, on the CPU
-    made = synth.apply(images, boxes, source, params)                      # deterministic given params
-    record = synth.provenance(params, j)                                   # JSON-able record of candidate j
+    params = synth.generate_parameters(images, boxes, source, generator, meta)  # every draw, on the CPU
+    made = synth.apply(images, boxes, source, params)                            # deterministic given params
+    record = synth.provenance(params, j)                                         # JSON-able record of candidate j
 
 so a candidate can be made again from its parameters (the kornia habit), and a resumed stream
 replays the same draws from the same generator state. ``images`` are ``(B, C, H, W)``; ``boxes`` are
 the ``(K, 4)`` sites themselves (``x0 y0 x1 y1`` pixels, end-exclusive), not patches resized to a
 fixed size, so a synthesizer can match what it pastes to a site's size; ``source`` ``(K,)`` is the
-image of each site. Implementations: :class:`streamaug.synth.Translate` (UNIT),
-:class:`streamaug.synth.CopyPaste` (real lesion crops), :class:`streamaug.synth.Mix` (several, weighted).
+image of each site; ``meta`` (optional, one record per image: what the shards say of it) lets a
+synthesizer match what it pastes to its source (``CopyPaste(match="bone")``). Implementations:
+:class:`streamaug.synth.Translate` (UNIT), :class:`streamaug.synth.CopyPaste` (real lesion crops),
+:class:`streamaug.synth.Mix` (several, weighted).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,8 +50,10 @@ class Synthesizer:
     blend_n: float = 2.0
 
     def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                            generator: torch.Generator | None = None) -> dict[str, Any]:
-        """Every random draw for the ``K`` candidates (CPU tensors); none by default."""
+                            generator: torch.Generator | None = None,
+                            meta: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
+        """Every random draw for the ``K`` candidates (CPU tensors); none by default. ``meta``: one
+        record per image of ``images`` (``meta[source[k]]`` describes site ``k``'s image), or None."""
         return {}
 
     def apply(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
@@ -69,5 +74,6 @@ class Synthesizer:
         return {"synthesizer": self.name, "blend_n": self.blend_n}
 
     def __call__(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                 generator: torch.Generator | None = None) -> Made:
-        return self.apply(images, boxes, source, self.generate_parameters(images, boxes, source, generator))
+                 generator: torch.Generator | None = None,
+                 meta: Sequence[Mapping[str, Any] | None] | None = None) -> Made:
+        return self.apply(images, boxes, source, self.generate_parameters(images, boxes, source, generator, meta))

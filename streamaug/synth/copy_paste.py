@@ -11,7 +11,11 @@ Only the site's pixels change.
 
 Lesions are matched to sites by size: a lesion whose crop side ``c`` lies within ``size_tolerance``
 of the site side is drawn (uniformly among them; the nearest one when none is that close), so a
-small lesion is not blown up to fill a large site.
+small lesion is not blown up to fill a large site. ``match="bone"`` (a ``meta`` field, or a function
+of the ``meta``) also asks the lesion to come from an image of the same kind as the site's (a humerus
+lesion for a humerus site, never a hand's); ``avoid="group"`` from another patient than the site's
+image (with ``onto="lesions"``: never the source's own lesion). A site whose kind no allowed lesion
+shares draws from all allowed ones.
 
 ``onto="lesions"`` pastes onto positives instead of normals (a lesion swap): the sources are the
 real positives, each site is the square of side ``margin * max(w, h)`` around one of their own lesion
@@ -24,8 +28,8 @@ own lesion (then the sample is a flipped, rotated, rescaled copy of itself); the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -48,6 +52,7 @@ class LesionCrops:
         sides: ``(N,)`` float32 crop side ``c`` in those pixels.
         extent: ``(N,)`` float32 the lesion's half-size in canvas units (``max(w, h) / c``).
         centre: ``(N, 2)`` float32 the lesion centre in canvas units (0 up to rounding).
+        metas: what the shards say of each crop's source image (its ``meta``; ``{}`` when it had none).
     """
 
     canvases: torch.Tensor
@@ -56,6 +61,7 @@ class LesionCrops:
     sides: torch.Tensor
     extent: torch.Tensor
     centre: torch.Tensor
+    metas: list[dict[str, Any]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -63,10 +69,11 @@ class LesionCrops:
     @classmethod
     def from_samples(cls, samples: Iterable[dict[str, Any]], *, margin: float = 2.0, size: int = 64,
                      max_lesions: int | None = None) -> LesionCrops:
-        """Crop every box of every label-1 sample (``image`` ``(1, H, W)``, ``boxes`` ``(k, 4)``, ``key``)."""
+        """Crop every box of every label-1 sample (``image`` ``(1, H, W)``, ``boxes`` ``(k, 4)``, ``key``,
+        optional ``meta``)."""
         if margin < 1:
             raise ValueError(f"margin must be >= 1 (the crop holds the whole lesion), got {margin}")
-        canvases, keys, boxes, sides, extent, centre = [], [], [], [], [], []
+        canvases, keys, boxes, sides, extent, centre, metas = [], [], [], [], [], [], []
         for sample in samples:
             if int(sample.get("label", 0)) != 1:
                 continue
@@ -92,10 +99,11 @@ class LesionCrops:
                 sides.append(float(c))
                 extent.append(max(w, h) / c)
                 centre.append([(cx - (xs + c / 2)) / (c / 2), (cy - (ys + c / 2)) / (c / 2)])
+                metas.append(dict(sample.get("meta") or {}))
         if not keys:
             raise ValueError("no lesion box found: CopyPaste needs label-1 samples with boxes")
         return cls(torch.stack(canvases), keys, torch.tensor(boxes), torch.tensor(sides), torch.tensor(extent),
-                   torch.tensor(centre))
+                   torch.tensor(centre), metas)
 
     @classmethod
     def from_shards(cls, urls: str | Sequence[str], *, split: str | None = None,
@@ -112,6 +120,45 @@ class LesionCrops:
     def to(self, device: str | torch.device) -> LesionCrops:
         self.canvases = self.canvases.to(device)
         return self
+
+
+@dataclass(frozen=True)
+class _MetaValue:
+    """``meta -> value`` of a ``match`` / ``avoid`` setting (a field name or a function of the meta);
+    None for no setting, a missing value or an empty one. Picklable with a field name."""
+
+    field: str | Callable[[Mapping[str, Any]], Hashable] | None
+
+    def __call__(self, meta: Mapping[str, Any]) -> Hashable:
+        if self.field is None:
+            return None
+        value = meta.get(self.field) if isinstance(self.field, str) else self.field(meta)
+        return None if value in ("", None) else value
+
+
+def _describe(field: Any) -> Any:
+    return field if field is None or isinstance(field, str) else repr(field)
+
+
+def _by_side(sides: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(log sides sorted, their order)`` of a pool of lesion crops."""
+    return torch.sort(sides.log())
+
+
+def _draw(log_sides: torch.Tensor, order: torch.Tensor, target: torch.Tensor, u: torch.Tensor,
+          log_tol: float) -> torch.Tensor:
+    """One lesion per site from a pool (``log_sides`` sorted, ``order`` their crop indices): uniform
+    (by ``u`` in ``[0, 1)``) among those within ``log_tol`` of the site's log side ``target``, else the
+    nearest in size."""
+    lo = torch.searchsorted(log_sides, target - log_tol)
+    count = torch.searchsorted(log_sides, target + log_tol, right=True) - lo
+    if len(log_sides) > 1:
+        at = torch.searchsorted(log_sides, target).clamp(1, len(log_sides) - 1)
+        nearest = torch.where((log_sides[at] - target).abs() < (log_sides[at - 1] - target).abs(), at, at - 1)
+    else:
+        nearest = torch.zeros(len(target), dtype=torch.long)
+    pick = torch.where(count > 0, lo + (u * count).long().clamp(max=(count - 1).clamp(min=0)), nearest)
+    return order[pick]
 
 
 class CopyPaste(Synthesizer):
@@ -133,6 +180,11 @@ class CopyPaste(Synthesizer):
         contrast: range of the gain applied around the lesion's mean.
         match_intensity: shift the lesion's mean to the site's mean (over the pasted area).
         size_tolerance: a lesion matches a site when ``1 / tol <= site side / c <= tol``.
+        match: draw each site's lesion among those whose source image has the same value of this
+            ``meta`` field (or of ``match(meta)``) as the site's image; needs ``meta`` in the call
+            (the stage passes the batch's). None: any lesion of a similar size.
+        avoid: never draw a lesion whose image has the same value of this ``meta`` field (or of
+            ``avoid(meta)``) as the site's image (``"group"``: a patient id); unless no lesion is left.
         blend_n: exponent of the cosine mask.
         onto: ``"normals"``: sites proposed in normal images; ``"lesions"``: the sources are positives
             and the sites their own lesion boxes widened by ``margin`` (``source_label = 1``).
@@ -157,6 +209,8 @@ class CopyPaste(Synthesizer):
                  flip: bool = True, rot90: bool = True, scale: tuple[float, float] = (0.8, 1.25),
                  contrast: tuple[float, float] = (0.8, 1.2), match_intensity: bool = True,
                  size_tolerance: float = 1.5, blend_n: float = 2.0,
+                 match: str | Callable[[Mapping[str, Any]], Hashable] | None = None,
+                 avoid: str | Callable[[Mapping[str, Any]], Hashable] | None = None,
                  onto: Literal["normals", "lesions"] = "normals", device: str | torch.device = "cpu") -> None:
         if onto not in ("normals", "lesions"):
             raise ValueError(f"onto must be 'normals' or 'lesions', got {onto!r}")
@@ -174,29 +228,51 @@ class CopyPaste(Synthesizer):
         self.center, self.flip, self.rot90 = center, flip, rot90
         self.scale, self.contrast = (float(scale[0]), float(scale[1])), (float(contrast[0]), float(contrast[1]))
         self.match_intensity, self.log_tol, self.blend_n = match_intensity, math.log(size_tolerance), float(blend_n)
-        self._log_sides, self._by_side = torch.sort(crops.sides.log())
+        self.match, self.avoid = match, avoid
+        self._match, self._avoid = _MetaValue(match), _MetaValue(avoid)
+        metas = crops.metas or [{}] * len(crops)
+        self._crop_match = [self._match(m) for m in metas]
+        self._crop_avoid = [self._avoid(m) for m in metas]
+        self._pools: dict[tuple[Hashable, Hashable], tuple[torch.Tensor, torch.Tensor]] = {}
         self.to(device)
 
     def to(self, device: str | torch.device) -> CopyPaste:
         self.crops.to(device)
         return self
 
+    def _pool(self, match: Hashable, avoid: Hashable) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(log sides sorted, crop indices)`` of the lesions a site may draw: those of its kind
+        ``match`` and not of its ``avoid`` value; all allowed ones when none is of its kind; all
+        when none is allowed. ``None`` matches or avoids nothing."""
+        if (match, avoid) not in self._pools:
+            allowed = [i for i, a in enumerate(self._crop_avoid) if avoid is None or a != avoid]
+            same = [i for i in allowed if match is None or self._crop_match[i] == match]
+            members = torch.tensor(same or allowed or range(len(self.crops)), dtype=torch.long)
+            log_sides, order = _by_side(self.crops.sides[members])
+            self._pools[match, avoid] = log_sides, members[order]
+        return self._pools[match, avoid]
+
     def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                            generator: torch.Generator | None = None) -> dict[str, Any]:
+                            generator: torch.Generator | None = None,
+                            meta: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
         """``lesion`` (K,) crop index, ``flip`` (K,) bool, ``rot`` (K,) quarter turns, ``scale`` (K,),
         ``gain`` (K,), ``shift`` (K, 2) lesion offset in canvas units."""
         k = len(boxes)
         b = boxes.detach().cpu().float().reshape(-1, 4)
         target = torch.maximum(b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]).clamp(min=1).log()
-        ls = self._log_sides
-        lo = torch.searchsorted(ls, target - self.log_tol)
-        count = torch.searchsorted(ls, target + self.log_tol, right=True) - lo
-        at = torch.searchsorted(ls, target).clamp(1, len(ls) - 1) if len(ls) > 1 else torch.zeros(k, dtype=torch.long)
-        nearest = torch.where((ls[at] - target).abs() < (ls[at - 1] - target).abs(), at, at - 1) \
-            if len(ls) > 1 else at
         u = torch.rand(k, generator=generator)
-        pick = torch.where(count > 0, lo + (u * count).long().clamp(max=(count - 1).clamp(min=0)), nearest)
-        lesion = self._by_side[pick]
+        if self.match is None and self.avoid is None:
+            lesion = _draw(*self._pool(None, None), target, u, self.log_tol)
+        else:
+            if meta is None:
+                raise ValueError(f"CopyPaste(match={self.match!r}, avoid={self.avoid!r}) needs the sources' meta: "
+                                 "pass meta= (one record per image; SynthesisStage and LesionStream pass the "
+                                 "batch's), or drop match and avoid")
+            sites = [(self._match(meta[i] or {}), self._avoid(meta[i] or {})) for i in source.detach().cpu().tolist()]
+            lesion = torch.empty(k, dtype=torch.long)
+            for kind in set(sites):
+                at = torch.tensor([j for j, h in enumerate(sites) if h == kind], dtype=torch.long)
+                lesion[at] = _draw(*self._pool(*kind), target[at], u[at], self.log_tol)
         flip = torch.rand(k, generator=generator) < 0.5 if self.flip else torch.zeros(k, dtype=torch.bool)
         rot = torch.randint(4, (k,), generator=generator) if self.rot90 else torch.zeros(k, dtype=torch.long)
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(k, generator=generator)
@@ -251,4 +327,5 @@ class CopyPaste(Synthesizer):
                 "center": self.center, "flip": self.flip, "rot90": self.rot90, "scale": list(self.scale),
                 "contrast": list(self.contrast), "match_intensity": self.match_intensity,
                 "size_tolerance": math.exp(self.log_tol), "blend_n": self.blend_n, "resize": self.resize,
+                "match": _describe(self.match), "avoid": _describe(self.avoid),
                 "onto": self.onto}

@@ -14,6 +14,7 @@ composite is made at the stream's resolution, so the box's pixels are the source
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -71,7 +72,8 @@ class Inpaint(Synthesizer):
         return self
 
     def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                            generator: torch.Generator | None = None) -> dict[str, Any]:
+                            generator: torch.Generator | None = None,
+                            meta: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
         """``seed`` (K,) int64 dropout seeds (none without ``noise``)."""
         if not self.noise:
             return {}

@@ -221,7 +221,7 @@ class LesionStream(torch.utils.data.IterableDataset):
             boxes, source, want = self.stage.plan(batch, len(batch["label"]))
             if not want or not len(boxes):
                 continue
-            result = self.stage.synthesize(batch["image"], boxes, source, want=want)
+            result = self.stage.synthesize(batch["image"], boxes, source, want=want, meta=batch["meta"])
             made = [self.stage.sample(result, j, batch["key"][int(result.source[j])],
                                       batch["meta"][int(result.source[j])])
                     for j in torch.nonzero(result.keep).flatten().tolist()]

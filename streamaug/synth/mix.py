@@ -1,7 +1,7 @@
 """``Mix``: several synthesizers, each candidate made by one drawn with the given weights."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -52,7 +52,8 @@ class Mix(Synthesizer):
         return self
 
     def generate_parameters(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                            generator: torch.Generator | None = None) -> dict[str, Any]:
+                            generator: torch.Generator | None = None,
+                            meta: Sequence[Mapping[str, Any] | None] | None = None) -> dict[str, Any]:
         """``choice`` (K,) synthesizer per candidate, ``local`` (K,) its index there, ``parts`` their params."""
         k = len(boxes)
         choice = torch.multinomial(self.weights.float(), k, replacement=True, generator=generator) if k else \
@@ -63,7 +64,7 @@ class Mix(Synthesizer):
             idx = (choice == i).nonzero().flatten()
             local[idx] = torch.arange(len(idx))
             sel = idx.to(boxes.device)
-            parts.append(synth.generate_parameters(images, boxes[sel], source[sel], generator))
+            parts.append(synth.generate_parameters(images, boxes[sel], source[sel], generator, meta))
         return {"choice": choice, "local": local, "parts": parts}
 
     def apply(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,

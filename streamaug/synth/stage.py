@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -215,7 +215,7 @@ class SynthesisStage:
 
     @torch.no_grad()
     def synthesize(self, images: torch.Tensor, boxes: torch.Tensor, source: torch.Tensor,
-                   want: int | None = None) -> Synthesized:
+                   want: int | None = None, meta: Sequence[Mapping[str, Any] | None] | None = None) -> Synthesized:
         """Bone check, synthesize, blend, filter, choose.
 
         Args:
@@ -224,6 +224,8 @@ class SynthesisStage:
             source: ``(K,)`` index of each candidate's image in ``images``.
             want: keep at most this many, the best first and at most one per source image (None:
                 every candidate that passes the filter).
+            meta: one record per image of ``images`` (the batch's ``meta``), for a synthesizer that
+                matches what it pastes to its source (``CopyPaste(match=...)``); None when unknown.
 
         Returns:
             :class:`Synthesized` with ``K' <= K`` candidates (dark sites dropped when
@@ -239,7 +241,7 @@ class SynthesisStage:
             none = torch.zeros(0, dtype=torch.bool, device=self.device)
             return Synthesized(images.new_zeros((0, *images.shape[1:])), source, boxes, images.new_zeros(0),
                                none, None, None, {}, none)
-        params = self.synthesizer.generate_parameters(images, boxes, source, self.generator)
+        params = self.synthesizer.generate_parameters(images, boxes, source, self.generator, meta)
         made = self.synthesizer.apply(images, boxes, source, params)
         passed, scores = self._score(made.images, boxes, source, want)
         keep = passed if want is None else select_top(scores, want, eligible=passed, groups=source)
@@ -283,8 +285,8 @@ class SynthesisStage:
                "boxes": list(batch.get("boxes") or [torch.zeros(0, 4)] * b)}
         placed = 0
         if want and len(boxes):
-            result = self.synthesize(images, boxes, source, want=want)
             metas = batch.get("meta") or [None] * b
+            result = self.synthesize(images, boxes, source, want=want, meta=metas)
             for j in torch.nonzero(result.keep).flatten().tolist():
                 i = int(result.source[j])
                 made = self.sample(result, j, keys[i], metas[i])

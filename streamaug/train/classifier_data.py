@@ -45,6 +45,11 @@ class RunConfig:
         paste_rot90: copy_paste, swap, mix: turn each pasted lesion by a random multiple of 90 degrees
             (besides the random flip); --no-paste-rot90 keeps its orientation (a limb's bone edges
             keep their direction).
+        paste_match: copy_paste, swap, mix: paste at each site only lesions whose image has the same
+            value of this metadata field as the site's (e.g. bone: a humerus lesion on a humerus); a
+            site whose value no kept lesion shares (a normal without a bone entry) draws from all.
+        paste_avoid: copy_paste, swap, mix: never paste a lesion whose image has the same value of this
+            metadata field as the site's (e.g. group, a patient id: with swap, never a positive's own lesion).
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter, or a patch
             scorer (streamaug-train scorer's scorer.pt: scores the blended sites); default: no filter.
         filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
@@ -93,6 +98,8 @@ class RunConfig:
     synthesizer: Literal["translate", "copy_paste", "mix", "inpaint", "swap"] = "translate"
     inpainter: str | None = None
     paste_rot90: bool = True
+    paste_match: str | None = None
+    paste_avoid: str | None = None
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
     filter_threshold: float = 0.9
@@ -219,7 +226,8 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
     if cfg.synthesizer in ("copy_paste", "mix", "swap"):
         parts.append(CopyPaste(_spec(cfg.train_shards), split=cfg.train_split, select=select, resize=cfg.image_size,
                                blend_n=cfg.blend_n, onto="lesions" if cfg.synthesizer == "swap" else "normals",
-                               rot90=cfg.paste_rot90, device=device))
+                               rot90=cfg.paste_rot90, match=cfg.paste_match, avoid=cfg.paste_avoid,
+                               device=device))
     return parts[0] if len(parts) == 1 else Mix(parts)
 
 
