@@ -274,16 +274,25 @@ def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path)
 
 def test_swap_arms_make_new_positives_from_the_kept_positives(tmp_path):
     arms, out = _arms(), tmp_path / "out"
-    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "swap", "oversample_swap", "oversample_swap_upright")
-    assert list(rows) == ["baseline", "oversample", "swap", "oversample_swap", "oversample_swap_upright"]
+    variants = ("oversample_swap_upright", "oversample_swap_bone")
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "swap", "oversample_swap", *variants)
+    assert list(rows) == ["baseline", "oversample", "swap", "oversample_swap", *variants]
     assert set(rows["oversample_swap"]["versus"]) == {"oversample"} and not (out / "translators").exists()
     assert set(rows["oversample_swap_upright"]["versus"]) == {"oversample", arms.SAME_ARM_TURNED}
+    assert set(rows["oversample_swap_bone"]["versus"]) == {"oversample", arms.SAME_ARM_ANY_BONE}
     configs = {}
-    for arm in ("swap", "oversample_swap", "oversample_swap_upright"):
+    for arm in ("swap", "oversample_swap", *variants):
         assert rows[arm]["samples_per_epoch"] == rows["oversample"]["samples_per_epoch"]
         config = json.loads((out / "runs" / "lower_limb" / arm / "seed0" / "scores.json").read_text())["key"]["config"]
         assert config["synthesizer"] == "swap" and config["stream"] == "lesion"
         configs[arm] = {k: v for k, v in config.items() if k != "out"}
-    assert configs["oversample_swap_upright"].pop("paste_rot90") is False
-    assert configs["oversample_swap"].pop("paste_rot90") is True
-    assert configs["oversample_swap_upright"] == configs["oversample_swap"]
+    def without(arm, *names):
+        return {k: v for k, v in configs[arm].items() if k not in names}
+
+    bone = configs["oversample_swap_bone"]
+    assert (bone["paste_match"], bone["paste_avoid"]) == ("bone", "group")
+    assert (configs["oversample_swap"]["paste_match"], configs["oversample_swap"]["paste_avoid"]) == (None, None)
+    match = ("paste_match", "paste_avoid")
+    assert without("oversample_swap_bone", *match) == without("oversample_swap", *match)
+    assert (configs["oversample_swap_upright"]["paste_rot90"], configs["oversample_swap"]["paste_rot90"]) == (False, True)
+    assert without("oversample_swap_upright", "paste_rot90") == without("oversample_swap", "paste_rot90")

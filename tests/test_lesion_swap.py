@@ -2,6 +2,7 @@
 box; the sites around the boxes; the stream reads positives; a Mix must agree on its sites."""
 from __future__ import annotations
 
+import pickle
 from types import SimpleNamespace
 
 import pytest
@@ -84,3 +85,32 @@ def test_lesion_stream_swaps_lesions_between_real_positives(shards):
         assert torch.equal(s["image"][0][outside], source["image"][0][outside])
     assert any(s["provenance"]["lesion_key"] != s["provenance"]["source_key"] for s in made)
     assert {s["label"] for s in samples if not s["synthetic"]} == {0, 1}
+
+
+def _kind(key, bone, group):
+    sample = lesion(key, (20, 20, 36, 36))
+    sample["meta"] = {"bone": bone, "group": group}
+    return sample
+
+
+def test_match_and_avoid_draw_lesions_of_the_sites_kind_from_another_patient():
+    crops = LesionCrops.from_samples([_kind("A1", "humerus", 1), _kind("A2", "humerus", 2), _kind("H3", "hand", 3),
+                                      _kind("A4", "humerus", 1)], size=8)
+    assert crops.metas[2] == {"bone": "hand", "group": 3}
+    swap = CopyPaste(crops=crops, onto="lesions", match="bone", avoid="group")
+    boxes = torch.tensor([[16, 16, 40, 40]] * 60)  # every lesion's size matches
+    source = torch.arange(60) % 4
+    meta = [{"bone": "humerus", "group": 1}, {"bone": "hand", "group": 3}, {"bone": "femur", "group": 9}, None]
+    params = swap.generate_parameters(None, boxes, source, torch.Generator().manual_seed(0), meta)
+    drawn = {i: {crops.keys[j] for j in params["lesion"][source == i].tolist()} for i in range(4)}
+    assert drawn[0] == {"A2"}  # a humerus of another patient: not A1 / A4 (its own patient), not the hand
+    assert drawn[1] == {"A1", "A2", "A4"}  # the only hand is its own patient's: any other patient's lesion
+    assert drawn[2] == drawn[3] == {"A1", "A2", "H3", "A4"}  # no femur lesion, no meta: all are allowed
+    assert swap.describe()["match"] == "bone" and swap.describe()["avoid"] == "group"
+    with pytest.raises(ValueError, match="meta"):
+        swap.generate_parameters(None, boxes, source, torch.Generator().manual_seed(0))
+    plain = CopyPaste(crops=crops, onto="lesions")  # without match / avoid the meta changes no draw
+    one, two = (plain.generate_parameters(None, boxes, source, torch.Generator().manual_seed(0), m) for m in (None, meta))
+    assert all(torch.equal(one[name], two[name]) for name in one)
+    assert pickle.loads(pickle.dumps(swap)).generate_parameters(
+        None, boxes, source, torch.Generator().manual_seed(0), meta)["lesion"].tolist() == params["lesion"].tolist()

@@ -317,6 +317,25 @@ def test_swap_pastes_kept_lesions_over_kept_positives(shards, tmp_path):
                            n_real=counts, world=1, device=torch.device("cpu"))
 
 
+def test_swap_with_paste_match_and_avoid_takes_same_bone_lesions_of_other_patients(shards, tmp_path):
+    from streamaug import XRayShards
+
+    meta = {s["key"]: s["meta"] for s in XRayShards(shards, split="train", shuffle=False, equalize="none")}
+    cfg = cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", positive_ratio=0.5,
+                  synthetic_per_positive=2.0, paste_match="bone", paste_avoid="group")
+    select, counts, made = _synthetic_provenance(shards, cfg)
+    assert len(made) == 2 * counts["positives"] and {p["lesion_key"] for p in made} <= set(select.positives)
+    kept = [meta[k] for k in select.positives]
+    for p in made:
+        source, donor = meta[p["source_key"]], meta[p["lesion_key"]]
+        assert donor["group"] != source["group"]  # never the positive's own lesion, nor its patient's
+        if any(m["bone"] == source["bone"] and m["group"] != source["group"] for m in kept):
+            assert donor["bone"] == source["bone"]
+    assert any(meta[p["lesion_key"]]["bone"] == meta[p["source_key"]]["bone"] for p in made)
+    _, _, anyone = _synthetic_provenance(shards, dataclasses.replace(cfg, paste_match=None, paste_avoid=None))
+    assert any(meta[p["lesion_key"]]["group"] == meta[p["source_key"]]["group"] for p in anyone)
+
+
 def test_match_sources_draws_synthetic_positives_from_age_matched_normals(shards, tmp_path):
     from streamaug.data.select import matched_normals, rare_positive_select
     from streamaug.train.classifier_data import build_train_stream
