@@ -43,7 +43,8 @@ class Synthesizer:
     """Base of the synthesizers: ``__call__`` draws parameters, then applies them.
 
     Subclasses set :attr:`name` and :attr:`blend_n` and define :meth:`apply`; those with randomness
-    override :meth:`generate_parameters`, those with tensors or modules override :meth:`to`.
+    override :meth:`generate_parameters` (keeping its ``meta=None`` parameter: the stage passes the
+    batch's records), those with tensors or modules override :meth:`to`.
     """
 
     name = "synthesizer"
