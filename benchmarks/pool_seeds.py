@@ -7,8 +7,8 @@ them together, from the cached ``runs/<region>/<arm>/seed<k>/scores.json``:
     PYTHONPATH=. python benchmarks/pool_seeds.py /tmp/exp_a /tmp/exp_b --region lower_limb \\
         --reference oversample --arms oversample_swap baseline
 
-Only seeds present for the reference and the arm are used; every run must have been scored on the
-same test set (the keys are checked).
+Only seeds present for the reference and the arm are used (``--seeds 0 1 2 3 4``: only those, for a
+seed half); every run must have been scored on the same test set (the keys are checked).
 """
 from __future__ import annotations
 
@@ -39,12 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--region", required=True)
     p.add_argument("--reference", default="oversample")
     p.add_argument("--arms", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, help="only these seeds (default: every seed both arms have)")
     p.add_argument("--n-boot", type=int, default=2000)
     args = p.parse_args(argv)
     reference = load(args.folders, args.region, args.reference)
     for arm in args.arms:
         runs = load(args.folders, args.region, arm)
-        seeds = sorted(set(runs) & set(reference))
+        seeds = sorted(set(runs) & set(reference) & set(args.seeds if args.seeds else runs))
         if not seeds:
             raise SystemExit(f"no seed has both {args.reference} and {arm} in {args.region}")
         keys = reference[seeds[0]]["keys_test"]

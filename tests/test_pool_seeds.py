@@ -45,6 +45,13 @@ def test_seeds_of_two_folders_are_pooled_into_one_paired_bootstrap(tmp_path, cap
                                                f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 4 seeds 0-3")
     assert lo > 0  # the arm's scores separate the labels better at every seed
 
+    # --seeds keeps a subset (a seed half): the bootstrap of seeds 2-3 alone
+    pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap",
+               "--n-boot", "200", "--seeds", "2", "3", "9"])
+    delta, lo, hi = paired_bootstrap_seeds(np.array(y), [ref[2], ref[3]], [arm[2], arm[3]], 200, 0)
+    assert capsys.readouterr().out.strip() == (f"lower_limb oversample_swap - oversample: {delta:+.3f} "
+                                               f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 2 seeds 2-3")
+
     _write(tmp_path / "b", "oversample", 0, y, ref[0], keys)  # seed 0 now in both folders
     with pytest.raises(SystemExit, match="seed 0 .* two folders"):
         pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap"])
