@@ -77,9 +77,11 @@ def test_ruff_is_clean():
     """The ruff configuration in pyproject.toml passes on the whole tree (skipped without ruff)."""
     import shutil
     import subprocess
+    import sys
     from pathlib import Path
 
-    ruff = shutil.which("ruff")
+    # the venv's ruff also when the venv is not activated (python called by its path)
+    ruff = shutil.which("ruff") or shutil.which("ruff", path=str(Path(sys.executable).parent))
     if ruff is None:
         pytest.skip("ruff is not installed (pip install -e '.[test]' brings it)")
     root = Path(__file__).resolve().parents[1]
