@@ -45,7 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     reference = load(args.folders, args.region, args.reference)
     for arm in args.arms:
         runs = load(args.folders, args.region, arm)
-        seeds = sorted(set(runs) & set(reference) & set(args.seeds if args.seeds else runs))
+        seeds = sorted(set(runs) & set(reference))
+        if args.seeds:
+            seeds = [s for s in seeds if s in args.seeds]
         if not seeds:
             raise SystemExit(f"no seed has both {args.reference} and {arm} in {args.region}")
         keys = reference[seeds[0]]["keys_test"]
