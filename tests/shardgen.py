@@ -87,3 +87,16 @@ def set_size_field(data: bytes, name: bytes, field: bytes) -> bytes:
     out[at + 148:at + 156] = b" " * 8
     out[at + 148:at + 156] = b"%06o\0 " % sum(out[at:at + 512])
     return bytes(out)
+
+
+def packed_phantom(root: Path, n_normal: int = 48, n_lesion: int = 24, *, size: int = 64, seed: int = 2,
+                   shard_size: int = 8) -> str:
+    """Phantom radiographs written into ``root/raw`` and packed into ``root/shards`` (train/val/test
+    splits; the manifest holds the lesion boxes that site proposal needs); returns the shards folder."""
+    from streamaug.cli.pack import pack
+    from streamaug.phantom import write_phantom_dataset
+
+    root = Path(root)
+    write_phantom_dataset(root / "raw", n_normal=n_normal, n_lesion=n_lesion, size=(size, size), seed=seed)
+    pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=shard_size, progress=False)
+    return str(root / "shards")

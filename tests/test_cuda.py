@@ -12,7 +12,7 @@ import os
 
 import pytest
 import torch
-from shardgen import write_shards
+from shardgen import packed_phantom, write_shards
 
 from streamaug import LesionStream, PseudoLabel, SynthesisStage
 from streamaug.models import get_classifier
@@ -49,14 +49,7 @@ def shards(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory):
-    """Packed phantom radiographs (the packer's manifest holds the lesion boxes that sites need)."""
-    from streamaug.cli.pack import pack
-    from streamaug.phantom import write_phantom_dataset
-
-    root = tmp_path_factory.mktemp("cuda_phantom")
-    write_phantom_dataset(root / "raw", n_normal=32, n_lesion=16, size=(64, 64), seed=2)
-    pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=8, progress=False)
-    return str(root / "shards")
+    return packed_phantom(tmp_path_factory.mktemp("cuda_phantom"), n_normal=32, n_lesion=16)
 
 
 def normals(b: int = 4, size: int = 64) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

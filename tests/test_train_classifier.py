@@ -10,21 +10,17 @@ import sys
 
 import pytest
 import torch
+from shardgen import packed_phantom
 
-from streamaug.cli.pack import pack
 from streamaug.models.checkpoint import CheckpointError, load_classifier, save_translator
 from streamaug.models.unit import UNIT, unit_preset
-from streamaug.phantom import write_phantom_dataset
 from streamaug.train.classifier import train_classifier
 from streamaug.train.classifier_data import RunConfig, count_selected
 
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("phantom")
-    write_phantom_dataset(root / "raw", n_normal=48, n_lesion=24, size=(64, 64), seed=2)
-    pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=8, progress=False)
-    return str(root / "shards")
+    return packed_phantom(tmp_path_factory.mktemp("phantom"))
 
 
 def cfg_for(shards, out, **kw):
