@@ -23,13 +23,16 @@ UPRIGHT_ARMS = ("oversample_swap_upright",)
 # the same arm with each pasted lesion drawn from a kept positive of the same bone as its site's, of
 # another patient (so never the positive's own lesion)
 BONE_ARMS = ("oversample_swap_bone",)
-VARIANT_ARMS = SELECTION_ARMS + MATCHED_ARMS + UPRIGHT_ARMS + BONE_ARMS
-ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS + UPRIGHT_ARMS + BONE_ARMS
+# copy-paste onto normals with each lesion pasted by its mask (feathered), not the whole crop
+MASK_ARMS = ("oversample_copy_paste_mask",)
+VARIANT_ARMS = SELECTION_ARMS + MATCHED_ARMS + UPRIGHT_ARMS + BONE_ARMS + MASK_ARMS
+ALL_ARMS = ARMS + SELECTION_ARMS + MATCHED_ARMS + SWAP_ARMS + UPRIGHT_ARMS + BONE_ARMS + MASK_ARMS
 SYNTHESIS_ARMS = ALL_ARMS[3:]
 SAME_SYNTHESIZER = "same synthesizer, baseline filter"
 SAME_ARM_UNMATCHED = "same arm, sources from every normal"
 SAME_ARM_TURNED = "same arm, pastes turned by quarter turns"
 SAME_ARM_ANY_BONE = "same arm, lesions of any bone and patient"
+SAME_ARM_BOX = "same arm, whole crops pasted"
 TRANSFER_ARMS = ("lesion_transfer", "lesion_transfer_g")
 
 # cpu128 fits the 90-minute target on 2 CPU cores with --jobs 2: a 1-seed, 1-epoch timing of every arm
@@ -89,7 +92,7 @@ def base_arm(arm: str) -> str:
 def same_arm_label(arm: str) -> str:
     """The report's column for ``arm`` against the arm it varies (:func:`base_arm`)."""
     labels = {**dict.fromkeys(MATCHED_ARMS, SAME_ARM_UNMATCHED), **dict.fromkeys(UPRIGHT_ARMS, SAME_ARM_TURNED),
-              **dict.fromkeys(BONE_ARMS, SAME_ARM_ANY_BONE)}
+              **dict.fromkeys(BONE_ARMS, SAME_ARM_ANY_BONE), **dict.fromkeys(MASK_ARMS, SAME_ARM_BOX)}
     return labels.get(arm, SAME_SYNTHESIZER)
 
 
@@ -101,6 +104,8 @@ def arm_overrides(ctx: Context, arm: str, region: str, seed: int, translators: d
         return {**own, "match_sources": arm.rsplit("_", 1)[1]}
     if arm in UPRIGHT_ARMS:
         return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_rot90": False}
+    if arm in MASK_ARMS:
+        return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_shape": "mask"}
     if arm in BONE_ARMS:
         return {**arm_overrides(ctx, base_arm(arm), region, seed, translators, filters, other), "paste_match": "bone",
                 "paste_avoid": "group"}

@@ -1,6 +1,7 @@
 """CopyPaste: real lesion crops pasted at normal sites (locality, provenance, centring, clipping, replay)."""
 from __future__ import annotations
 
+import pytest
 import torch
 from shardgen import write_shards
 
@@ -95,3 +96,52 @@ def test_lesion_crops_from_shards_read_only_lesion_boxes(tmp_path):
     crops = LesionCrops.from_shards(tmp_path, margin=1.5, size=8)
     assert len(crops) == 5 and sorted(crops.keys) == [f"k{i:06d}" for i in range(0, 20, 4)]
     assert crops.canvases.shape == (5, 2, 8, 8) and torch.allclose(crops.sides, torch.full((5,), 10.0))
+
+
+def disc_lesion(key="D", lesion=0.9, context=0.2, size=64, with_mask=True):
+    """A lesion disc of radius 6 at (28, 28) in a flat context; its box is the disc's bounding box."""
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    disc = ((yy - 28) ** 2 + (xx - 28) ** 2 <= 36).float()[None]
+    sample = {"key": key, "label": 1, "image": context + (lesion - context) * disc,
+              "boxes": torch.tensor([[22.0, 22.0, 35.0, 35.0]])}
+    return {**sample, "mask": disc} if with_mask else sample
+
+
+def test_mask_shape_pastes_the_lesion_not_its_surroundings():
+    base = torch.full((1, 1, 64, 64), 0.5)
+    site = torch.tensor([[8, 8, 40, 40]])
+    made = {}
+    for shape in ("box", "mask"):
+        crops = LesionCrops.from_samples([disc_lesion()], margin=2.0, size=32, shape=shape, feather=0.05)
+        made[shape] = CopyPaste(crops=crops, **PLAIN)(base, site, torch.tensor([0]),
+                                                       torch.Generator().manual_seed(0)).images[0, 0]
+    for shape in ("box", "mask"):
+        assert float(made[shape][24, 24]) > 0.85  # the lesion, at the site's centre
+    assert float(made["box"][14:18, 14:18].max()) < 0.45  # the crop's dark context, inside the site
+    # beyond the lesion's feathered rim the site keeps its own pixels, bit for bit
+    changed = {shape: (made[shape] != base[0, 0]).nonzero() for shape in made}
+    assert int(changed["mask"].min()) >= 11 and int(changed["mask"].max()) <= 36  # the disc and its rim
+    assert int(changed["box"].min()) <= 9 and int(changed["box"].max()) >= 38  # the whole site (8..39)
+    assert torch.equal(made["mask"][:8], base[0, 0, :8]) and torch.equal(made["mask"][40:], base[0, 0, 40:])
+
+
+def test_mask_shape_keeps_the_lesion_contrast_to_its_own_surroundings():
+    """Intensity matching still works over the whole crop: a lesion 0.4 brighter than its context
+    lands about that much brighter than the site, not at the site's mean."""
+    crops = LesionCrops.from_samples([disc_lesion(lesion=0.6, context=0.2)], size=32, shape="mask")
+    synth = CopyPaste(crops=crops, **{**PLAIN, "match_intensity": True})
+    made = synth(torch.full((1, 1, 64, 64), 0.5), torch.tensor([[8, 8, 40, 40]]), torch.tensor([0]),
+                 torch.Generator().manual_seed(0))
+    assert float(made.images[0, 0, 24, 24]) > 0.75
+
+
+def test_mask_shape_without_a_mask_pastes_the_feathered_box_and_says_so():
+    crops = LesionCrops.from_samples([disc_lesion("m"), disc_lesion("n", with_mask=False)], size=32, shape="mask")
+    assert crops.canvases.shape == (2, 3, 32, 32) and crops.unmasked == 1 and crops.shape == "mask"
+    assert CopyPaste(crops=crops).describe()["unmasked"] == 1
+    masked, boxed = crops.canvases[:, 2].float()
+    assert float(boxed.sum()) > float(masked.sum())  # the box is larger than the disc in it
+    with pytest.raises(ValueError, match="shape='box'"):
+        CopyPaste(crops=crops, onto="lesions")
+    with pytest.raises(ValueError, match="'box' or 'mask'"):
+        LesionCrops.from_samples([disc_lesion()], shape="disc")

@@ -258,18 +258,25 @@ def test_selection_arms_compare_filters_on_the_same_synthesizer(tmp_path):
     assert key["config"]["filter_classifier"] == str(scorer) and str(scorer) in key["inputs"]
 
 
-def test_age_matched_arm_is_compared_with_the_same_arm_on_every_normal(tmp_path):
+def test_copy_paste_variants_differ_from_it_in_their_one_setting(tmp_path):
+    """Age-matched sources and mask-shaped pastes, each beside copy-paste on every normal, whole crops."""
     arms, out = _arms(), tmp_path / "out"
-    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age")
-    versus = rows["oversample_copy_paste_age"]["versus"]
-    assert set(versus) == {"oversample", arms.SAME_ARM_UNMATCHED}
-    assert math.isfinite(versus[arms.SAME_ARM_UNMATCHED]["delta_seeds"])
-    assert rows["oversample_copy_paste_age"]["samples_per_epoch"] == rows["oversample_copy_paste"]["samples_per_epoch"]
+    rows = _lower_limb_rows(tmp_path, "baseline", "oversample", "oversample_copy_paste", "oversample_copy_paste_age",
+                            "oversample_copy_paste_mask")
     scores = out / "runs" / "lower_limb" / "{}" / "seed0" / "scores.json"
-    matched = json.loads(Path(str(scores).format("oversample_copy_paste_age")).read_text())["key"]["config"]
     plain = json.loads(Path(str(scores).format("oversample_copy_paste")).read_text())["key"]["config"]
-    assert matched.pop("match_sources") == "age" and plain.pop("match_sources") is None
-    assert {k: v for k, v in matched.items() if k != "out"} == {k: v for k, v in plain.items() if k != "out"}
+    for arm, label, name, value, default in (("oversample_copy_paste_age", arms.SAME_ARM_UNMATCHED, "match_sources",
+                                              "age", None),
+                                             ("oversample_copy_paste_mask", arms.SAME_ARM_BOX, "paste_shape", "mask",
+                                              "box")):
+        versus = rows[arm]["versus"]
+        assert set(versus) == {"oversample", label}
+        assert math.isfinite(versus[label]["delta_seeds"])
+        assert rows[arm]["samples_per_epoch"] == rows["oversample_copy_paste"]["samples_per_epoch"]
+        variant = json.loads(Path(str(scores).format(arm)).read_text())["key"]["config"]
+        assert (variant[name], plain[name]) == (value, default)
+        assert {k: v for k, v in variant.items() if k not in ("out", name)} == \
+            {k: v for k, v in plain.items() if k not in ("out", name)}
 
 
 def test_swap_arms_make_new_positives_from_the_kept_positives(tmp_path):

@@ -350,6 +350,19 @@ def test_match_sources_draws_synthetic_positives_from_age_matched_normals(shards
                            device=torch.device("cpu"))
 
 
+def test_paste_shape_mask_cuts_the_kept_lesions_by_their_masks(shards, tmp_path):
+    from streamaug.data.select import rare_positive_select
+    from streamaug.train.classifier_data import build_synthesizer
+
+    select, counts = rare_positive_select(shards, "train", None, 0.2, 1)
+    synth = build_synthesizer(cfg_for(shards, tmp_path, stream="lesion", synthesizer="copy_paste", paste_shape="mask"),
+                              select)
+    assert synth.crops.canvases.shape[1] == 3 and synth.crops.unmasked == 0  # the phantoms carry lesion masks
+    assert set(synth.crops.keys) == set(select.positives) and synth.describe()["shape"] == "mask"
+    with pytest.raises(ValueError, match="shape='box'"):
+        build_synthesizer(cfg_for(shards, tmp_path, stream="lesion", synthesizer="swap", paste_shape="mask"), select)
+
+
 def test_filter_quantile_calibrates_on_validation_positives(shards, filter_pt):
     from streamaug.train.classifier_data import build_filter, build_val_stream
 

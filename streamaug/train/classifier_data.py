@@ -50,6 +50,9 @@ class RunConfig:
             site whose value no kept lesion shares (a normal without a bone entry) draws from all.
         paste_avoid: copy_paste, swap, mix: never paste a lesion whose image has the same value of this
             metadata field as the site's (e.g. group, a patient id: with swap, never a positive's own lesion).
+        paste_shape: copy_paste, mix: box pastes each lesion crop whole (the lesion and its own
+            surroundings); mask pastes only the lesion, by its mask in the shards widened and feathered
+            (TumorCP's way: the site keeps its own bone around it). Not with swap.
         filter_classifier: baseline classifier (its best.pt) for the pseudo-label filter, or a patch
             scorer (streamaug-train scorer's scorer.pt: scores the blended sites); default: no filter.
         filter_mode: threshold: keep every candidate the filter scores at least the threshold (the paper);
@@ -100,6 +103,7 @@ class RunConfig:
     paste_rot90: bool = True
     paste_match: str | None = None
     paste_avoid: str | None = None
+    paste_shape: Literal["box", "mask"] = "box"
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
     filter_threshold: float = 0.9
@@ -227,7 +231,7 @@ def build_synthesizer(cfg: RunConfig, select: Any, device: torch.device | str = 
         parts.append(CopyPaste(_spec(cfg.train_shards), split=cfg.train_split, select=select, resize=cfg.image_size,
                                blend_n=cfg.blend_n, onto="lesions" if cfg.synthesizer == "swap" else "normals",
                                rot90=cfg.paste_rot90, match=cfg.paste_match, avoid=cfg.paste_avoid,
-                               device=device))
+                               shape=cfg.paste_shape, device=device))
     return parts[0] if len(parts) == 1 else Mix(parts)
 
 
