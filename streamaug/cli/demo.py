@@ -66,8 +66,8 @@ def _sample_grid(path: Path, synthesizer: Any, shards: Path, size: int, select: 
 
 def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesion: int = 300,
              image_size: int = 96, epochs: int = 8, translator_steps: int = 300, positive_ratio: float = 0.1,
-             synthetic_per_positive: float = 3.0, synthesizer: str = "copy_paste", seed: int = 0,
-             device: str = "cpu") -> dict:
+             synthetic_per_positive: float = 3.0, synthesizer: str = "copy_paste", paste_shape: str = "box",
+             seed: int = 0, device: str = "cpu") -> dict:
     """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
@@ -121,7 +121,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
                 "the baseline ranks the candidates)", extra)
     aug_cfg = RunConfig(out=str(out / "augmented"), stream="lesion", synthesizer=synthesizer,
                         translator=str(translator) if translator else None, filter_classifier=str(base),
-                        filter_mode="rank", synthetic_per_positive=float(extra), **common)
+                        filter_mode="rank", synthetic_per_positive=float(extra), paste_shape=paste_shape, **common)
     aug = train_classifier(aug_cfg)
     logger.info("[5/5] scoring the test split")
     y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
@@ -136,7 +136,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
         "test_images": len(y), "test_positives": int(y.sum()), "positive_ratio": positive_ratio,
         "kept_positives": kept["positives"], "normals": kept["normals"],
         "baseline_auc": auc_b, "augmented_auc": auc_a, "delta": delta, "significant": is_significant(delta),
-        "synthesizer": synthesizer, "filter": "rank", "trained_on": trained,
+        "synthesizer": synthesizer, "paste_shape": paste_shape, "filter": "rank", "trained_on": trained,
         "baseline_val_auc": base_extra.get("val_auc"),
         "roc_png": str(roc), "samples_png": str(grid), "seconds": round(time.perf_counter() - t0, 1),
     }
@@ -185,6 +185,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what makes the augmented arm's synthetic positives: translate (a tiny UNIT translator "
                         "trained here), copy_paste (crops of the kept positives pasted at normal sites), or mix "
                         "(both, half and half) (default: %(default)s)")
+    p.add_argument("--paste-shape", choices=("box", "mask"), default="box",
+                   help="copy_paste, mix: paste each lesion crop whole (box) or only the lesion by its feathered "
+                        "mask (mask) (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of data, selection and training (default: %(default)s)")
     p.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     p.add_argument("--threads", type=int, default=1,
@@ -204,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         torch.set_num_threads(a.threads)
     run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
              epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
-             synthetic_per_positive=a.synthetic_per_positive, synthesizer=a.synthesizer, seed=a.seed, device=a.device)
+             synthetic_per_positive=a.synthetic_per_positive, synthesizer=a.synthesizer, paste_shape=a.paste_shape,
+             seed=a.seed, device=a.device)
     return 0
 
 
