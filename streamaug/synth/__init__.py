@@ -4,6 +4,7 @@
 * :mod:`streamaug.synth.base`: the synthesizer interface (parameters drawn apart from their use);
 * :mod:`streamaug.synth.translate`: :class:`Translate` (UNIT patch translation, Gupta et al.);
 * :mod:`streamaug.synth.copy_paste`: :class:`CopyPaste` (real lesion crops, TumorCP-style);
+* :mod:`streamaug.synth.lesion_bank`: :class:`LesionCrops` (the real lesions it pastes, cut once);
 * :mod:`streamaug.synth.inpaint`: :class:`Inpaint` (new context around a kept lesion box, Xing et al.);
 * :mod:`streamaug.synth.mix`: :class:`Mix` (several synthesizers, weighted);
 * :mod:`streamaug.synth.sources`: what a synthesizer starts from (normals, or positives at their lesion boxes);
@@ -11,8 +12,9 @@
 * :mod:`streamaug.synth.lesion_stream`: :class:`LesionStream` (real and synthetic samples, mixed).
 """
 from streamaug.synth.base import Made, Synthesizer
-from streamaug.synth.copy_paste import CopyPaste, LesionCrops
+from streamaug.synth.copy_paste import CopyPaste
 from streamaug.synth.inpaint import Inpaint
+from streamaug.synth.lesion_bank import LesionCrops
 from streamaug.synth.lesion_stream import LesionStream, NoAcceptedCandidates
 from streamaug.synth.mix import Mix
 from streamaug.synth.ops import cosine_alpha, crop_sites, paste_blend
