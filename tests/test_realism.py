@@ -182,6 +182,9 @@ def test_synthesizer_specs_dispatch_on_names_and_checkpoint_kinds(tmp_path, caps
     lesion = {"key": "L", "label": 1, "image": torch.rand(1, 32, 32), "boxes": torch.tensor([[8.0, 8, 16, 16]])}
     factory, _ = cli.make_synthesizer("copy-paste", args)
     assert isinstance(factory([lesion]), CopyPaste)
+    factory, _ = cli.make_synthesizer("copy-paste-mask", args)
+    masked = factory([{**lesion, "mask": (torch.rand(1, 32, 32) > 0.5).float()}])
+    assert masked.crops.shape == "mask" and masked.crops.unmasked == 0
     path = save_translator(tmp_path / "t.pt", IdentityTranslator(IdentityConfig(8)), config=IdentityConfig(8),
                            patch_size=8, s=1.5, region="lower_limb", manifest_sha256="0" * 64, step=1)
     factory, s = cli.make_synthesizer(str(path), args)

@@ -8,6 +8,7 @@ SPEC (``--synthesizer``) is what the synthetic side is made with:
 * ``real``: no synthesizer; the control: real positives against held-apart real positives (the
   discriminator AUC should sit at 0.5, and the distances give their floor at this sample count);
 * ``copy-paste``: :class:`~streamaug.synth.CopyPaste` with the donor-side real lesions;
+* ``copy-paste-mask``: the same, each lesion pasted by its feathered mask (``shape="mask"``);
 * ``swap``: ``CopyPaste(onto="lesions")``: each donor-side positive gets another donor-side lesion
   pasted over its own (a lesion swap: the context stays a real positive's);
 * ``broken``: :class:`NoiseSquare`, uniform noise pasted at the sites with hard edges (the
@@ -98,6 +99,8 @@ Factory = Callable[[list[dict[str, Any]], argparse.Namespace], Synthesizer]
 NAMED: dict[str, Factory | None] = {
     "real": None,
     "copy-paste": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors), device=args.device),
+    "copy-paste-mask": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors, shape="mask"),
+                                                      device=args.device),
     "swap": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors), onto="lesions",
                                            device=args.device),
     "broken": lambda donors, args: NoiseSquare(),
