@@ -112,7 +112,7 @@ class CopyPaste(Synthesizer):
             no mask pixel in the box pastes its feathered box; :attr:`LesionCrops.unmasked` counts them).
             With ``crops``, theirs. Not with ``onto="lesions"`` (the paste must cover the source's lesion).
         feather: ``shape="mask"``: rim width and softness as a share of the lesion box's larger side.
-        onto: ``"normals": sites proposed in normal images; ``"lesions"``: the sources are positives
+        onto: ``"normals"``: sites proposed in normal images; ``"lesions"``: the sources are positives
             and the sites their own lesion boxes widened by ``margin`` (``source_label = 1``).
         device: where the canvases live.
 

@@ -126,9 +126,9 @@ def lesion_alpha(mask: torch.Tensor | None, box: Sequence[float], size: tuple[in
     """The paste weight of one lesion: its mask pixels inside ``box``, widened and feathered.
 
     The mask (``(1, H, W)``, values in {0, 1}) is cut to the box (another lesion of the image stays
-    out), dilated by ``feather * max(w, h)`` pixels and smoothed by a Gaussian of that sigma
-    (:func:`kornia.filters.gaussian_blur2d`), so the paste fades into the site over a rim about as wide
-    as the lesion's own rim. ``mask=None`` gives the box itself, feathered the same way.
+    out), dilated by ``r = feather * max(w, h)`` pixels (at least 1) and smoothed by a Gaussian of
+    sigma ``r / 2`` (:func:`kornia.filters.gaussian_blur2d`), so the paste fades into the site over a
+    rim about ``r`` wide. ``mask=None`` gives the box itself, feathered the same way.
 
     Returns:
         ``(1, H, W)`` float in ``[0, 1]``, or None when the mask has no pixel in the box.
