@@ -354,7 +354,7 @@ def test_paste_shape_mask_cuts_the_kept_lesions_by_their_masks(shards, tmp_path)
     from streamaug.data.select import rare_positive_select
     from streamaug.train.classifier_data import build_synthesizer
 
-    select, counts = rare_positive_select(shards, "train", None, 0.2, 1)
+    select, _ = rare_positive_select(shards, "train", None, 0.2, 1)
     synth = build_synthesizer(cfg_for(shards, tmp_path, stream="lesion", synthesizer="copy_paste", paste_shape="mask"),
                               select)
     assert synth.crops.canvases.shape[1] == 3 and synth.crops.unmasked == 0  # the phantoms carry lesion masks
