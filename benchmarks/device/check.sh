@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Run THERE, on a lent GPU, as the device tool's one call (prepared by benchmarks/device/prepare.sh):
-#   run(command="bash benchmarks/device/check.sh", carry=[".whl", ".devdata"], timeout_s=540)
+#   run(command="bash benchmarks/device/check.sh", carry=[".whl", ".devdata"], timeout_s=480)
 # 1. installs the carried wheels, 2. runs the tests that use the GPU (tests/test_cuda.py: each stage
 # on CUDA against the CPU, exact resume, trainers; the UNIT, blending and benchmark-suite tests on
 # CUDA), 3. runs benchmarks/train_step.py on CUDA: the settings of the recorded CPU row, then a
 # GPU-sized one. Every step has its own time limit so one hang cannot eat the call; each log lands in
-# $OUT (the device tool brings it back). Options (environment): PY (default python3), DEVICE (cuda),
-# WHL (.whl), DATA (.devdata/btxrd; phantom shards when absent), QUICK=1 (train_step --quick).
+# $OUT (the device tool brings it back). The steps' limits add up to 420 s, so with the machine's
+# start one rerun still fits a 15-minute device budget (a dry run on 2 CPU cores, QUICK=1, DEVICE=cpu,
+# took 2.5 min). Options (environment): PY (default python3), DEVICE (cuda), WHL (.whl), DATA
+# (.devdata/btxrd; phantom shards when absent), QUICK=1 (train_step --quick).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 OUT=${OUT:-device_out}
@@ -37,7 +39,7 @@ fi
   '| numpy', numpy.__version__)"
   nproc; git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head; } | tee "$OUT/env.txt"
 
-step tests 240 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_unit.py tests/test_blend.py \
+step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_unit.py tests/test_blend.py \
     tests/test_bench.py
 
 shards=()
@@ -45,8 +47,8 @@ shards=()
 quick=()
 [ "${QUICK:-0}" = 1 ] && quick=(--quick)
 # the recorded CPU row's settings (drn_tiny, 128 px, batch 32, 2 workers per loader)
-step train_step 150 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}"
+step train_step 120 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}"
 # a GPU-sized run: 256 px, batch 64, 6 workers per loader (the machine has 16 cores)
-step train_step_256 150 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}" \
+step train_step_256 120 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}" \
     --size 256 --batch 64 --workers 6
 cat "$OUT/summary.txt"

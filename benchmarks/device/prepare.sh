@@ -2,7 +2,7 @@
 # Run HERE (a machine with the package registries and ../shared), before a lent GPU's one call:
 # downloads the wheels the GPU image lacks into .whl/ and packs part of the BTXRD train split into
 # .devdata/btxrd (both ignored by git; they travel with `carry`). Then, through the device tool:
-#   run(command="bash benchmarks/device/check.sh", carry=[".whl", ".devdata"], timeout_s=540)
+#   run(command="bash benchmarks/device/check.sh", carry=[".whl", ".devdata"], timeout_s=480)
 # Options (environment): PYVER (the GPU image's Python, default 3.12), BTXRD (the raw BTXRD folder,
 # default ../shared/data/btxrd), ROWS (train images packed, default 1100: about 31 MB, inside the
 # 64 MiB that travel with the working tree and the wheels).
