@@ -120,12 +120,12 @@ def test_bfloat16_translation_stays_close_to_float32():
     torch.testing.assert_close(bf16.images, f32.images, atol=0.05, rtol=0)
 
 
-def _stream(shards, **kw):
+def _stream(shards, device=DEVICE):
     drn = seeded(lambda: get_classifier("drn_tiny")(), 1)
     return LesionStream(shards, translator=seeded(lambda: UNIT(unit_preset("tiny")), 0),
-                        filter=PseudoLabel(drn, threshold=None, device=kw.get("device", DEVICE)),
+                        filter=PseudoLabel(drn, threshold=None, device=device), device=device,
                         sites=SiteProposer(BANK, n=4, min_intensity=0.0), min_intensity=None, device_batch=8,
-                        synthetic_fraction=0.3, epoch_length=30, seed=7, **{"device": DEVICE, **kw})
+                        synthetic_fraction=0.3, epoch_length=30, seed=7)
 
 
 @pytest.mark.parametrize("k", [0, 11])

@@ -71,13 +71,6 @@ class LesionCrops:
             height, width = image.shape[-2:]
             content = torch.cat([image.reshape(1, height, width), torch.ones(1, height, width)])
             for x0, y0, x1, y1 in torch.as_tensor(sample["boxes"], dtype=torch.float32).reshape(-1, 4).tolist():
-                if shape == "mask" and (x1 > x0 and y1 > y0):
-                    mask = sample.get("mask")
-                    alpha = None if mask is None else lesion_alpha(mask, (x0, y0, x1, y1), (height, width), feather)
-                    unmasked += int(alpha is None)
-                    if alpha is None:  # no mask, or no mask pixel in the box: the box itself, feathered
-                        alpha = lesion_alpha(None, (x0, y0, x1, y1), (height, width), feather)
-                    content = torch.cat([content[:2], alpha])
                 w, h = x1 - x0, y1 - y0
                 if w <= 0 or h <= 0 or (max_lesions is not None and len(keys) >= max_lesions):
                     continue
@@ -87,6 +80,13 @@ class LesionCrops:
                 lx0, ly0, lx1, ly1 = max(xs, 0), max(ys, 0), min(xs + c, width), min(ys + c, height)
                 if lx1 <= lx0 or ly1 <= ly0:
                     continue
+                if shape == "mask":  # only for boxes that are cropped
+                    mask = sample.get("mask")
+                    alpha = None if mask is None else lesion_alpha(mask, (x0, y0, x1, y1), (height, width), feather)
+                    unmasked += int(alpha is None)
+                    if alpha is None:  # no mask, or no mask pixel in the box: the box itself, feathered
+                        alpha = lesion_alpha(None, (x0, y0, x1, y1), (height, width), feather)
+                    content = torch.cat([content[:2], alpha])
                 canvas = torch.zeros(len(content), c, c)
                 canvas[:, ly0 - ys:ly1 - ys, lx0 - xs:lx1 - xs] = content[:, ly0:ly1, lx0:lx1]
                 canvases.append(F.interpolate(canvas[None], size=(size, size), mode="bilinear", antialias=True,
