@@ -243,3 +243,23 @@ def test_old_import_paths_still_work():
     assert drn.load_classifier is load_classifier and drn.save_classifier is save_classifier
     assert models.load_classifier is load_classifier and drn.CHECKPOINT_FORMAT == CLASSIFIER_FORMAT
     assert issubclass(CheckpointError, ValueError)
+
+
+def test_weights_that_are_not_a_dict_or_not_finite_are_refused(tmp_path):
+    path = save_classifier(tmp_path / "c.pt", _tiny_drn())
+    _rewrite(path, state_dict="weights")
+    with pytest.raises(CheckpointError, match=r"c\.pt: weights do not match"):
+        load_classifier(path)
+    model = _tiny_drn()
+    with torch.no_grad():
+        next(model.parameters()).fill_(float("nan"))
+    path = save_classifier(tmp_path / "nan.pt", model)
+    with pytest.raises(CheckpointError, match=r"nan\.pt: 1 weight tensors hold NaN or inf.*earlier one"):
+        load_classifier(path)
+    unit = tmp_path / "u.pt"
+    _save_unit(unit)
+    ckpt = torch.load(unit, weights_only=True)
+    next(iter(ckpt["weights"].values())).fill_(float("inf"))
+    torch.save(ckpt, unit)
+    with pytest.raises(CheckpointError, match=r"u\.pt: 1 weight tensors hold NaN or inf"):
+        load_translator(unit)

@@ -143,3 +143,16 @@ def test_last_check_refuses_any_nan_image(monkeypatch):
     monkeypatch.setattr(readers, "rgb_to_gray", lambda rgb, top: np.full(rgb.shape[:2], np.nan, np.float32))
     with pytest.raises(XRayDecodeError, match=r"c\.png: decoding gave 16 NaN"):
         decode_xray(png_bytes(np.zeros((4, 4, 3), np.uint8)), "png", source="c.png")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("monochrome1", r"'monochrome1' is not a DICOM value.*exact upper case"),
+    ("", r"'' is not a DICOM value"),
+    ("PALETTE COLOR", r"colour-table indices, not intensities"),
+])
+def test_photometric_values_that_cannot_be_read_as_intensities_are_named(value, message):
+    arr = (np.arange(64).reshape(8, 8) * 60).astype(np.uint16)
+    with pytest.raises(XRayDecodeError, match=rf"x\.dcm: .*{message}"):
+        decode_xray(dicom_bytes(arr, bits=12, photometric=value), "dcm", source="x.dcm")
+    image, _ = decode_xray(dicom_bytes(arr, bits=12, photometric="MONOCHROME1"), "dcm", source="x.dcm")
+    assert float(image[0, 0, 0]) == 1.0  # MONOCHROME1 still inverts: bone bright

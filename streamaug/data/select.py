@@ -17,6 +17,10 @@ class KeySelect:
     def __init__(self, region: str | None, positives: frozenset[str] | None = None) -> None:
         self.region, self.positives = region, positives
 
+    def __repr__(self) -> str:
+        kept = "" if self.positives is None else f", positives=<{len(self.positives)} keys>"
+        return f"KeySelect(region={self.region!r}{kept})"
+
     def __call__(self, key: str, meta: dict) -> bool:
         if self.region is not None and meta.get("region") != self.region:
             return False
@@ -52,6 +56,10 @@ class LabelSelect:
     def __init__(self, label: int, select: Callable[[str, dict], bool] | None = None) -> None:
         self.label, self.select = int(label), select
 
+    def __repr__(self) -> str:
+        inner = "" if self.select is None or getattr(self.select, "selects", None) == () else f", {self.select!r}"
+        return f"LabelSelect(label={self.label}{inner})"
+
     def __call__(self, key: str, meta: dict) -> bool:
         return to_int_label(meta.get("label")) == self.label and (self.select is None or bool(self.select(key, meta)))
 
@@ -67,6 +75,9 @@ class KeySet:
     def __init__(self, keys: frozenset[str] | set[str]) -> None:
         self.keys = frozenset(keys)
 
+    def __repr__(self) -> str:
+        return f"KeySet(<{len(self.keys)} keys>)"
+
     def __call__(self, key: str, meta: dict) -> bool:
         return key in self.keys
 
@@ -81,6 +92,9 @@ class AllOf:
 
     def __init__(self, *selects: Callable[[str, dict], bool] | None) -> None:
         self.selects = tuple(s for s in selects if s is not None)
+
+    def __repr__(self) -> str:
+        return f"AllOf({', '.join(map(repr, self.selects))})"
 
     def __call__(self, key: str, meta: dict) -> bool:
         return all(bool(s(key, meta)) for s in self.selects)

@@ -1,5 +1,6 @@
-"""Shard listing, per-shard sample counts and reading a shard against them (the assignment of
-shards to readers is :mod:`streamaug.data.plan`)."""
+"""Shard listing, the packer's manifest (counts, hashes, the lesion-box bank ``sites=True`` builds),
+per-shard sample counts and reading a shard against them (the assignment of shards to readers is
+:mod:`streamaug.data.plan`)."""
 from __future__ import annotations
 
 import glob
@@ -54,8 +55,20 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
                 hits = sorted(glob.glob(pattern)) if any(c in pattern for c in "*?[") else [pattern]
                 out.extend(hits)
     if not out:
+        if isinstance(urls, (str, os.PathLike)) and (Path(urls) / MANIFEST).exists():
+            splits = sorted(load_manifest(Path(urls) / MANIFEST)["splits"])
+            if not splits:
+                raise ShardError(f"{urls} is a packed folder with no samples (its manifest lists no split); "
+                                 "check the CSV given to `streamaug-pack`")
+            raise ShardError(f"{urls} is a packed folder whose shards lie in its splits {splits}: pass "
+                             f"split= (one of {splits}), or its manifest.json to read every split")
         raise ShardError(f"no shards found for {urls!r}: pass .tar paths, a folder of shards, a brace "
                          "pattern, or a manifest.json written by `python -m streamaug.cli.pack`")
+    seen = [str(Path(u).resolve()) if not is_url(u) else u for u in out]
+    twice = sorted({u for u, k in zip(out, seen) if seen.count(k) > 1})
+    if twice:
+        raise ShardError(f"shards listed more than once for {urls!r}: {twice}. Each would be read that many "
+                         "times per epoch; list each shard once (resampled=True draws shards with replacement)")
     return out
 
 
@@ -94,6 +107,31 @@ def find_manifest(shard: str | os.PathLike) -> Path | None:
     return None
 
 
+def manifest_site_proposer(shards: Sequence[str], *, select: Callable[[str, dict], bool] | None = None,
+                           seed: int = 0) -> Any:
+    """The :class:`streamaug.SiteProposer` that ``sites=True`` builds: matched against the train-split
+    lesion boxes of the packer's manifest beside ``shards[0]`` (or all of them when they share one
+    other split, as in a pack without a split column), keeping only those ``select`` keeps (so a
+    rare-positive selection does not leak the boxes of the positives it drops).
+
+    Raises:
+        ShardError: there is no manifest beside the shards, or its boxes lie in several splits, none train.
+    """
+    from streamaug.sites import LesionBoxBank, SiteProposer
+
+    manifest = find_manifest(shards[0])
+    if manifest is None:
+        raise ShardError(f"sites=True needs the packer's manifest.json beside {shards[0]}; "
+                         "pass sites=SiteProposer(LesionBoxBank.from_records(...)) instead")
+    splits = sorted({str(e.get("split")) for e in load_manifest(manifest).get("lesion_boxes") or []})
+    if "train" not in splits and len(splits) > 1:
+        raise ShardError(f"sites=True matches normals against the train split's lesion boxes, but those of {manifest} "
+                         f"are in splits {splits}: pass sites=SiteProposer(LesionBoxBank.from_manifest(manifest, "
+                         "split=...)) with the split whose boxes may be used")
+    split = splits[0] if len(splits) == 1 else "train"  # a pack without a split column has one: "all"
+    return SiteProposer(LesionBoxBank.from_manifest(manifest, split=split, select=select), seed=seed)
+
+
 def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
     """``(resolved path, size, mtime)``: a cache key that changes when the file does (None: no file)."""
     try:
@@ -108,8 +146,12 @@ def _manifest_entries(key: tuple[str, int, int]) -> dict[str, dict]:
     """``{resolved shard path: {"count", "sha256"}}`` of a manifest (cached while the file is unchanged)."""
     manifest = load_manifest(key[0])
     root = Path(key[0]).parent
-    return {str((root / s["name"]).resolve()): {"count": int(s["count"]), "sha256": s.get("sha256")}
-            for split in manifest["splits"].values() for s in split["shards"]}
+    try:
+        return {str((root / s["name"]).resolve()): {"count": int(s["count"]), "sha256": s.get("sha256")}
+                for split in manifest["splits"].values() for s in split["shards"]}
+    except (KeyError, TypeError, ValueError) as err:
+        raise ShardError(f"shard manifest {key[0]} has a shard entry without a valid 'name' and 'count' "
+                         f"({type(err).__name__}: {err}); re-run `streamaug-pack` to write it again") from err
 
 
 @dataclass(frozen=True)
@@ -314,6 +356,9 @@ def read_tar(shard: str, on_error: str, counters: Any, *, expected: int | None =
     except READ_ERRORS as err:
         at = f" after key {key!r}" if key is not None else ""
         if on_error == "raise":
+            if isinstance(err, FileNotFoundError) and n == 0:
+                raise ShardError(f"shard {shard} does not exist: {err}. Restore the file or re-pack, or pass "
+                                 "on_error='skip' to count its listed samples as lost.") from err
             raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
                              "on_error='skip' to count and skip the damaged part.") from err
         if report:

@@ -29,7 +29,7 @@ from streamaug.data.collate import HandOff
 from streamaug.data.decode import decode_sample, resize_sample
 from streamaug.data.distributed import Slot, current_slot
 from streamaug.data.plan import plan_epoch
-from streamaug.data.shardlist import ShardInfo, expand_urls, find_manifest, read_tar, shard_infos
+from streamaug.data.shardlist import ShardInfo, expand_urls, manifest_site_proposer, read_tar, shard_infos
 from streamaug.io.errors import SampleError, ShardError
 from streamaug.io.labels import to_int_label
 
@@ -79,24 +79,6 @@ def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generato
         yield sample
     rng.shuffle(buf)
     yield from buf
-
-
-def manifest_site_proposer(shards: Sequence[str], *, select: Callable[[str, dict], bool] | None = None,
-                           seed: int = 0) -> Any:
-    """The :class:`streamaug.SiteProposer` that ``sites=True`` builds: matched against the train-split
-    lesion boxes of the packer's manifest beside ``shards[0]``, keeping only those ``select`` keeps
-    (so a rare-positive selection does not leak the boxes of the positives it drops).
-
-    Raises:
-        ShardError: there is no manifest beside the shards.
-    """
-    from streamaug.sites import LesionBoxBank, SiteProposer
-
-    manifest = find_manifest(shards[0])
-    if manifest is None:
-        raise ShardError(f"sites=True needs the packer's manifest.json beside {shards[0]}; "
-                         "pass sites=SiteProposer(LesionBoxBank.from_records(...)) instead")
-    return SiteProposer(LesionBoxBank.from_manifest(manifest, split="train", select=select), seed=seed)
 
 
 class XRayShards(torch.utils.data.IterableDataset):
@@ -239,7 +221,17 @@ class XRayShards(torch.utils.data.IterableDataset):
         world = rank_world()[1] if self.distributed else 1
         return sum(p.quota for p in self._plan(world, max(1, num_workers), self.epoch)[0])
 
+    def _barren_message(self, what: str, *, read: bool) -> str:
+        """Why no shard gives a sample (``read``: after reading them): the shards, the counts, the fix."""
+        names = ", ".join(self.shards[:3]) + (f" and {len(self.shards) - 3} more" if len(self.shards) > 3 else "")
+        causes = ([f"select={self.select!r} keeps none of their samples"] if self.select is not None else []) + (
+            ["their samples are damaged or fail to decode"] if read else ["they are empty"])
+        return (f"shards {names} {what} (stats: {self.stats}): {', or '.join(causes)}. "
+                "Fix or re-pack the shards, or loosen select.")
+
     def _plan(self, world: int, num_workers: int, epoch: int) -> list[list[Any]]:
+        if self.counts is not None and not any(self.counts) and not any(i.damage for i in self.infos):
+            raise ShardError(self._barren_message("hold no sample to read", read=False))
         try:
             return plan_epoch(self.counts, world=world, num_workers=num_workers, seed=self.seed, epoch=epoch,
                               shuffle=self.shuffle, equalize=self.equalize, batch_size=self.batch_size)
@@ -306,9 +298,15 @@ class XRayShards(torch.utils.data.IterableDataset):
                 quota = (per + (1 if slot.worker < extra else 0)) * batch
 
             def forever() -> Iterator[dict[str, Any]]:
+                barren: set[int] = set()  # shards read since the last usable sample
                 while True:
-                    i = int(rng.integers(len(self.shards)))
+                    i, before = int(rng.integers(len(self.shards))), progress[0]
                     yield from shuffle_buffer(self._read(i), self.buffer_size, rng)
+                    barren = set() if progress[0] > before else barren | {i}
+                    if len(barren) == len(self.shards):
+                        raise ShardError(self._barren_message("gave no usable sample: each was read since the "
+                                                              "last one that did, so the unbounded stream would "
+                                                              "spin forever", read=True))
             return forever(), quota
         plan = self._plan(slot.world, slot.num_workers, epoch)[slot.rank][slot.worker]
         # Damaged shards with nothing to read are in no plan: one reader each counts them.

@@ -91,8 +91,8 @@ def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     check_pixel_count(rows, cols, max_pixels, source, frames=frames)
+    photometric = _photometric(ds, samples, source)
     arr = _frame0(_pixel_array(ds, source), (rows, cols), frames, samples, source)
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     voi, window = "none", None
@@ -279,6 +279,29 @@ def _read_dataset(pydicom: Any, data: bytes, source: str) -> Any:
         raise XRayDecodeError(f"{source}: DICOM has no pixel data (truncated, or not an image object "
                               "such as a structured report); check the file")
     return ds
+
+
+_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
+                          "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
+
+
+def _photometric(ds: Any, samples: int, source: str) -> str:
+    """The header's *Photometric Interpretation* (MONOCHROME2 when absent), checked before decoding.
+
+    Raises:
+        XRayDecodeError: a value the DICOM standard does not define (misspelt, lower case, empty),
+            or PALETTE COLOR, whose grey levels are indices into a colour table, not intensities.
+    """
+    value = ds.get("PhotometricInterpretation", "MONOCHROME2")
+    text = str(value).strip()
+    if text not in _PHOTOMETRIC:
+        raise XRayDecodeError(f"{source}: Photometric Interpretation {text!r} is not a DICOM value (expected "
+                              "MONOCHROME2 or MONOCHROME1 for a radiograph, exact upper case); fix the header, "
+                              "e.g. ds.PhotometricInterpretation = 'MONOCHROME2' with pydicom, or re-export")
+    if text == "PALETTE COLOR" and samples == 1:
+        raise XRayDecodeError(f"{source}: a PALETTE COLOR image holds colour-table indices, not intensities; "
+                              "convert it to a greyscale (MONOCHROME2) DICOM or a PNG first")
+    return text
 
 
 def _pixel_array(ds: Any, source: str) -> np.ndarray:

@@ -244,9 +244,13 @@ def save_translator(
 def _load_weights(path: Path, model: nn.Module, weights: dict[str, torch.Tensor], fix: str) -> None:
     try:
         model.load_state_dict(weights, strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:  # TypeError: weights that are not a dict
         detail = " ".join(line.strip() for line in str(err).splitlines()[:4])
         raise CheckpointError(f"{path}: weights do not match the stored config ({detail}); {fix}") from err
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path}: {len(bad)} weight tensors hold NaN or inf (first: {bad[0]!r}); the run "
+                              "diverged before this checkpoint was saved: use an earlier one (best.pt) or retrain")
 
 
 def _rebuild(path: str | os.PathLike, ckpt: dict[str, Any], kind: str, size_key: str,

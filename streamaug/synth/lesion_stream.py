@@ -46,7 +46,8 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
 from streamaug.data.select import AllOf, LabelSelect
-from streamaug.data.stream import XRayShards, manifest_site_proposer
+from streamaug.data.shardlist import manifest_site_proposer
+from streamaug.data.stream import XRayShards
 from streamaug.synth.sources import source_sites
 from streamaug.synth.stage import SynthesisStage, epoch_seed
 
@@ -150,7 +151,7 @@ class LesionStream(torch.utils.data.IterableDataset):
         positive_fraction = (0.1 if positives is not None else 0.0) if positive_fraction is None else positive_fraction
         if positive_fraction and positives is None:
             raise ValueError("positive_fraction > 0 needs positives= shards")
-        if synthetic_fraction < 0 or positive_fraction < 0 or synthetic_fraction + positive_fraction > 1:
+        if not (synthetic_fraction >= 0 and positive_fraction >= 0 and synthetic_fraction + positive_fraction <= 1):
             raise ValueError(f"fractions must be >= 0 and sum to <= 1, got synthetic={synthetic_fraction}, "
                              f"positive={positive_fraction}")
         if real_pass and (epoch_length is not None or synthetic_fraction + positive_fraction >= 1):
