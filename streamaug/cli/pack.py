@@ -5,19 +5,25 @@
 
 Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
 
-* **CSV.** ``image`` (path relative to ``--root``) is required; ``mask``, ``label``, ``split`` and the
-  boxes column (``--boxes-column``, default ``boxes_xyxy`` when present; ``x0 y0 x1 y1;...``,
-  end-exclusive pixels) are optional; every column is kept, as the string the CSV gives.
+* **CSV.** UTF-8 (a BOM is dropped), read strictly: an unclosed quote, another encoding or a NUL
+  byte stops the pack naming the line. ``image`` (path relative to ``--root``) is required;
+  ``mask``, ``label``, ``split`` and the boxes column (``--boxes-column``, default ``boxes_xyxy``
+  when present; ``x0 y0 x1 y1;...``, end-exclusive pixels, plain numbers) are optional; every
+  column is kept, as the string the CSV gives. A header that spells one of these (or
+  ``boxes_xyxy``) in another case or with spaces (``Label``, `` label``) stops the pack.
 * **Key.** ``--key-column``, else ``image_id`` when present, else the image file stem. Keys may not
   contain ``.`` or ``/`` (WebDataset splits member names at the first dot).
 * **Sample.** ``<key>.<ext>`` holds the image bytes exactly as stored (``ext`` is the lower-cased
-  file suffix, sniffed from the bytes when there is none), ``<key>.mask.<ext>`` the mask bytes
-  (``mask.png`` for PNG masks; an empty ``mask`` cell means no mask), and ``<key>.json`` every column
+  file suffix, sniffed from the bytes when there is none; one the stream reads,
+  ``streamaug.data.decode.IMAGE_EXTS``), ``<key>.mask.png`` the mask as a 0/255 8-bit PNG (the
+  bytes as given when already one; else binarized by :mod:`streamaug.cli.pack_mask`'s rule; an
+  empty ``mask`` cell means no mask), and ``<key>.json`` every column
   plus ``boxes`` (a list of ``[x0, y0, x1, y1]`` read by :func:`streamaug.sites.boxes.parse_boxes`;
   whole numbers are written as ints, so ``5.0`` becomes ``5``; ``[]`` for none). With
   ``--label-column COL`` and no ``label`` column, ``label`` is a copy of ``COL``.
 * **Several rows, one image** (e.g. one row per box): they become one sample. Boxes are
-  concatenated in row order; a column equal in every row is stored once; a column that differs is
+  concatenated in row order (a row identical to an earlier one is dropped and a repeated box stored
+  once, with a warning); a column equal in every row is stored once; a column that differs is
   stored with the first row's value at the top level *and* per row in ``rows``:
   ``[{"line": csv line, <differing columns>, "boxes": that row's boxes}, ...]``. Rows of one key
   must agree on ``image``, ``mask`` and ``split``.
@@ -26,12 +32,15 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
   ``split`` column: ``OUT/<prefix>-000000.tar`` and the manifest names the split ``all``.
 * **Paths.** ``image`` and ``mask`` must stay inside ``--root``: absolute paths, ``..`` and links
   that resolve outside it are bad rows; nothing outside ``--root`` is read.
-* **Bad rows** (an empty ``image`` cell, a path outside ``--root``, missing or undecodable
-  image/mask, any other error while decoding, mask size differing from the image, a box that is
-  unreadable, non-finite, degenerate or outside the image, an invalid key, conflicting duplicate
-  rows) are reported as ``CSV line N (key, file): reason``. ``--on-error raise`` (default) stops
-  at the first one; ``skip`` leaves the row out (an image whose rows are all bad is left out) and
-  records it in ``manifest["skipped"]``.
+* **Bad rows** (fewer cells than the header, an empty ``image`` cell, a path outside ``--root``,
+  missing or undecodable image/mask, an image type the stream cannot read, any other error while
+  decoding, mask size differing from the image, a box that is unreadable, non-finite, degenerate or
+  outside the image, an invalid key, conflicting duplicate rows) are reported as
+  ``CSV line N (key, file): reason``. ``--on-error raise`` (default) stops at the first one;
+  ``skip`` leaves the row out (an image whose rows are all bad is left out) and records it in
+  ``manifest["skipped"]``.
+* **Warnings** (packed, but worth a look: a dropped duplicate row, a repeated box, a mask without
+  foreground beside boxes) are recorded by CSV line in ``manifest["warnings"]`` and printed.
 * **Manifest** counts labels and regions per split as given (``unknown`` for empty); the
   ``lesion_boxes`` bank has one entry per sample with boxes (plus its ``shard``). Shards are
   written with a fixed mtime, so packing the same input twice gives the same ``sha256``.
@@ -60,9 +69,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from streamaug.cli.pack_csv import PackError, SampleBuilder, read_csv
+from streamaug.cli.pack_csv import PackError, SampleBuilder, check_columns, read_csv
+from streamaug.io.labels import to_int_label
 
-__all__ = ["pack", "main", "PackError", "MANIFEST_FORMAT"]
+__all__ = ["pack", "main", "summary", "PackError", "MANIFEST_FORMAT"]
 
 MANIFEST_FORMAT = "streamaug-shards/1"
 _SPLIT_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -120,7 +130,8 @@ def pack(
     if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\\0"):
         raise PackError(f"--prefix {prefix!r} must be a plain file name: not empty, '.' or '..', and without "
                         "'/' or '\\' (the default is the name of --root)")
-    columns, rows = read_csv(metadata)
+    columns, rows, short = read_csv(metadata)
+    check_columns(metadata, columns, {c for c in (key_column, label_column, boxes_column) if c})
     for col, what in ((key_column, "--key-column"), (label_column, "--label-column"), (boxes_column, "--boxes-column")):
         if col is not None and col not in columns:
             raise PackError(f"{metadata}: {what} {col!r} is not a column (columns: {columns})")
@@ -137,9 +148,15 @@ def pack(
     key_column = key_column or ("image_id" if "image_id" in columns else None)
     _check_out(out, overwrite)
 
+    samples = SampleBuilder(root, metadata, columns, on_error=on_error, boxes_column=boxes_column,
+                            label_column=label_column)
     groups: dict[str, list[tuple[int, dict]]] = {}
     for line, row in rows:
         key = (row.get(key_column) or "").strip() if key_column else Path(row["image"]).stem
+        if line in short:
+            samples.bad(line, key, row["image"], f"{short[line]} cells, the header has {len(columns)} columns; "
+                        "write every cell (an empty one is fine), so the values stay under their columns")
+            continue
         groups.setdefault(key, []).append((line, row))
     order = list(groups)
     if shuffle_seed is not None:
@@ -149,8 +166,6 @@ def pack(
               "metadata_sha256": _sha256(metadata), "columns": columns, "key_column": key_column,
               "boxes_column": boxes_column, "label_column": label_column, "shard_size": shard_size,
               "on_error": on_error, "shuffle_seed": shuffle_seed, "csv_rows": len(rows)}
-    samples = SampleBuilder(root, metadata, columns, on_error=on_error, boxes_column=boxes_column,
-                            label_column=label_column)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = _sibling(out, "packing")
     work.mkdir()
@@ -188,6 +203,8 @@ def _pack_into(work: Path, samples: SampleBuilder, groups: list[tuple[str, list[
         "lesion_boxes": packer.lesion_boxes,
         "skipped_count": len(samples.skipped),
         "skipped": samples.skipped,
+        "warnings_count": len(samples.warnings),
+        "warnings": samples.warnings,
         "seconds": round(time.perf_counter() - t0, 2),
     }
     (work / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -353,13 +370,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PackError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    for entry in manifest["skipped"]:
-        print(f"skipped: line {entry['line']} ({entry['key']}, {entry['file']}): {entry['reason']}", file=sys.stderr)
-    counts = ", ".join(f"{k}={v['count']}" for k, v in manifest["splits"].items())
-    print(f"packed {manifest['count']} samples ({counts}) from {manifest['source']['csv_rows']} rows into "
-          f"{args.out} in {manifest['seconds']} s; skipped {manifest['skipped_count']} rows; "
-          f"{len(manifest['lesion_boxes'])} samples with boxes")
+    for what, entry in [("skipped", e) for e in manifest["skipped"]] + [("warning", e) for e in manifest["warnings"]]:
+        print(f"{what}: line {entry['line']} ({entry['key']}, {entry['file']}): {entry['reason']}", file=sys.stderr)
+    print(summary(manifest, args.out))
     return 0
+
+
+def summary(manifest: dict, out: str | os.PathLike) -> str:
+    """The lines :func:`main` prints after a pack: counts, each label with the int
+    :func:`~streamaug.io.labels.to_int_label` maps it to, and the warnings by kind.
+
+    >>> print(summary({"count": 3, "splits": {"all": {"count": 3, "labels": {"0.0": 1, "tumor": 2}}},
+    ...                "source": {"csv_rows": 4}, "seconds": 0.1, "skipped_count": 0, "lesion_boxes": [],
+    ...                "warnings": [{"kind": "duplicate_row"}]}, "out"))
+    packed 3 samples (all=3) from 4 rows into out in 0.1 s; skipped 0 rows; 0 samples with boxes
+    labels: 0.0 -> 0 (1), tumor -> 1 (2)
+    warnings: 1 (duplicate_row=1)
+    """
+    counts = ", ".join(f"{k}={v['count']}" for k, v in manifest["splits"].items())
+    labels: Counter = Counter()
+    for split in manifest["splits"].values():
+        labels.update(split["labels"])
+    kinds = Counter(w["kind"] for w in manifest.get("warnings", []))
+    return (f"packed {manifest['count']} samples ({counts}) from {manifest['source']['csv_rows']} rows into "
+            f"{out} in {manifest['seconds']} s; skipped {manifest['skipped_count']} rows; "
+            f"{len(manifest['lesion_boxes'])} samples with boxes\n"
+            f"labels: {', '.join(f'{k} -> {to_int_label(k)} ({n})' for k, n in sorted(labels.items())) or 'none'}\n"
+            f"warnings: {sum(kinds.values())}"
+            + (f" ({', '.join(f'{k}={n}' for k, n in sorted(kinds.items()))})" if kinds else ""))
 
 
 if __name__ == "__main__":

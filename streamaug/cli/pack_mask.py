@@ -1,0 +1,83 @@
+"""The packer's masks: any mask file Pillow reads -> the binary 8-bit PNG the stream reads.
+
+The stream reads a sample's mask only from its ``mask.png`` member, as its grey level above half
+its maximum (:func:`streamaug.data.decode.decode_sample`), so a JPEG/TIFF mask packed as given would
+not be read at all, and a colour mask by its luma only. :func:`binary_mask_png` stores every mask as
+0/255 mode ``L`` PNG bytes, by this rule:
+
+* the colour channels are compared (alpha is dropped; a palette image is read as its RGB colours;
+  a 1-bit image as 0/1), with their values as stored (16-bit values are not scaled);
+* when the largest value of the whole mask is ``1`` (or ``0``), a pixel is foreground if any
+  channel is ``> 0``; otherwise if any channel is ``> 127``.
+
+A PNG already in mode ``L`` holding only 0 and 255 keeps its bytes exactly, so a pack of such
+masks is byte-identical to one made before this rule.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+
+__all__ = ["MaskError", "binary_mask_png", "mask_foreground"]
+
+
+class MaskError(ValueError):
+    """A mask file that cannot be read, or whose size is not the image's."""
+
+
+def mask_foreground(im) -> np.ndarray:
+    """``(H, W)`` bool foreground of a loaded PIL image, by the rule in the module docstring.
+
+    >>> from PIL import Image
+    >>> mask_foreground(Image.fromarray(np.array([[0, 1]], np.uint8))).tolist()
+    [[False, True]]
+    >>> mask_foreground(Image.fromarray(np.array([[0, 1, 200]], np.uint8))).tolist()
+    [[False, False, True]]
+    """
+    if im.mode == "1":
+        return np.asarray(im, dtype=bool)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")
+    elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "RGBX"):
+        im = im.convert("RGB")
+    arr = np.asarray(im)
+    if im.mode in ("LA", "La", "RGBA", "RGBa"):
+        arr = arr[..., :-1]
+    if arr.ndim == 2:
+        arr = arr[..., None]
+    top = arr.max() if arr.size else 0
+    return (arr > (0 if top <= 1 else 127)).any(axis=-1)
+
+
+def binary_mask_png(data: bytes, *, source: str, size: tuple[int, int]) -> tuple[bytes, int]:
+    """The mask in ``data`` as ``(0/255 mode-L PNG bytes, foreground pixel count)``.
+
+    Args:
+        data: the mask file's bytes (any format Pillow reads).
+        source: the file, named in messages.
+        size: the image's ``(H, W)``; the mask must match it (checked before its pixels are decoded).
+
+    Raises:
+        MaskError: the bytes are not an image Pillow reads, or the size differs from ``size``.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            if (im.height, im.width) != tuple(size):
+                raise MaskError(f"mask {source} is {(im.height, im.width)}, image is {tuple(size)}")
+            im.load()
+            if im.format == "PNG" and im.mode == "L":
+                counts = np.bincount(np.asarray(im).ravel(), minlength=256)
+                if not counts[1:255].any():  # already what the stream reads: keep the bytes
+                    return data, int(counts[255])
+            fg = mask_foreground(im)
+    except MaskError:
+        raise
+    except Exception as err:  # noqa: BLE001 - Pillow raises many types for one bad file
+        raise MaskError(f"mask {source}: cannot decode it as an image ({type(err).__name__}: {err}); re-export "
+                        "it as a PNG of the image's size") from err
+    out = io.BytesIO()
+    Image.fromarray(fg.astype(np.uint8) * 255).save(out, format="PNG")
+    return out.getvalue(), int(fg.sum())
