@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
     from streamaug.data.collate import collate_xray, unbatch
-    from streamaug.data.oversample import oversample, oversample_batches
+    from streamaug.data.oversample import oversample, oversample_batches, oversample_gap
     from streamaug.data.stream import XRayShards
     from streamaug.data.zarr_source import ZarrXRays, write_zarr
     from streamaug.filters.intensity import BoneContent
@@ -48,6 +48,7 @@ _PUBLIC = {
     "unbatch": "streamaug.data.collate",
     "oversample": "streamaug.data.oversample",
     "oversample_batches": "streamaug.data.oversample",
+    "oversample_gap": "streamaug.data.oversample",
     "SiteProposer": "streamaug.sites.proposer",
     "LesionBoxBank": "streamaug.sites.bank",
     "load_translator": "streamaug.models.checkpoint",

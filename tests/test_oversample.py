@@ -51,3 +51,19 @@ def test_deterministic_given_the_seed():
     b = [x["key"] for x in oversample(xs, 3, gap=40, min_gap=4, seed=[3, 1])]
     c = [x["key"] for x in oversample(xs, 3, gap=40, min_gap=4, seed=[3, 2])]
     assert a == b and a != c
+
+
+def test_oversample_gap_keeps_the_end_of_an_epoch_from_piling_up():
+    """Copies due after the input ends come last: ``epoch / times`` piles them into all-positive
+    batches, :func:`oversample_gap` keeps the end close to the mean share."""
+    from streamaug.data.oversample import oversample_gap
+
+    xs = _samples(616, every=11)  # 56 positives, x5 -> 840 samples, as the BTXRD lower limb's epochs
+    shares = {}
+    for name, gap in (("epoch/times", 840 / 5), ("oversample_gap", oversample_gap(840, 5, 32))):
+        labels = np.array([x["label"] for x in oversample(xs, 5, gap=gap, min_gap=32, seed=0)])
+        shares[name] = [labels[i:i + 32].mean() for i in range(0, len(labels), 32)]
+    assert oversample_gap(840, 5, 32) == 42 and oversample_gap(100, 5, 32) == 32
+    assert sum(s == 1 for s in shares["epoch/times"]) >= 3  # the pile-up this guards against
+    assert sum(s == 1 for s in shares["oversample_gap"]) <= 1
+    assert sum(s > 0.6 for s in shares["oversample_gap"][:-1]) <= 1  # mean share 0.33

@@ -223,11 +223,13 @@ def test_padding_never_spins_when_nothing_decodes(tmp_path):
             info = tarfile.TarInfo(f"b{i:06d}.png")
             info.size = 5
             tar.addfile(info, io.BytesIO(b"nopng"))
-    ds = XRayShards(tmp_path, on_error="skip")
+    ds = XRayShards(tmp_path, on_error="skip", batch_size=1)  # batch_size: pad to the quota even on one rank
     with pytest.raises(ShardError, match=r"bad-000000\.tar.*no usable sample.*equalize='none'"):
         within(20, list, ds)
     assert ds.stats["skipped_samples"] == 3  # counted once, not once per pass
     assert within(20, list, XRayShards(tmp_path, on_error="skip", equalize="none")) == []
+    single = XRayShards(tmp_path, on_error="skip")  # one rank, no batch_size: nothing to pad, nothing re-read
+    assert within(20, list, single) == [] and single.stats["skipped_samples"] == 3
 
 
 def _members(path):
@@ -265,13 +267,14 @@ def test_shards_that_lose_samples_quietly_are_bad_shards(tmp_path, damage):
         _rewrite(path, members[:9] + [members[8]] + members[9:])
     with pytest.raises(ShardError, match=r"t-000000\.tar"):
         within(20, list, XRayShards(path, shuffle=False))
-    ds = XRayShards(path, shuffle=False, on_error="skip")
-    got = within(20, keys_of, ds)
-    st = ds.stats
-    assert len(got) == 10 and st["bad_shards"] == 1  # padded to the quota, and the shard reported
-    natural = st["yielded"] - st["padded"]
-    assert natural == READ_BEFORE[damage] and got[:3] == [f"k{i:06d}" for i in range(3)]
-    assert natural + st["lost_samples"] == 10 and st["skipped_samples"] == 0
+    for batch_size in (None, 10):  # one rank: nothing re-read; with batch_size, padded to the quota
+        ds = XRayShards(path, shuffle=False, on_error="skip", batch_size=batch_size)
+        got = within(20, keys_of, ds)
+        st = ds.stats
+        assert len(got) == (10 if batch_size else READ_BEFORE[damage]) and st["bad_shards"] == 1
+        natural = st["yielded"] - st["padded"]
+        assert natural == READ_BEFORE[damage] and got[:3] == [f"k{i:06d}" for i in range(3)]
+        assert natural + st["lost_samples"] == 10 and st["skipped_samples"] == 0
 
 
 @pytest.mark.parametrize("field", [b"\x80" + (1 << 40).to_bytes(11, "big"), b"\xff" + bytes(10) + b"\x01",

@@ -7,6 +7,7 @@ import json
 import re
 import tarfile
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -159,3 +160,39 @@ def test_lesion_stream_refuses_fractions_outside_zero_one(tmp_path, fraction):
     with pytest.raises(ValueError, match="fractions must be >= 0"):
         LesionStream(tmp_path, translator=IdentityTranslator(IdentityConfig(patch_size=8)),
                      sites=SiteProposer(BANK), synthetic_fraction=fraction)
+
+
+def test_a_missing_shard_without_a_manifest_is_called_missing(tmp_path):
+    missing = str(tmp_path / "gone-000000.tar")
+    with pytest.raises(ShardError, match=r"gone-000000\.tar.*does not exist: fix the path"):
+        XRayShards([missing])
+    with pytest.raises(ShardError, match=r"no shard holds a usable sample.*gone-000000\.tar: FileNotFoundError") as err:
+        list(XRayShards([missing], on_error="skip"))
+    assert "--shard-size" not in str(err.value)
+
+
+def test_a_select_that_is_not_callable_is_refused_up_front(tmp_path):
+    from streamaug.data.select import matched_normals
+
+    write_shards(tmp_path, n=8, shard_size=4, size=32)
+    pair = (KeySet({"k000001"}), {"sources": 1})  # what matched_normals / rare_positive_select return
+    assert matched_normals.__annotations__["return"].startswith("tuple")
+    with pytest.raises(TypeError, match=r"select must be a callable .* got a tuple: .*pass the first item"):
+        XRayShards(tmp_path, select=pair)
+    with pytest.raises(TypeError, match=r"source_select must be a callable"):
+        LesionStream(tmp_path, translator=IdentityTranslator(IdentityConfig(patch_size=8)),
+                     sites=SiteProposer(BANK), source_select=pair)
+
+
+def test_lesion_stream_in_a_dataloader_worker_warns(tmp_path, monkeypatch):
+    """Its synthesis and stats belong in the process that owns the device."""
+    import torch
+
+    write_shards(tmp_path, n=8, shard_size=4, size=32)
+    stream = LesionStream(tmp_path, translator=IdentityTranslator(IdentityConfig(patch_size=8)),
+                          sites=SiteProposer(BANK, n=4, min_intensity=0.0), min_intensity=None, device_batch=4,
+                          epoch_length=2)
+    worker = SimpleNamespace(id=0, num_workers=1, seed=0, dataset=stream)
+    monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+    with pytest.warns(UserWarning, match=r"inside a DataLoader worker.*num_workers=0"):
+        next(iter(stream))

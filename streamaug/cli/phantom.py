@@ -1,4 +1,5 @@
-"""``python -m streamaug.phantom --out DIR --n-normal N --n-lesion N [--size 256] [--format png|dcm]``."""
+"""``streamaug-phantom --out DIR --n-normal N --n-lesion N [--size 256] [--format png|dcm]``
+(also ``python -m streamaug.cli.phantom``)."""
 from __future__ import annotations
 
 import argparse
@@ -15,7 +16,7 @@ def _size(text: str) -> tuple[int, int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, write the dataset (and optionally a contact sheet); returns the exit code."""
-    p = argparse.ArgumentParser(prog="python -m streamaug.phantom", description=__doc__)
+    p = argparse.ArgumentParser(prog="streamaug-phantom", description=__doc__)
     p.add_argument("--out", required=True, help="dataset folder to write (BTXRD layout)")
     p.add_argument("--n-normal", type=int, required=True)
     p.add_argument("--n-lesion", type=int, required=True)

@@ -8,7 +8,15 @@ ones. Here the copy schedule is explicit: a sample yielded at output position ``
 ``[min_gap, 2 * gap - min_gap]`` (mean ``gap``). Everything is a function of the input order and
 ``seed``, so a run replays. Stages are plain generators (``iterator -> iterator``)::
 
-    batches = oversample_batches(loader, times=3, batch_size=32, gap=200, seed=[seed, epoch])
+    gap = oversample_gap(epoch_samples, times=3, batch_size=32)     # epoch_samples: copies included
+    batches = oversample_batches(loader, times=3, batch_size=32, gap=gap, seed=[seed, epoch])
+
+The schedule only looks forward, so the ends of an epoch differ from its middle: the first stretch
+holds originals only (their copies are yet to come) and the copies still due when the input ends
+come last, together. Keep ``gap`` small against the epoch (:func:`oversample_gap`). Measured on
+label sequences (1 positive in 11, x5, batch 32; 616 inputs -> 840 outputs): ``gap = epoch / times``
+(168) gave 4 all-positive batches of 27 at the end; ``oversample_gap`` (42) gave 1, and 2 batches
+below half the mean share at the start.
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ import numpy as np
 
 from streamaug.data.collate import collate_xray, unbatch
 
-__all__ = ["is_positive", "oversample", "oversample_batches", "rebatch"]
+__all__ = ["is_positive", "oversample", "oversample_batches", "oversample_gap", "rebatch"]
 
 T = TypeVar("T")
 
@@ -28,6 +36,25 @@ T = TypeVar("T")
 def is_positive(sample: dict[str, Any]) -> bool:
     """The default choice: samples with ``label == 1``."""
     return int(sample["label"]) == 1
+
+
+def oversample_gap(samples: float, times: float, batch_size: int) -> float:
+    """A ``gap`` for :func:`oversample`: ``max(batch_size, samples / (4 * times))``.
+
+    A quarter of ``samples / times`` keeps the positive share about flat over an epoch except its
+    first and last tenths, with the copies of one sample at least a batch apart (never in one
+    batch); the classifier trainer's ``--oversample`` uses it.
+
+    Args:
+        samples: samples of one epoch, copies included (per rank).
+        times: copies per selected sample, the original included.
+        batch_size: the smallest gap allowed.
+
+    Examples:
+        >>> oversample_gap(840, 5, 32), oversample_gap(100, 5, 32)
+        (42.0, 32.0)
+    """
+    return max(float(batch_size), samples / (4.0 * times))
 
 
 def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap: int = 32,
@@ -38,8 +65,9 @@ def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap:
         samples: the input samples, in order.
         times: copies per selected sample, the original included (``>= 1``); a fractional part is
             a probability (``2.5``: 2 or 3 copies, 2.5 on average).
-        gap: mean distance, in output positions, between consecutive copies of one sample. Choose
-            about ``epoch length / times`` so the copies of a sample stay within its epoch.
+        gap: mean distance, in output positions, between consecutive copies of one sample. Keep it
+            small against the epoch, e.g. :func:`oversample_gap`: copies due after the end of the
+            input all come last, so ``epoch length / times`` ends an epoch with all-positive batches.
         min_gap: smallest distance between consecutive copies (e.g. the batch size: copies then
             land in different batches unless other copies fall due at the same position and push
             them a few places on).

@@ -8,7 +8,21 @@ import numpy as np
 from streamaug.data.shardlist import expand_urls, scan_metadata
 from streamaug.io.labels import to_int_label
 
-__all__ = ["AllOf", "KeySelect", "KeySet", "LabelSelect", "matched_normals", "rare_positive_select"]
+__all__ = ["AllOf", "KeySelect", "KeySet", "LabelSelect", "check_select", "matched_normals", "rare_positive_select"]
+
+
+def check_select(select: object, name: str = "select") -> None:
+    """Refuse a ``select`` that is not None or a callable ``select(key, metadata) -> bool``.
+
+    Raises:
+        TypeError: naming the argument; for a tuple, the likely cause (``matched_normals`` and
+            ``rare_positive_select`` return ``(select, counts)``).
+    """
+    if select is None or callable(select):
+        return
+    hint = (": matched_normals and rare_positive_select return (select, counts); pass the first item"
+            if isinstance(select, tuple) else "")
+    raise TypeError(f"{name} must be a callable {name}(key, metadata) -> bool, got a {type(select).__name__}{hint}")
 
 
 class KeySelect:

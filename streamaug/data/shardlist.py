@@ -202,6 +202,15 @@ def scan_shard(shard: str | os.PathLike, *, metadata: bool = True) -> ShardScan:
     return _scan(shard, metadata) if key is None else _scan_cached(key, metadata)
 
 
+def _listing_fault(shard: str | os.PathLike, damage: str) -> str:
+    """The message for a shard whose listing scan failed: a missing file, or a damaged one."""
+    if damage.startswith("FileNotFoundError"):
+        return (f"cannot list shard {shard}: {damage}. The file does not exist: fix the path or restore it, or "
+                "pass on_error='skip' to count it as a bad shard.")
+    return (f"cannot list shard {shard}: {damage}. The file is truncated or not a tar; re-pack it, or pass "
+            "on_error='skip' to count the samples before the damage and skip the rest.")
+
+
 def count_tar_samples(shard: str | os.PathLike) -> int:
     """Count samples (distinct keys) of a tar shard by reading its headers only.
 
@@ -210,8 +219,7 @@ def count_tar_samples(shard: str | os.PathLike) -> int:
     """
     scan = scan_shard(shard, metadata=False)
     if scan.damage is not None:
-        raise ShardError(f"cannot list shard {shard}: {scan.damage}. The file is truncated or not a tar; "
-                         "re-pack it or pass on_error='skip'.")
+        raise ShardError(_listing_fault(shard, scan.damage))
     return scan.count
 
 
@@ -277,9 +285,7 @@ def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Calla
             scan = scan_shard(shard, metadata=False)
             info = ShardInfo(scan.count, scan.count, sha, scan.damage, scan.count)
         if info.damage is not None and on_error == "raise":
-            raise ShardError(f"cannot list shard {shard}: {info.damage}. The file is truncated or not a tar; "
-                             "re-pack it, or pass on_error='skip' to count the samples before the damage and skip "
-                             "the rest.")
+            raise ShardError(_listing_fault(shard, info.damage))
         out.append(info)
     return out
 

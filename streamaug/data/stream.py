@@ -29,6 +29,7 @@ from streamaug.data.collate import HandOff
 from streamaug.data.decode import decode_sample, resize_sample
 from streamaug.data.distributed import Slot, current_slot
 from streamaug.data.plan import plan_epoch
+from streamaug.data.select import check_select
 from streamaug.data.shardlist import ShardInfo, expand_urls, manifest_site_proposer, read_tar, shard_infos
 from streamaug.io.errors import SampleError, ShardError
 from streamaug.io.labels import to_int_label
@@ -103,8 +104,9 @@ class XRayShards(torch.utils.data.IterableDataset):
         resize: ``(H, W)`` or an int: resize every image (boxes and sites follow).
         equalize: ``"pad"`` (default) gives every rank the same number of samples per epoch: ranks
             whose shards hold fewer samples re-read their first ones (counted in ``stats['padded']``);
-            ``"none"`` leaves ranks unequal. With ``"pad"`` a sample skipped for an error is also
-            replaced by a re-read one, so a bad sample never makes one DDP rank run short.
+            ``"none"`` leaves ranks unequal. With ``"pad"`` and several ranks (or ``batch_size``) a
+            sample skipped for an error is also replaced by a re-read one, so a bad sample never makes
+            one DDP rank run short; one rank without ``batch_size`` pads nothing.
         label_fn: maps the metadata ``label`` to an int (default :func:`streamaug.to_int_label`).
         buffer_size: shuffle buffer, in samples.
         select: keep only samples for which ``select(key, metadata_json)`` is true, decided
@@ -159,6 +161,7 @@ class XRayShards(torch.utils.data.IterableDataset):
             raise ValueError(f"verify must be True, False or 'buffer', got {verify!r}")
         if batch_size is not None and (batch_size < 1 or equalize != "pad"):
             raise ValueError(f"batch_size={batch_size!r} needs equalize='pad' and a positive batch size")
+        check_select(select)
         self.shards = expand_urls(urls, split)
         self.shuffle, self.seed, self.resampled = shuffle, seed, resampled
         self.epoch_length, self.on_error, self.equalize = epoch_length, on_error, equalize
@@ -200,7 +203,8 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     @property
     def stats(self) -> dict[str, int]:
-        """Counts shared across workers, summed over epochs: ``yielded``, ``skipped_samples`` (bad
+        """Counts shared across workers, summed over epochs: ``yielded`` (by the readers; DataLoader
+        workers run ahead of the consumed batches by what they prefetch), ``skipped_samples`` (bad
         samples skipped), ``bad_shards`` (bad shards cut short or skipped), ``lost_samples`` (samples
         listed for bad shards that were not read), ``padded`` (re-read for equal ranks).
 
@@ -230,7 +234,12 @@ class XRayShards(torch.utils.data.IterableDataset):
                 "Fix or re-pack the shards, or loosen select.")
 
     def _plan(self, world: int, num_workers: int, epoch: int) -> list[list[Any]]:
-        if self.counts is not None and not any(self.counts) and not any(i.damage for i in self.infos):
+        if self.counts is not None and not any(self.counts):
+            damage = [f"{s}: {info.damage}" for s, info in zip(self.shards, self.infos) if info.damage]
+            if damage:
+                raise ShardError(f"no shard holds a usable sample; the damaged ones: {'; '.join(damage[:3])}"
+                                 f"{f' and {len(damage) - 3} more' if len(damage) > 3 else ''}. Restore or "
+                                 "re-pack them (on_error='skip' counts them in stats, but leaves nothing to read)")
             raise ShardError(self._barren_message("hold no sample to read", read=False))
         try:
             return plan_epoch(self.counts, world=world, num_workers=num_workers, seed=self.seed, epoch=epoch,
@@ -312,7 +321,9 @@ class XRayShards(torch.utils.data.IterableDataset):
         # Damaged shards with nothing to read are in no plan: one reader each counts them.
         orphans = [i for i, info in enumerate(self.infos) if info.damage and not info.selected]
         first = list(plan.shards)
-        n_passes = 1 if self.equalize == "none" else 1 << 30
+        # One rank without batch_size has nothing to equalize: a skipped sample is not replaced by a re-read one.
+        pad = self.equalize == "pad" and (slot.world > 1 or self.batch_size is not None)
+        n_passes = 1 << 30 if pad else 1
 
         def passes() -> Iterator[Any]:
             for i in orphans[slot.index::slot.total]:
@@ -336,7 +347,7 @@ class XRayShards(torch.utils.data.IterableDataset):
                         f"shards {names} gave this reader no usable sample in a whole pass (stats: {self.stats}), "
                         f"so it cannot pad to its quota of {plan.quota} samples for equal ranks. Fix or re-pack "
                         "these shards, or pass equalize='none'.")
-        return passes(), (plan.quota if self.equalize == "pad" else None)
+        return passes(), (plan.quota if pad else None)
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         try:

@@ -100,6 +100,7 @@ class PseudoLabel:
 
     @property
     def device(self) -> torch.device:
+        """Where the classifier's weights are (the CPU for a module without parameters)."""
         first = next(self.classifier.parameters(), None)  # a module without parameters runs on the CPU
         return first.device if first is not None else torch.device("cpu")
 
@@ -182,10 +183,15 @@ class PseudoLabel:
         return {"threshold": self.threshold, "mode": self.mode, "stats": self.stats.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.threshold, self.mode = state["threshold"], state["mode"]
         self.stats.load_state_dict(state["stats"])
 
+    def __repr__(self) -> str:
+        return f"PseudoLabel({self.source!r}, mode={self.mode!r}, threshold={self.threshold}, on={self.on!r})"
+
     def describe(self) -> dict[str, Any]:
+        """Settings and acceptance counts, JSON-ready (for run logs)."""
         return {"kind": "pseudo_label", "mode": self.mode, "threshold": self.threshold, "on": self.on,
                 "source": self.source,
                 **self.stats.as_dict()}

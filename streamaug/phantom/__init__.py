@@ -2,7 +2,7 @@
 
 ``make_phantom`` draws one limb radiograph (optionally with lytic lesions, exact masks and boxes);
 ``write_phantom_dataset`` writes a folder laid out like BTXRD (PNG 8/16-bit or DICOM);
-``python -m streamaug.phantom --out DIR --n-normal N --n-lesion N`` does the same from the shell.
+``streamaug-phantom --out DIR --n-normal N --n-lesion N`` does the same from the shell.
 """
 from __future__ import annotations
 

@@ -45,7 +45,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from streamaug.data.collate import collate_xray, unbatch
 from streamaug.data.oversample import rebatch
-from streamaug.data.select import AllOf, LabelSelect
+from streamaug.data.select import AllOf, LabelSelect, check_select
 from streamaug.data.shardlist import manifest_site_proposer
 from streamaug.data.stream import XRayShards
 from streamaug.synth.sources import source_sites
@@ -157,6 +157,7 @@ class LesionStream(torch.utils.data.IterableDataset):
         if real_pass and (epoch_length is not None or synthetic_fraction + positive_fraction >= 1):
             raise ValueError("real_pass=True makes each epoch one pass over the real samples: it needs real "
                              "samples (synthetic_fraction + positive_fraction < 1) and no epoch_length")
+        check_select(source_select, "source_select")
         self.fractions = (float(synthetic_fraction), float(positive_fraction))
         self.real_pass = bool(real_pass)
         self.device = torch.device(device)
@@ -228,13 +229,21 @@ class LesionStream(torch.utils.data.IterableDataset):
                     for j in torch.nonzero(result.keep).flatten().tolist()]
             if made:
                 return made
+        st = self.stage.stats
         raise NoAcceptedCandidates(
-            f"the synthesis stage accepted no candidate in {self.max_empty_batches} batches "
-            f"(stats: {self.stage.stats}); lower the filter threshold, use PseudoLabel(mode='rank'), check the "
-            "translator, or check that the normal shards have sites (sites=True needs lesion boxes in the manifest)")
+            f"the synthesis stage accepted no candidate in {self.max_empty_batches} source batches in a row "
+            f"({st.get('generated')} made so far; filter: {self.stage.filter!r}). Rank instead of a "
+            "fixed threshold (PseudoLabel(..., threshold=None), or --filter-mode rank in streamaug-train), lower "
+            "the threshold (calibrate it: PseudoLabel.calibrate / --filter-quantile), check the translator, or "
+            "check that the normal shards have sites (sites=True needs lesion boxes in the manifest)")
 
     # -- the mix --------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[dict[str, Any]]:
+        if torch.utils.data.get_worker_info() is not None:
+            warnings.warn("LesionStream is iterated inside a DataLoader worker: each worker synthesizes on its own "
+                          "copy (on the CPU) and the stream's stats in the main process stay 0. Iterate it in the "
+                          "process that owns the device (DataLoader(stream, num_workers=0) or stream.iter_batches); "
+                          "its own num_workers= decode in the background.", stacklevel=2)
         resume, self._resume = self._resume, None
         run = self._run = _Run(self, resume["epoch"] if resume else self.epoch, resume)
         f_syn, f_pos = self.fractions

@@ -44,6 +44,7 @@ class Mix(Synthesizer):
 
     @property
     def blend_n(self) -> float:  # type: ignore[override]
+        """The first synthesizer's blending exponent (what the mix reports as its own)."""
         return self.synthesizers[0].blend_n
 
     def to(self, device: str | torch.device) -> Mix:

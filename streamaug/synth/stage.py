@@ -147,14 +147,17 @@ class SynthesisStage:
 
     @property
     def translator_id(self) -> str | None:
+        """The synthesizer's ``id`` (a translator's checkpoint and step), or None."""
         return getattr(self.synthesizer, "id", None)
 
     @property
     def patch_size(self) -> int | None:
+        """The side a translator works at, or None for synthesizers without one."""
         return getattr(self.synthesizer, "patch_size", None)
 
     @property
     def blend_n(self) -> float:
+        """The exponent ``n`` of the cosine blending mask the synthesizer uses."""
         return self.synthesizer.blend_n
 
     def set_epoch(self, epoch: int) -> None:
@@ -313,6 +316,7 @@ class SynthesisStage:
                 "filter": self.filter.state_dict() if hasattr(self.filter, "state_dict") else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved (the generator, the rounding carry, the counts, the filter's state)."""
         self.generator.set_state(state["generator"])
         self._carry, self._counts = float(state["carry"]), dict(state["counts"])
         self.acceptance.load_state_dict(state["acceptance"])
@@ -362,6 +366,7 @@ class SynthesisLoader:
         return {"stage": self.stage.state_dict(), "loader": loader}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the stage and, when it has state, the wrapped loader."""
         self.stage.load_state_dict(state["stage"])
         if state["loader"] is not None:
             if not hasattr(self.loader, "load_state_dict"):

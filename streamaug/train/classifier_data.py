@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from streamaug.data.collate import collate_xray
-from streamaug.data.oversample import oversample_batches
+from streamaug.data.oversample import oversample_batches, oversample_gap
 from streamaug.data.select import KeySelect, matched_normals, rare_positive_select
 from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 from streamaug.data.stream import XRayShards
@@ -144,23 +144,6 @@ def count_selected(cfg: RunConfig) -> dict[str, int]:
 def is_real_positive(sample: dict[str, Any]) -> bool:
     """What ``--oversample`` copies: real positives (label 1), never synthetic ones."""
     return int(sample["label"]) == 1 and not bool(sample.get("synthetic", False))
-
-
-def oversample_gap(samples: float, times: float, batch_size: int) -> float:
-    """Mean distance, in samples, between consecutive copies of an oversampled positive.
-
-    :func:`streamaug.data.oversample.oversample` yields the copies still due at the end of the input
-    last, so a long gap piles them up at the end of the epoch: with ``gap = samples / times`` (1:10
-    positives, x5) the last tenth of an epoch is all positives and the first tenth 10 %. A quarter of
-    that keeps the positive share flat over the epoch except for its first and last tenths, with the
-    copies of one sample at least a batch apart (never in one batch).
-
-    Args:
-        samples: samples of one epoch, copies included (per rank).
-        times: copies per positive, the original included.
-        batch_size: the smallest gap allowed.
-    """
-    return max(float(batch_size), samples / (4.0 * times))
 
 
 def seed_worker(worker_id: int) -> None:
