@@ -84,6 +84,9 @@ def test_ranked_filter_in_the_stream_needs_few_candidates(shards):
     samples = list(stream)
     assert sum(s["synthetic"] for s in samples) == stream.stats["emitted"]["synthetic"] > 15
     assert stream.stats["candidates_per_accepted"] <= 3
+    st = stream.stats  # accepted candidates left over at the end of the epoch are not emitted
+    assert st["accepted"] >= st["emitted"]["synthetic"]
+    assert st["candidates_per_used"] == st["generated"] / st["emitted"]["synthetic"] >= st["candidates_per_accepted"]
     assert all(s["provenance"]["score"] < 0.9 for s in samples if s["synthetic"])
 
 

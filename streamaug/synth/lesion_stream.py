@@ -277,13 +277,16 @@ class LesionStream(torch.utils.data.IterableDataset):
         """``emitted`` label make-up (``real_positive``, ``real_normal``, ``real_other``,
         ``synthetic``, ``positives``), ``real_positive_share`` (real positives / real samples),
         ``synthetic_share``, the stage's ``generated``/``accepted``/``rate``/``candidates_per_accepted``/
-        ``dark_crops``, and the inner streams' error counts (``real``, ``sources``)."""
+        ``dark_crops``, ``candidates_per_used`` (per synthetic sample emitted: accepted candidates left
+        over when an epoch ends are never emitted), and the inner streams' error counts (``real``,
+        ``sources``)."""
         e = self.emitted
         real, total = e["real_positive"] + e["real_normal"] + e["real_other"], sum(e.values())
         stage = {k: v for k, v in self.stage.stats.items()
                  if k in ("generated", "accepted", "rate", "candidates_per_accepted", "dark_crops")}
         return {"emitted": dict(e), "real_positive_share": e["real_positive"] / real if real else None,
                 "synthetic_share": e["synthetic"] / total if total else None, **stage,
+                "candidates_per_used": self.stage.stats["generated"] / e["synthetic"] if e["synthetic"] else None,
                 "real": self.real.stats, "sources": self.sources.stats}
 
 
