@@ -17,7 +17,6 @@ without decoding them. Example with a ``DataLoader``::
 from __future__ import annotations
 
 import json
-import multiprocessing
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 
 from streamaug.data.collate import HandOff
+from streamaug.data.counters import Counters
 from streamaug.data.decode import decode_sample, resize_sample
 from streamaug.data.distributed import Slot, current_slot
 from streamaug.data.plan import plan_epoch
@@ -35,34 +35,6 @@ from streamaug.io.errors import SampleError, ShardError
 from streamaug.io.labels import to_int_label
 
 _PASS_END = {"__pass_end__": True}  # what the raw stream yields after each pass (compared by identity)
-STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded", "lost_samples")
-
-
-class _Counters:
-    """Counters shared by the DataLoader workers and the main process (a shared-memory array).
-
-    When the owning dataset is pickled outside of process start-up (e.g. ``copy.deepcopy``), the
-    copy gets counters of its own.
-    """
-
-    def __init__(self) -> None:
-        self._arr = multiprocessing.get_context().Array("q", len(STAT_NAMES))
-
-    def add(self, name: str, value: int = 1) -> None:
-        with self._arr.get_lock():
-            self._arr[STAT_NAMES.index(name)] += value
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(zip(STAT_NAMES, self._arr[:]))
-
-    def __getstate__(self) -> dict:
-        from multiprocessing import context
-
-        return {"arr": self._arr if context.get_spawning_popen() is not None else None}
-
-    def __setstate__(self, state: dict) -> None:
-        self._arr = state["arr"] if state["arr"] is not None else multiprocessing.get_context().Array(
-            "q", len(STAT_NAMES))
 
 
 def shuffle_buffer(samples: Iterable[Any], bufsize: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -177,7 +149,7 @@ class XRayShards(torch.utils.data.IterableDataset):
         self.epoch = 0
         self._state = {"epoch": 0, "consumed": 0, "yielded": 0}
         self._resume: dict | None = None
-        self._counters = _Counters()
+        self._counters = Counters()
 
     def _make_sites(self, sites: Any) -> Any:
         if sites is True:

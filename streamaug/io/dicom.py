@@ -34,8 +34,9 @@ ITU-R 601 luma weights (:func:`~streamaug.io.pixels.rgb_to_gray`) divided by ``2
 no VOI is applied to them.
 
 Checks (each an :class:`XRayDecodeError` naming the file): the header's ``Rows x Columns x
-NumberOfFrames`` against ``max_pixels``, before any pixel is decoded; the decoded shape against the
-header; finite rescale slope/intercept that keep the stored range finite; a finite window
+NumberOfFrames`` against ``max_pixels``, before any pixel is decoded; a Photometric Interpretation
+that is a DICOM value and not PALETTE COLOR; the decoded shape against the header (those three in
+:mod:`streamaug.io.dicom_dataset`); finite rescale slope/intercept that keep the stored range finite; a finite window
 centre/width; finite float pixel data; and a last finite check of the finished image.
 
 Compressed transfer syntaxes need pixel-data plugins; when none can decode the data a
@@ -45,7 +46,6 @@ to install (``pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg`` or
 """
 from __future__ import annotations
 
-import io
 import math
 import warnings
 from typing import Any
@@ -54,13 +54,18 @@ import numpy as np
 import torch
 
 from streamaug._optional import optional_import
-from streamaug.io.errors import MissingCodecError, XRayDecodeError
+from streamaug.io.dicom_dataset import (
+    CODEC_HINT,
+    check_photometric,
+    dicom_meta,
+    frame0,
+    pixel_array,
+    read_dataset,
+)
+from streamaug.io.errors import XRayDecodeError
 from streamaug.io.pixels import MAX_PIXELS, check_pixel_count, rgb_to_gray, to_image
 
 __all__ = ["decode_dicom", "dicom_meta", "CODEC_HINT"]
-
-#: What to install for compressed transfer syntaxes (JPEG, JPEG-LS, JPEG 2000).
-CODEC_HINT = 'pip install pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg (or pip install "streamaug[dicom-codecs]")'
 
 
 def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True,
@@ -86,13 +91,13 @@ def decode_dicom(data: bytes, *, source: str = "<bytes>", apply_voi: bool = True
         MissingCodecError: compressed pixel data that no installed plugin can decode.
     """
     pydicom = optional_import("pydicom", purpose="reading DICOM")
-    ds = _read_dataset(pydicom, data, source)
+    ds = read_dataset(pydicom, data, source)
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     samples = int(ds.get("SamplesPerPixel", 1) or 1)
     rows, cols = int(ds.get("Rows") or 0), int(ds.get("Columns") or 0)
     check_pixel_count(rows, cols, max_pixels, source, frames=frames)
-    photometric = _photometric(ds, samples, source)
-    arr = _frame0(_pixel_array(ds, source), (rows, cols), frames, samples, source)
+    photometric = check_photometric(ds, samples, source)
+    arr = frame0(pixel_array(ds, source), (rows, cols), frames, samples, source)
     bits = int(ds.get("BitsStored") or arr.dtype.itemsize * 8)
     signed = int(ds.get("PixelRepresentation", 0) or 0) == 1
     voi, window = "none", None
@@ -242,84 +247,6 @@ def _unit_affine(arr: np.ndarray, slope: float, intercept: float, pivot: float, 
     return out
 
 
-def dicom_meta(ds: Any, source: str) -> dict:
-    """Header fields of a pydicom ``Dataset`` in the reader's ``meta`` layout (no ``size``)."""
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing")
-    spacing = tuple(float(v) for v in spacing) if spacing is not None else None
-    if spacing is not None and (len(spacing) != 2 or min(spacing) <= 0):
-        spacing = None  # e.g. RG1_UNCI.dcm stores [0, 0]: unknown, not zero
-    return {
-        "source": source,
-        "format": "dicom",
-        "bits": int(ds.get("BitsStored") or 0) or None,
-        "pixel_spacing": spacing,
-        "body_part": _text(ds.get("BodyPartExamined")),
-        "view": _text(ds.get("ViewPosition")),
-        "photometric": _text(ds.get("PhotometricInterpretation")),
-        "modality": _text(ds.get("Modality")),
-        "transfer_syntax": str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "")) or None,
-    }
-
-
-def _read_dataset(pydicom: Any, data: bytes, source: str) -> Any:
-    """``dcmread`` with errors that name ``source``; tolerates a missing 128-byte preamble."""
-    from pydicom.errors import InvalidDicomError
-
-    try:
-        ds = pydicom.dcmread(io.BytesIO(data))
-    except InvalidDicomError:
-        try:
-            ds = pydicom.dcmread(io.BytesIO(data), force=True)
-        except Exception as err:  # noqa: BLE001 - any parser failure means "not a DICOM"
-            raise XRayDecodeError(f"{source}: not a DICOM file ({err}); check the file and its extension") from err
-    except Exception as err:  # noqa: BLE001
-        raise XRayDecodeError(f"{source}: truncated or corrupt DICOM ({type(err).__name__}: {err}); "
-                              "re-export or re-copy the file") from err
-    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
-        raise XRayDecodeError(f"{source}: DICOM has no pixel data (truncated, or not an image object "
-                              "such as a structured report); check the file")
-    return ds
-
-
-_PHOTOMETRIC = frozenset({"MONOCHROME1", "MONOCHROME2", "PALETTE COLOR", "RGB", "HSV", "ARGB", "CMYK", "YBR_FULL",
-                          "YBR_FULL_422", "YBR_PARTIAL_422", "YBR_PARTIAL_420", "YBR_ICT", "YBR_RCT"})
-
-
-def _photometric(ds: Any, samples: int, source: str) -> str:
-    """The header's *Photometric Interpretation* (MONOCHROME2 when absent), checked before decoding.
-
-    Raises:
-        XRayDecodeError: a value the DICOM standard does not define (misspelt, lower case, empty),
-            or PALETTE COLOR, whose grey levels are indices into a colour table, not intensities.
-    """
-    value = ds.get("PhotometricInterpretation", "MONOCHROME2")
-    text = str(value).strip()
-    if text not in _PHOTOMETRIC:
-        raise XRayDecodeError(f"{source}: Photometric Interpretation {text!r} is not a DICOM value (expected "
-                              "MONOCHROME2 or MONOCHROME1 for a radiograph, exact upper case); fix the header, "
-                              "e.g. ds.PhotometricInterpretation = 'MONOCHROME2' with pydicom, or re-export")
-    if text == "PALETTE COLOR" and samples == 1:
-        raise XRayDecodeError(f"{source}: a PALETTE COLOR image holds colour-table indices, not intensities; "
-                              "convert it to a greyscale (MONOCHROME2) DICOM or a PNG first")
-    return text
-
-
-def _pixel_array(ds: Any, source: str) -> np.ndarray:
-    """``ds.pixel_array`` with a clear error for compressed data that no plugin decodes."""
-    tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
-    try:
-        return ds.pixel_array
-    except Exception as err:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/ValueError
-        if tsyntax is not None and tsyntax.is_compressed:
-            raise MissingCodecError(
-                f"{source}: cannot decode compressed pixel data with transfer syntax "
-                f"'{tsyntax.name}' ({tsyntax}): no installed pixel-data plugin could decode it. "
-                f"Install the codecs: {CODEC_HINT}. (pydicom said: {_first_line(err)})"
-            ) from err
-        raise XRayDecodeError(f"{source}: cannot read DICOM pixel data ({type(err).__name__}: "
-                              f"{_first_line(err)}); the file is truncated or corrupt") from err
-
-
 def _output_range(ds: Any, bits: int, signed: bool, source: str) -> tuple[float, float]:
     """``(y_min, y_max)``: the modality LUT's output for the ends of the *Bits Stored* range.
 
@@ -373,24 +300,6 @@ def _finite_pair(ds: Any, first: str, second: str, source: str, tags: str) -> tu
     return pair
 
 
-def _frame0(arr: np.ndarray, size: tuple[int, int], frames: int, samples: int, source: str) -> np.ndarray:
-    """Frame 0 of ``ds.pixel_array``, ``(H, W)`` or ``(H, W, 3)``, once its shape matches the header.
-
-    Raises:
-        XRayDecodeError: a shape other than the header's (e.g. pydicom reads the excess data of a
-            1 x 1 image as frames) or a Samples per Pixel other than 1 or 3.
-    """
-    if samples not in (1, 3):
-        raise XRayDecodeError(f"{source}: Samples per Pixel {samples} is not supported (1 gray or 3 colour); "
-                              "convert the image to MONOCHROME2 or RGB")
-    want = ((frames,) if frames > 1 else ()) + size + ((3,) if samples == 3 else ())
-    if arr.shape != want:
-        raise XRayDecodeError(f"{source}: pixel data decodes to shape {arr.shape} but the header (Rows, Columns, "
-                              f"Number of Frames, Samples per Pixel) says {want}; the header or the pixel data "
-                              "is corrupt: re-export the file")
-    return arr[0] if frames > 1 else arr
-
-
 def _has_voi_lut(ds: Any) -> bool:
     seq = ds.get("VOILUTSequence")
     return bool(seq) and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None
@@ -408,12 +317,3 @@ def _lut_values(ds: Any) -> list[int] | np.ndarray:
 
 def _first(value: Any) -> float:
     return float(value[0]) if hasattr(value, "__len__") and not isinstance(value, str) else float(value)
-
-
-def _text(value: Any) -> str | None:
-    text = str(value).strip() if value is not None else ""
-    return text or None
-
-
-def _first_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:400]
