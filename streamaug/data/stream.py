@@ -69,7 +69,9 @@ class XRayShards(torch.utils.data.IterableDataset):
             :attr:`stats`) or ``"warn"`` (skip, count and warn). A shard is bad when it is
             truncated or corrupt, holds fewer or more samples than its manifest (or a scan) lists,
             or fails ``verify``; with ``"skip"`` its complete samples before the damage are read
-            and the rest counted in ``stats["lost_samples"]``, also when listing it at start-up.
+            and the rest counted in ``stats["lost_samples"]``, also when listing it at start-up
+            (with ``verify`` and a manifest hash, a damaged shard fails the hash first: none of its
+            samples is read, all are counted as lost).
         sites: a :class:`streamaug.SiteProposer`, or ``True`` to build one from the packer's
             manifest (its train-split lesion boxes that ``select`` keeps, so a rare-positive
             selection does not leak the boxes it drops), or None for no site proposal.
