@@ -101,7 +101,7 @@ from btxrd_report import render_markdown, write_results
 from streamaug.cli.pack import pack
 from streamaug.data.select import rare_positive_select
 from streamaug.data.shardlist import load_manifest, manifest_shards
-from streamaug.eval.experiment import SeedRun, summarize_arm, training_makeup
+from streamaug.eval.experiment import SeedRun, patient_groups, summarize_arm, training_makeup
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.models.checkpoint import read_checkpoint
 from streamaug.synth.lesion_stream import NoAcceptedCandidates
@@ -393,15 +393,17 @@ def run_ablation(ctx: Context, region: str, seed: int, variants: Sequence[tuple[
     """The ablation rows: ``lesion_own`` (rank mode) at ``seed`` and each variant, vs that seed's baseline."""
     base = [r for r in runs["baseline"] if r.seed == seed]
     rank = [r for r in runs["lesion_own"] if r.seed == seed]
-    rows = [summarize_arm("lesion_own, rank (the arm)", rank, base, n_boot=ctx.budget["n_boot"], region=region)] \
-        if rank else []
+    groups = patient_groups(ctx.test_spec, ctx.test_split)
+    rows = [summarize_arm("lesion_own, rank (the arm)", rank, base, n_boot=ctx.budget["n_boot"], groups=groups,
+                          region=region)] if rank else []
     no_run = []
     for tag, kw, label in variants:
         run = train_arm(ctx, region, seed, "lesion_own", tag=tag, **kw)
         if run is None:
             no_run.append(label)
             continue
-        rows.append(summarize_arm(f"lesion_own, {label}", [run], base, n_boot=ctx.budget["n_boot"], region=region))
+        rows.append(summarize_arm(f"lesion_own, {label}", [run], base, n_boot=ctx.budget["n_boot"], groups=groups,
+                                  region=region))
     return {"region": region, "seed": seed, "rows": rows, "no_run": no_run}
 
 

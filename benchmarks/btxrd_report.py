@@ -22,7 +22,7 @@ from btxrd_arms import (
 from streamaug.data.select import KeySelect
 from streamaug.data.shardlist import load_manifest
 from streamaug.eval import plot_roc
-from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm
+from streamaug.eval.experiment import SeedRun, markdown_table, patient_groups, pool_runs, summarize_arm
 
 
 def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int = 6) -> Path | None:
@@ -62,8 +62,9 @@ def sample_grid(ctx: Context, region: str, translator: Path, path: Path, k: int 
 
 def table_rows(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions: Sequence[str],
            seeds: Sequence[int]) -> list[dict[str, Any]]:
-    """The table rows of the seeds in ``seeds`` (every arm that ran at all of them)."""
-    rows = []
+    """The table rows of the seeds in ``seeds`` (every arm that ran at all of them); the bootstrap
+    resamples the test set by patient (its ``group`` column) when it has one."""
+    rows, groups = [], patient_groups(ctx.test_spec, ctx.test_split)
     for region in regions:
         pick = {arm: [r for r in runs[region][arm] if r.seed in seeds] for arm in ALL_ARMS}
         base = pick["baseline"]
@@ -76,7 +77,7 @@ def table_rows(ctx: Context, runs: dict[str, dict[str, list[SeedRun]]], regions:
             if len(same) == len(seeds):
                 versus[same_arm_label(arm)] = same
             rows.append(summarize_arm(arm, pick[arm], None if arm == "baseline" else base, versus=versus,
-                                      n_boot=ctx.budget["n_boot"], region=region))
+                                      n_boot=ctx.budget["n_boot"], groups=groups, region=region))
     return rows
 
 

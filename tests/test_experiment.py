@@ -12,6 +12,7 @@ from benchload import load_benchmark
 
 from streamaug.eval import paired_bootstrap, paired_bootstrap_seeds
 from streamaug.eval.experiment import SeedRun, markdown_table, pool_runs, summarize_arm, training_makeup
+from streamaug.eval.stats import pooled_bootstrap
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -45,9 +46,13 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
     assert len(y) == 120 and np.array_equal(s[40:80], aug[1].s_test)
     over = _runs(rng, [0, 1, 2], 1.0)
     row = summarize_arm("aug", aug, base, versus={"oversample": over}, n_boot=300, region="r", filter="rank")
-    yb, sb = pool_runs(base)
-    expected = paired_bootstrap(yb, sb, s, 300, 0)
+    expected = pooled_bootstrap(base[0].y_test, [r.s_test for r in aug], [r.s_test for r in base], 300, 0)
     assert row["delta"] == pytest.approx(expected[0]) and row["delta_ci95"] == pytest.approx(list(expected[1:]))
+    yb, sb = pool_runs(base)
+    assert row["delta"] == pytest.approx(paired_bootstrap(yb, sb, s, 300, 0)[0])  # the pooled AUCs' difference
+    keys = aug[0].keys_test  # patients of two images each: the same point values, intervals from patients
+    grouped = summarize_arm("aug", aug, base, n_boot=300, groups={k: i // 2 for i, k in enumerate(keys)})
+    assert grouped["delta_seeds"] == pytest.approx(row["delta_seeds"]) and grouped["auc_ci95"] != row["auc_ci95"]
     by_seed = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in base], [r.s_test for r in aug], 300, 0)
     assert row["delta_seeds"] == pytest.approx(by_seed[0]) and row["delta_seeds_ci95"] == pytest.approx(list(by_seed[1:]))
     vs = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in over], [r.s_test for r in aug], 300, 0)

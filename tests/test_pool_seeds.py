@@ -20,10 +20,10 @@ def _pool_seeds():
     return module
 
 
-def _write(folder: Path, arm: str, seed: int, y, s, keys) -> None:
+def _write(folder: Path, arm: str, seed: int, y, s, keys, key: dict | None = None) -> None:
     path = folder / "runs" / "lower_limb" / arm / f"seed{seed}" / "scores.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"y_test": list(y), "s_test": list(s), "keys_test": keys}))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"y_test": list(y), "s_test": list(s), "keys_test": keys, **({"key": key} if key else {})}))
 
 
 def test_seeds_of_two_folders_are_pooled_into_one_paired_bootstrap(tmp_path, capsys):
@@ -39,23 +39,54 @@ def test_seeds_of_two_folders_are_pooled_into_one_paired_bootstrap(tmp_path, cap
         _write(folder, "oversample_swap", seed, y, arm[seed], keys)
     pool = _pool_seeds()
     pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap",
-               "--n-boot", "200"])
+               "--n-boot", "200", "--by", "image"])
     delta, lo, hi = paired_bootstrap_seeds(np.array(y), [ref[s] for s in range(4)], [arm[s] for s in range(4)], 200, 0)
     assert capsys.readouterr().out.strip() == (f"lower_limb oversample_swap - oversample: {delta:+.3f} "
-                                               f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 4 seeds 0-3")
+                                               f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 4 seeds 0-3, by image")
     assert lo > 0  # the arm's scores separate the labels better at every seed
 
     # --seeds keeps a subset (a seed half): the bootstrap of seeds 2-3 alone
     pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap",
-               "--n-boot", "200", "--seeds", "2", "3", "9"])
+               "--n-boot", "200", "--seeds", "2", "3", "9", "--by", "image"])
     delta, lo, hi = paired_bootstrap_seeds(np.array(y), [ref[2], ref[3]], [arm[2], arm[3]], 200, 0)
     assert capsys.readouterr().out.strip() == (f"lower_limb oversample_swap - oversample: {delta:+.3f} "
-                                               f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 2 seeds 2-3")
+                                               f"[{lo:+.3f}, {hi:+.3f}]{' *' if lo > 0 else ''} over 2 seeds 2-3, by image")
 
     _write(tmp_path / "b", "oversample", 0, y, ref[0], keys)  # seed 0 now in both folders
     with pytest.raises(SystemExit, match="seed 0 .* two folders"):
-        pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap"])
+        pool.main([str(tmp_path / "a"), str(tmp_path / "b"), "--region", "lower_limb", "--arms", "oversample_swap",
+                   "--by", "image"])
     with pytest.raises(SystemExit, match="different test sets"):
         _write(tmp_path / "c", "oversample", 7, y, ref[0], keys)
         _write(tmp_path / "c", "oversample_swap", 7, y, arm[0], keys[::-1])
-        pool.main([str(tmp_path / "c"), "--region", "lower_limb", "--arms", "oversample_swap"])
+        pool.main([str(tmp_path / "c"), "--region", "lower_limb", "--arms", "oversample_swap", "--by", "image"])
+
+
+def test_labels_settings_and_patients_are_checked(tmp_path, capsys):
+    """Same keys with other labels, or seeds of one arm trained with other settings, are refused; by
+    default the test set is resampled by the patients of the test shards the runs name."""
+    from shardgen import write_shards
+
+    shards = tmp_path / "shards"
+    write_shards(shards, n=40, shard_size=20, lesion_every=2)  # labels alternate: k000000 tumour, ...
+    y, keys = [1 - i % 2 for i in range(40)], [f"k{i:06d}" for i in range(40)]
+    rng = np.random.default_rng(1)
+    key = {"config": {"epochs": 6, "out": "x", "seed": 0, "filter_classifier": "/a/seed0/best.pt"},
+           "test": [str(shards), None]}
+    for seed in range(3):
+        cfg = {**key, "config": {**key["config"], "seed": seed, "filter_classifier": f"/a/seed{seed}/best.pt"}}
+        _write(tmp_path / "e", "oversample", seed, y, rng.random(40).tolist(), keys, cfg)
+        _write(tmp_path / "e", "oversample_swap", seed, y, (rng.random(40) + np.array(y)).tolist(), keys, cfg)
+    pool = _pool_seeds()
+    with pytest.raises(SystemExit, match="no group column: pass --by image"):  # the generated shards have none
+        pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--n-boot", "100"])
+    pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--n-boot", "100",
+               "--by", "image"])
+    assert capsys.readouterr().out.strip().endswith("over 3 seeds 0-2, by image")
+    _write(tmp_path / "e", "oversample_swap", 1, y, rng.random(40).tolist(), keys,
+           {**key, "config": {**key["config"], "epochs": 12}})
+    with pytest.raises(SystemExit, match=r"seed 1 was trained with other settings than seed 0 \(\['epochs'\]\)"):
+        pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--by", "image"])
+    _write(tmp_path / "e", "oversample_swap", 1, [1 - v for v in y], rng.random(40).tolist(), keys, key)
+    with pytest.raises(SystemExit, match="keys or labels differ"):
+        pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--by", "image"])

@@ -10,18 +10,21 @@ from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
     bootstrap_indices,
+    bootstrap_weights,
     is_significant,
     load_scores,
     operating_point,
     paired_bootstrap,
     paired_bootstrap_seeds,
     plot_roc,
+    pooled_bootstrap,
     resampled_auc,
     save_scores,
     score_loader,
     sens_spec_at,
+    weighted_auc,
 )
 
-__all__ = ["bootstrap_auc", "bootstrap_indices", "is_significant", "load_scores", "operating_point",
-           "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "resampled_auc", "save_scores",
-           "score_checkpoint", "score_loader", "sens_spec_at"]
+__all__ = ["bootstrap_auc", "bootstrap_indices", "bootstrap_weights", "is_significant", "load_scores",
+           "operating_point", "paired_bootstrap", "paired_bootstrap_seeds", "plot_roc", "pooled_bootstrap",
+           "resampled_auc", "save_scores", "score_checkpoint", "score_loader", "sens_spec_at", "weighted_auc"]

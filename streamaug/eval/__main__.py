@@ -51,15 +51,22 @@ def _score(args: argparse.Namespace) -> dict:
     return report
 
 
-def _aligned(path: str, ref_keys: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def _aligned(path: str, ref_keys: list[str] | None,
+             ref_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """The scores of ``path`` in the baseline file's key order; the same cases with the same labels."""
     y, s, keys = load_scores(path)
     if ref_keys is None:
         return y, s, keys
     index = {k: i for i, k in enumerate(keys)}
     missing = [k for k in ref_keys if k not in index]
-    if missing:
-        raise ValueError(f"{path}: {len(missing)} keys of the baseline file are missing (e.g. {missing[:3]})")
+    extra = sorted(set(keys) - set(ref_keys))
+    if missing or extra:
+        raise ValueError(f"{path}: not the baseline file's test set: {len(missing)} of its keys are missing "
+                         f"(e.g. {missing[:3]}), {len(extra)} are extra (e.g. {extra[:3]}); score both on one split")
     order = [index[k] for k in ref_keys]
+    if ref_y is not None and not np.array_equal(y[order], ref_y):
+        bad = [k for k, a, b in zip(ref_keys, y[order], ref_y) if a != b]
+        raise ValueError(f"{path}: {len(bad)} cases have other labels than in the baseline file (e.g. {bad[:3]})")
     return y[order], s[order], ref_keys
 
 
@@ -70,7 +77,7 @@ def _compare(args: argparse.Namespace) -> None:
     curves = {}
     print(f"{'model':<24} {'AUC (95% CI)':<22} {'dAUC vs base (95% CI)':<28} sens   spec   OP")
     for i, path in enumerate(args.scores):
-        yi, s, _ = _aligned(path, keys)
+        yi, s, _ = _aligned(path, keys, y)
         name = Path(path).stem
         curves[name] = (yi, s)
         auc, lo, hi = bootstrap_auc(yi, s, args.n_boot, args.seed)
@@ -126,7 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> None:
     """``streamaug-eval``: parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand."""
     args = build_parser().parse_args(argv)
-    (_score if args.command == "score" else _compare)(args)
+    try:
+        (_score if args.command == "score" else _compare)(args)
+    except ValueError as err:  # bad input (CheckpointError, ShardError included): the message names file and fix
+        raise SystemExit(f"error: {err}") from err
 
 
 if __name__ == "__main__":

@@ -5,23 +5,25 @@
 * :func:`training_makeup` - the label make-up a run saw, from its per-epoch log records.
 * :func:`pool_runs` - concatenate the test predictions of several seeds (same key order per seed).
 * :func:`summarize_arm` - one table row: mean ± sd (and range) of the per-seed test AUCs, the pooled
-  AUC with its bootstrap 95 % CI, the paired bootstrap delta against the pooled baseline, the
-  seed-averaged paired delta (:func:`~streamaug.eval.paired_bootstrap_seeds`, blind to per-seed
-  calibration) against the baseline and any other reference arm (e.g. oversampling), the training
-  make-up, and sensitivity / specificity at each seed's validation operating point.
+  AUC with its bootstrap 95 % CI (seeds and test cases resampled; descriptive), the seed-averaged
+  paired delta (:func:`~streamaug.eval.paired_bootstrap_seeds`: its interval holds the spread
+  between seeds and the test-set noise; blind to per-seed calibration) against the baseline and
+  any other reference arm (e.g. oversampling), the training make-up, and sensitivity / specificity
+  at each seed's validation operating point. With ``groups`` the test set is resampled by patient.
 * :func:`markdown_table` - the rows as a Markdown table, each result beside what the arm trained on.
 
 The driver that trains the arms is ``benchmarks/btxrd_experiment.py``.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap, paired_bootstrap_seeds
+from streamaug.eval import bootstrap_auc, is_significant, operating_point, paired_bootstrap_seeds
+from streamaug.eval.stats import pooled_bootstrap
 
 MAKEUP = ("real_positive", "real_normal", "real_other", "synthetic")
 
@@ -142,17 +144,31 @@ def _makeup_columns(runs: Sequence[SeedRun]) -> dict[str, Any]:
 
 
 def _seed_delta(name: str, runs: Sequence[SeedRun], reference: Sequence[SeedRun], n_boot: int,
-                boot_seed: int) -> tuple[float, float, float]:
+                boot_seed: int, groups: list[str] | None) -> tuple[float, float, float]:
     pool_runs(runs, reference)  # same seeds, same test keys in the same order
     if any(r.keys_test != runs[0].keys_test for r in runs):
         raise ValueError(f"arm {name!r}: the seeds were scored on different test sets (keys or order)")
     return paired_bootstrap_seeds(runs[0].y_test, [r.s_test for r in reference], [r.s_test for r in runs],
-                                  n_boot, boot_seed)
+                                  n_boot, boot_seed, groups=groups)
+
+
+def patient_groups(shards: Any, split: str | None) -> dict[str, object] | None:
+    """``{key: metadata "group"}`` of the test shards (read from their JSON), or None when no sample
+    has a group: what :func:`summarize_arm` resamples by."""
+    from streamaug.data.shardlist import expand_urls, scan_metadata
+
+    groups = {k: (m or {}).get("group") for s in expand_urls(shards, split) for k, m in scan_metadata(s)}
+    return groups if any(v not in (None, "") for v in groups.values()) else None
+
+
+def case_groups(runs: Sequence[SeedRun], groups: Mapping[str, object] | None) -> list[str] | None:
+    """The group (patient) of each test case of ``runs`` (a key without one is its own group)."""
+    return None if groups is None else [str(groups.get(k) or k) for k in runs[0].keys_test]
 
 
 def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun] | None, *,
                   versus: dict[str, Sequence[SeedRun]] | None = None, n_boot: int = 2000, boot_seed: int = 0,
-                  **info: Any) -> dict[str, Any]:
+                  groups: Mapping[str, object] | None = None, **info: Any) -> dict[str, Any]:
     """One report row for an arm.
 
     Args:
@@ -163,21 +179,24 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
             against each goes under ``row["versus"][name]``.
         n_boot: bootstrap samples.
         boot_seed: bootstrap seed (the same for every arm, so all arms see the same samples).
+        groups: ``{test key: patient}``: the bootstrap resamples patients, not images.
         **info: extra columns (e.g. ``filter``) copied into the row.
 
     Returns:
         A JSON-ready dict: ``auc_per_seed``, ``auc_mean``, ``auc_sd``, ``auc_min``, ``auc_max``,
-        ``auc_pooled`` + ``auc_ci95``, ``delta`` + ``delta_ci95`` + ``significant`` (pooled) and
+        ``auc_pooled`` + ``auc_ci95``, ``delta`` + ``delta_ci95`` + ``significant`` (pooled:
+        descriptive, see :func:`~streamaug.eval.stats.pooled_bootstrap`) and the test,
         ``delta_seeds`` + ``delta_seeds_ci95`` + ``significant_seeds`` (not for the baseline),
         ``versus``, ``sensitivity``, ``specificity``, the training make-up (``real_positive_share``
         and ``synthetic_share`` of all samples seen, ``positives_per_epoch`` real + synthetic,
         ``samples_per_epoch``, ``candidates_per_accepted``, ``candidates_per_used``; per-seed means)
         and ``seconds`` (sum over seeds).
     """
-    per_seed = [bootstrap_auc(r.y_test, r.s_test, n_boot, boot_seed) for r in runs]
+    cases = case_groups(runs, groups)
+    per_seed = [bootstrap_auc(r.y_test, r.s_test, n_boot, boot_seed, groups=cases) for r in runs]
     aucs = [a for a, _, _ in per_seed]
-    y, s = pool_runs(runs, baseline)
-    auc, lo, hi = bootstrap_auc(y, s, n_boot, boot_seed)
+    y, _ = pool_runs(runs, baseline)
+    auc, lo, hi = pooled_bootstrap(runs[0].y_test, [r.s_test for r in runs], None, n_boot, boot_seed, groups=cases)
     sens, spec = _sens_spec_pooled(runs)
     row: dict[str, Any] = {
         "arm": name, **info, "seeds": [r.seed for r in runs], "n_test": int(len(y)), "test_positives": int(y.sum()),
@@ -189,14 +208,14 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
         "seconds": float(sum(r.seconds for r in runs)), "versus": {},
     }
     if baseline is not None:
-        yb, sb = pool_runs(baseline)
-        delta = paired_bootstrap(yb, sb, s, n_boot, boot_seed)
+        delta = pooled_bootstrap(runs[0].y_test, [r.s_test for r in runs], [r.s_test for r in baseline], n_boot,
+                                 boot_seed, groups=cases)
         row.update(delta=delta[0], delta_ci95=[delta[1], delta[2]], significant=is_significant(delta))
-        by_seed = _seed_delta(name, runs, baseline, n_boot, boot_seed)
+        by_seed = _seed_delta(name, runs, baseline, n_boot, boot_seed, cases)
         row.update(delta_seeds=by_seed[0], delta_seeds_ci95=[by_seed[1], by_seed[2]],
                    significant_seeds=is_significant(by_seed))
     for ref_name, ref in (versus or {}).items():
-        d = _seed_delta(name, runs, ref, n_boot, boot_seed)
+        d = _seed_delta(name, runs, ref, n_boot, boot_seed, cases)
         row["versus"][ref_name] = {"delta_seeds": d[0], "delta_seeds_ci95": [d[1], d[2]],
                                    "significant_seeds": is_significant(d)}
     return row
@@ -223,14 +242,15 @@ def _fmt_row(r: dict[str, Any], versus: Sequence[str]) -> list[str]:
              _num(r["candidates_per_accepted"], ".2f"),
              f"{r['auc_mean']:.3f} ± {r['auc_sd']:.3f} [{r['auc_min']:.3f}–{r['auc_max']:.3f}]",
              f"{r['auc_pooled']:.3f} [{r['auc_ci95'][0]:.3f}, {r['auc_ci95'][1]:.3f}]",
-             _fmt_delta(r, "delta_seeds", "significant_seeds"), _fmt_delta(r, "delta", "significant")]
+             _fmt_delta(r, "delta_seeds", "significant_seeds")]
     cells += [_fmt_delta(r["versus"][v], "delta_seeds", "significant_seeds") if v in r.get("versus", {}) else "—"
               for v in versus]
     return cells + [f"{r['sensitivity']:.2f} / {r['specificity']:.2f}", f"{r['seconds']:.0f}"]
 
 
 def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
-    """The rows of :func:`summarize_arm` as a Markdown table (``*``: the delta's CI excludes 0).
+    """The rows of :func:`summarize_arm` as a Markdown table (``*``: the delta's CI excludes 0; the
+    deltas are seed-averaged, their intervals hold the spread between seeds and the test-set noise).
 
     Beside each result, what the arm trained on (per-seed means): the share of real positives and of
     synthetic positives among all training samples seen, the positives (real, copies included, +
@@ -239,7 +259,7 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     versus = sorted({v for r in rows for v in r.get("versus", {})})
     head = ["region", "arm", "real pos. share", "synthetic share", "positives / epoch", "samples / epoch",
             "candidates / accepted", "test AUC mean ± sd [min–max] (seeds)", "pooled AUC [95% CI]",
-            "Δ seed-avg vs baseline [95% CI]", "Δ pooled vs baseline [95% CI]"]
+            "Δ seed-avg vs baseline [95% CI]"]
     head += [f"Δ seed-avg vs {v} [95% CI]" for v in versus] + ["sens / spec", "wall s"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     lines += ["| " + " | ".join(_fmt_row(r, versus)) + " |" for r in rows]

@@ -3,8 +3,13 @@
 * :func:`bootstrap_auc` - ROC AUC with a percentile bootstrap 95% CI.
 * :func:`paired_bootstrap` - AUC(b) - AUC(a) on the *same* bootstrap samples; the
   difference is significant when its 95% CI excludes 0 (:func:`is_significant`).
-* :func:`paired_bootstrap_seeds` - the same for models trained at several seeds: the per-seed
-  differences averaged on each bootstrap sample of the (shared) test set.
+* :func:`paired_bootstrap_seeds` - the same for recipes trained at several seeds: the mean per-seed
+  difference, with an interval that holds both the spread between seeds and the test-set noise.
+* :func:`pooled_bootstrap` - the AUC of the predictions of several seeds pooled, resampling seeds
+  and test cases (descriptive: the seed-averaged difference is the test).
+
+Resampling unit: images by default; with ``groups`` (a patient id per test image) whole groups,
+as images of one patient are not independent.
 * :func:`operating_point` - the threshold minimising ``(1 - TPR)^2 + FPR^2`` on a
   validation ROC curve; :func:`sens_spec_at` applies it to a test set.
 * :func:`plot_roc`, :func:`score_loader`, :func:`save_scores` / :func:`load_scores`.
@@ -21,7 +26,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -90,6 +95,28 @@ def bootstrap_indices(y: ArrayLike, n_boot: int = 2000, seed: int = 0, *, strati
     raise RuntimeError("bootstrap_indices: could not draw samples with both classes")  # pragma: no cover
 
 
+def _ranked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(order, starts, is_pos)``: the cases sorted by score, where each run of tied scores starts,
+    and which sorted cases are positive."""
+    order = np.argsort(score, kind="stable")
+    s_sorted = score[order]
+    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
+    return order, starts, y[order] == 1
+
+
+def _auc_of_counts(counts: np.ndarray, starts: np.ndarray, is_pos: np.ndarray) -> np.ndarray:
+    """AUC of each row of per-case multiplicities (or weights) in score order: ``U = sum_pos c_pos *
+    (negatives below + half the tied negatives)``, ties counting one half as in sklearn."""
+    cp, cn = counts * is_pos, counts * ~is_pos
+    if starts.size < counts.shape[1]:  # merge tied scores into groups
+        cp, cn = np.add.reduceat(cp, starts, axis=1), np.add.reduceat(cn, starts, axis=1)
+    neg_below = np.cumsum(cn, axis=1) - cn
+    u2 = (cp * (2 * neg_below + cn)).sum(axis=1)
+    denom = 2.0 * cp.sum(axis=1) * cn.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(denom > 0, u2 / denom, np.nan)
+
+
 def resampled_auc(y: ArrayLike, score: ArrayLike, idx: np.ndarray) -> np.ndarray:
     """ROC AUC of every bootstrap sample, vectorised (Mann-Whitney U on sample counts).
 
@@ -108,10 +135,7 @@ def resampled_auc(y: ArrayLike, score: ArrayLike, idx: np.ndarray) -> np.ndarray
     y, score = _check(y, score)
     idx = np.asarray(idx, dtype=np.int64)
     n, n_boot = y.size, idx.shape[0]
-    order = np.argsort(score, kind="stable")
-    s_sorted = score[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    is_pos = y[order] == 1
+    order, starts, is_pos = _ranked(y, score)
     rank_of = np.empty(n, dtype=np.int64)
     rank_of[order] = np.arange(n)
     out = np.empty(n_boot, dtype=np.float64)
@@ -120,15 +144,70 @@ def resampled_auc(y: ArrayLike, score: ArrayLike, idx: np.ndarray) -> np.ndarray
         rows = rank_of[idx[a : a + step]]  # positions in sorted order
         k = rows.shape[0]
         counts = np.bincount((rows + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
-        cp, cn = counts * is_pos, counts * ~is_pos
-        if starts.size < n:  # merge tied scores into groups
-            cp, cn = np.add.reduceat(cp, starts, axis=1), np.add.reduceat(cn, starts, axis=1)
-        neg_below = np.cumsum(cn, axis=1) - cn
-        u2 = (cp * (2 * neg_below + cn)).sum(axis=1)
-        denom = 2.0 * cp.sum(axis=1) * cn.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out[a : a + k] = np.where(denom > 0, u2 / denom, np.nan)
+        out[a : a + k] = _auc_of_counts(counts, starts, is_pos)
     return out
+
+
+def weighted_auc(y: ArrayLike, score: ArrayLike, weights: np.ndarray) -> np.ndarray:
+    """ROC AUC under each row of case weights (e.g. :func:`bootstrap_weights`), ties counting one half.
+
+    Args:
+        y: binary labels ``(n,)``.
+        score: scores ``(n,)``.
+        weights: ``(n_boot, n)`` or ``(n,)`` non-negative weights of the cases.
+
+    Returns:
+        AUCs ``(n_boot,)``; ``nan`` for a row without weight on one class.
+
+    Examples:
+        >>> float(weighted_auc([0, 1, 0, 1], [0.1, 0.4, 0.5, 0.8], np.ones(4))[0])
+        0.75
+    """
+    y, score = _check(y, score)
+    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
+    if w.shape[1] != y.size:
+        raise ValueError(f"weights have {w.shape[1]} columns, labels {y.size}")
+    order, starts, is_pos = _ranked(y, score)
+    step = max(1, _CHUNK_ELEMS // y.size)
+    return np.concatenate([_auc_of_counts(w[a : a + step][:, order], starts, is_pos)
+                           for a in range(0, w.shape[0], step)])
+
+
+def bootstrap_weights(y: ArrayLike, n_boot: int = 2000, seed: int = 0, *,
+                      groups: Sequence[object] | None = None) -> np.ndarray:
+    """Bootstrap samples as case weights: each row draws as many groups as there are, with
+    replacement, and every case weighs its group's count (``groups=None``: each case is a group).
+
+    Rows that put no weight on one class are redrawn, so ``n_boot`` usable rows come back and the
+    result depends only on ``(y, groups, n_boot, seed)``.
+
+    Args:
+        y: binary labels ``(n,)``.
+        n_boot: bootstrap samples.
+        seed: seed of ``numpy.random.default_rng``.
+        groups: ``(n,)`` group ids (e.g. the patient of each image), or None.
+
+    Returns:
+        ``(n_boot, n)`` int64 weights.
+    """
+    (y,) = _check(y)
+    if groups is None:
+        g = np.arange(y.size)
+    else:
+        if len(groups) != y.size:
+            raise ValueError(f"groups has {len(groups)} entries, labels {y.size}")
+        g = np.unique(np.asarray([str(x) for x in groups]), return_inverse=True)[1].reshape(-1)
+    n_groups = int(g.max()) + 1
+    rng = np.random.default_rng(seed)
+    p = np.full(n_groups, 1.0 / n_groups)
+    w = rng.multinomial(n_groups, p, size=n_boot)[:, g]
+    for _ in range(10_000):
+        pos = (w * (y == 1)).sum(axis=1)
+        bad = (pos == 0) | (pos == w.sum(axis=1))
+        if not bad.any():
+            return w.astype(np.int64)
+        w[bad] = rng.multinomial(n_groups, p, size=int(bad.sum()))[:, g]
+    raise RuntimeError("bootstrap_weights: could not draw samples with both classes")  # pragma: no cover
 
 
 def _ci(values: np.ndarray, ci: float) -> tuple[float, float]:
@@ -136,8 +215,21 @@ def _ci(values: np.ndarray, ci: float) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _boot_aucs(y: np.ndarray, n_boot: int, seed: int, stratified: bool,
+               groups: Sequence[object] | None) -> Callable[[np.ndarray], np.ndarray]:
+    """``score -> (n_boot,) AUCs`` on one fixed set of bootstrap samples of the test cases."""
+    if groups is not None:
+        if stratified:
+            raise ValueError("stratified resampling works on images; pass groups=None or stratified=False")
+        w = bootstrap_weights(y, n_boot, seed, groups=groups)
+        return lambda score: weighted_auc(y, score, w)
+    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
+    return lambda score: resampled_auc(y, score, idx)
+
+
 def bootstrap_auc(
-    y: ArrayLike, score: ArrayLike, n_boot: int = 2000, seed: int = 0, *, ci: float = 0.95, stratified: bool = False
+    y: ArrayLike, score: ArrayLike, n_boot: int = 2000, seed: int = 0, *, ci: float = 0.95, stratified: bool = False,
+    groups: Sequence[object] | None = None,
 ) -> tuple[float, float, float]:
     """ROC AUC with a percentile bootstrap confidence interval.
 
@@ -147,7 +239,8 @@ def bootstrap_auc(
         n_boot: bootstrap samples (one-class samples are redrawn, see :func:`bootstrap_indices`).
         seed: bootstrap seed.
         ci: coverage of the interval.
-        stratified: resample within each class.
+        stratified: resample within each class (images only).
+        groups: ``(n,)`` patient (or other cluster) of each case: resample whole groups.
 
     Returns:
         ``(auc, lo, hi)``: ``auc`` is ``roc_auc_score(y, score)`` on all data.
@@ -158,7 +251,7 @@ def bootstrap_auc(
         0.889
     """
     y, score = _check(y, score)
-    boots = resampled_auc(y, score, bootstrap_indices(y, n_boot, seed, stratified=stratified))
+    boots = _boot_aucs(y, n_boot, seed, stratified, groups)(score)
     return (float(roc_auc_score(y, score)), *_ci(boots, ci))
 
 
@@ -171,6 +264,7 @@ def paired_bootstrap(
     *,
     ci: float = 0.95,
     stratified: bool = False,
+    groups: Sequence[object] | None = None,
 ) -> tuple[float, float, float]:
     """Paired bootstrap of the AUC difference ``AUC(b) - AUC(a)`` (§4.4).
 
@@ -184,14 +278,15 @@ def paired_bootstrap(
         n_boot: bootstrap samples.
         seed: bootstrap seed.
         ci: coverage of the interval.
-        stratified: resample within each class.
+        stratified: resample within each class (images only).
+        groups: ``(n,)`` patient (or other cluster) of each case: resample whole groups.
 
     Returns:
         ``(delta, lo, hi)``; significant when ``[lo, hi]`` excludes 0 (:func:`is_significant`).
     """
     y, score_a, score_b = _check(y, score_a, score_b)
-    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
-    diffs = resampled_auc(y, score_b, idx) - resampled_auc(y, score_a, idx)
+    boot = _boot_aucs(y, n_boot, seed, stratified, groups)
+    diffs = boot(score_b) - boot(score_a)
     delta = float(roc_auc_score(y, score_b) - roc_auc_score(y, score_a))
     return (delta, *_ci(diffs, ci))
 
@@ -205,26 +300,32 @@ def paired_bootstrap_seeds(
     *,
     ci: float = 0.95,
     stratified: bool = False,
+    groups: Sequence[object] | None = None,
 ) -> tuple[float, float, float]:
-    """Seed-averaged paired bootstrap: ``mean_k [AUC(b_k) - AUC(a_k)]`` over seeds ``k``.
+    """Seed-averaged paired difference ``mean_k [AUC(b_k) - AUC(a_k)]`` over seeds ``k``, with an
+    interval for the recipes, not for these particular trained models.
 
-    For two training recipes each run at the same seeds and scored on one test set. Every
-    bootstrap sample resamples the test *cases* once and scores all seeds' models on it, so the
-    CI holds the test-set noise and the spread between seeds. Unlike :func:`paired_bootstrap` on
-    predictions pooled over seeds, it compares rankings seed by seed: a seed whose scores sit on
-    a different scale (calibration) does not lower the AUC.
+    For two training recipes each run at the same seeds and scored on one test set. Two things
+    move the mean difference: which models the seeds happened to train (the spread of the per-seed
+    differences, ``s``) and which cases the test set happened to hold (``v``: the variance of the
+    mean difference over bootstrap samples of the test cases, every seed's models scored on each
+    sample). With ``K >= 2`` seeds the interval is ``delta +- t(K-1) * sqrt(s^2 / K + v)``; with one
+    seed it is the percentile interval of the test bootstrap (exactly :func:`paired_bootstrap`),
+    which holds the test-set noise only. Seed by seed, a seed whose scores sit on another scale
+    (calibration) does not lower the AUC, unlike pooling the predictions.
 
     Args:
         y: binary labels ``(n,)`` of the test set (the same cases, in the same order, for every model).
         scores_a: baseline scores, one ``(n,)`` array per seed.
         scores_b: compared recipe's scores, one ``(n,)`` array per seed, seeds in the same order.
-        n_boot: bootstrap samples.
+        n_boot: bootstrap samples of the test set.
         seed: bootstrap seed.
         ci: coverage of the interval.
-        stratified: resample within each class.
+        stratified: resample within each class (images only).
+        groups: ``(n,)`` patient (or other cluster) of each test case: resample whole groups.
 
     Returns:
-        ``(delta, lo, hi)``; with one seed, exactly :func:`paired_bootstrap`.
+        ``(delta, lo, hi)``; significant when ``[lo, hi]`` excludes 0 (:func:`is_significant`).
 
     Raises:
         ValueError: with no seeds, or a different number of seeds for ``a`` and ``b``.
@@ -239,15 +340,73 @@ def paired_bootstrap_seeds(
         raise ValueError(f"need the same, non-zero number of seeds for a and b; "
                          f"got {len(scores_a)} and {len(scores_b)}")
     (y,) = _check(y)
-    idx = bootstrap_indices(y, n_boot, seed, stratified=stratified)
-    diffs = np.zeros(idx.shape[0])
-    delta = 0.0
+    boot = _boot_aucs(y, n_boot, seed, stratified, groups)
+    per_seed, diffs = [], np.zeros(n_boot)
     for a, b in zip(scores_a, scores_b):
         y, a, b = _check(y, a, b)
-        diffs += resampled_auc(y, b, idx) - resampled_auc(y, a, idx)
-        delta += float(roc_auc_score(y, b) - roc_auc_score(y, a))
-    k = len(scores_a)
-    return (delta / k, *_ci(diffs / k, ci))
+        diffs += boot(b) - boot(a)
+        per_seed.append(float(roc_auc_score(y, b) - roc_auc_score(y, a)))
+    k = len(per_seed)
+    delta, diffs = float(np.mean(per_seed)), diffs / k
+    if k == 1:
+        return (delta, *_ci(diffs, ci))
+    from scipy.stats import t as student_t
+
+    se = float(np.sqrt(np.var(per_seed, ddof=1) / k + np.var(diffs, ddof=1)))
+    half = float(student_t.ppf(0.5 + ci / 2, k - 1)) * se
+    return delta, delta - half, delta + half
+
+
+def pooled_bootstrap(
+    y: ArrayLike,
+    scores: Sequence[ArrayLike],
+    reference: Sequence[ArrayLike] | None = None,
+    n_boot: int = 2000,
+    seed: int = 0,
+    *,
+    ci: float = 0.95,
+    groups: Sequence[object] | None = None,
+) -> tuple[float, float, float]:
+    """AUC of the predictions of ``K`` seeds pooled (each seed's scores of one test set, concatenated),
+    or with ``reference`` its paired difference ``pooled AUC(scores) - pooled AUC(reference)``.
+
+    Each bootstrap sample draws the seeds (as many as there are, with replacement) and the test
+    cases (or ``groups``) once, and weighs every seed's copy of a case by both counts: copies of
+    one case across seeds are not independent cases. Descriptive: pooling also lowers the AUC by
+    the seeds' calibration offsets, and with few seeds the interval is too narrow; the recipes are
+    compared by :func:`paired_bootstrap_seeds`.
+
+    Args:
+        y: binary labels ``(n,)`` of the test set.
+        scores: one ``(n,)`` array per seed.
+        reference: the other recipe's scores at the same seeds, or None.
+        n_boot: bootstrap samples.
+        seed: bootstrap seed.
+        ci: coverage of the interval.
+        groups: ``(n,)`` patient of each test case, or None (images).
+
+    Returns:
+        ``(auc, lo, hi)`` or, with ``reference``, ``(delta, lo, hi)``.
+    """
+    (y,) = _check(y)
+    k = len(scores)
+    if not k or (reference is not None and len(reference) != k):
+        raise ValueError("need one score array per seed, and as many for the reference")
+    pooled = np.concatenate([_check(y, sc)[1] for sc in scores])
+    ref = None if reference is None else np.concatenate([_check(y, sc)[1] for sc in reference])
+    y_all = np.tile(y, k)
+    value = float(roc_auc_score(y_all, pooled) - (roc_auc_score(y_all, ref) if ref is not None else 0.0))
+    rng = np.random.default_rng([seed, 0x5EED])
+    seed_counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot)  # (n_boot, K)
+    case_w = bootstrap_weights(y, n_boot, seed, groups=groups)  # (n_boot, n)
+    boots = np.empty(n_boot)
+    step = max(1, _CHUNK_ELEMS // (k * y.size))
+    for a in range(0, n_boot, step):
+        w = (seed_counts[a : a + step, :, None] * case_w[a : a + step, None, :]).reshape(-1, k * y.size)
+        boots[a : a + step] = weighted_auc(y_all, pooled, w)
+        if ref is not None:
+            boots[a : a + step] -= weighted_auc(y_all, ref, w)
+    return (value, *_ci(boots, ci))
 
 
 def is_significant(result: Sequence[float]) -> bool:
