@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shutil
 import time
 from pathlib import Path
 
@@ -79,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for arm in args.arms:
         run = dataclasses.replace(base, out=str(out / arm), **{**ARMS[arm], **({"lr": args.lr} if args.lr else {})})
+        shutil.rmtree(out / arm, ignore_errors=True)  # each arm trains afresh (a run refuses a used folder)
         t0 = time.perf_counter()
         last = train_translator(run, progress=False)
         seconds = time.perf_counter() - t0

@@ -120,3 +120,24 @@ def test_train_step_script_runs(shards: Path) -> None:
                   "--rounds", "2", "--seconds", "0.05")
     last = out.strip().splitlines()[-1]
     assert "lesion / plain = " in last and float(last.rsplit(" ", 1)[-1]) > 0
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--out", "/nonexistent/dir/res.json"], "--out /nonexistent/dir/res.json: no folder /nonexistent/dir"),
+    (["--out", "FOLDER"], "--out .*FOLDER is a folder"),
+    (["--shards", "/nonexistent"], "--shards /nonexistent: no such folder or file"),
+    (["--shards", "FOLDER"], "--shards .*FOLDER: no manifest.json and no .tar shards in it"),
+])
+def test_bench_checks_out_and_shards_before_the_suite(tmp_path, capsys, monkeypatch, args, said):
+    """Before: --out in a missing folder failed after the whole suite ran (its results lost), and
+    --shards /nonexistent gave a message about sites=True."""
+    import re
+
+    import streamaug.cli.bench as bench
+
+    monkeypatch.setattr(bench, "run_suite", lambda *a, **k: pytest.fail("the suite ran"))
+    (tmp_path / "FOLDER").mkdir()
+    args = [str(tmp_path / a) if a == "FOLDER" else a for a in args]
+    assert bench.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and re.search(said, err), err

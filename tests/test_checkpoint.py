@@ -263,3 +263,22 @@ def test_weights_that_are_not_a_dict_or_not_finite_are_refused(tmp_path):
     torch.save(ckpt, unit)
     with pytest.raises(CheckpointError, match=r"u\.pt: 1 weight tensors hold NaN or inf"):
         load_translator(unit)
+
+
+def test_a_device_this_machine_lacks_is_named_not_the_file(tmp_path, monkeypatch):
+    """Before: --device cuda without CUDA said "not a readable streamaug classifier checkpoint
+    (truncated or another file type: ... CUDA ...)" about a good file."""
+    from streamaug.models import get_classifier
+    from streamaug.models.checkpoint import device_problem
+
+    path = save_classifier(tmp_path / "c.pt", get_classifier("drn_tiny")())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    for device in ("cuda", "cuda:1"):
+        with pytest.raises(CheckpointError, match=r"c\.pt: not read: device 'cuda.*' is not available: .*0 CUDA "
+                                                  r"device.*--device cpu") as info:
+            load_classifier(path, device=device)
+        assert "truncated" not in str(info.value)
+    with pytest.raises(CheckpointError, match="not a torch device"):
+        read_checkpoint(path, "gpu0", kind="classifier")
+    assert device_problem("cpu") is None and load_classifier(path, device="cpu").model is not None

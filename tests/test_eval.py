@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import numpy as np
@@ -249,8 +250,9 @@ def test_scores_round_trip_and_cli(tmp_path, capsys) -> None:
     save_scores(tmp_path / "aug.csv", y[order], strong[order], [keys[i] for i in order])
     y2, s2, k2 = load_scores(tmp_path / "base.csv")
     assert k2 == keys and (y2 == y).all() and np.array_equal(s2, weak)
-    eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "aug.csv"), "--val", str(tmp_path / "base.csv"),
-             str(tmp_path / "aug.csv"), "--roc", str(tmp_path / "roc.png"), "--n-boot", "300"])
+    assert eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "aug.csv"), "--val",
+                      str(tmp_path / "base.csv"), str(tmp_path / "aug.csv"), "--roc", str(tmp_path / "roc.png"),
+                      "--n-boot", "300"]) == 0
     out = capsys.readouterr().out
     aug_line = next(line for line in out.splitlines() if line.startswith("aug"))
     assert "*" in aug_line  # significant improvement over the baseline
@@ -258,10 +260,10 @@ def test_scores_round_trip_and_cli(tmp_path, capsys) -> None:
     assert (tmp_path / "roc.png").exists()
     save_scores(tmp_path / "other.csv", 1 - y, strong, keys)  # the same keys, other labels
     save_scores(tmp_path / "more.csv", np.r_[y, 1], np.r_[strong, 0.5], keys + ["extra"])
-    with pytest.raises(SystemExit, match=r"other\.csv: 300 cases have other labels"):
-        eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "other.csv")])
-    with pytest.raises(SystemExit, match=r"more\.csv: not the baseline file's test set: .* 1 are extra"):
-        eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "more.csv")])
+    assert eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "other.csv")]) == 2
+    assert re.search(r"^error: .*other\.csv: 300 cases have other labels", capsys.readouterr().err)
+    assert eval_main(["compare", str(tmp_path / "base.csv"), str(tmp_path / "more.csv")]) == 2
+    assert re.search(r"more\.csv: not the baseline file's test set: .* 1 are extra", capsys.readouterr().err)
 
 
 def test_every_eval_option_has_help() -> None:

@@ -213,3 +213,50 @@ def test_box_number_spelled_oddly_is_unreadable(tmp_path, cell):
     assert manifest["count"] == 0 and len(manifest["skipped"]) == 1
     assert f"cannot read {cell!r} as boxes" in manifest["skipped"][0]["reason"]
     assert "is not a plain number" in manifest["skipped"][0]["reason"]
+
+
+# --- the output folder and the options ----------------------------------------------------------------
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_overwrite_replaces_only_the_pack_at_the_top_of_out(tmp_path, capsys):
+    """Before: --out PARENT --overwrite deleted every pack in PARENT's subfolders (any .tar or
+    manifest.json at any depth passed as part of the pack)."""
+    from test_pack import COLUMNS, _dataset
+
+    root, parent = tmp_path / "data", tmp_path / "parent"
+    csv_path = _write_csv(tmp_path / "m.csv", _dataset(root, 4), COLUMNS)
+    for name in ("a", "b"):
+        pack(root, csv_path, parent / name, shard_size=2, progress=False)
+    before = _tree(parent)
+    argv = ["--root", str(root), "--metadata", str(csv_path), "--out", str(parent), "--overwrite", "--no-progress"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "has no manifest.json: ['a/', 'b/']" in err and len(err.strip().splitlines()) == 1
+    pack(root, csv_path, parent / "a", shard_size=3, overwrite=True, progress=False)  # a pack at the top: replaced
+    (parent / "a" / "train" / "old").mkdir()
+    (parent / "a" / "train" / "old" / "x-000000.tar").write_bytes(b"")  # not listed: someone else's shard
+    (parent / "a" / "nested").mkdir()
+    (parent / "a" / "nested" / "manifest.json").write_text("{}")
+    with pytest.raises(PackError, match=r"holds more than a pack: \['nested/', 'train/old/'\]"):
+        pack(root, csv_path, parent / "a", overwrite=True, progress=False)
+    (parent / "a" / "manifest.json").write_text('{"format": "other"}')
+    with pytest.raises(PackError, match="a manifest.json that is not a pack manifest"):
+        pack(root, csv_path, parent / "a", overwrite=True, progress=False)
+    assert _tree(parent / "b") == {k.removeprefix("b/"): v for k, v in before.items() if k.startswith("b/")}
+
+
+@pytest.mark.parametrize("size", ["0", "-1"])
+def test_shard_size_below_one_is_a_user_error(tmp_path, capsys, size):
+    """Before: a ValueError outside the PackError catch: a traceback."""
+    _images(tmp_path, 1)
+    csv_path = _write_csv(tmp_path / "m.csv", [{"image": "img0.png"}], ["image"])
+    assert main(["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "out"),
+                 "--shard-size", size]) == 2
+    assert f"error: --shard-size must be a whole number >= 1 (samples per shard), got {size}" in \
+        capsys.readouterr().err
+    with pytest.raises(PackError, match="--shard-size"):
+        pack(tmp_path, csv_path, tmp_path / "out", shard_size=0, progress=False)
+    assert not (tmp_path / "out").exists()

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -309,3 +310,49 @@ def test_cli_in_process_and_as_module(tmp_path):
                        capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1], timeout=120)
     assert r.returncode == 0, r.stderr
     assert len(list((tmp_path / "b" / "images").glob("*.dcm"))) == 2
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--n-normal", "-3", "--n-lesion", "1"], "--n-normal must be >= 0, got -3"),  # before: IndexError
+    (["--n-normal", "0", "--n-lesion", "0"], "writes no image"),  # before: an empty dataset, exit 0
+    (["--n-normal", "1", "--n-lesion", "1", "--bits", "12"], r"PNG bits \(--bits\) must be 8 or 16"),
+    (["--n-normal", "1", "--n-lesion", "1", "--sheet", "sheet.txt"], "give a file name ending in .png"),
+])
+def test_cli_refuses_bad_counts_and_options_before_writing(tmp_path, capsys, args, said):
+    assert main(["--out", str(tmp_path / "ds"), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1
+    assert re.search(said, err), err
+    assert not (tmp_path / "ds").exists()
+
+
+def test_cli_refuses_a_size_below_the_minimum_and_an_out_that_is_a_file(tmp_path, capsys):
+    """Before: --size 0 raised ZeroDivisionError, --out a file NotADirectoryError (tracebacks)."""
+    for size in ("0", "8", "abc"):
+        with pytest.raises(SystemExit) as info:  # argparse: usage and the reason, exit 2
+            main(["--out", str(tmp_path / "ds"), "--n-normal", "1", "--n-lesion", "1", "--size", size])
+        assert info.value.code == 2 and "argument --size" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    for out in ("file", "file/ds"):
+        assert main(["--out", str(tmp_path / out), "--n-normal", "1", "--n-lesion", "1"]) == 2
+        assert "is a file, not a folder; choose another --out" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="size must be .* >= 32"):
+        write_phantom_dataset(tmp_path / "lib", 1, 1, size=(0, 64))
+    with pytest.raises(ValueError, match="n_normal must be a whole number >= 0"):
+        write_phantom_dataset(tmp_path / "lib", -3, 1)
+    with pytest.raises(ValueError, match="nothing to write"):
+        write_phantom_dataset(tmp_path / "lib", 0, 0)
+    with pytest.raises(ValueError, match="at least 2 px"):
+        make_phantom(0, size=(1, 1), lesion=False)
+    assert not (tmp_path / "lib").exists()
+
+
+def test_split_counts_is_the_plan_the_writer_follows(tmp_path):
+    from streamaug.phantom.writer import split_counts
+
+    counts = split_counts(5, 4, seed=3)
+    _, rows = _read_csv(write_phantom_dataset(tmp_path, 5, 4, size=(32, 32), seed=3) / "metadata.csv")
+    got = {s: {0: 0, 1: 0} for s in ("train", "val", "test")}
+    for row in rows:
+        got[row["split"]][int(row["label"] == "tumor")] += 1
+    assert counts == got and sum(c[0] for c in counts.values()) == 5

@@ -220,3 +220,44 @@ def test_a_lesion_swap_makes_its_positives_from_the_donor_side(shards, tmp_path)
     for part in report["keys"].values():  # a donor-side positive with another donor-side lesion over its own
         made = [k.removesuffix("-syn") for k in part["synthetic"]]
         assert made and set(made) <= set(part["donor"]) and not set(made) & set(part["real"])
+
+
+# -- bad input: one line and exit code 2, before any work ---------------------------------------------
+@pytest.fixture(scope="module")
+def few(tmp_path_factory):
+    """A pack with a handful of positives (about 2 in its train split)."""
+    from shardgen import packed_phantom
+
+    return packed_phantom(tmp_path_factory.mktemp("few"), n_normal=12, n_lesion=3, size=32, shard_size=8)
+
+
+@pytest.mark.parametrize("args, said", [
+    (["--real", "/nonexistent"], "--real /nonexistent: no such folder or file; give a folder packed by"),
+    (["--split", "nosuch"], "split 'nosuch' not in .*manifest.json; it has \\['test', 'train', 'val'\\]"),
+    (["--region", "nosuch"], "--region 'nosuch' has no image in --split 'train' of .* \\(regions: "),
+    (["--held-out", "1"], "--held-out must lie between 0 and 1"),
+    (["--epochs", "0"], "--epochs must be >= 1"),
+    (["--out", "FILE"], "--out .*FILE is a file, not a folder"),
+])
+def test_cli_refuses_bad_options_with_one_line(few, tmp_path, capsys, args, said):
+    """Before: --real /nonexistent, --split nosuch and --region nosuch raised tracebacks (only the
+    synthesizer's setup was inside the try); --held-out 1 and --out a file failed after reading."""
+    import re
+
+    (tmp_path / "FILE").write_text("")
+    args = [str(tmp_path / "FILE") if a == "FILE" else a for a in args]
+    argv = ["--real", few, "--synthesizer", "real", "--out", str(tmp_path / "out"), *FAST, *args]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and re.search(said, err), err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("spec", ["real", "copy-paste"])
+def test_too_few_positives_are_named_before_the_synthesizer_runs(few, tmp_path, capsys, spec):
+    """Before: copy-paste said "no lesion box found: CopyPaste needs label-1 samples with boxes"
+    (make_synthesizer(donor[part]) ran before the count check), as a traceback."""
+    assert cli.main(["--real", few, "--synthesizer", spec, "--out", str(tmp_path), *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "donor-side positives" in err and "need 2 of each" in err and "read in split 'train'" in err
+    assert "no lesion box" not in err and not (tmp_path / "realism.json").exists()

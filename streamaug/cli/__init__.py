@@ -1,5 +1,7 @@
-"""The commands: ``streamaug-pack``, ``streamaug-demo``, ``streamaug-bench``, ``streamaug-phantom``.
+"""The commands: ``streamaug-pack``, ``streamaug-demo``, ``streamaug-bench``, ``streamaug-phantom``,
+``streamaug-realism``.
 
 ``streamaug-train`` and ``streamaug-eval`` live with their packages (:mod:`streamaug.train`,
-:mod:`streamaug.eval`). Each module here has a ``main(argv=None)`` and runs as ``python -m``.
+:mod:`streamaug.eval`). Each module here has a ``main(argv=None)`` and runs as ``python -m``. Bad
+input ends a command with ``error: <message>`` and exit code 2 (:mod:`streamaug._commands`).
 """

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -84,7 +85,6 @@ def phantom_shards(cache: str | os.PathLike | None = None, n: int = 512, size: i
     ``train`` split holds every image).
     """
     import tempfile
-    from pathlib import Path
 
     from streamaug.cli.pack import pack
     from streamaug.phantom import write_phantom_dataset
@@ -200,10 +200,31 @@ def report(res: dict[str, Any]) -> str:
     return "\n".join(parts)
 
 
+def check_shards(shards: str | None) -> None:
+    """Refuse, before the suite, a ``--shards`` that is not there or that holds no shards.
+
+    Raises:
+        ValueError: no such folder or file, or a folder with neither ``manifest.json`` nor ``.tar`` shards.
+    """
+    from streamaug._commands import check_shards as check_spec
+
+    check_spec(shards, "--shards")
+    path = Path(shards) if shards else None
+    if path and path.is_dir() and not (path / "manifest.json").exists() and not any(path.glob("*.tar")):
+        raise ValueError(f"--shards {shards}: no manifest.json and no .tar shards in it; give a folder packed by "
+                         "streamaug-pack")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m streamaug.cli.bench [--shards DIR] [--quick] [--out results.json]``."""
+    """``python -m streamaug.cli.bench [--shards DIR] [--quick] [--out results.json]``; the exit code.
+
+    ``--out``, ``--shards`` and ``--cache`` are checked before the suite runs (a bad ``--out`` would
+    lose its results); bad input ends with ``error: ...`` and exit code 2.
+    """
     import argparse
     import json
+
+    from streamaug._commands import USER_ERRORS, check_file_to_write, check_folder_to_write, fail
 
     ap = argparse.ArgumentParser(prog="python -m streamaug.cli.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--shards", default=None, help="a packed folder, e.g. BTXRD packed by streamaug-pack (train "
@@ -214,11 +235,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "(default $TMPDIR/streamaug-bench)")
     ap.add_argument("--no-dicom", action="store_true", help="skip the 2048x2048 DICOM shards")
     args = ap.parse_args(argv)
-    res = run_suite(args.shards, quick=args.quick, cache=args.cache, dicom=not args.no_dicom)
-    print(report(res))
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as fh:
-            json.dump(res, fh, indent=1)
+    try:
+        check_file_to_write(args.out, "--out", make_folders=False)
+        if args.cache:
+            check_folder_to_write(args.cache, "--cache")
+        check_shards(args.shards)
+        res = run_suite(args.shards, quick=args.quick, cache=args.cache, dicom=not args.no_dicom)
+        print(report(res))
+        if args.out:
+            with open(args.out, "w", encoding="utf-8") as fh:
+                json.dump(res, fh, indent=1)
+    except USER_ERRORS as err:  # ShardError of unreadable shards, a path that cannot be written
+        return fail(err)
     return 0
 
 

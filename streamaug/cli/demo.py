@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -68,16 +69,87 @@ def _sample_grid(path: Path, synthesizer: Any, shards: Path, size: int, select: 
     return save_sample_grid(path, rows, titles=("original", "synthesized", "blended"))
 
 
+def _both_labels(counts: dict[str, dict[int, int]], where: str, fix: str) -> None:
+    """Refuse data whose train, val or test split lacks normal or lesion images (``counts``: split ->
+    label -> images)."""
+    for split in ("train", "val", "test"):
+        got = counts.get(split, {})
+        lacking = [name for label, name in ((0, "normal"), (1, "lesion")) if not got.get(label)]
+        if lacking:
+            raise ValueError(f"{where} leaves the {split} split without {' or '.join(lacking)} images "
+                             f"({got.get(0, 0)} normal, {got.get(1, 0)} lesion); the demo trains on train, picks "
+                             f"on val and scores test, each with both: {fix}")
+
+
+def _kept(positives: int, normals: int, ratio: float, where: str) -> None:
+    """Refuse a ``--positive-ratio`` that keeps no training positive (``round(ratio x normals)``)."""
+    if min(positives, round(ratio * normals)) < 1:
+        raise ValueError(f"--positive-ratio {ratio:g} keeps round({ratio:g} x {normals} training normals) = "
+                         f"{round(ratio * normals)} of the {positives} training positives of {where}; raise "
+                         "--positive-ratio or the number of normals")
+
+
+def check_demo(out: Path, data: Path | None, *, n_normal: int, n_lesion: int, image_size: int, epochs: int,
+               translator_steps: int, positive_ratio: float, synthetic_per_positive: float, synthesizer: str,
+               paste_shape: str, seed: int, device: str) -> None:
+    """Check every argument of :func:`run_demo` before any work (a phantom set: its splits too).
+
+    Raises:
+        ValueError: the message names the option (``--n-normal``, ...) and the fix.
+    """
+    from streamaug._commands import check_at_least, check_device, check_folder_to_write
+    from streamaug.phantom.writer import split_counts
+
+    if synthesizer not in SYNTHESIZERS:
+        raise ValueError(f"--synthesizer must be one of {SYNTHESIZERS}, got {synthesizer!r}")
+    if paste_shape not in ("box", "mask"):
+        raise ValueError(f"--paste-shape must be box or mask, got {paste_shape!r}")
+    if int(synthetic_per_positive) != synthetic_per_positive or synthetic_per_positive < 1:
+        raise ValueError(f"--synthetic-per-positive must be a whole number >= 1 (the baseline shows each positive "
+                         f"1 + r times), got {synthetic_per_positive}")
+    check_at_least(image_size, 32, "--image-size", "pixels a side; smaller lesions fall between pixels")
+    check_at_least(epochs, 1, "--epochs")
+    check_at_least(translator_steps, 1, "--translator-steps")
+    if not 0 < positive_ratio < float("inf"):
+        raise ValueError(f"--positive-ratio must be > 0 (training positives kept per normal), got {positive_ratio}")
+    check_device(device)
+    check_folder_to_write(out, "--out")
+    if data is not None:
+        if not data.is_dir():
+            raise ValueError(f"--data {data}: {'a file' if data.exists() else 'no such folder'}; give a folder "
+                             "laid out like BTXRD (metadata.csv, images/), or leave --data out for phantoms")
+        if not (data / "metadata.csv").is_file():
+            raise ValueError(f"--data {data} has no metadata.csv; give a folder laid out like BTXRD (metadata.csv "
+                             "with image and label columns, images/)")
+        return
+    check_at_least(n_normal, 0, "--n-normal")
+    check_at_least(n_lesion, 0, "--n-lesion")
+    where = f"--n-normal {n_normal} --n-lesion {n_lesion} (--seed {seed})"
+    counts = split_counts(n_normal, n_lesion, seed=seed)
+    _both_labels(counts, where, "ask for more images (the defaults are 600 and 300)")
+    _kept(counts["train"][1], counts["train"][0], positive_ratio, where)
+
+
 def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesion: int = 300,
              image_size: int = 96, epochs: int = 16, translator_steps: int = 300, positive_ratio: float = 0.1,
              synthetic_per_positive: float = 3.0, synthesizer: str = "copy_paste", paste_shape: str = "box",
              seed: int = 0, device: str = "cpu") -> dict:
-    """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``)."""
+    """Run the demo into ``out``; returns the summary dict (also written to ``out/summary.json``).
+
+    Raises:
+        ValueError: a bad argument (see :func:`check_demo`, run before any work), or ``data`` whose
+            packed splits lack a label or keep no training positive.
+    """
+    check_demo(out, data, n_normal=n_normal, n_lesion=n_lesion, image_size=image_size, epochs=epochs,
+               translator_steps=translator_steps, positive_ratio=positive_ratio,
+               synthetic_per_positive=synthetic_per_positive, synthesizer=synthesizer, paste_shape=paste_shape,
+               seed=seed, device=device)
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
     from streamaug.eval import bootstrap_auc, is_significant, paired_bootstrap, plot_roc
     from streamaug.eval.experiment import training_makeup
     from streamaug.eval.scoring import score_checkpoint
+    from streamaug.io.labels import to_int_label
     from streamaug.models.checkpoint import load_classifier
     from streamaug.phantom import write_phantom_dataset
     from streamaug.train.classifier import train_classifier
@@ -86,17 +158,21 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
 
     t0 = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
+    for run in ("translator", "baseline", "augmented"):  # the demo's own runs: a re-run starts them afresh
+        shutil.rmtree(out / run, ignore_errors=True)
     bars = sys.stderr.isatty()  # progress bars only on a terminal, never into a log file
     if data is None:
         logger.info("[1/5] writing %d normal + %d lesion phantom radiographs", n_normal, n_lesion)
         data = write_phantom_dataset(out / "phantom", n_normal, n_lesion, size=(128, 128), seed=seed, progress=bars)
     shards = out / "shards"
     logger.info("[1/5] packing %s -> %s", data, shards)
-    pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=bars)
-
-    if synthesizer not in SYNTHESIZERS:
-        raise ValueError(f"synthesizer must be one of {SYNTHESIZERS}, got {synthesizer!r}")
+    manifest = pack(data, Path(data) / "metadata.csv", shards, shard_size=64, overwrite=True, progress=bars)
+    counts = {name: {label: sum(n for lab, n in split["labels"].items() if to_int_label(lab) == label)
+                     for label in (0, 1)} for name, split in manifest["splits"].items()}
+    _both_labels(counts, f"--data {data}", "give --data whose metadata.csv has a split column "
+                 "with train, val and test, each with normal and lesion images")
     select, kept = rare_positive_select(str(shards), "train", None, positive_ratio, seed)
+    _kept(kept["positives_available"], kept["normals"], positive_ratio, f"--data {data}")
     translator = None
     if synthesizer in ("translate", "mix"):
         logger.info("[2/5] training a tiny UNIT translator (normal -> lesion patches) on the %d kept positives "
@@ -111,9 +187,6 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
                     kept["positives"], kept["positives_available"], kept["normals"])
     # one classifier recipe for both arms: they differ only in what the extra positives are
     extra = int(synthetic_per_positive)
-    if extra != synthetic_per_positive or extra < 1:
-        raise ValueError(f"synthetic_per_positive must be a whole number >= 1 (the baseline shows each positive "
-                         f"1 + r times), got {synthetic_per_positive}")
     common = dict(train_shards=[str(shards)], val_shards=[str(shards)], train_split="train", val_split="val",
                   image_size=image_size, epochs=epochs, batch_size=32, positive_ratio=positive_ratio, seed=seed,
                   device=device, lr=1e-3, s=1.5, n=5)
@@ -202,17 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``streamaug-demo``: parse the options, log progress to stderr, run :func:`run_demo`; the exit code."""
+    from streamaug._commands import USER_ERRORS, fail
+
     a = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if a.threads < 0:
+        return fail(f"--threads must be >= 0 (0: torch's default), got {a.threads}")
     if a.threads:
         # one by default: on a shared machine with fewer free cores than threads, torch's spinning
         # threads make every step many times slower (the demo's translator: 100 steps in 46 s with one
         # thread, 58 steps in 11 minutes with two, at load 8 on 2 cores)
         torch.set_num_threads(a.threads)
-    run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
-             epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
-             synthetic_per_positive=a.synthetic_per_positive, synthesizer=a.synthesizer, paste_shape=a.paste_shape,
-             seed=a.seed, device=a.device)
+    try:
+        run_demo(a.out, a.data, n_normal=a.n_normal, n_lesion=a.n_lesion, image_size=a.image_size,
+                 epochs=a.epochs, translator_steps=a.translator_steps, positive_ratio=a.positive_ratio,
+                 synthetic_per_positive=a.synthetic_per_positive, synthesizer=a.synthesizer,
+                 paste_shape=a.paste_shape, seed=a.seed, device=a.device)
+    except USER_ERRORS as err:  # every argument is checked before any work; these are the data's
+        return fail(err)
     return 0
 
 

@@ -48,7 +48,8 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
   (``.<name>.packing-<random>``) that replaces ``--out`` only once the manifest is written: a
   failed or interrupted pack leaves ``--out`` as it was (absent, empty, or the previous pack).
   ``--out`` must be absent or empty unless ``--overwrite``, which replaces a folder holding only
-  a pack (``manifest.json`` and ``.tar`` shards; anything else is refused, never deleted).
+  a pack at its top level (``manifest.json`` and the shards it lists; anything else, another pack in
+  a subfolder too, is refused, never deleted: :mod:`streamaug.cli.pack_out`).
   ``--prefix`` must be a plain file name.
 """
 from __future__ import annotations
@@ -60,7 +61,6 @@ import json
 import os
 import random
 import re
-import secrets
 import shutil
 import sys
 import time
@@ -69,7 +69,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from streamaug._commands import USER_ERRORS, fail
 from streamaug.cli.pack_csv import PackError, SampleBuilder, check_columns, read_csv
+from streamaug.cli.pack_out import check_out as _check_out
+from streamaug.cli.pack_out import replace_out as _replace
+from streamaug.cli.pack_out import sibling as _sibling
 from streamaug.io.labels import to_int_label
 
 __all__ = ["pack", "main", "summary", "PackError", "MANIFEST_FORMAT"]
@@ -118,13 +122,13 @@ def pack(
 
     Raises:
         PackError: a bad row with ``on_error="raise"``, a missing required column, a bad
-            ``prefix``, or an ``out`` that is not empty (without ``overwrite``) or holds more than a
-            pack. ``out`` is then left as it was.
+            ``prefix``, ``shard_size`` or ``on_error``, or an ``out`` that is not empty (without
+            ``overwrite``) or holds more than a pack. ``out`` is then left as it was.
     """
     if on_error not in ("raise", "skip"):
-        raise ValueError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-    if shard_size < 1:
-        raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+        raise PackError(f"--on-error must be 'raise' or 'skip', got {on_error!r}")
+    if isinstance(shard_size, bool) or not isinstance(shard_size, int) or shard_size < 1:
+        raise PackError(f"--shard-size must be a whole number >= 1 (samples per shard), got {shard_size!r}")
     root, metadata, out = Path(root), Path(metadata), Path(out)
     prefix = prefix or root.resolve().name
     if not prefix or prefix in (".", "..") or any(c in prefix for c in "/\\\0"):
@@ -291,46 +295,6 @@ class _SplitWriter:
         return self.done
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse, before anything is written, an ``out`` that a finished pack may not replace.
-
-    Raises:
-        PackError: ``out`` is a file or a link, holds anything without ``overwrite``, or holds
-            files other than a pack's (``manifest.json`` and ``.tar`` shards) with it.
-    """
-    if out.is_symlink() or (out.exists() and not out.is_dir()):
-        raise PackError(f"--out {out} is a file or a symbolic link, not a folder; choose another --out")
-    held = sorted(p for p in out.rglob("*") if p.is_symlink() or not p.is_dir()) if out.exists() else []
-    if held and not overwrite:
-        what = "a pack (manifest.json)" if (out / "manifest.json").exists() else f"{len(held)} files"
-        raise PackError(f"{out} already holds {what}; pass --overwrite or choose another --out")
-    foreign = [str(p.relative_to(out)) for p in held
-               if p.is_symlink() or (p.suffix != ".tar" and p.name not in ("manifest.json", "manifest.json.tmp"))]
-    if foreign:
-        raise PackError(f"--overwrite would replace all of {out}, which holds more than a pack: {foreign[:5]}"
-                        f"{' ...' if len(foreign) > 5 else ''}; move those files or choose another --out")
-
-
-def _sibling(out: Path, what: str) -> Path:
-    """A fresh hidden name beside ``out``: ``.<name>.<what>-<random>`` (same file system: renames are atomic)."""
-    return out.parent / f".{out.name}.{what}-{secrets.token_hex(4)}"
-
-
-def _replace(out: Path, work: Path) -> None:
-    """Move the finished folder ``work`` to ``out``; a previous ``out`` is deleted only after that."""
-    if not out.exists():
-        os.replace(work, out)
-        return
-    old = _sibling(out, "old")
-    os.replace(out, old)
-    try:
-        os.replace(work, out)
-    except BaseException:
-        os.replace(old, out)
-        raise
-    shutil.rmtree(old)
-
-
 def _as_name(value: Any) -> str:
     text = "" if value is None else str(value).strip()
     return text or "unknown"
@@ -367,9 +331,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         prefix=args.prefix, boxes_column=args.boxes_column, key_column=args.key_column,
                         label_column=args.label_column, shuffle_seed=None if args.keep_order else args.shuffle_seed,
                         overwrite=args.overwrite, progress=not args.no_progress)
-    except PackError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except USER_ERRORS as err:  # PackError, XRayDecodeError; OSError: --root, --metadata, --out paths
+        return fail(err)
     for what, entry in [("skipped", e) for e in manifest["skipped"]] + [("warning", e) for e in manifest["warnings"]]:
         print(f"{what}: line {entry['line']} ({entry['key']}, {entry['file']}): {entry['reason']}", file=sys.stderr)
     print(summary(manifest, args.out))

@@ -27,22 +27,31 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from streamaug._commands import (
+    USER_ERRORS,
+    check_at_least,
+    check_device,
+    check_folder_to_write,
+    check_region,
+    check_shards,
+    fail,
+)
 from streamaug.data.select import KeySelect
 from streamaug.data.shardlist import expand_urls, find_manifest
 from streamaug.eval.realism import realism_report
+from streamaug.io.opener import is_url
 from streamaug.models.checkpoint import CheckpointError
 from streamaug.sites import LesionBoxBank, SiteProposer
 from streamaug.synth import CopyPaste, Inpaint, LesionCrops, Made, Synthesizer, Translate
 
-__all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "Unchanged", "build_parser", "checkpoint_kind", "main",
-           "make_synthesizer"]
+__all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "Unchanged", "build_parser", "check_args", "check_real",
+           "checkpoint_kind", "main", "make_synthesizer"]
 
 
 class NoiseSquare(Synthesizer):
@@ -205,23 +214,65 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse, before any work, options that would fail later: --out a file, counts out of range, a
+    device not on this machine.
+
+    Raises:
+        ValueError: the message names the option and the fix.
+    """
+    check_folder_to_write(args.out, "--out")
+    if not 0 < args.held_out < 1:
+        raise ValueError(f"--held-out must lie between 0 and 1 (share of the patient groups), got {args.held_out}")
+    check_at_least(args.image_size, 16, "--image-size", "pixels a side: room for lesion sites")
+    check_at_least(args.batch_size, 2, "--batch-size", "a batch of one is dropped: nothing would train")
+    for value, option in ((args.epochs, "--epochs"), (args.n_boot, "--n-boot"), (args.n, "--n"),
+                          (args.grid_samples, "--grid-samples")):
+        check_at_least(value, 1, option)
+    if args.s is not None and not args.s > 0:
+        raise ValueError(f"--s must be > 0 (site side per box side), got {args.s}")
+    check_device(args.device)
+
+
+def check_real(args: argparse.Namespace) -> None:
+    """Refuse, before reading images, a --real that is not there, or a --split or --region its manifest lacks.
+
+    Raises:
+        ValueError: no such shard, or no image of ``--region`` in ``--split``.
+        ShardError: ``--real`` matches no shard, or its manifest has no ``--split``.
+    """
+    for spec in args.real:
+        check_shards(spec, "--real")
+    missing = [u for u in expand_urls(_urls(args.real), args.split) if not is_url(u) and not os.path.exists(u)]
+    if missing:
+        raise ValueError(f"--real: no such shard {missing[0]}; give shards packed by streamaug-pack")
+    check_region(_urls(args.real), args.split, args.region)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``streamaug-realism``: parse, run :func:`~streamaug.eval.realism.realism_report`, print the numbers."""
+    """``streamaug-realism``: parse, run :func:`~streamaug.eval.realism.realism_report`, print the numbers.
+
+    Bad input (options, paths, too few positives, a checkpoint of another kind) ends with ``error: ...``
+    and exit code 2; the options are checked before any work.
+    """
     args = build_parser().parse_args(argv)
+    if args.threads is not None and args.threads < 1:
+        return fail(f"--threads must be >= 1, got {args.threads}")
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check_args(args)
         factory, s = make_synthesizer(args.synthesizer, args)
+        check_real(args)
         sites = None if factory is None else site_proposer(args, s)
-    except ValueError as err:  # CheckpointError, ShardError, a manifest without lesion boxes
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    report = realism_report(_urls(args.real), args.out, make_synthesizer=factory, split=args.split,
-                            region=args.region, image_size=args.image_size, sites=sites, held_out=args.held_out,
-                            arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                            n_boot=args.n_boot, seed=args.seed, device=args.device,
-                            grid_samples=args.grid_samples, name=args.synthesizer,
-                            settings=None if sites is None else {"site_s": s, "site_n": args.n})
+        report = realism_report(_urls(args.real), args.out, make_synthesizer=factory, split=args.split,
+                                region=args.region, image_size=args.image_size, sites=sites, held_out=args.held_out,
+                                arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                n_boot=args.n_boot, seed=args.seed, device=args.device,
+                                grid_samples=args.grid_samples, name=args.synthesizer,
+                                settings=None if sites is None else {"site_s": s, "site_n": args.n})
+    except USER_ERRORS as err:  # CheckpointError, ShardError, too few positives, a manifest without lesion boxes
+        return fail(err)
     c = report["counts"]["held_out"]
     lo, hi = report["discriminator_auc_ci"]
     print(f"{args.synthesizer}: discriminator AUC {report['discriminator_auc']:.3f} (95% CI {lo:.3f}-{hi:.3f}) on "

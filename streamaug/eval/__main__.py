@@ -3,21 +3,38 @@
     python -m streamaug.eval score runs/base/best.pt --shards shards/btxrd --split test \\
         --val-split val --region lower_limb --out report.json [--roc roc.png] [--scores test.csv]
     python -m streamaug.eval compare base.csv aug.csv [--val base_val.csv aug_val.csv] [--roc roc.png]
+
+``compare`` checks every file before printing a number (columns ``key,label,score``, labels 0/1,
+finite scores, each key once, both labels; the same cases and labels as the baseline) and names each
+model by its file's stem, with as many parent folders as tell two files apart (``r1/test``,
+``r2/test``). Bad input ends with ``error: <message>`` (the file and the fix) and exit code 2.
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import math
+import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from streamaug._commands import (
+    USER_ERRORS,
+    check_at_least,
+    check_device,
+    check_file_to_write,
+    check_region,
+    check_shards,
+    fail,
+)
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
     is_significant,
-    load_scores,
     operating_point,
     paired_bootstrap,
     plot_roc,
@@ -25,18 +42,97 @@ from streamaug.eval.stats import (
     sens_spec_at,
 )
 
-__all__ = ["build_parser", "main", "score_checkpoint"]  # score_checkpoint: for imports from here
+__all__ = ["build_parser", "main", "read_scores", "score_checkpoint"]  # score_checkpoint: for imports from here
+
+_FIX = "write it with `streamaug-eval score ... --scores FILE` (columns key,label,score)"
+
+
+def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """A score CSV (``key,label,score``, as ``--scores`` writes it), checked: ``(y, scores, keys)``.
+
+    Raises:
+        ValueError: a missing column, a row with another number of cells than the header, a label
+            other than 0/1, a score that is not a finite number, a key given twice, no rows, or one
+            class only. The message names the file (and line) and the fix.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder, not a score CSV; {_FIX}")
+    if not path.exists():
+        raise ValueError(f"{path}: no such score file; check the path, or {_FIX}")
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            rows = list(csv.reader(fh))
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise ValueError(f"{path}: not a CSV of UTF-8 text ({err}); {_FIX}") from err
+    header = [c.strip() for c in rows[0]] if rows else []
+    missing = [c for c in ("key", "label", "score") if c not in header]
+    if missing:
+        raise ValueError(f"{path}: no column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (header: "
+                         f"{header or 'none, the file is empty'}); {_FIX}")
+    at = {c: header.index(c) for c in ("key", "label", "score")}
+    y, s, keys = [], [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise ValueError(f"{path} line {line}: {len(row)} cells, the header has {len(header)}; one "
+                             "key,label,score row per case")
+        label, score = row[at["label"]].strip(), row[at["score"]].strip()
+        if label not in ("0", "1"):
+            raise ValueError(f"{path} line {line}: label {label!r} is not 0 or 1; a score file holds labelled "
+                             "cases only (0 = no lesion, 1 = lesion)")
+        try:
+            value = float(score)
+        except ValueError:
+            value = math.nan
+        if not math.isfinite(value):
+            raise ValueError(f"{path} line {line}: score {score!r} is not a finite number; rescore the model "
+                             "(a NaN score often means a diverged checkpoint)")
+        y.append(int(label))
+        s.append(value)
+        keys.append(row[at["key"]])
+    twice = sorted(k for k, n in Counter(keys).items() if n > 1)
+    if twice:
+        raise ValueError(f"{path}: {len(twice)} key(s) on more than one row (e.g. {twice[:3]}); keep one row per "
+                         "case (a key twice would count its case twice)")
+    if len(set(y)) < 2:
+        what = f"all {len(y)} cases have label {y[0]}" if y else "no cases"
+        raise ValueError(f"{path}: {what}; an AUC needs cases of both labels (0 and 1): score a split with both")
+    return np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64), keys
+
+
+def _where(args: argparse.Namespace, split: str) -> str:
+    region = f", region {args.region!r}" if args.region else ""
+    return f"--split {split!r}{region} of {args.shards}"
+
+
+def _labelled(args: argparse.Namespace, split: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Scores of ``split``; refused when it has no labelled image or one class only."""
+    y, s, keys = score_checkpoint(args.checkpoint, args.shards, split=split, region=args.region,
+                                  image_size=args.image_size, device=args.device, workers=args.workers)
+    if len(set(y.tolist())) < 2:
+        what = f"all {len(y)} labelled images have label {int(y[0])}" if len(y) else "no labelled images"
+        raise ValueError(f"{_where(args, split)}: {what}; an AUC needs both labels: choose another "
+                         f"{'--val-split' if split == args.val_split else '--split'} or --region")
+    return y, s, keys
 
 
 def _score(args: argparse.Namespace) -> dict:
-    y, s, keys = score_checkpoint(args.checkpoint, args.shards, split=args.split, region=args.region,
-                                  image_size=args.image_size, device=args.device, workers=args.workers)
+    for path, option in ((args.out, "--out"), (args.roc, "--roc"), (args.scores, "--scores")):
+        check_file_to_write(path, option)  # before scoring: a bad path would lose the work
+    check_device(args.device)
+    check_at_least(args.workers, 0, "--workers")
+    check_shards(args.shards, "--shards")
+    check_region(args.shards, args.split, args.region)
+    if args.image_size is not None:
+        check_at_least(args.image_size, 1, "--image-size")
+    y, s, keys = _labelled(args, args.split)
     auc, lo, hi = bootstrap_auc(y, s, args.n_boot, args.seed)
     report = {"checkpoint": str(args.checkpoint), "shards": args.shards, "split": args.split, "region": args.region,
               "n": int(len(y)), "positives": int(y.sum()), "auc": auc, "auc_ci95": [lo, hi]}
     if args.val_split:
-        yv, sv, _ = score_checkpoint(args.checkpoint, args.shards, split=args.val_split, region=args.region,
-                                     image_size=args.image_size, device=args.device, workers=args.workers)
+        yv, sv, _ = _labelled(args, args.val_split)
         op = operating_point(yv, sv)
         sens, spec = sens_spec_at(y, s, op["threshold"])
         report["operating_point"] = {"threshold": op["threshold"], "sensitivity": sens, "specificity": spec,
@@ -54,7 +150,7 @@ def _score(args: argparse.Namespace) -> dict:
 def _aligned(path: str, ref_keys: list[str] | None,
              ref_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The scores of ``path`` in the baseline file's key order; the same cases with the same labels."""
-    y, s, keys = load_scores(path)
+    y, s, keys = read_scores(path)
     if ref_keys is None:
         return y, s, keys
     index = {k: i for i, k in enumerate(keys)}
@@ -70,15 +166,38 @@ def _aligned(path: str, ref_keys: list[str] | None,
     return y[order], s[order], ref_keys
 
 
+def model_names(paths: Sequence[str]) -> list[str]:
+    """One distinct name per score file: its stem, with as many parent folders as tell the files apart
+    (``r1/test``, ``r2/test``).
+
+    Raises:
+        ValueError: one file is given twice.
+    """
+    full = [Path(os.path.realpath(p)) for p in paths]
+    seen: dict[Path, str] = {}
+    for p, f in zip(paths, full):
+        if f in seen:
+            raise ValueError(f"{p} is given twice (as {seen[f]} too); give each score file once")
+        seen[f] = p
+    for k in range(1, max(len(f.parts) for f in full) + 1):
+        names = ["/".join(f.parts[-k:-1] + (f.stem,)) for f in full]
+        if len(set(names)) == len(names):
+            return names
+    return [str(f) for f in full]  # a.csv beside a.tsv: the whole paths
+
+
 def _compare(args: argparse.Namespace) -> None:
     if args.val and len(args.val) != len(args.scores):
-        raise SystemExit("--val needs one file per scores file")
+        raise ValueError(f"--val needs one file per scores file: {len(args.scores)} scores files, "
+                         f"{len(args.val)} --val files")
+    check_file_to_write(args.roc, "--roc")
+    names = model_names(args.scores)
     y, base, keys = _aligned(args.scores[0], None)
+    checked = [_aligned(path, keys, y) for path in args.scores]  # every file, before any number is printed
+    vals = [read_scores(path) for path in args.val or ()]
     curves = {}
     print(f"{'model':<24} {'AUC (95% CI)':<22} {'dAUC vs base (95% CI)':<28} sens   spec   OP")
-    for i, path in enumerate(args.scores):
-        yi, s, _ = _aligned(path, keys, y)
-        name = Path(path).stem
+    for i, (name, (yi, s, _)) in enumerate(zip(names, checked)):
         curves[name] = (yi, s)
         auc, lo, hi = bootstrap_auc(yi, s, args.n_boot, args.seed)
         diff = ""
@@ -86,8 +205,8 @@ def _compare(args: argparse.Namespace) -> None:
             res = paired_bootstrap(yi, base, s, args.n_boot, args.seed)
             diff = f"{res[0]:+.3f} ({res[1]:+.3f},{res[2]:+.3f}){'*' if is_significant(res) else ''}"
         op = ""
-        if args.val:
-            yv, sv, _ = _aligned(args.val[i], None)
+        if vals:
+            yv, sv, _ = vals[i]
             thr = operating_point(yv, sv)["threshold"]
             sens, spec = sens_spec_at(yi, s, thr)
             op = f"{sens:.3f}  {spec:.3f}  {thr:.3f}"
@@ -130,14 +249,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """``streamaug-eval``: parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand."""
+def main(argv: Sequence[str] | None = None) -> int:
+    """``streamaug-eval``: parse ``argv`` (default ``sys.argv[1:]``) and run the subcommand; the exit code.
+
+    Bad input (a ValueError such as CheckpointError, the stream's ShardError/SampleError, a path that
+    cannot be read or written) ends with ``error: <message>`` on stderr and exit code 2.
+    """
     args = build_parser().parse_args(argv)
     try:
+        check_at_least(args.n_boot, 1, "--n-boot", "bootstrap resamples")
         (_score if args.command == "score" else _compare)(args)
-    except ValueError as err:  # bad input (CheckpointError, ShardError included): the message names file and fix
-        raise SystemExit(f"error: {err}") from err
+    except USER_ERRORS as err:  # the message names the file and the fix
+        return fail(err)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -231,16 +231,6 @@ def _split_by(samples: list[dict[str, Any]], seed: int, salt: str, first: float)
     return out
 
 
-def _read(shards: str | Sequence[str], split: str | None, region: str | None, label: int, size: int,
-          sites: Any = None) -> list[dict[str, Any]]:
-    from streamaug.data.select import KeySelect, LabelSelect
-    from streamaug.data.stream import XRayShards
-
-    ds = XRayShards(shards, split=split, shuffle=False, resize=size, select=LabelSelect(label, KeySelect(region)),
-                    equalize="none", distributed=False, sites=sites)
-    return list(ds)
-
-
 def synthesize(synthesizer: Synthesizer, normals: list[dict[str, Any]], n: int, *, seed: int = 0,
                batch_size: int = 32, device: str | torch.device = "cpu") -> tuple[list[dict[str, Any]], dict]:
     """At most ``n`` synthetic positives from one pass over ``normals`` (decoded, with ``sites``), one
@@ -329,18 +319,30 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         the feature network: are its features about lesions at all?), ``counts``, ``keys`` (of
         each part: ``real``, ``synthetic`` (a made one is its normal's key + ``-syn``) and
         ``donor``), ``seconds``, ...
+
+    Raises:
+        ValueError: a part with under 2 real- or donor-side positives (checked first), or under 2 made.
+        ShardError: unreadable ``shards``, a ``split`` they lack, or no sample of ``region``.
     """
+    from streamaug.data.select import KeySelect, LabelSelect
+    from streamaug.data.stream import XRayShards
     from streamaug.synth.sources import source_label, source_sites
 
     t0, out = time.perf_counter(), Path(out)
     if (make_synthesizer is not None and sites is None) or not 0 < held_out < 1:
         raise ValueError(f"need sites= (a SiteProposer) with a synthesizer, and 0 < held_out < 1 (got {held_out})")
-    positives = _read(shards, split, region, 1, image_size)
-    normals = _read(shards, split, region, 0, image_size, sites=sites)
+    positives, normals = (list(XRayShards(shards, split=split, shuffle=False, resize=image_size, equalize="none",
+                                          select=LabelSelect(y, KeySelect(region)), distributed=False,
+                                          sites=sites if y == 0 else None)) for y in (1, 0))
     real, donor, normal = {}, {}, {}
     for part, in_part in zip(PARTS, _split_by(positives + normals, seed, "part", 1 - held_out)):
         real[part], donor[part] = _split_by([x for x in in_part if x["label"] == 1], seed, "side", 0.5)
         normal[part] = [x for x in in_part if x["label"] == 0]
+    for part in PARTS:  # before any synthesis: a synthesizer's complaint about no donors would hide this
+        if min(len(real[part]), len(donor[part])) < 2:
+            raise ValueError(f"the {part} part has {len(real[part])} real-side and {len(donor[part])} donor-side "
+                             f"positives ({len(positives)} read in split {split!r}, region {region or 'all'}); need "
+                             "2 of each: more data, or another --held-out or --region")
     other, synthesis = {}, {}
     for i, part in enumerate(PARTS):
         if make_synthesizer is None:
@@ -352,14 +354,12 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                 if source_label(synth) == 1 else normal[part]
             other[part], stats = synthesize(synth, sources, len(real[part]), seed=seed + i, device=device)
             synthesis[part] = {**synth.describe(), **{k: stats[k] for k in ("generated", "accepted", "dark_crops")}}
-        if len(other[part]) < 2 or len(real[part]) < 2:
-            raise ValueError(f"the {part} part has {len(real[part])} real and {len(other[part])} other positives; "
-                             "need 2 of each (more data, or another --held-out)")
+            if len(other[part]) < 2:
+                raise ValueError(f"{name} made {len(other[part])} positives from the {len(sources)} sources of the "
+                                 f"{part} part; need 2: more normals with sites, or another --synthesizer")
     fit = {"arch": arch, "epochs": epochs, "batch_size": batch_size, "lr": lr, "device": device}
-    held = real["held_out"] + other["held_out"]
-    disc = discriminator_auc(_stack(real["train"]), _stack(other["train"]), _stack(real["held_out"]),
-                             _stack(other["held_out"]), groups=[_group(s) for s in held], n_boot=n_boot, seed=seed,
-                             **fit)
+    disc = discriminator_auc(*(_stack(x[p]) for p in PARTS for x in (real, other)), n_boot=n_boot, seed=seed,
+                             groups=[_group(s) for s in real["held_out"] + other["held_out"]], **fit)
     pos_train, pos_test = real["train"] + donor["train"], real["held_out"] + donor["held_out"]
     train_x = torch.cat([_stack(pos_train), _stack(normal["train"])])
     train_y = torch.cat([torch.ones(len(pos_train)), torch.zeros(len(normal["train"]))])
@@ -393,8 +393,7 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                     "standard deviation on those training images",
         "discriminator": {**fit, "device": str(device), "n_boot": n_boot, "ci_level": 0.95,
                           "ci": "percentile bootstrap over patient groups", "label": "1 = synthetic, 0 = real"},
-        "synthesis": synthesis or None,
-        "grid": grid.name, "seconds": round(time.perf_counter() - t0, 1),
+        "synthesis": synthesis or None, "grid": grid.name, "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "realism.json").write_text(json.dumps(report, indent=2))
     return report

@@ -35,14 +35,20 @@ def score_checkpoint(checkpoint: str | os.PathLike, shards: str | os.PathLike | 
         Samples with an unknown label (-1) are left out.
 
     Raises:
-        CheckpointError: ``checkpoint`` is not a classifier checkpoint (the message names the fix).
+        CheckpointError: ``checkpoint`` is not a whole-image classifier checkpoint (a patch scorer,
+            ``on: site``, is refused; the message names the fix).
     """
     from streamaug.data.collate import collate_xray
     from streamaug.data.select import KeySelect
     from streamaug.data.stream import XRayShards
-    from streamaug.models.checkpoint import load_classifier
+    from streamaug.models.checkpoint import CheckpointError, load_classifier
 
     loaded = load_classifier(checkpoint, device=device)
+    if loaded.extra.get("on") == "site" or loaded.extra.get("kind") == "patch_scorer":
+        raise CheckpointError(
+            f"{checkpoint}: a patch scorer (on: site; `streamaug-train scorer`), trained on lesion-sized crops "
+            f"at {loaded.extra.get('input_size')} px, not on whole images: scoring images with it would shrink "
+            "each to a patch; give a whole-image classifier (best.pt of `streamaug-train classifier`)")
     size = image_size or loaded.extra.get("input_size")
     spec = os.fspath(shards) if isinstance(shards, (str, os.PathLike)) else list(shards)
     ds = XRayShards(spec, split=split, shuffle=False, resize=size, equalize="none",

@@ -52,7 +52,7 @@ if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
 
 __all__ = ["FORMAT", "CLASSIFIER_FORMAT", "CheckpointError", "LoadedClassifier", "save_checkpoint",
            "read_checkpoint", "save_translator", "load_translator", "save_classifier", "load_classifier",
-           "INPAINTER_FORMAT", "save_inpainter", "load_inpainter"]
+           "INPAINTER_FORMAT", "save_inpainter", "load_inpainter", "device_problem"]
 
 FORMAT = "streamaug-translator/1"
 CLASSIFIER_FORMAT = "streamaug-classifier/1"
@@ -102,6 +102,21 @@ def _check_plain(obj: Any, where: str) -> None:
             _check_plain(v, f"{where}[{k!r}]")
         return
     raise TypeError(f"{where}: {type(obj).__name__} cannot be stored (plain types and tensors only)")
+
+
+def device_problem(device: str | torch.device) -> str | None:
+    """Why ``device`` cannot hold tensors here (malformed, CUDA/MPS absent, no such index); None if it can."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as err:
+        return f"not a torch device ({err}); use e.g. cpu, cuda or cuda:0"
+    count = torch.cuda.device_count() if dev.type == "cuda" and torch.cuda.is_available() else 0
+    if dev.type == "cuda" and (not count or (dev.index or 0) >= count):
+        return (f"this machine has {count} CUDA device(s)" + (" (torch.cuda.is_available() is False)" if not count
+                else "") + "; use device cpu (--device cpu)" + (f" or cuda:0..{count - 1}" if count else ""))
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        return "MPS is not available on this machine; use device cpu (--device cpu)"
+    return None
 
 
 def _a(word: str) -> str:
@@ -155,12 +170,16 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
 
     Raises:
         CheckpointError: missing, unreadable or truncated file, not a checkpoint, a checkpoint of the
-            other kind or format version, a missing key. The message names the file and the fix.
+            other kind or format version, a missing key, or a ``device`` this machine lacks (the file is
+            then not read). The message names the file and the fix.
     """
     path = Path(path)
     spec = _KINDS[kind]
     if not path.is_file():
         raise CheckpointError(f"{path}: no such {kind} checkpoint file; check the path")
+    problem = device_problem(device)
+    if problem:  # torch.load would blame the file for it
+        raise CheckpointError(f"{path}: not read: device {str(device)!r} is not available: {problem}")
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # noqa: BLE001 - garbage raises anything (struct.error, EOFError, ...): named below
@@ -185,19 +204,9 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu",
     return ckpt
 
 
-def save_translator(
-    path: str | os.PathLike,
-    model: nn.Module,
-    *,
-    config: Any,
-    patch_size: int,
-    s: float,
-    region: str,
-    manifest_sha256: str,
-    step: int,
-    extra: dict[str, Any] | None = None,
-    trainer_state: dict[str, Any] | None = None,
-) -> Path:
+def save_translator(path: str | os.PathLike, model: nn.Module, *, config: Any, patch_size: int, s: float,
+                    region: str, manifest_sha256: str, step: int, extra: dict[str, Any] | None = None,
+                    trainer_state: dict[str, Any] | None = None) -> Path:
     """Write a translator checkpoint atomically (temp file + rename).
 
     Args:
@@ -340,12 +349,8 @@ class LoadedClassifier(NamedTuple):
     extra: dict[str, Any]
 
 
-def save_classifier(
-    path: str | os.PathLike[str],
-    model: DRN,
-    config: DRNConfig | None = None,
-    extra: dict[str, Any] | None = None,
-) -> Path:
+def save_classifier(path: str | os.PathLike[str], model: DRN, config: DRNConfig | None = None,
+                    extra: dict[str, Any] | None = None) -> Path:
     """Save a classifier's weights with its config (nanoGPT style), atomically.
 
     Args:
@@ -366,13 +371,8 @@ def save_classifier(
     if config != model.config:
         raise ValueError(f"save_classifier: config {config} does not match the model's {model.config}")
     return save_checkpoint(path, {
-        "format": CLASSIFIER_FORMAT,
-        "streamaug_version": _version(),
-        "arch": "drn",
-        "config": config.to_dict(),
-        "state_dict": _weights(model),
-        "extra": dict(extra or {}),
-        "torch": str(torch.__version__),
+        "format": CLASSIFIER_FORMAT, "streamaug_version": _version(), "arch": "drn", "config": config.to_dict(),
+        "state_dict": _weights(model), "extra": dict(extra or {}), "torch": str(torch.__version__),
     })
 
 

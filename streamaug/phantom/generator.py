@@ -303,6 +303,8 @@ def make_phantom(seed: int, *, size: tuple[int, int] = (256, 256), lesion: bool,
     if view not in _FLEX:
         raise ValueError(f"view must be one of {VIEWS}, got {view!r}")
     H, W = int(size[0]), int(size[1])
+    if min(H, W) < 2:
+        raise ValueError(f"size must be at least 2 px a side, got {tuple(size)}")
     streams = np.random.SeedSequence([int(seed) & (2**63 - 1), 0x5EED]).spawn(3)
     r_anat, r_les, r_noise = (np.random.default_rng(s) for s in streams)
     bones, soft = _sample_anatomy(r_anat, H, W, region, view)

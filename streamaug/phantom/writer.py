@@ -19,6 +19,7 @@ _BODY_PART = {"lower_limb": "LEG", "upper_limb": "ARM"}
 _VIEW_POSITION = {"frontal": "AP", "lateral": "LL", "oblique": "LLO"}
 _DX_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 FIELD_MM = 350.0  # detector field of view across the image width, sets PixelSpacing
+MIN_SIDE = 32  # below it a lesion can fall between pixels: a "tumor" row without a box or mask
 
 
 def _quantize(image: np.ndarray, bits: int) -> np.ndarray:
@@ -112,6 +113,17 @@ def _plan(rng: np.random.Generator, n_normal: int, n_lesion: int, regions: Seque
     return [row for g in groups for row in g]
 
 
+def split_counts(n_normal: int, n_lesion: int, *, seed: int = 0, splits: Sequence[float] = (0.6, 0.2, 0.2),
+                 regions: Sequence[str] = REGIONS) -> dict[str, dict[int, int]]:
+    """Images per split and label (0 normal, 1 lesion) that :func:`write_phantom_dataset` would write
+    with these arguments, without writing anything (to check a plan before the work)."""
+    rows = _plan(np.random.default_rng([int(seed), 0xB7]), n_normal, n_lesion, regions, splits)
+    counts: dict[str, dict[int, int]] = {split: {0: 0, 1: 0} for split in SPLITS}
+    for row in rows:
+        counts[row["split"]][int(row["label"] == "tumor")] += 1
+    return counts
+
+
 def write_phantom_dataset(out_dir: str | Path, n_normal: int, n_lesion: int, *, size: tuple[int, int] = (256, 256),
                           seed: int = 0, splits: Sequence[float] = (0.6, 0.2, 0.2),
                           regions: Sequence[str] = REGIONS, fmt: str = "png", bits: int | None = None,
@@ -137,16 +149,30 @@ def write_phantom_dataset(out_dir: str | Path, n_normal: int, n_lesion: int, *, 
 
     Returns:
         ``Path(out_dir)``.
+
+    Raises:
+        ValueError: a count below 0 or no image at all, a side below :data:`MIN_SIDE`, or a bad
+            ``fmt``, ``bits``, ``photometric``, ``splits`` or region; nothing is written then.
     """
+    for name, n in (("n_normal", n_normal), ("n_lesion", n_lesion)):
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {n!r}")
+    if n_normal + n_lesion < 1:
+        raise ValueError("n_normal + n_lesion is 0: nothing to write; ask for at least one image")
+    if len(size) != 2 or min(int(v) for v in size) < MIN_SIDE:
+        raise ValueError(f"size must be (H, W) with both sides >= {MIN_SIDE} px (smaller lesions fall between "
+                         f"pixels and lose their boxes), got {tuple(size)}")
     if fmt not in ("png", "dcm"):
         raise ValueError(f"fmt must be 'png' or 'dcm', got {fmt!r}")
     bits = bits or (8 if fmt == "png" else 16)
     if fmt == "png" and bits not in (8, 16):
-        raise ValueError(f"PNG bits must be 8 or 16, got {bits}")
+        raise ValueError(f"PNG bits (--bits) must be 8 or 16, got {bits}")
     if fmt == "dcm" and bits not in (12, 16):
-        raise ValueError(f"DICOM bits (BitsStored) must be 12 or 16, got {bits}")
-    if len(splits) != 3 or min(splits) < 0 or sum(splits) <= 0:
-        raise ValueError(f"splits must be three non-negative fractions, got {splits}")
+        raise ValueError(f"DICOM bits (BitsStored, --bits) must be 12 or 16, got {bits}")
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise ValueError(f"photometric must be MONOCHROME1 or MONOCHROME2, got {photometric!r}")
+    if len(splits) != 3 or min(splits) < 0 or sum(splits) <= 0 or not np.isfinite(sum(splits)):
+        raise ValueError(f"splits (--splits) must be three non-negative fractions, not all 0, got {list(splits)}")
     for r in regions:
         if r not in REGIONS:
             raise ValueError(f"unknown region {r!r}; choose from {REGIONS}")
