@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 COMMANDS = {
@@ -28,12 +29,15 @@ def main(argv: list[str] | None = None) -> None:
             module.add_arguments(sp)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    from streamaug.models.checkpoint import CheckpointError
+    from streamaug._commands import USER_ERRORS, message
+    from streamaug.synth.lesion_stream import NoAcceptedCandidates
 
     try:
         module.main(args)
-    except CheckpointError as err:  # a user error with its fix in the message: no traceback
-        parser.exit(2, f"{parser.prog} {args.command}: error: {err}\n")
+    except (*USER_ERRORS, NoAcceptedCandidates) as err:  # bad input, its fix in the message: no traceback
+        if os.environ.get("STREAMAUG_TRACEBACK"):
+            raise
+        parser.exit(2, f"{parser.prog} {args.command}: error: {message(err)}\n")
 
 
 if __name__ == "__main__":

@@ -34,7 +34,17 @@ from streamaug.train.classifier_data import (
     count_selected,
     device_augment,
 )
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
+from streamaug.train.inputs import check_splits, check_synthesis_options, check_training_classes, check_validation
+from streamaug.train.runconfig import (
+    JsonlLog,
+    add_config_arguments,
+    check_device,
+    check_resume,
+    check_run_folder,
+    config_from_args,
+    make_run_folder,
+    parse_options,
+)
 
 logger = logging.getLogger(__name__)
 # what last.pt holds beyond best.pt, so that a run can go on
@@ -93,20 +103,14 @@ def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
     return rank, world, dev
 
 
-def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, Any] | None:
-    """The state in ``OUT/last.pt`` to go on from (weights under ``"model"``), or None for a fresh run.
+def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+    """The state in ``OUT/last.pt`` (there: :func:`check_run_folder`) to go on from (weights under ``"model"``).
 
     Raises:
-        CheckpointError: ``last.pt`` is missing beside a ``best.pt``, holds no trainer state (it is a
-            ``best.pt``), or was trained with another config.
+        CheckpointError: ``last.pt`` holds no trainer state (it is a ``best.pt``), or was trained
+            with another config.
     """
     last = out / "last.pt"
-    if not last.exists():
-        if (out / "best.pt").exists():
-            raise CheckpointError(f"{out}: --resume needs {last.name}, which holds the optimizer state; this folder "
-                                  "has only best.pt (weights for inference). Restore last.pt, or start a new run "
-                                  "with another --out (without --resume)")
-        return None
     loaded = load_classifier(last, device=device)
     missing = [k for k in TRAINER_STATE if k not in loaded.extra]
     if missing:
@@ -121,29 +125,42 @@ def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, 
 def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Train (or resume) a classifier.
 
+    Before reading any image it refuses, with a message that names the option and the fix
+    (:mod:`streamaug.train.inputs`): a device this machine lacks, synthesis options without
+    ``--stream lesion``, a fresh run into a folder that holds checkpoints, a ``--resume`` with
+    nothing to resume, a training stream that reads validation or test images, a kept training
+    set without positives or normals, a validation set without both classes.
+
     Args:
         cfg: the run config (saved in ``best.pt`` and ``last.pt``).
-        resume: continue from ``OUT/last.pt`` (same config but :attr:`RunConfig.RESUMABLE`); a
-            fresh run when the folder holds no checkpoint.
+        resume: continue from ``OUT/last.pt`` (same config but :attr:`RunConfig.RESUMABLE`).
         progress: show progress bars (they switch themselves off when stderr is not a terminal).
 
     Returns:
         The path of the best checkpoint, ``OUT/best.pt``.
 
     Raises:
-        CheckpointError: (a ``ValueError``) the run cannot be resumed; the message says why and what to do.
+        CheckpointError: (a ``ValueError``) the run cannot start or be resumed in ``cfg.out``; the
+            message says why and what to do.
+        ValueError: input that cannot give a sound run (see above).
     """
     from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
 
     from streamaug.eval import score_loader
 
+    check_device(cfg.device)
+    check_synthesis_options(cfg)
     rank, world, device = _ddp_setup(cfg.device)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_run_folder(out, resume=resume, checkpoints=("best.pt", "last.pt"), resume_from="last.pt")
     state = _resume_state(out, cfg, device) if resume else None  # refuse early, before reading data
+    check_splits(cfg)
     torch.manual_seed(cfg.seed)
     n_real = count_selected(cfg)
+    check_training_classes(cfg, n_real)
+    check_validation(cfg)
+    make_run_folder(out)
     train_batches, stream = build_train_stream(cfg, n_real=n_real, world=world, device=device)
     val_loader = build_val_stream(cfg)
     model = DRN(DRNConfig.preset(cfg.preset)).to(device)

@@ -13,9 +13,16 @@ import torch
 from streamaug.data.collate import collate_xray
 from streamaug.data.oversample import oversample_batches, oversample_gap
 from streamaug.data.select import KeySelect, matched_normals, rare_positive_select
-from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
+from streamaug.data.shardlist import expand_urls, find_manifest
 from streamaug.data.stream import XRayShards
 from streamaug.models.drn import DRN_PRESETS
+from streamaug.train.inputs import (
+    check_calibration_positives,
+    check_synthesis_options,
+    check_workers,
+    lesion_box_records,
+)
+from streamaug.train.runconfig import above, at_least, between, check_bounds
 
 logger = logging.getLogger(__name__)
 
@@ -106,29 +113,34 @@ class RunConfig:
     paste_shape: Literal["box", "mask"] = "box"
     filter_classifier: str | None = None
     filter_mode: Literal["threshold", "rank"] = "threshold"
-    filter_threshold: float = 0.9
-    filter_quantile: float | None = None
-    synthetic_fraction: float = 0.25
-    synthetic_per_positive: float | None = None
-    positive_ratio: float | None = None
+    filter_threshold: float = field(default=0.9, metadata=between(0, 1))
+    filter_quantile: float | None = field(default=None, metadata=between(0, 1))
+    synthetic_fraction: float = field(default=0.25, metadata=between(
+        0, 1, high_open=True, why="an epoch is one pass over the real training samples plus the synthetic share: "
+                                  "at 1 it would hold no real sample"))
+    synthetic_per_positive: float | None = field(default=None, metadata=at_least(0))
+    positive_ratio: float | None = field(default=None, metadata=above(0))
     match_sources: str | None = None
-    oversample: int = 1
+    oversample: int = field(default=1, metadata=at_least(1))
     augment: Literal["none", "flip", "classic"] = "flip"
     preset: str = field(default="tiny", metadata={"choices": sorted(DRN_PRESETS)})
-    image_size: int = 128
-    epochs: int = 12
-    batch_size: int = 32
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    patience: int = 1
-    workers: int = 0
-    seed: int = 0
+    image_size: int = field(default=128, metadata=at_least(1))
+    epochs: int = field(default=12, metadata=at_least(1))
+    batch_size: int = field(default=32, metadata=at_least(1))
+    lr: float = field(default=1e-4, metadata=above(0))
+    weight_decay: float = field(default=1e-4, metadata=at_least(0))
+    patience: int = field(default=1, metadata=at_least(0))
+    workers: int = field(default=0, metadata=at_least(0))
+    seed: int = field(default=0, metadata=at_least(0))
     device: str = "cpu"
-    blend_n: float = 2.0
-    s: float = 1.0
-    n: int = 7
+    blend_n: float = field(default=2.0, metadata=above(0))
+    s: float = field(default=1.0, metadata=above(0))
+    n: int = field(default=7, metadata=at_least(1))
 
     RESUMABLE = ("epochs", "device", "workers", "out")
+
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 def _spec(shards: list[str]) -> str | list[str]:
@@ -155,9 +167,12 @@ def seed_worker(worker_id: int) -> None:
     random.seed(seed)
 
 
-def seeded_loader(dataset: Any, cfg: RunConfig, batch_size: int) -> torch.utils.data.DataLoader:
-    """A ``DataLoader`` whose workers are seeded from ``cfg.seed`` (``generator=``, ``worker_init_fn=``)."""
-    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, num_workers=cfg.workers,
+def seeded_loader(dataset: Any, cfg: RunConfig, batch_size: int,
+                  workers: int | None = None) -> torch.utils.data.DataLoader:
+    """A ``DataLoader`` whose workers are seeded from ``cfg.seed`` (``generator=``, ``worker_init_fn=``);
+    ``workers`` of them (default: ``cfg.workers``)."""
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size,
+                                       num_workers=cfg.workers if workers is None else workers,
                                        collate_fn=collate_xray, generator=torch.Generator().manual_seed(cfg.seed),
                                        worker_init_fn=seed_worker)
 
@@ -178,6 +193,7 @@ def build_filter(cfg: RunConfig, device: torch.device | str = "cpu") -> Any:
         raise ValueError(f"--filter-quantile calibrates on whole validation images, but {cfg.filter_classifier} is a "
                          "site scorer (streamaug-train scorer): use rank mode or --filter-threshold with it")
     if cfg.filter_quantile is not None:
+        check_calibration_positives(cfg)  # the filter cannot score an empty set
         scores = filt.positive_scores(build_val_stream(cfg))
         if not len(scores):
             raise ValueError("--filter-quantile needs validation positives (none in --val-shards for this region)")
@@ -239,12 +255,12 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
                        device: torch.device) -> tuple[Callable[[int], Iterator[dict[str, Any]]], Any]:
     """``(batches, stream)``: ``batches(epoch)`` yields one epoch of collated training batches (call
     ``stream.set_epoch(epoch)`` first); ``stream`` is the dataset (``XRayShards`` or ``LesionStream``)."""
+    check_synthesis_options(cfg)  # e.g. --match-sources without --stream lesion
     select, _ = rare_positive_select(_spec(cfg.train_shards), cfg.train_split, cfg.region, cfg.positive_ratio, cfg.seed)
+    check_workers(cfg, select, world)  # before any reader starts: a worker's error would come late and wrapped
     real = (n_real["positives"] + n_real["normals"]) / world  # real samples per rank and epoch
     refuse = ("--match-sources chooses the normals synthetic positives are made from: it needs --stream lesion "
               "and a synthesizer that starts from normals (not inpaint or swap)")
-    if cfg.match_sources and cfg.stream != "lesion":
-        raise ValueError(refuse)
     if cfg.stream == "plain":
         ds = XRayShards(_spec(cfg.train_shards), split=cfg.train_split, seed=cfg.seed, resize=cfg.image_size,
                         select=select)
@@ -257,8 +273,7 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
         manifest = find_manifest(expand_urls(_spec(cfg.train_shards), cfg.train_split)[0])
         if manifest is None:
             raise ValueError("--stream lesion needs shards written by `python -m streamaug.cli.pack` (manifest.json)")
-        records = [r for r in load_manifest(manifest)["lesion_boxes"] if r.get("split") in (cfg.train_split, None)
-                   and select(r["key"], {"region": r.get("region"), "label": r.get("label", "tumor")})]
+        records = lesion_box_records(cfg, manifest, select)  # of the shards read, even without --train-split
         sites = SiteProposer(LesionBoxBank.from_records(records), s=cfg.s, n=cfg.n, seed=cfg.seed)
         fraction = synthetic_share(cfg, n_real, world)
         synthesizer = build_synthesizer(cfg, select, device)
@@ -288,10 +303,11 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
 
 
 def build_val_stream(cfg: RunConfig) -> torch.utils.data.DataLoader:
-    """Every validation sample of the region, once, on every rank (ranks compute the same AUC)."""
+    """Every validation sample of the region, once, on every rank (ranks compute the same AUC); read
+    by at most one ``--workers`` worker per validation shard that holds any (more would fail)."""
     ds = XRayShards(_spec(cfg.val_shards), split=cfg.val_split, shuffle=False, resize=cfg.image_size,
                     select=KeySelect(cfg.region), equalize="none", distributed=False)
-    return seeded_loader(ds, cfg, 64)
+    return seeded_loader(ds, cfg, 64, workers=min(cfg.workers, sum(c > 0 for c in ds.counts or [1])))
 
 
 _CLASSIC: dict[str, Any] = {}

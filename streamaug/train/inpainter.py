@@ -29,13 +29,23 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from streamaug.data.select import KeySelect, LabelSelect
-from streamaug.data.stream import XRayShards
 from streamaug.eval.plots import save_sample_grid
 from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_inpainter
 from streamaug.models.pix2pix import PRESETS, Pix2Pix, box_mask, composite, pix2pix_preset
-from streamaug.train.patches import data_fingerprint
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
+from streamaug.train.inpainter_data import Pairs, draw_batch, random_boxes, read_pairs
+from streamaug.train.inputs import check_positives
+from streamaug.train.runconfig import (
+    JsonlLog,
+    add_config_arguments,
+    at_least,
+    check_bounds,
+    check_device,
+    check_resume,
+    check_run_folder,
+    config_from_args,
+    make_run_folder,
+    parse_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,133 +78,25 @@ class InpainterRun:
     shards: list[str] = field(default_factory=list)
     out: str = "runs/inpainter"
     preset: str = field(default="tiny", metadata={"choices": sorted(PRESETS)})
-    steps: int = 1000
-    image_size: int | None = None  # None: the preset's
+    steps: int = field(default=1000, metadata=at_least(1))
+    image_size: int | None = field(default=None, metadata=at_least(1))  # None: the preset's
     normals: bool = False
     region: str | None = None
     split: str | None = None
     positives: list[str] | None = None  # only these lesion images (e.g. the kept rare positives); None: all
-    batch_size: int = 8
+    batch_size: int = field(default=8, metadata=at_least(1))
     flip: bool = True
-    seed: int = 0
+    seed: int = field(default=0, metadata=at_least(0))
     device: str = "cpu"
     bf16: bool = False
-    sample_every: int = 200
-    ckpt_every: int = 200
+    sample_every: int = field(default=200, metadata=at_least(1))
+    ckpt_every: int = field(default=200, metadata=at_least(1))
 
     # fields that may change between an interrupted run and its resume
     RESUMABLE = ("steps", "device", "sample_every", "ckpt_every", "out")
 
-
-@dataclass
-class Pairs:
-    """What the training pairs are cut from, at the model's image size ``S``.
-
-    Attributes:
-        images: ``(N, 1, S, S)`` float16 images in ``[0, 1]``.
-        boxes: ``(P, 4)`` float32 real lesion boxes ``x0 y0 x1 y1`` in those pixels.
-        owner: ``(P,)`` long, the image of each box.
-        normals: ``(M,)`` long, the normal images (empty without ``--normals``).
-        keys: the key of each image.
-        info: counts and the data fingerprint.
-    """
-
-    images: torch.Tensor
-    boxes: torch.Tensor
-    owner: torch.Tensor
-    normals: torch.Tensor
-    keys: list[str]
-    info: dict[str, Any]
-
-
-def read_pairs(shards: str | Sequence[str], *, size: int, split: str | None = None, region: str | None = None,
-               normals: bool = False, positives: Sequence[str] | None = None, progress: bool = True) -> Pairs:
-    """Read the positives with boxes (only those in ``positives`` when given; and with ``normals`` the
-    normal images) once, resized to ``size``.
-
-    Raises:
-        ValueError: no lesion box, or ``normals`` without a normal image.
-    """
-    from tqdm.auto import tqdm
-
-    select = KeySelect(region, None if positives is None else frozenset(positives)) \
-        if region is not None or positives is not None else None
-    stream = XRayShards(shards, split=split, shuffle=False, resize=size, equalize="none",
-                        select=select if normals else LabelSelect(1, select))
-    images, keys, boxes, owner, normal = [], [], [], [], []
-    for x in tqdm(stream, desc="reading images", disable=None if progress else True, unit="img"):
-        b = x["boxes"].reshape(-1, 4).clamp(0, size)
-        b = b[(b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])]
-        if x["label"] == 1 and len(b):
-            boxes.append(b)
-            owner += [len(images)] * len(b)
-        elif x["label"] == 0 and normals:
-            normal.append(len(images))
-        else:
-            continue
-        images.append(x["image"].half())
-        keys.append(str(x["key"]))
-    if not boxes or (normals and not normal):
-        raise ValueError(f"no training pairs: {len(owner)} lesion boxes and {len(normal)} normal images in "
-                         f"{shards} (split={split!r}, region={region!r}); inpainting needs positives with boxes, "
-                         "and --normals needs normal images")
-    info = {"positive_images": len(images) - len(normal), "boxes": len(owner), "normal_images": len(normal),
-            "image_size": size, "data_sha256": data_fingerprint(stream.shards)}
-    return Pairs(torch.stack(images), torch.cat(boxes).float(), torch.tensor(owner),
-                 torch.tensor(normal, dtype=torch.long), keys, info)
-
-
-def random_boxes(sizes: torch.Tensor, height: int, width: int, n: int,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-    """``n`` boxes of real sizes at uniform places inside a ``height x width`` image (Pix2Pix-N's masks).
-
-    Each box takes the ``(w, h)`` of a real box drawn uniformly (so the sizes follow the real boxes'
-    distribution; one larger than the image is cut to it) and a top-left corner uniform over the
-    places that keep it inside.
-
-    Args:
-        sizes: ``(P, 2)`` real box widths and heights in pixels.
-        height, width: the image size.
-        n: boxes to draw.
-        generator: the random source.
-
-    Returns:
-        ``(n, 4)`` float32 boxes ``x0 y0 x1 y1`` with ``0 <= x0 < x1 <= width``, ``0 <= y0 < y1 <= height``.
-
-    Examples:
-        >>> b = random_boxes(torch.tensor([[4.0, 2.0]]), 10, 20, 3, torch.Generator().manual_seed(0))
-        >>> inside = bool((b >= 0).all() and (b[:, 2] <= 20).all() and (b[:, 3] <= 10).all())
-        >>> (b[:, 2:] - b[:, :2]).round().tolist(), inside
-        ([[4.0, 2.0], [4.0, 2.0], [4.0, 2.0]], True)
-    """
-    limit = torch.tensor([float(width), float(height)])
-    wh = torch.minimum(sizes.float()[torch.randint(len(sizes), (n,), generator=generator)], limit)
-    corner = torch.rand(n, 2, generator=generator) * (limit - wh)
-    return torch.cat([corner, corner + wh], 1)
-
-
-def draw_batch(pairs: Pairs, n: int, generator: torch.Generator,
-               flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """``n`` random pairs: ``y`` ``(n, 1, S, S)`` float32 and masks ``(n, 1, S, S)`` bool.
-
-    A pair is drawn uniformly among the real boxes and (with normals) the normal images; a normal
-    gets a :func:`random_boxes` box; ``flip`` mirrors half of them left-right, box and all.
-    """
-    p, s = len(pairs.boxes), pairs.images.shape[-1]
-    pick = torch.randint(p + len(pairs.normals), (n,), generator=generator)
-    image, boxes = pairs.owner[pick.clamp(max=p - 1)], pairs.boxes[pick.clamp(max=p - 1)]
-    if len(pairs.normals):
-        normal = pick >= p
-        image = torch.where(normal, pairs.normals[(pick - p).clamp(min=0)], image)
-        sizes = pairs.boxes[:, 2:] - pairs.boxes[:, :2]
-        boxes = torch.where(normal[:, None], random_boxes(sizes, s, s, n, generator), boxes)
-    y = pairs.images[image].float()
-    if flip:
-        mirror = torch.rand(n, generator=generator) < 0.5
-        y = torch.where(mirror[:, None, None, None], y.flip(-1), y)
-        mirrored = torch.stack([s - boxes[:, 2], boxes[:, 1], s - boxes[:, 0], boxes[:, 3]], 1)
-        boxes = torch.where(mirror[:, None], mirrored, boxes)
-    return y, box_mask(boxes, s, s)
+    def __post_init__(self) -> None:
+        check_bounds(self)
 
 
 def _bce(logits: torch.Tensor, real: bool) -> torch.Tensor:
@@ -313,30 +215,39 @@ def _fixed_pairs(pairs: Pairs, seed: int, device: torch.device) -> tuple[torch.T
 def train_inpainter(run: InpainterRun, *, resume: bool = False, progress: bool = True) -> Path:
     """Train an inpainter as ``run`` says, or go on with one; returns ``OUT/inpainter.pt``.
 
-    With ``resume`` and an ``OUT/inpainter.pt`` in place, training goes on from it (with the same
-    config, :attr:`InpainterRun.RESUMABLE` aside); else it starts afresh. ``run`` is saved in the
+    With ``resume`` training goes on from ``OUT/inpainter.pt`` (with the same config,
+    :attr:`InpainterRun.RESUMABLE` aside); without it, ``OUT`` must hold no ``inpainter.pt``
+    (:func:`check_run_folder`). ``run`` is saved in the
     checkpoint and in ``OUT/run.json``; ``progress`` shows bars (off by themselves off a terminal).
 
     Raises:
-        CheckpointError: the checkpoint to resume is unreadable, holds no trainer state, was trained
-            with another config or on other data.
-        ValueError: no training pairs in the shards.
+        CheckpointError: the checkpoint to resume is missing, unreadable, holds no trainer state, was
+            trained with another config or on other data; a fresh run into a folder with one.
+        ValueError: no training pairs in the shards, ``--positives`` keys that match no lesion image,
+            a device this machine lacks.
     """
     from tqdm.auto import tqdm
 
+    check_device(run.device)
     out, device = Path(run.out), torch.device(run.device)
     ckpt_path = out / "inpainter.pt"
+    check_run_folder(out, resume=resume, checkpoints=(ckpt_path.name,), resume_from=ckpt_path.name)
     ckpt = None
-    if resume and ckpt_path.exists():  # refuse a bad resume before reading the data
+    if resume:  # refuse a bad resume before reading the data
         ckpt = read_checkpoint(ckpt_path, device, kind="inpainter")
         if not {"opt_g", "rng", "torch_rng"} <= set(ckpt["trainer_state"] or {}):
             raise CheckpointError(f"{ckpt_path}: no trainer state to resume from (saved for inference only); "
                                   "start a new run with another --out, without --resume")
         check_resume(ckpt_path, (ckpt.get("extra") or {}).get("run"), run)
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)
     torch.manual_seed(run.seed)
-    config = pix2pix_preset(run.preset, **({"image_size": run.image_size} if run.image_size else {}))
+    try:
+        config = pix2pix_preset(run.preset, **({"image_size": run.image_size} if run.image_size else {}))
+    except ValueError as err:  # e.g. a side the U-Net cannot halve depth times
+        given = f" with --image-size {run.image_size}" if run.image_size is not None else ""
+        raise ValueError(f"--preset {run.preset}{given}: {err}") from None
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
+    check_positives(shards, run.split, run.region, run.positives)
     pairs = read_pairs(shards, size=config.image_size, split=run.split, region=run.region, normals=run.normals,
                        positives=run.positives, progress=progress)
     model = Pix2Pix(config).to(device)

@@ -213,7 +213,8 @@ def build_patch_sets(shards: str | Sequence[str], *, patch_size: int, s: SValue 
     if len(lesion) == 0 or len(normal) == 0:
         raise ValueError(f"no training patches: {len(lesion)} lesion / {len(normal)} normal patches from "
                          f"{len(pick(1, False))} lesion and {len(pick(0, False))} normal images (region={region!r}); "
-                         "check the region name, the boxes in the metadata and min_intensity")
+                         "check --region, --positives (keys of lesion images with boxes; default: every one), the "
+                         "boxes in the metadata, and --min-intensity (normal patches darker than it are dropped)")
     if balance_sets:
         g = torch.Generator().manual_seed(seed)
         k = min(len(lesion), len(normal))

@@ -5,9 +5,13 @@ The run-config dataclasses (:class:`~streamaug.train.translator.TranslatorRun`,
 options: :func:`add_config_arguments` turns every field into an ``argparse`` option (type, default,
 ``choices``, ``nargs="+"`` for lists, ``--flag/--no-flag`` for bools) with the help text of the
 field's ``metadata["help"]`` or of the class docstring's ``Attributes`` section, and
-:func:`config_from_args` builds the config back. The resolved config is saved in every checkpoint;
-:func:`check_resume` compares it on ``--resume``. :class:`JsonlLog` is the training log, one JSON
-record a line, flushed per record and trimmed to the checkpoint on resume.
+:func:`config_from_args` builds the config back. A numeric field's allowed values are its
+``metadata["bound"]`` (:func:`at_least`, :func:`above`, :func:`between`), which :func:`check_bounds`
+enforces when the config is made (one message per option, in command-line terms). The resolved
+config is saved in every checkpoint; :func:`check_resume` compares it on ``--resume``, and
+:func:`check_run_folder` refuses a fresh run into another run's folder and a ``--resume`` with
+nothing to resume; :func:`check_device` refuses a device this machine lacks. :class:`JsonlLog` is
+the training log, one JSON record a line, flushed per record and trimmed to the checkpoint on resume.
 
 Examples:
     >>> import argparse
@@ -33,6 +37,7 @@ import argparse
 import dataclasses
 import inspect
 import json
+import math
 import os
 import re
 import types
@@ -43,7 +48,9 @@ from typing import Any, Literal, TypeVar
 
 from streamaug.models.checkpoint import CheckpointError
 
-__all__ = ["add_config_arguments", "config_from_args", "config_help", "check_resume", "JsonlLog"]
+__all__ = ["add_config_arguments", "config_from_args", "config_help", "check_resume", "JsonlLog", "Bound",
+           "at_least", "above", "between", "check_bounds", "check_device", "check_run_folder", "make_run_folder",
+           "option_name"]
 
 C = TypeVar("C")
 _ATTRIBUTE = re.compile(r"^ {4}(\w+)(?: \([^)]*\))?: ?(.*)$")
@@ -147,6 +154,128 @@ def config_from_args(cls: type[C], args: argparse.Namespace) -> C:
     return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
+def option_name(field_name: str) -> str:
+    """The command-line option of a config field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + field_name.replace("_", "-")
+
+
+@dataclasses.dataclass(frozen=True)
+class Bound:
+    """The values a numeric option takes: from ``low`` to ``high`` (None: no limit), each end
+    excluded when ``low_open`` / ``high_open``; ``why`` explains a limit that is not obvious.
+
+    Examples:
+        >>> b = Bound(0.0, 1.0, high_open=True)
+        >>> b.describe(), b.admits(0.0), b.admits(1.0), b.admits(float("nan"))
+        ('at least 0 and below 1', True, False, False)
+    """
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    why: str = ""
+
+    def admits(self, value: float) -> bool:
+        """Whether ``value`` (finite) lies within the bound."""
+        if not math.isfinite(value):
+            return False
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def describe(self) -> str:
+        """``at least 1``, ``above 0``, ``at least 0 and below 1``, ..."""
+        parts = []
+        if self.low is not None:
+            parts.append(f"{'above' if self.low_open else 'at least'} {self.low:g}")
+        if self.high is not None:
+            parts.append(f"{'below' if self.high_open else 'at most'} {self.high:g}")
+        return " and ".join(parts) or "a finite number"
+
+
+def at_least(low: float, why: str = "") -> dict[str, Bound]:
+    """Field metadata: the option takes values ``>= low``."""
+    return {"bound": Bound(low, why=why)}
+
+
+def above(low: float, why: str = "") -> dict[str, Bound]:
+    """Field metadata: the option takes values ``> low``."""
+    return {"bound": Bound(low, low_open=True, why=why)}
+
+
+def between(low: float, high: float, *, high_open: bool = False, why: str = "") -> dict[str, Bound]:
+    """Field metadata: the option takes values from ``low`` to ``high`` (``high`` excluded when ``high_open``)."""
+    return {"bound": Bound(low, high, high_open=high_open, why=why)}
+
+
+def check_bounds(config: Any) -> None:
+    """Refuse a config whose numeric fields lie outside their ``metadata["bound"]`` (None passes).
+
+    Args:
+        config: a run-config dataclass instance.
+
+    Raises:
+        ValueError: naming the first such option, its value and what it must be, e.g.
+            ``--epochs 0: must be at least 1``.
+    """
+    for f in dataclasses.fields(config):
+        bound = f.metadata.get("bound")
+        value = getattr(config, f.name)
+        if bound is None or value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{option_name(f.name)} {value!r}: must be a number, {bound.describe()}")
+        if not bound.admits(value):
+            why = f" ({bound.why})" if bound.why else ""
+            raise ValueError(f"{option_name(f.name)} {value:g}: must be {bound.describe()}{why}")
+
+
+def check_device(device: str) -> None:
+    """Refuse a ``--device`` that is not a torch device, or one this machine lacks.
+
+    Raises:
+        ValueError: naming the device and the fix (:func:`streamaug.models.checkpoint.device_problem`).
+    """
+    from streamaug.models.checkpoint import device_problem
+
+    problem = device_problem(device)
+    if problem:
+        raise ValueError(f"--device {device}: {problem}")
+
+
+def check_run_folder(out: str | os.PathLike, *, resume: bool, checkpoints: Sequence[str], resume_from: str) -> None:
+    """Refuse a fresh run into a folder that holds another run's checkpoints (their files would
+    outlive the run: a stale ``best.pt``), and a ``--resume`` with nothing to resume.
+
+    Args:
+        out: the run folder (``--out``).
+        resume: whether ``--resume`` was given.
+        checkpoints: the checkpoint files a run of this trainer writes (``best.pt``, ``last.pt``).
+        resume_from: the one of them that ``--resume`` continues from.
+
+    Raises:
+        ValueError: ``out`` is a file.
+        CheckpointError: (a ``ValueError``) a fresh run into a folder with checkpoints, or ``--resume``
+            without ``resume_from``; the message names the folder, the files and the fix.
+    """
+    folder = Path(out)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"--out {folder} is a file: pass a folder (it is created when missing)")
+    found = [name for name in checkpoints if (folder / name).is_file()]
+    if resume and not (folder / resume_from).is_file():
+        if found:
+            raise CheckpointError(f"{folder}: --resume needs {resume_from}, which holds the trainer state (optimizer, "
+                                  f"random state); this folder has only {', '.join(found)} (weights for inference). "
+                                  f"Restore {resume_from}, or start a new run with another --out (without --resume)")
+        looked = f" (looked for {', '.join(checkpoints)})" if len(checkpoints) > 1 else ""
+        raise CheckpointError(f"--out {folder}: nothing to resume: it holds no {resume_from}{looked}; check --out, "
+                              "or start a new run without --resume")
+    if not resume and found:
+        raise CheckpointError(f"--out {folder} holds the checkpoints of an earlier run ({', '.join(found)}): pass "
+                              "--resume to continue that run, or another --out for a new one")
+
+
 def check_resume(path: str | os.PathLike, saved: dict[str, Any] | None, given: Any) -> None:
     """Refuse to resume a run whose config differs from the one saved in its checkpoint.
 
@@ -175,6 +304,21 @@ def check_resume(path: str | os.PathLike, saved: dict[str, Any] | None, given: A
         fields = "; ".join(f"{k}: saved {a!r}, given {b!r}" for k, (a, b) in diff.items())
         raise CheckpointError(f"{path}: --resume with a different config ({fields}); rerun with the original "
                               f"options (only {', '.join(resumable)} may change) or start a new run with another --out")
+
+
+def make_run_folder(out: str | os.PathLike) -> Path:
+    """Create the run folder ``out`` (and its parents) when missing; returns it.
+
+    Raises:
+        ValueError: it cannot be created (a file in the way, no permission), naming ``--out`` and why.
+    """
+    folder = Path(out)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"--out {folder}: cannot create the run folder ({err.strerror or err}); pass a folder "
+                         "you can write to") from None
+    return folder
 
 
 class JsonlLog:

@@ -36,8 +36,20 @@ from streamaug.eval.stats import plot_roc
 from streamaug.models.checkpoint import save_classifier
 from streamaug.models.drn import DRN, DRN_PRESETS, DRNConfig
 from streamaug.train.augment import AUGMENT_MODES, draw_patches
+from streamaug.train.inputs import check_positives
 from streamaug.train.patches import PatchSets, build_patch_sets
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, config_from_args, parse_options
+from streamaug.train.runconfig import (
+    JsonlLog,
+    above,
+    add_config_arguments,
+    at_least,
+    between,
+    check_bounds,
+    check_device,
+    config_from_args,
+    make_run_folder,
+    parse_options,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -76,30 +88,28 @@ class ScorerRun:
     shards: list[str] = field(default_factory=list)
     out: str = "runs/scorer"
     preset: str = field(default="tiny", metadata={"choices": sorted(DRN_PRESETS)})
-    patch_size: int = 64
-    steps: int = 600
-    batch_size: int = 32
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    s: float = 1.0
-    n: int = 7
+    patch_size: int = field(default=64, metadata=at_least(1))
+    steps: int = field(default=600, metadata=at_least(1))
+    batch_size: int = field(default=32, metadata=at_least(1))
+    lr: float = field(default=1e-3, metadata=above(0))
+    weight_decay: float = field(default=1e-4, metadata=at_least(0))
+    s: float = field(default=1.0, metadata=above(0))
+    n: int = field(default=7, metadata=at_least(1))
     region: str | None = None
     split: str | None = None
-    resize: int | None = None
-    min_intensity: float = 0.15
+    resize: int | None = field(default=None, metadata=at_least(1))
+    min_intensity: float = field(default=0.15, metadata=between(0, 1))
     positives: list[str] | None = None
-    crops_per_box: int = 4
+    crops_per_box: int = field(default=4, metadata=at_least(1))
     augment: str = field(default="hflip", metadata={"choices": AUGMENT_MODES})
-    jitter: float = 0.1
-    holdout: float = 0.2
-    eval_every: int = 50
-    seed: int = 0
+    jitter: float = field(default=0.1, metadata=between(0, 1))
+    holdout: float = field(default=0.2, metadata=between(0, 1, high_open=True))
+    eval_every: int = field(default=50, metadata=at_least(1))
+    seed: int = field(default=0, metadata=at_least(0))
     device: str = "cpu"
 
     def __post_init__(self) -> None:
-        if self.steps < 1 or self.batch_size < 1 or self.eval_every < 1 or not 0 <= self.holdout < 1:
-            raise ValueError(f"need steps, batch_size, eval_every >= 1 and 0 <= holdout < 1; got {self.steps}, "
-                             f"{self.batch_size}, {self.eval_every}, {self.holdout}")
+        check_bounds(self)
 
 
 @torch.no_grad()
@@ -130,14 +140,18 @@ def train_scorer(run: ScorerRun, *, progress: bool = True) -> Path:
     weights; without held-out patches of both kinds, the last step's, with a warning).
 
     Raises:
-        ValueError: no lesion or no normal training patches in the shards.
+        ValueError: no lesion or no normal training patches in the shards, ``--positives`` keys that
+            match no lesion image, a device this machine lacks.
     """
     from tqdm.auto import tqdm
 
+    check_device(run.device)
     out, device = Path(run.out), torch.device(run.device)
-    out.mkdir(parents=True, exist_ok=True)
+    make_run_folder(out)
+    (out / "roc.png").unlink(missing_ok=True)  # an earlier run's: this run may draw none
     torch.manual_seed(run.seed)
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
+    check_positives(shards, run.split, run.region, run.positives)
     select = KeySelect(run.region, frozenset(run.positives)) if run.positives is not None else None
     data = build_patch_sets(shards, patch_size=run.patch_size, s=run.s, n=run.n, region=run.region, split=run.split,
                             min_intensity=run.min_intensity, resize=run.resize, seed=run.seed, select=select,

@@ -36,9 +36,23 @@ from streamaug.models.unit import PRESETS as UNIT_PRESETS
 from streamaug.models.unit import UNIT, unit_preset
 from streamaug.synth.ops import cosine_alpha
 from streamaug.train.augment import AUGMENT_MODES, DIFFAUG_POLICIES, draw_patches
+from streamaug.train.inputs import check_positives
 from streamaug.train.patches import build_patch_sets, s_for_region
 from streamaug.train.quality import TranslationScore
-from streamaug.train.runconfig import JsonlLog, add_config_arguments, check_resume, config_from_args, parse_options
+from streamaug.train.runconfig import (
+    JsonlLog,
+    above,
+    add_config_arguments,
+    at_least,
+    between,
+    check_bounds,
+    check_device,
+    check_resume,
+    check_run_folder,
+    config_from_args,
+    make_run_folder,
+    parse_options,
+)
 from streamaug.train.unit_losses import UNITTrainer
 
 logger = logging.getLogger(__name__)
@@ -126,45 +140,44 @@ class TranslatorRun:
     shards: list[str] = field(default_factory=list)
     out: str = "runs/translator"
     preset: str = field(default="tiny", metadata={"choices": sorted(UNIT_PRESETS)})
-    steps: int = 1000
-    patch_size: int | None = None  # None: the preset's
-    lr: float | None = None  # None: the preset's
+    steps: int = field(default=1000, metadata=at_least(1))
+    patch_size: int | None = field(default=None, metadata=at_least(1))  # None: the preset's
+    lr: float | None = field(default=None, metadata=above(0))  # None: the preset's
     s: list[str] | None = None  # the command line's form; __post_init__ makes any form a float or {region: s}
-    n: int = 7
+    n: int = field(default=7, metadata=at_least(1))
     region: str | None = None
     split: str | None = None
-    resize: int | None = None
-    min_intensity: float = 0.15
-    batch_size: int = 8
-    seed: int = 0
+    resize: int | None = field(default=None, metadata=at_least(1))
+    min_intensity: float = field(default=0.15, metadata=between(0, 1))
+    batch_size: int = field(default=8, metadata=at_least(1))
+    seed: int = field(default=0, metadata=at_least(0))
     device: str = "cpu"
     bf16: bool = False
-    sample_every: int = 200
-    ckpt_every: int = 200
-    blend_n: float = 2.0
+    sample_every: int = field(default=200, metadata=at_least(1))
+    ckpt_every: int = field(default=200, metadata=at_least(1))
+    blend_n: float = field(default=2.0, metadata=above(0))
     positives: list[str] | None = None  # only these lesion images (e.g. the kept rare positives); None: all
-    crops_per_box: int = 4
+    crops_per_box: int = field(default=4, metadata=at_least(1))
     centre: bool = False
     balance_sets: bool = False
     augment: str = field(default="hflip", metadata={"choices": AUGMENT_MODES})
-    jitter: float = 0.1
+    jitter: float = field(default=0.1, metadata=between(0, 1))
     diffaug: list[str] = field(default_factory=list, metadata={"choices": DIFFAUG_POLICIES})
-    holdout: float = 0.1
-    score_every: int = 100
+    holdout: float = field(default=0.1, metadata=between(0, 1, high_open=True))
+    score_every: int = field(default=100, metadata=at_least(0))
 
     # fields that may change between an interrupted run and its resume
     RESUMABLE = ("steps", "device", "sample_every", "ckpt_every", "score_every", "out")
 
     def __post_init__(self) -> None:
         self.s = parse_s(self.s)  # type: ignore[assignment]
-        if self.crops_per_box < 1 or not 0 <= self.holdout < 1 or self.score_every < 0:
-            raise ValueError(f"need crops_per_box >= 1, 0 <= holdout < 1, score_every >= 0; got "
-                             f"{self.crops_per_box}, {self.holdout}, {self.score_every}")
+        check_bounds(self)
         if self.score_every and not self.holdout:
-            raise ValueError("score_every needs held-out patches: set holdout > 0 (e.g. 0.1), or score_every 0")
+            raise ValueError("--score-every needs held-out patches: pass --holdout above 0 (e.g. 0.1), or "
+                             "--score-every 0")
         if self.augment not in AUGMENT_MODES or set(self.diffaug) - set(DIFFAUG_POLICIES):
-            raise ValueError(f"augment must be one of {AUGMENT_MODES} (got {self.augment!r}) and diffaug a "
-                             f"subset of {DIFFAUG_POLICIES} (got {self.diffaug})")
+            raise ValueError(f"--augment must be one of {AUGMENT_MODES} (got {self.augment!r}) and --diffaug of "
+                             f"{DIFFAUG_POLICIES} (got {self.diffaug})")
 
 
 @torch.no_grad()
@@ -239,31 +252,39 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
 
     Args:
         run: the run config (saved in the checkpoints and ``OUT/run.json``).
-        resume: continue from ``OUT/translator.pt`` when it exists (same config but
-            :attr:`TranslatorRun.RESUMABLE`); a fresh run otherwise.
+        resume: continue from ``OUT/translator.pt`` (same config but :attr:`TranslatorRun.RESUMABLE`);
+            without it, ``OUT`` must hold no checkpoint (:func:`check_run_folder`).
         progress: show progress bars (they switch themselves off when stderr is not a terminal).
 
     Returns:
         ``OUT/translator.pt`` (the best-scoring weights are in ``OUT/best.pt`` when scored).
 
     Raises:
-        CheckpointError: the checkpoint to resume is unreadable, holds no trainer state, was trained
-            with another config or on other data.
-        ValueError: no training patches, or an ``s`` mapping without the region.
+        CheckpointError: the checkpoint to resume is missing, unreadable, holds no trainer state, was
+            trained with another config or on other data; a fresh run into a folder with checkpoints.
+        ValueError: no training patches, ``--positives`` keys that match no lesion image, an ``s``
+            mapping without the region, a device this machine lacks.
     """
     from tqdm.auto import tqdm
 
+    check_device(run.device)
     out = Path(run.out)
-    out.mkdir(parents=True, exist_ok=True)
     ckpt_path, best_path = out / "translator.pt", out / "best.pt"
+    check_run_folder(out, resume=resume, checkpoints=(ckpt_path.name, best_path.name), resume_from=ckpt_path.name)
+    make_run_folder(out)
     device = torch.device(run.device)
-    ckpt = _resume_checkpoint(ckpt_path, run, device) if resume and ckpt_path.exists() else None  # refuse early
+    ckpt = _resume_checkpoint(ckpt_path, run, device) if resume else None  # refuse early
     if run.region is not None:
         s_for_region(run.s, run.region)  # type: ignore[arg-type]  # an s map without the region: fail before reading
     torch.manual_seed(run.seed)
     overrides = {k: v for k, v in (("patch_size", run.patch_size), ("lr", run.lr)) if v is not None}
-    config = unit_preset(run.preset, **overrides)
+    try:
+        config = unit_preset(run.preset, **overrides)
+    except ValueError as err:  # e.g. a patch size the preset's downsampling cannot halve
+        given = f" with --patch-size {run.patch_size}" if run.patch_size is not None else ""
+        raise ValueError(f"--preset {run.preset}{given}: {err}") from None
     shards = run.shards[0] if len(run.shards) == 1 else run.shards
+    check_positives(shards, run.split, run.region, run.positives)
     select = KeySelect(run.region, frozenset(run.positives)) if run.positives is not None else None
     data = build_patch_sets(shards, patch_size=config.patch_size, s=run.s, n=run.n, region=run.region,  # type: ignore[arg-type]
                             split=run.split, min_intensity=run.min_intensity, resize=run.resize, seed=run.seed,
