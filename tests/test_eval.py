@@ -10,7 +10,6 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
-import streamaug.eval.stats as ev
 from streamaug.eval import (
     bootstrap_auc,
     bootstrap_indices,
@@ -45,8 +44,12 @@ def test_resampled_auc_matches_sklearn_per_sample(rounding, monkeypatch) -> None
     idx = bootstrap_indices(y, 60, seed=1)
     want = np.array([roc_auc_score(y[r], s[r]) for r in idx])
     np.testing.assert_allclose(resampled_auc(y, s, idx), want, rtol=0, atol=1e-12)
-    monkeypatch.setattr(ev, "_CHUNK_ELEMS", 500)  # several chunks
+    import streamaug.eval.bootstrap as boot
+
+    monkeypatch.setattr(boot, "CHUNK_ELEMS", 500)  # several chunks
     np.testing.assert_allclose(resampled_auc(y, s, idx), want, rtol=0, atol=1e-12)
+    w = np.stack([np.bincount(r, minlength=y.size) for r in idx])  # the same samples as case weights
+    np.testing.assert_allclose(boot.weighted_auc(y, s, w), want, rtol=0, atol=1e-12)
 
 
 def test_bootstrap_auc_point_estimate_and_ci() -> None:

@@ -7,18 +7,15 @@
   difference, with an interval that holds both the spread between seeds and the test-set noise.
 * :func:`pooled_bootstrap` - the AUC of the predictions of several seeds pooled, resampling seeds
   and test cases (descriptive: the seed-averaged difference is the test).
-
-Resampling unit: images by default; with ``groups`` (a patient id per test image) whole groups,
-as images of one patient are not independent.
 * :func:`operating_point` - the threshold minimising ``(1 - TPR)^2 + FPR^2`` on a
   validation ROC curve; :func:`sens_spec_at` applies it to a test set.
 * :func:`plot_roc`, :func:`score_loader`, :func:`save_scores` / :func:`load_scores`.
 
-Bootstrap samples are drawn by :func:`bootstrap_indices` from ``(y, n_boot, seed)`` only, so
-every model scored on the same labels with the same seed sees the same samples - the paper's
-"all models are compared on the same set of bootstrap samples". The resampled AUCs are computed
-for all samples at once with a rank (Mann-Whitney) formula on per-sample counts
-(:func:`resampled_auc`): 2000 boots of 500 samples take a few tens of milliseconds.
+Resampling unit: images by default; with ``groups`` (a patient id per test image) whole groups,
+as images of one patient are not independent. Bootstrap samples (:mod:`streamaug.eval.bootstrap`)
+are a function of ``(y, groups, n_boot, seed)`` only, so every model scored on the same labels with
+the same seed sees the same samples - the paper's "all models are compared on the same set of
+bootstrap samples".
 
 The command line lives in :mod:`streamaug.eval.__main__` (``python -m streamaug.eval``).
 """
@@ -34,180 +31,15 @@ import torch
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from streamaug._optional import optional_import
-
-ArrayLike = Sequence[float] | np.ndarray
-_CHUNK_ELEMS = 4_000_000  # boots x samples per chunk in resampled_auc (bounds memory)
-
-
-def _check(y: ArrayLike, *scores: ArrayLike) -> tuple[np.ndarray, ...]:
-    """Validate binary labels and finite scores of the same length; return numpy arrays."""
-    y = np.asarray(y).reshape(-1)
-    if not np.isin(y, (0, 1)).all():
-        bad = sorted(set(np.unique(y).tolist()) - {0, 1})
-        raise ValueError(f"labels must be 0/1 (drop unknown -1 labels first); found {bad}")
-    if np.unique(y).size < 2:
-        raise ValueError("AUC needs both classes in y")
-    out = [y.astype(np.int64)]
-    for s in scores:
-        s = np.asarray(s, dtype=np.float64).reshape(-1)
-        if s.shape != y.shape:
-            raise ValueError(f"scores have {s.size} entries, labels {y.size}")
-        if not np.isfinite(s).all():
-            raise ValueError("scores must be finite")
-        out.append(s)
-    return tuple(out)
-
-
-def bootstrap_indices(y: ArrayLike, n_boot: int = 2000, seed: int = 0, *, stratified: bool = False) -> np.ndarray:
-    """Bootstrap index samples that each contain both classes.
-
-    Non-stratified (default): rows are drawn uniformly with replacement; a row that holds one
-    class only (its AUC is undefined) is *redrawn* from the same generator until it holds both,
-    so exactly ``n_boot`` usable samples come back and the result depends only on
-    ``(y, n_boot, seed)``. Stratified: each row draws ``n_pos`` positives and ``n_neg``
-    negatives, so class counts are fixed.
-
-    Args:
-        y: binary labels ``(n,)``.
-        n_boot: number of bootstrap samples.
-        seed: seed of ``numpy.random.default_rng``.
-        stratified: resample within each class.
-
-    Returns:
-        Indices into ``y``, ``(n_boot, n)`` int64.
-    """
-    (y,) = _check(y)
-    rng = np.random.default_rng(seed)
-    n = y.size
-    if stratified:
-        pos, neg = np.flatnonzero(y == 1), np.flatnonzero(y == 0)
-        return np.concatenate(
-            [pos[rng.integers(0, pos.size, (n_boot, pos.size))], neg[rng.integers(0, neg.size, (n_boot, neg.size))]],
-            axis=1,
-        )
-    idx = rng.integers(0, n, (n_boot, n))
-    for _ in range(10_000):
-        n_pos = y[idx].sum(axis=1)
-        bad = (n_pos == 0) | (n_pos == n)
-        if not bad.any():
-            return idx
-        idx[bad] = rng.integers(0, n, (int(bad.sum()), n))
-    raise RuntimeError("bootstrap_indices: could not draw samples with both classes")  # pragma: no cover
-
-
-def _ranked(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(order, starts, is_pos)``: the cases sorted by score, where each run of tied scores starts,
-    and which sorted cases are positive."""
-    order = np.argsort(score, kind="stable")
-    s_sorted = score[order]
-    starts = np.flatnonzero(np.r_[True, s_sorted[1:] != s_sorted[:-1]])
-    return order, starts, y[order] == 1
-
-
-def _auc_of_counts(counts: np.ndarray, starts: np.ndarray, is_pos: np.ndarray) -> np.ndarray:
-    """AUC of each row of per-case multiplicities (or weights) in score order: ``U = sum_pos c_pos *
-    (negatives below + half the tied negatives)``, ties counting one half as in sklearn."""
-    cp, cn = counts * is_pos, counts * ~is_pos
-    if starts.size < counts.shape[1]:  # merge tied scores into groups
-        cp, cn = np.add.reduceat(cp, starts, axis=1), np.add.reduceat(cn, starts, axis=1)
-    neg_below = np.cumsum(cn, axis=1) - cn
-    u2 = (cp * (2 * neg_below + cn)).sum(axis=1)
-    denom = 2.0 * cp.sum(axis=1) * cn.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(denom > 0, u2 / denom, np.nan)
-
-
-def resampled_auc(y: ArrayLike, score: ArrayLike, idx: np.ndarray) -> np.ndarray:
-    """ROC AUC of every bootstrap sample, vectorised (Mann-Whitney U on sample counts).
-
-    Each row of ``idx`` is turned into per-sample multiplicities; with samples sorted by
-    score (ties grouped), ``U = sum_pos c_pos * (negatives below + half the tied negatives)``.
-    Ties count one half, exactly as in :func:`sklearn.metrics.roc_auc_score`.
-
-    Args:
-        y: binary labels ``(n,)``.
-        score: scores ``(n,)``, higher means more likely positive.
-        idx: index samples ``(n_boot, m)`` into ``y``.
-
-    Returns:
-        AUCs ``(n_boot,)``; ``nan`` for a row holding one class only.
-    """
-    y, score = _check(y, score)
-    idx = np.asarray(idx, dtype=np.int64)
-    n, n_boot = y.size, idx.shape[0]
-    order, starts, is_pos = _ranked(y, score)
-    rank_of = np.empty(n, dtype=np.int64)
-    rank_of[order] = np.arange(n)
-    out = np.empty(n_boot, dtype=np.float64)
-    step = max(1, _CHUNK_ELEMS // max(n, idx.shape[1]))
-    for a in range(0, n_boot, step):
-        rows = rank_of[idx[a : a + step]]  # positions in sorted order
-        k = rows.shape[0]
-        counts = np.bincount((rows + n * np.arange(k)[:, None]).ravel(), minlength=k * n).reshape(k, n)
-        out[a : a + k] = _auc_of_counts(counts, starts, is_pos)
-    return out
-
-
-def weighted_auc(y: ArrayLike, score: ArrayLike, weights: np.ndarray) -> np.ndarray:
-    """ROC AUC under each row of case weights (e.g. :func:`bootstrap_weights`), ties counting one half.
-
-    Args:
-        y: binary labels ``(n,)``.
-        score: scores ``(n,)``.
-        weights: ``(n_boot, n)`` or ``(n,)`` non-negative weights of the cases.
-
-    Returns:
-        AUCs ``(n_boot,)``; ``nan`` for a row without weight on one class.
-
-    Examples:
-        >>> float(weighted_auc([0, 1, 0, 1], [0.1, 0.4, 0.5, 0.8], np.ones(4))[0])
-        0.75
-    """
-    y, score = _check(y, score)
-    w = np.atleast_2d(np.asarray(weights, dtype=np.float64))
-    if w.shape[1] != y.size:
-        raise ValueError(f"weights have {w.shape[1]} columns, labels {y.size}")
-    order, starts, is_pos = _ranked(y, score)
-    step = max(1, _CHUNK_ELEMS // y.size)
-    return np.concatenate([_auc_of_counts(w[a : a + step][:, order], starts, is_pos)
-                           for a in range(0, w.shape[0], step)])
-
-
-def bootstrap_weights(y: ArrayLike, n_boot: int = 2000, seed: int = 0, *,
-                      groups: Sequence[object] | None = None) -> np.ndarray:
-    """Bootstrap samples as case weights: each row draws as many groups as there are, with
-    replacement, and every case weighs its group's count (``groups=None``: each case is a group).
-
-    Rows that put no weight on one class are redrawn, so ``n_boot`` usable rows come back and the
-    result depends only on ``(y, groups, n_boot, seed)``.
-
-    Args:
-        y: binary labels ``(n,)``.
-        n_boot: bootstrap samples.
-        seed: seed of ``numpy.random.default_rng``.
-        groups: ``(n,)`` group ids (e.g. the patient of each image), or None.
-
-    Returns:
-        ``(n_boot, n)`` int64 weights.
-    """
-    (y,) = _check(y)
-    if groups is None:
-        g = np.arange(y.size)
-    else:
-        if len(groups) != y.size:
-            raise ValueError(f"groups has {len(groups)} entries, labels {y.size}")
-        g = np.unique(np.asarray([str(x) for x in groups]), return_inverse=True)[1].reshape(-1)
-    n_groups = int(g.max()) + 1
-    rng = np.random.default_rng(seed)
-    p = np.full(n_groups, 1.0 / n_groups)
-    w = rng.multinomial(n_groups, p, size=n_boot)[:, g]
-    for _ in range(10_000):
-        pos = (w * (y == 1)).sum(axis=1)
-        bad = (pos == 0) | (pos == w.sum(axis=1))
-        if not bad.any():
-            return w.astype(np.int64)
-        w[bad] = rng.multinomial(n_groups, p, size=int(bad.sum()))[:, g]
-    raise RuntimeError("bootstrap_weights: could not draw samples with both classes")  # pragma: no cover
+from streamaug.eval.bootstrap import (
+    CHUNK_ELEMS,
+    ArrayLike,
+    bootstrap_indices,
+    bootstrap_weights,
+    check_scores,
+    resampled_auc,
+    weighted_auc,
+)
 
 
 def _ci(values: np.ndarray, ci: float) -> tuple[float, float]:
@@ -250,7 +82,7 @@ def bootstrap_auc(
         >>> round(auc, 3)
         0.889
     """
-    y, score = _check(y, score)
+    y, score = check_scores(y, score)
     boots = _boot_aucs(y, n_boot, seed, stratified, groups)(score)
     return (float(roc_auc_score(y, score)), *_ci(boots, ci))
 
@@ -284,7 +116,7 @@ def paired_bootstrap(
     Returns:
         ``(delta, lo, hi)``; significant when ``[lo, hi]`` excludes 0 (:func:`is_significant`).
     """
-    y, score_a, score_b = _check(y, score_a, score_b)
+    y, score_a, score_b = check_scores(y, score_a, score_b)
     boot = _boot_aucs(y, n_boot, seed, stratified, groups)
     diffs = boot(score_b) - boot(score_a)
     delta = float(roc_auc_score(y, score_b) - roc_auc_score(y, score_a))
@@ -339,11 +171,11 @@ def paired_bootstrap_seeds(
     if len(scores_a) != len(scores_b) or not scores_a:
         raise ValueError(f"need the same, non-zero number of seeds for a and b; "
                          f"got {len(scores_a)} and {len(scores_b)}")
-    (y,) = _check(y)
+    (y,) = check_scores(y)
     boot = _boot_aucs(y, n_boot, seed, stratified, groups)
     per_seed, diffs = [], np.zeros(n_boot)
     for a, b in zip(scores_a, scores_b):
-        y, a, b = _check(y, a, b)
+        y, a, b = check_scores(y, a, b)
         diffs += boot(b) - boot(a)
         per_seed.append(float(roc_auc_score(y, b) - roc_auc_score(y, a)))
     k = len(per_seed)
@@ -388,19 +220,19 @@ def pooled_bootstrap(
     Returns:
         ``(auc, lo, hi)`` or, with ``reference``, ``(delta, lo, hi)``.
     """
-    (y,) = _check(y)
+    (y,) = check_scores(y)
     k = len(scores)
     if not k or (reference is not None and len(reference) != k):
         raise ValueError("need one score array per seed, and as many for the reference")
-    pooled = np.concatenate([_check(y, sc)[1] for sc in scores])
-    ref = None if reference is None else np.concatenate([_check(y, sc)[1] for sc in reference])
+    pooled = np.concatenate([check_scores(y, sc)[1] for sc in scores])
+    ref = None if reference is None else np.concatenate([check_scores(y, sc)[1] for sc in reference])
     y_all = np.tile(y, k)
     value = float(roc_auc_score(y_all, pooled) - (roc_auc_score(y_all, ref) if ref is not None else 0.0))
     rng = np.random.default_rng([seed, 0x5EED])
     seed_counts = rng.multinomial(k, np.full(k, 1.0 / k), size=n_boot)  # (n_boot, K)
     case_w = bootstrap_weights(y, n_boot, seed, groups=groups)  # (n_boot, n)
     boots = np.empty(n_boot)
-    step = max(1, _CHUNK_ELEMS // (k * y.size))
+    step = max(1, CHUNK_ELEMS // (k * y.size))
     for a in range(0, n_boot, step):
         w = (seed_counts[a : a + step, :, None] * case_w[a : a + step, None, :]).reshape(-1, k * y.size)
         boots[a : a + step] = weighted_auc(y_all, pooled, w)
@@ -426,7 +258,7 @@ def sens_spec_at(y: ArrayLike, score: ArrayLike, threshold: float) -> tuple[floa
     Returns:
         ``(sensitivity, specificity)``.
     """
-    y, score = _check(y, score)
+    y, score = check_scores(y, score)
     pred = score >= threshold
     return float(pred[y == 1].mean()), float((~pred[y == 0]).mean())
 
@@ -445,7 +277,7 @@ def operating_point(y_val: ArrayLike, score_val: ArrayLike) -> dict[str, float]:
     Returns:
         ``{"threshold", "sensitivity", "specificity"}`` on the validation data.
     """
-    y, score = _check(y_val, score_val)
+    y, score = check_scores(y_val, score_val)
     fpr, tpr, thr = roc_curve(y, score, drop_intermediate=False)
     k = int(np.argmin((1.0 - tpr) ** 2 + fpr**2))
     return {"threshold": float(thr[k]), "sensitivity": float(tpr[k]), "specificity": float(1.0 - fpr[k])}
@@ -480,7 +312,7 @@ def plot_roc(
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], ls="--", c="0.6", lw=1)
     for name, (y, score) in curves.items():
-        y, score = _check(y, score)
+        y, score = check_scores(y, score)
         fpr, tpr, _ = roc_curve(y, score)
         if n_boot > 0:
             auc, lo, hi = bootstrap_auc(y, score, n_boot, seed)
