@@ -258,4 +258,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def main(args: argparse.Namespace | Sequence[str] | None = None) -> Path:
     """``streamaug-train classifier``: parse the options (unless given parsed), train; the best checkpoint."""
     args = parse_options(args, add_arguments, prog="python -m streamaug.train classifier", description=__doc__)
-    return train_classifier(config_from_args(RunConfig, args), resume=args.resume)
+    try:
+        return train_classifier(config_from_args(RunConfig, args), resume=args.resume)
+    finally:  # a torchrun rank that exits with gloo's threads still up may abort ("terminate called ...")
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
