@@ -10,7 +10,7 @@ import pytest
 from shardgen import write_shards
 
 import streamaug.eval.__main__ as cli
-from streamaug.eval.stats import save_scores
+from streamaug.eval.score_files import save_scores
 from streamaug.models import get_classifier
 from streamaug.models.checkpoint import CheckpointError, save_classifier
 

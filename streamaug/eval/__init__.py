@@ -6,20 +6,19 @@
 """
 from streamaug.eval.distances import frechet_distance, kernel_distance  # noqa: F401
 from streamaug.eval.realism import discriminator_auc, realism_report  # noqa: F401
+from streamaug.eval.score_files import load_scores, save_scores
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
     bootstrap_indices,
     bootstrap_weights,
     is_significant,
-    load_scores,
     operating_point,
     paired_bootstrap,
     paired_bootstrap_seeds,
     plot_roc,
     pooled_bootstrap,
     resampled_auc,
-    save_scores,
     score_loader,
     sens_spec_at,
     weighted_auc,

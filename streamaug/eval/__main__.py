@@ -12,11 +12,8 @@ model by its file's stem, with as many parent folders as tell two files apart (`
 from __future__ import annotations
 
 import argparse
-import csv
 import json
-import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -31,6 +28,7 @@ from streamaug._commands import (
     check_shards,
     fail,
 )
+from streamaug.eval.score_files import load_scores, save_scores
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
     bootstrap_auc,
@@ -38,69 +36,10 @@ from streamaug.eval.stats import (
     operating_point,
     paired_bootstrap,
     plot_roc,
-    save_scores,
     sens_spec_at,
 )
 
-__all__ = ["build_parser", "main", "read_scores", "score_checkpoint"]  # score_checkpoint: for imports from here
-
-_FIX = "write it with `streamaug-eval score ... --scores FILE` (columns key,label,score)"
-
-
-def read_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """A score CSV (``key,label,score``, as ``--scores`` writes it), checked: ``(y, scores, keys)``.
-
-    Raises:
-        ValueError: a missing column, a row with another number of cells than the header, a label
-            other than 0/1, a score that is not a finite number, a key given twice, no rows, or one
-            class only. The message names the file (and line) and the fix.
-    """
-    path = Path(path)
-    if path.is_dir():
-        raise ValueError(f"{path} is a folder, not a score CSV; {_FIX}")
-    if not path.exists():
-        raise ValueError(f"{path}: no such score file; check the path, or {_FIX}")
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            rows = list(csv.reader(fh))
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ValueError(f"{path}: not a CSV of UTF-8 text ({err}); {_FIX}") from err
-    header = [c.strip() for c in rows[0]] if rows else []
-    missing = [c for c in ("key", "label", "score") if c not in header]
-    if missing:
-        raise ValueError(f"{path}: no column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (header: "
-                         f"{header or 'none, the file is empty'}); {_FIX}")
-    at = {c: header.index(c) for c in ("key", "label", "score")}
-    y, s, keys = [], [], []
-    for line, row in enumerate(rows[1:], start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise ValueError(f"{path} line {line}: {len(row)} cells, the header has {len(header)}; one "
-                             "key,label,score row per case")
-        label, score = row[at["label"]].strip(), row[at["score"]].strip()
-        if label not in ("0", "1"):
-            raise ValueError(f"{path} line {line}: label {label!r} is not 0 or 1; a score file holds labelled "
-                             "cases only (0 = no lesion, 1 = lesion)")
-        try:
-            value = float(score)
-        except ValueError:
-            value = math.nan
-        if not math.isfinite(value):
-            raise ValueError(f"{path} line {line}: score {score!r} is not a finite number; rescore the model "
-                             "(a NaN score often means a diverged checkpoint)")
-        y.append(int(label))
-        s.append(value)
-        keys.append(row[at["key"]])
-    twice = sorted(k for k, n in Counter(keys).items() if n > 1)
-    if twice:
-        raise ValueError(f"{path}: {len(twice)} key(s) on more than one row (e.g. {twice[:3]}); keep one row per "
-                         "case (a key twice would count its case twice)")
-    if len(set(y)) < 2:
-        what = f"all {len(y)} cases have label {y[0]}" if y else "no cases"
-        raise ValueError(f"{path}: {what}; an AUC needs cases of both labels (0 and 1): score a split with both")
-    return np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64), keys
-
+__all__ = ["build_parser", "main", "score_checkpoint"]  # score_checkpoint: for imports from here
 
 def _where(args: argparse.Namespace, split: str) -> str:
     region = f", region {args.region!r}" if args.region else ""
@@ -150,7 +89,7 @@ def _score(args: argparse.Namespace) -> dict:
 def _aligned(path: str, ref_keys: list[str] | None,
              ref_y: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """The scores of ``path`` in the baseline file's key order; the same cases with the same labels."""
-    y, s, keys = read_scores(path)
+    y, s, keys = load_scores(path)
     if ref_keys is None:
         return y, s, keys
     index = {k: i for i, k in enumerate(keys)}
@@ -194,7 +133,7 @@ def _compare(args: argparse.Namespace) -> None:
     names = model_names(args.scores)
     y, base, keys = _aligned(args.scores[0], None)
     checked = [_aligned(path, keys, y) for path in args.scores]  # every file, before any number is printed
-    vals = [read_scores(path) for path in args.val or ()]
+    vals = [load_scores(path) for path in args.val or ()]
     curves = {}
     print(f"{'model':<24} {'AUC (95% CI)':<22} {'dAUC vs base (95% CI)':<28} sens   spec   OP")
     for i, (name, (yi, s, _)) in enumerate(zip(names, checked)):

@@ -9,7 +9,7 @@
   and test cases (descriptive: the seed-averaged difference is the test).
 * :func:`operating_point` - the threshold minimising ``(1 - TPR)^2 + FPR^2`` on a
   validation ROC curve; :func:`sens_spec_at` applies it to a test set.
-* :func:`plot_roc`, :func:`score_loader`, :func:`save_scores` / :func:`load_scores`.
+* :func:`plot_roc`, :func:`score_loader` (score files: :mod:`streamaug.eval.score_files`).
 
 Resampling unit: images by default; with ``groups`` (a patient id per test image) whole groups,
 as images of one patient are not independent. Bootstrap samples (:mod:`streamaug.eval.bootstrap`)
@@ -21,7 +21,6 @@ The command line lives in :mod:`streamaug.eval.__main__` (``python -m streamaug.
 """
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -372,22 +371,3 @@ def score_loader(
     if not ys:
         return np.zeros(0, np.int64), np.zeros(0, np.float64), []
     return np.concatenate(ys), np.concatenate(scores), keys
-
-
-def save_scores(path: str | os.PathLike[str], y: ArrayLike, scores: ArrayLike, keys: Sequence[str]) -> Path:
-    """Write ``key,label,score`` rows (the CLI's input)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "label", "score"])
-        w.writerows((k, int(lab), repr(float(s))) for k, lab, s in zip(keys, y, scores, strict=True))
-    return path
-
-
-def load_scores(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Read a file written by :func:`save_scores`: ``(y, scores, keys)``."""
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    y = np.array([int(r["label"]) for r in rows], dtype=np.int64)
-    return y, np.array([float(r["score"]) for r in rows]), [r["key"] for r in rows]
