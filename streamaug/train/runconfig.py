@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from streamaug._commands import check_device  # noqa: F401 - the trainers' device check, shared with the commands
 from streamaug.models.checkpoint import CheckpointError
 
 __all__ = ["add_config_arguments", "config_from_args", "config_help", "check_resume", "JsonlLog", "Bound",
@@ -229,19 +230,6 @@ def check_bounds(config: Any) -> None:
         if not bound.admits(value):
             why = f" ({bound.why})" if bound.why else ""
             raise ValueError(f"{option_name(f.name)} {value:g}: must be {bound.describe()}{why}")
-
-
-def check_device(device: str) -> None:
-    """Refuse a ``--device`` that is not a torch device, or one this machine lacks.
-
-    Raises:
-        ValueError: naming the device and the fix (:func:`streamaug.models.checkpoint.device_problem`).
-    """
-    from streamaug.models.checkpoint import device_problem
-
-    problem = device_problem(device)
-    if problem:
-        raise ValueError(f"--device {device}: {problem}")
 
 
 def check_run_folder(out: str | os.PathLike, *, resume: bool, checkpoints: Sequence[str], resume_from: str) -> None:
