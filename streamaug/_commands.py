@@ -142,16 +142,14 @@ def check_region(spec: str | os.PathLike, split: str | None, region: str | None)
         ValueError: the region is not in the split's ``regions`` counts.
         ShardError: ``spec`` matches no shard, or its manifest has no ``split``.
     """
-    import json
-
-    from streamaug.data.shardlist import expand_urls, find_manifest
+    from streamaug.data.shardlist import expand_urls, find_manifest, load_manifest
 
     if not region:
         return
     manifest = find_manifest(expand_urls(spec, split)[0])
     if manifest is None:
         return
-    splits = json.loads(manifest.read_text(encoding="utf-8")).get("splits") or {}
+    splits = load_manifest(manifest)["splits"]
     regions = (splits.get(split) or (next(iter(splits.values())) if len(splits) == 1 else {})).get("regions") or {}
     if regions and region not in regions:
         raise ValueError(f"--region {region!r} has no image in --split {split!r} of {manifest.parent} (regions: "
