@@ -86,9 +86,11 @@ def write_dicom(path: Path, image: np.ndarray, *, bits: int = 16, photometric: s
     ds.save_as(path, enforce_file_format=True)
 
 
-def _plan(rng: np.random.Generator, n_normal: int, n_lesion: int, regions: Sequence[str],
+def _plan(seed: int, n_normal: int, n_lesion: int, regions: Sequence[str],
           splits: Sequence[float]) -> list[dict[str, Any]]:
-    """Rows without image data: pseudo-patient groups of 1-3 images sharing label and region."""
+    """Rows without image data: pseudo-patient groups of 1-3 images sharing label and region (a
+    function of the arguments: :func:`split_counts` and the writer get the same rows)."""
+    rng = np.random.default_rng([int(seed), 0xB7])
     left = {"normal": n_normal, "tumor": n_lesion}
     groups: list[list[dict[str, Any]]] = []
     while left["normal"] + left["tumor"]:
@@ -117,7 +119,7 @@ def split_counts(n_normal: int, n_lesion: int, *, seed: int = 0, splits: Sequenc
                  regions: Sequence[str] = REGIONS) -> dict[str, dict[int, int]]:
     """Images per split and label (0 normal, 1 lesion) that :func:`write_phantom_dataset` would write
     with these arguments, without writing anything (to check a plan before the work)."""
-    rows = _plan(np.random.default_rng([int(seed), 0xB7]), n_normal, n_lesion, regions, splits)
+    rows = _plan(seed, n_normal, n_lesion, regions, splits)
     counts: dict[str, dict[int, int]] = {split: {0: 0, 1: 0} for split in SPLITS}
     for row in rows:
         counts[row["split"]][int(row["label"] == "tumor")] += 1
@@ -179,7 +181,7 @@ def write_phantom_dataset(out_dir: str | Path, n_normal: int, n_lesion: int, *, 
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "masks").mkdir(parents=True, exist_ok=True)
-    rows = _plan(np.random.default_rng([int(seed), 0xB7]), n_normal, n_lesion, regions, splits)
+    rows = _plan(seed, n_normal, n_lesion, regions, splits)
     it: Any = enumerate(rows, start=1)
     if progress:
         from tqdm import tqdm
