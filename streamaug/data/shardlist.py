@@ -9,6 +9,7 @@ import json
 import os
 import tarfile
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -65,7 +66,8 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
         raise ShardError(f"no shards found for {urls!r}: pass .tar paths, a folder of shards, a brace "
                          "pattern, or a manifest.json written by `python -m streamaug.cli.pack`")
     seen = [str(Path(u).resolve()) if not is_url(u) else u for u in out]
-    twice = sorted({u for u, k in zip(out, seen) if seen.count(k) > 1})
+    times = Counter(seen)
+    twice = sorted({u for u, k in zip(out, seen) if times[k] > 1})
     if twice:
         raise ShardError(f"shards listed more than once for {urls!r}: {twice}. Each would be read that many "
                          "times per epoch; list each shard once (resampled=True draws shards with replacement)")
