@@ -13,10 +13,12 @@ ones. Here the copy schedule is explicit: a sample yielded at output position ``
 
 The schedule only looks forward, so the ends of an epoch differ from its middle: the first stretch
 holds originals only (their copies are yet to come) and the copies still due when the input ends
-come last, together. Keep ``gap`` small against the epoch (:func:`oversample_gap`). Measured on
-label sequences (1 positive in 11, x5, batch 32; 616 inputs -> 840 outputs): ``gap = epoch / times``
-(168) gave 4 all-positive batches of 27 at the end; ``oversample_gap`` (42) gave 1, and 2 batches
-below half the mean share at the start.
+come last, together: the longer the gap, the longer that stretch. ``benchmarks/oversample_spread.py``
+measures it (RESULTS.md): 1 positive in 11, x5, batch 32, 616 inputs -> 840 samples, 10 seeds:
+``gap = epoch / times`` (168) ends an epoch with 4.1 all-positive batches of 27, :func:`oversample_gap`
+(42) with 1.2; for 10,000 inputs x3, 7.0 with ``oversample_gap`` (985) and 1.0 with a gap of four
+batches. A gap of a few batches keeps the ends short at any epoch length; a longer one spreads each
+sample's copies further apart.
 """
 from __future__ import annotations
 
@@ -41,9 +43,10 @@ def is_positive(sample: dict[str, Any]) -> bool:
 def oversample_gap(samples: float, times: float, batch_size: int) -> float:
     """A ``gap`` for :func:`oversample`: ``max(batch_size, samples / (4 * times))``.
 
-    A quarter of ``samples / times`` keeps the positive share about flat over an epoch except its
-    first and last tenths, with the copies of one sample at least a batch apart (never in one
-    batch); the classifier trainer's ``--oversample`` uses it.
+    A quarter of ``samples / times``, with the copies of one sample at least a batch apart (never
+    in one batch); the classifier trainer's ``--oversample`` uses it. It grows with the epoch, and so
+    does the stretch of copies at the epoch's end (see the module docstring): for long epochs pass a
+    gap of a few batches instead.
 
     Args:
         samples: samples of one epoch, copies included (per rank).
