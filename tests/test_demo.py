@@ -23,10 +23,12 @@ def test_miniature_demo_runs_end_to_end(tmp_path, capsys, synthesizer):
     assert summary["test_images"] > 0 and 0 < summary["test_positives"] < summary["test_images"]
     assert 0.0 <= summary["baseline_auc"][0] <= 1.0 and 0.0 <= summary["augmented_auc"][0] <= 1.0
     assert json.loads((tmp_path / "summary.json").read_text())["test_images"] == summary["test_images"]
+    # the phantom's pseudo-patients (1-3 images each) are what the bootstrap resamples
+    assert 0 < summary["test_patients"] < summary["test_images"]
     assert (tmp_path / "roc.png").exists() and (tmp_path / "samples.png").exists()
     out = capsys.readouterr().out
     assert "baseline AUC" in out and "[1/5]" not in out  # the result table is printed; progress is logged
-    assert "trained on" in out
+    assert "trained on" in out and f"of {summary['test_patients']} patients" in out
     # the translator saw only the kept (rare) positives, the ones the classifiers train on
     from streamaug.data.select import rare_positive_select
     from streamaug.models.checkpoint import load_classifier

@@ -12,7 +12,8 @@
    kept positive, so both arms see the same number of samples and of positives per epoch and differ
    only in what the extra positives are (copies or synthetic); the baseline is the pseudo-label filter
    in rank mode (the best-scored candidates of each synthesis round, as many as asked);
-5. report test AUC (bootstrap 95 % CI) of both, the paired difference, what each arm trained on, and
+5. report test AUC (bootstrap 95 % CI, resampling patients: the phantom's images come in pseudo-patients
+   of 1-3) of both, the paired difference, what each arm trained on, and
    write a ROC curve and a sample grid (original / synthesized / blended).
 
 Why copy-paste by default: the tiny UNIT translator that trains on a CPU in the demo's minutes paints
@@ -147,7 +148,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
     from streamaug.eval import bootstrap_auc, is_significant, paired_bootstrap, plot_roc
-    from streamaug.eval.experiment import training_makeup
+    from streamaug.eval.experiment import patient_groups, training_makeup
     from streamaug.eval.scoring import score_checkpoint
     from streamaug.io.labels import to_int_label
     from streamaug.models.checkpoint import load_classifier
@@ -201,16 +202,19 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
                         filter_mode="rank", synthetic_per_positive=float(extra), paste_shape=paste_shape, **common)
     aug = train_classifier(aug_cfg)
     logger.info("[5/5] scoring the test split")
-    y, s_base, _ = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
+    y, s_base, keys = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
     _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
-    auc_b, auc_a = bootstrap_auc(y, s_base, seed=seed), bootstrap_auc(y, s_aug, seed=seed)
-    delta = paired_bootstrap(y, s_base, s_aug, seed=seed)
+    patients = patient_groups(shards, "test")  # images of one patient are resampled together
+    groups = None if patients is None else [str(patients.get(k) or k) for k in keys]
+    auc_b, auc_a = (bootstrap_auc(y, s, seed=seed, groups=groups) for s in (s_base, s_aug))
+    delta = paired_bootstrap(y, s_base, s_aug, seed=seed, groups=groups)
     roc = plot_roc(out / "roc.png", {"baseline": (y, s_base), "augmented": (y, s_aug)}, title="demo test ROC")
     grid = _sample_grid(out / "samples.png", build_synthesizer(aug_cfg, select, device), shards, image_size, select)
     trained = {name: training_makeup(load_classifier(out / name / "last.pt").extra.get("history", []))
                for name in ("baseline", "augmented")}
     summary = {
         "test_images": len(y), "test_positives": int(y.sum()), "positive_ratio": positive_ratio,
+        "test_patients": len(set(groups)) if groups else None,
         "kept_positives": kept["positives"], "normals": kept["normals"],
         "baseline_auc": auc_b, "augmented_auc": auc_a, "delta": delta, "significant": is_significant(delta),
         "synthesizer": synthesizer, "paste_shape": paste_shape, "filter": "rank", "trained_on": trained,
@@ -220,7 +224,8 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     fmt = lambda a: f"{a[0]:.3f} (95% CI {a[1]:.3f}-{a[2]:.3f})"  # noqa: E731
     print("\n=== streamaug demo ===")
-    print(f"test set: {len(y)} images, {int(y.sum())} with lesions; training positives cut to "
+    print(f"test set: {len(y)} images" + (f" of {summary['test_patients']} patients" if groups else "")
+          + f", {int(y.sum())} with lesions; training positives cut to "
           f"{positive_ratio:g}/normal ({kept['positives']} kept of {kept['positives_available']}, "
           f"{kept['normals']} normals); baseline: each positive {1 + extra}x per epoch, augmented: "
           f"{extra} synthetic per positive instead of the copies")
