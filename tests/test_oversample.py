@@ -67,3 +67,47 @@ def test_oversample_gap_keeps_the_end_of_an_epoch_from_piling_up():
     assert sum(s == 1 for s in shares["epoch/times"]) >= 3  # the pile-up this guards against
     assert sum(s == 1 for s in shares["oversample_gap"]) <= 1
     assert sum(s > 0.6 for s in shares["oversample_gap"][:-1]) <= 1  # mean share 0.33
+
+
+def _batch_shares(labels, batch=32):
+    return [float(np.mean(labels[i:i + batch])) for i in range(0, len(labels), batch)]
+
+
+def test_a_known_epoch_length_redraws_the_copies_that_would_pile_up_at_its_end():
+    """Without ``inputs`` the copies due after the input ends come last as a block (all-positive
+    batches); with it they are redrawn inside the epoch: every copy is kept, none comes after the
+    last input but a few the estimate missed, and no batch is all positive."""
+    from streamaug.data.oversample import oversample_gap
+
+    gap = oversample_gap(840, 5, 32)
+    base = _samples(616, every=11)  # 56 positives, x5 -> 840 samples
+    for seed in range(5):
+        xs = [base[i] for i in np.random.default_rng(seed).permutation(616)]
+        plain = list(oversample(xs, 5, gap=gap, min_gap=32, seed=seed))
+        known = list(oversample(xs, 5, gap=gap, min_gap=32, seed=seed, inputs=616))
+        assert sorted(x["key"] for x in known) == sorted(x["key"] for x in plain)  # 5 of each positive
+        assert len(known) - 1 - known.index(xs[-1]) <= 8  # copies after the last input
+        shares = _batch_shares([x["label"] for x in known])
+        assert max(shares) < 1 and max(shares[-2:]) <= 0.75  # mean share 1/3
+        if seed == 0:  # the pile-up the option removes
+            assert len(plain) - 1 - plain.index(xs[-1]) >= 25
+
+
+@pytest.mark.parametrize("inputs", [0, 100, 3000, 10_000])
+def test_a_wrong_epoch_length_keeps_every_copy(inputs):
+    xs = _samples(2000)
+    out = list(oversample(xs, 3, gap=60, min_gap=8, seed=2, inputs=inputs))
+    assert len(out) == 2000 + 2 * 200 and all(out.count(x) == 3 for x in xs if x["label"])
+
+
+def test_redrawn_offsets_are_increasing_and_inside_the_room():
+    from streamaug.data.oversample import _offsets_within
+
+    rng = np.random.default_rng(0)
+    for room, n, min_gap in [(1000, 4, 32), (200, 4, 32), (3, 4, 32), (0, 2, 8), (64, 2, 32)]:
+        for _ in range(50):
+            offsets = _offsets_within(room, n, min_gap, rng)
+            assert len(offsets) == n and offsets[0] >= 1 and offsets[-1] <= max(room, n)
+            assert (np.diff(offsets) >= (min_gap if room >= 2 * n * min_gap else 0)).all()
+    with pytest.raises(ValueError, match="inputs"):
+        list(oversample(_samples(10), 2, gap=4, min_gap=2, inputs=-1))

@@ -9,16 +9,20 @@ ones. Here the copy schedule is explicit: a sample yielded at output position ``
 ``seed``, so a run replays. Stages are plain generators (``iterator -> iterator``)::
 
     gap = oversample_gap(epoch_samples, times=3, batch_size=32)     # epoch_samples: copies included
-    batches = oversample_batches(loader, times=3, batch_size=32, gap=gap, seed=[seed, epoch])
+    batches = oversample_batches(loader, times=3, batch_size=32, gap=gap, seed=[seed, epoch],
+                                 inputs=loader_samples)             # the epoch's input samples
 
 The schedule only looks forward, so the ends of an epoch differ from its middle: the first stretch
-holds originals only (their copies are yet to come) and the copies still due when the input ends
-come last, together: the longer the gap, the longer that stretch. ``benchmarks/oversample_spread.py``
-measures it (RESULTS.md): 1 positive in 11, x5, batch 32, 616 inputs -> 840 samples, 10 seeds:
-``gap = epoch / times`` (168) ends an epoch with 4.1 all-positive batches of 27, :func:`oversample_gap`
-(42) with 1.2; for 10,000 inputs x3, 7.0 with ``oversample_gap`` (985) and 1.0 with a gap of four
-batches. A gap of a few batches keeps the ends short at any epoch length; a longer one spreads each
-sample's copies further apart.
+holds originals only (their copies are yet to come), and copies due after the input's end would all
+come last, together. Given the epoch's length (``inputs=``, as the classifier trainer passes), a
+sample whose copies would fall past the expected end has them redrawn, uniformly, in the room left;
+the last stretch then holds more copies than the middle, but no block of them.
+``benchmarks/oversample_spread.py`` measures it (RESULTS.md): 1 positive in 11, x5, batch 32, 616
+inputs -> 840 samples, 10 seeds, :func:`oversample_gap` (42): all-positive batches per epoch 1.2
+without ``inputs``, 0.0 with it; the fullest batch's positive share 2.84x the mean, 1.90x (a
+shuffled epoch, which a stream cannot give: 1.60x). For 10,000 inputs x3: copies after the last
+input 202-218 without ``inputs``, 1-23 with it. A longer gap spreads each sample's copies further
+apart, and lengthens the first stretch.
 """
 from __future__ import annotations
 
@@ -45,8 +49,8 @@ def oversample_gap(samples: float, times: float, batch_size: int) -> float:
 
     A quarter of ``samples / times``, with the copies of one sample at least a batch apart (never
     in one batch); the classifier trainer's ``--oversample`` uses it. It grows with the epoch, and so
-    does the stretch of copies at the epoch's end (see the module docstring): for long epochs pass a
-    gap of a few batches instead.
+    does the first stretch without copies (and, without ``inputs=``, the block of copies at the
+    epoch's end; see the module docstring).
 
     Args:
         samples: samples of one epoch, copies included (per rank).
@@ -61,7 +65,8 @@ def oversample_gap(samples: float, times: float, batch_size: int) -> float:
 
 
 def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap: int = 32,
-               select: Callable[[T], bool] = is_positive, seed: int | Sequence[int] = 0) -> Iterator[T]:
+               select: Callable[[T], bool] = is_positive, seed: int | Sequence[int] = 0,
+               inputs: int | None = None) -> Iterator[T]:
     """Yield every sample once, and each selected one ``times`` times in all, the copies spread out.
 
     Args:
@@ -73,13 +78,18 @@ def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap:
             input all come last, so ``epoch length / times`` ends an epoch with all-positive batches.
         min_gap: smallest distance between consecutive copies (e.g. the batch size: copies then
             land in different batches unless other copies fall due at the same position and push
-            them a few places on).
+            them a few places on, or, with ``inputs``, they are redrawn into a room too short for it).
         select: which samples get copies (default :func:`is_positive`).
         seed: seeds the copy counts and gaps (e.g. ``[seed, epoch]``).
+        inputs: how many samples ``samples`` holds (e.g. an epoch's, per rank), when known. A sample
+            whose copies the schedule would put after the expected end of the output then has them
+            redrawn in the room left (uniform, ``min_gap`` apart where it fits), so the end of the
+            epoch is not a block of copies. The expected end counts the inputs still to come, their
+            copies at the selected share seen so far, and the copies due. None: no end is known.
 
     Yields:
         The samples and copies (the same objects; copies are not cloned). Copies still due when the
-        input ends come last, in schedule order.
+        input ends come last, in schedule order (with ``inputs``, only those the estimate missed).
 
     Examples:
         >>> out = list(oversample(range(10), 3, gap=4, min_gap=2, select=lambda x: x == 0))
@@ -90,19 +100,26 @@ def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap:
         raise ValueError(f"times must be >= 1, got {times}")
     if not 1 <= min_gap <= gap:
         raise ValueError(f"need 1 <= min_gap <= gap, got min_gap={min_gap}, gap={gap}")
+    if inputs is not None and inputs < 0:
+        raise ValueError(f"inputs must be >= 0 or None, got {inputs}")
     rng = np.random.default_rng(seed)
     extra, frac = int(times) - 1, times - int(times)
     due: list[tuple[int, int, T]] = []  # (position, order, sample): a heap of scheduled copies
-    out = order = 0
-    for sample in samples:
+    out = order = chosen = 0
+    for seen, sample in enumerate(samples, 1):
         while due and due[0][0] <= out:
             yield heapq.heappop(due)[2]
             out += 1
         yield sample
         if select(sample):
+            chosen += 1
             n = extra + int(frac > 0 and rng.random() < frac)
-            positions = out + np.cumsum(rng.uniform(min_gap, 2 * gap - min_gap, size=n).round().astype(np.int64))
-            for position in positions.tolist():
+            offsets = np.cumsum(rng.uniform(min_gap, 2 * gap - min_gap, size=n).round().astype(np.int64))
+            if inputs is not None and n and seen < inputs:
+                room = (inputs - seen) * (1 + chosen / seen * (times - 1)) + len(due)  # outputs still to come
+                if offsets[-1] > room:
+                    offsets = _offsets_within(int(room), n, min_gap, rng)
+            for position in (out + offsets).tolist():
                 heapq.heappush(due, (position, order, sample))
                 order += 1
         out += 1
@@ -110,17 +127,28 @@ def oversample(samples: Iterable[T], times: float, *, gap: float = 256, min_gap:
         yield heapq.heappop(due)[2]
 
 
+def _offsets_within(room: int, n: int, min_gap: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` increasing offsets in ``[1, max(room, n)]``: independent uniform ones, sorted, when the
+    room is too short for ``min_gap`` spacing to leave them unbiased (less than ``2 * n * min_gap``);
+    otherwise uniform given that consecutive ones are at least ``min_gap`` apart."""
+    room = max(room, n)
+    step = min_gap if room >= 2 * n * min_gap else 0
+    free = rng.uniform(1, room - n * step, size=n)  # the slack; offsets: sorted slack + step apart
+    return np.sort(free).round().astype(np.int64) + step * np.arange(1, n + 1)
+
+
 def oversample_batches(batches: Iterable[dict[str, Any]], times: float, batch_size: int, *,
                        gap: float = 256, min_gap: int | None = None,
                        select: Callable[[dict[str, Any]], bool] = is_positive,
-                       seed: int | Sequence[int] = 0) -> Iterator[dict[str, Any]]:
+                       seed: int | Sequence[int] = 0, inputs: int | None = None) -> Iterator[dict[str, Any]]:
     """:func:`oversample` over the samples of ``collate_xray`` batches, re-batched to ``batch_size``.
 
-    ``min_gap`` defaults to ``batch_size``; the last batch may be smaller.
+    ``min_gap`` defaults to ``batch_size``; ``inputs`` counts samples, not batches; the last batch
+    may be smaller.
     """
     samples = (s for batch in batches for s in unbatch(batch))
     yield from rebatch(oversample(samples, times, gap=gap, min_gap=min_gap or min(batch_size, int(gap)),
-                                  select=select, seed=seed), batch_size)
+                                  select=select, seed=seed, inputs=inputs), batch_size)
 
 
 def rebatch(samples: Iterable[dict[str, Any]], batch_size: int) -> Iterator[dict[str, Any]]:
