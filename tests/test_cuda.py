@@ -164,9 +164,12 @@ def test_classifier_trainer_on_the_lesion_stream_writes_checkpoints_a_cpu_loads(
     base = dict(train_shards=[phantom], val_shards=[phantom], train_split="train", val_split="val", image_size=32,
                 batch_size=8, seed=1, device=DEVICE)
     filt = train_classifier(RunConfig(**base, out=str(tmp_path / "base"), epochs=1), progress=False)
-    best = train_classifier(RunConfig(**base, out=str(tmp_path / "aug"), epochs=2, stream="lesion",
-                                      synthesizer="mix", translator=str(translator), filter_classifier=str(filt),
-                                      filter_mode="rank", synthetic_per_positive=1.0), progress=False)
+    aug = dict(stream="lesion", synthesizer="mix", translator=str(translator), filter_classifier=str(filt),
+               filter_mode="rank", synthetic_per_positive=1.0)
+    train_classifier(RunConfig(**base, out=str(tmp_path / "aug"), epochs=1, **aug), progress=False)
+    # --resume on the device: the RNG states in last.pt must come back to the CPU
+    best = train_classifier(RunConfig(**base, out=str(tmp_path / "aug"), epochs=2, **aug), resume=True,
+                            progress=False)
     loaded = load_classifier(best)  # on the CPU
     assert next(loaded.model.parameters()).device.type == "cpu"
     assert loaded.model(torch.rand(2, 1, 32, 32)).shape == (2,)

@@ -69,6 +69,10 @@ def test_resume_refuses_a_changed_config_and_a_checkpoint_without_trainer_state(
     torch.save(payload, ckpt)
     with pytest.raises(CheckpointError, match=r"inpainter\.pt: no trainer state"):
         train_inpainter(run_cfg(shards, tmp_path, 4, split="all"), resume=True, progress=False)
+    del payload["trainer_state"]  # a file without the key at all
+    torch.save(payload, ckpt)
+    with pytest.raises(CheckpointError, match=r"inpainter\.pt: no trainer state"):
+        train_inpainter(run_cfg(shards, tmp_path, 4, split="all"), resume=True, progress=False)
 
 
 def test_normals_without_normal_images_are_refused(tmp_path):

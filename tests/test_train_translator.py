@@ -129,3 +129,7 @@ def test_resume_from_a_checkpoint_without_trainer_state_is_refused(shards, tmp_p
     torch.save(payload, ckpt)
     with pytest.raises(CheckpointError, match=r"translator\.pt: no trainer state .*start a new run"):
         train_translator(run_cfg(shards, tmp_path, 4), resume=True, progress=False)
+    del payload["trainer_state"]  # a file without the key at all (it is optional to read_checkpoint)
+    torch.save(payload, ckpt)
+    with pytest.raises(CheckpointError, match=r"translator\.pt: no trainer state .*start a new run"):
+        train_translator(run_cfg(shards, tmp_path, 4), resume=True, progress=False)

@@ -26,19 +26,28 @@ def check_select(select: object, name: str = "select") -> None:
 
 
 class KeySelect:
-    """Picklable ``select(key, meta)``: one region, and (optionally) only the listed positives."""
+    """Picklable ``select(key, meta)``: one region, (optionally) only the listed positives, and
+    (``labelled=True``, what a classifier trains and validates on) only known labels, 0 or 1.
 
-    def __init__(self, region: str | None, positives: frozenset[str] | None = None) -> None:
-        self.region, self.positives = region, positives
+    Examples:
+        >>> KeySelect(None)("k", {"label": "unknown"}), KeySelect(None, labelled=True)("k", {"label": "unknown"})
+        (True, False)
+    """
+
+    def __init__(self, region: str | None, positives: frozenset[str] | None = None, *, labelled: bool = False) -> None:
+        self.region, self.positives, self.labelled = region, positives, labelled
 
     def __repr__(self) -> str:
         kept = "" if self.positives is None else f", positives=<{len(self.positives)} keys>"
-        return f"KeySelect(region={self.region!r}{kept})"
+        return f"KeySelect(region={self.region!r}{kept}{', labelled=True' if self.labelled else ''})"
 
     def __call__(self, key: str, meta: dict) -> bool:
         if self.region is not None and meta.get("region") != self.region:
             return False
-        if self.positives is not None and to_int_label(meta.get("label")) == 1:
+        label = to_int_label(meta.get("label")) if self.positives is not None or self.labelled else None
+        if self.labelled and label == -1:
+            return False
+        if self.positives is not None and label == 1:
             return key in self.positives
         return True
 
@@ -46,17 +55,20 @@ class KeySelect:
 def rare_positive_select(shards: str | list[str], split: str | None, region: str | None,
                          ratio: float | None, seed: int) -> tuple[KeySelect, dict[str, int]]:
     """The selection of the rare-disease setting: keep ``round(ratio * normals)`` positives of the
-    region, drawn with ``seed`` (all when ``ratio`` is None). Returns ``(select, counts)``."""
+    region, drawn with ``seed`` (all when ``ratio`` is None), and no image whose label is unknown.
+    Returns ``(select, counts)``: ``positives`` kept, ``normals``, ``positives_available`` and
+    ``unknown`` (the region's images left out for their label)."""
     region_only = KeySelect(region)
     metas = [(k, m) for s in expand_urls(shards, split) for k, m in scan_metadata(s) if region_only(k, m)]
-    pos = sorted(k for k, m in metas if to_int_label(m.get("label")) == 1)
-    neg = sum(to_int_label(m.get("label")) == 0 for _, m in metas)
+    labels = [to_int_label(m.get("label")) for _, m in metas]
+    pos = sorted(k for (k, _), label in zip(metas, labels) if label == 1)
+    neg, unknown = labels.count(0), labels.count(-1)
+    k = len(pos) if ratio is None else min(len(pos), round(ratio * neg))
+    counts = {"positives": k, "normals": neg, "positives_available": len(pos), "unknown": unknown}
     if ratio is None:
-        return KeySelect(region, None), {"positives": len(pos), "normals": neg, "positives_available": len(pos)}
-    k = min(len(pos), round(ratio * neg))
+        return KeySelect(region, None, labelled=True), counts
     kept = np.random.default_rng([seed, 0xA7E]).choice(len(pos), size=k, replace=False) if k else []
-    keep = frozenset(pos[i] for i in kept)
-    return KeySelect(region, keep), {"positives": k, "normals": neg, "positives_available": len(pos)}
+    return KeySelect(region, frozenset(pos[i] for i in kept), labelled=True), counts
 
 
 class LabelSelect:

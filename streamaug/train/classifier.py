@@ -9,8 +9,10 @@ every epoch, with the label make-up the model trained on (``emitted``: real posi
 copies included, real normals, synthetic positives; ``real_positive_share``, ``synthetic_share``) and
 the candidates the synthesis stage scored per accepted one (``candidates_per_accepted``). Adam, lr 1e-4, decayed
 x0.9 when the validation AUC plateaus (Gupta et al. §4.2). Under ``torchrun`` the model is wrapped in
-DDP (gloo on CPU, NCCL on CUDA); shards are split by rank with equal samples per rank; rank 0 logs
-and saves.
+DDP (gloo on CPU, NCCL on CUDA, rank r on ``cuda:LOCAL_RANK``); shards are split by rank with equal
+samples per rank; every rank validates rank 0's model (its BatchNorm statistics broadcast), so all
+step the schedule on one AUC; rank 0 logs and saves, ``last.pt`` with every rank's random states.
+Images whose label is unknown are left out of training and validation (and counted in a warning).
 """
 from __future__ import annotations
 
@@ -95,15 +97,42 @@ def makeup_record(tally: Sequence[int]) -> dict[str, Any]:
 
 
 def _ddp_setup(device: str) -> tuple[int, int, torch.device]:
+    """``(rank, world, device)``; under ``torchrun`` with CUDA each rank takes the GPU of its
+    ``LOCAL_RANK`` (made current before NCCL starts, which stages its objects there)."""
     world = int(os.environ.get("WORLD_SIZE", 1))
+    cuda = device.startswith("cuda")
+    dev = torch.device(device)
+    if world > 1 and cuda:
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if dev.index not in (None, local):
+            logger.warning("--device %s under torchrun: rank with LOCAL_RANK %d uses cuda:%d", device, local, local)
+        dev = torch.device("cuda", local)
+        torch.cuda.set_device(dev)
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
-    dev = torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}" if device == "cuda" and world > 1 else device)
     return rank, world, dev
 
 
-def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, Any]:
+def _gather(obj: Any, world: int) -> list[Any]:
+    """``[obj of rank 0, obj of rank 1, ...]`` on every rank (``[obj]`` on one)."""
+    if world == 1:
+        return [obj]
+    objs: list[Any] = [None] * world
+    torch.distributed.all_gather_object(objs, obj)
+    return objs
+
+
+def _of_rank(saved: Any, rank: int) -> Any:
+    """This rank's entry of a per-rank list saved in ``last.pt`` (an older ``last.pt`` saved one
+    state for all ranks; a run resumed on more ranks than it was saved from gives rank 0's to the
+    new ones)."""
+    if not isinstance(saved, list):
+        return saved
+    return saved[rank] if rank < len(saved) else saved[0]
+
+
+def _resume_state(out: Path, cfg: RunConfig) -> dict[str, Any]:
     """The state in ``OUT/last.pt`` (there: :func:`check_run_folder`) to go on from (weights under ``"model"``).
 
     Raises:
@@ -111,7 +140,7 @@ def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, 
             with another config.
     """
     last = out / "last.pt"
-    loaded = load_classifier(last, device=device)
+    loaded = load_classifier(last, device="cpu")  # RNG states must stay on the CPU; load_state_dict moves the rest
     missing = [k for k in TRAINER_STATE if k not in loaded.extra]
     if missing:
         raise CheckpointError(f"{last}: no trainer state to resume from (lacks {missing}): it is a best.pt-style "
@@ -120,6 +149,20 @@ def _resume_state(out: Path, cfg: RunConfig, device: torch.device) -> dict[str, 
                               "another --out (without --resume)")
     check_resume(last, loaded.extra.get("run"), cfg)
     return {"model": loaded.model.state_dict(), **loaded.extra}
+
+
+def validation_auc(model: torch.nn.Module, loader: Any, device: torch.device) -> float:
+    """ROC AUC of ``model``'s logits on ``loader``'s batches (NaN unless both classes are there).
+
+    Logits, not probabilities: a float32 sigmoid rounds every logit above about 17 to 1.0, which
+    ties the most confident positives (and can tie a confident normal with them).
+    """
+    from sklearn.metrics import roc_auc_score
+
+    from streamaug.eval import score_loader
+
+    ys, ss, _ = score_loader(model, loader, device, logits=True)
+    return float(roc_auc_score(ys, ss)) if len(set(ys.tolist())) == 2 else float("nan")
 
 
 def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = True) -> Path:
@@ -144,22 +187,23 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             message says why and what to do.
         ValueError: input that cannot give a sound run (see above).
     """
-    from sklearn.metrics import roc_auc_score
     from tqdm.auto import tqdm
-
-    from streamaug.eval import score_loader
 
     check_device(cfg.device)
     check_synthesis_options(cfg)
     rank, world, device = _ddp_setup(cfg.device)
     out = Path(cfg.out)
     check_run_folder(out, resume=resume, checkpoints=("best.pt", "last.pt"), resume_from="last.pt")
-    state = _resume_state(out, cfg, device) if resume else None  # refuse early, before reading data
+    state = _resume_state(out, cfg) if resume else None  # refuse early, before reading data
     check_splits(cfg)
     torch.manual_seed(cfg.seed)
     n_real = count_selected(cfg)
     check_training_classes(cfg, n_real)
-    check_validation(cfg)
+    n_val = check_validation(cfg)
+    for what, unknown in (("training", n_real["unknown"]), ("validation", n_val["unknown"])):
+        if unknown and rank == 0:
+            logger.warning("%d %s images%s have an unknown label: left out (the classifier learns and is validated "
+                           "on labels 0 and 1 only)", unknown, what, f" of {cfg.region}" if cfg.region else "")
     make_run_folder(out)
     train_batches, stream = build_train_stream(cfg, n_real=n_real, world=world, device=device)
     val_loader = build_val_stream(cfg)
@@ -171,8 +215,8 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        aug_rng = state["aug_rng"]
+        torch.set_rng_state(_of_rank(state["torch_rng"], rank))
+        aug_rng = _of_rank(state["aug_rng"], rank)
         start, best_auc, history = state["epoch"] + 1, state["best_auc"], state["history"]
         saved_streams = state.get("stream") or []
         if cfg.stream == "lesion" and rank < len(saved_streams):
@@ -212,19 +256,18 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
             summed = torch.tensor(tally, dtype=torch.float64, device=device)
             torch.distributed.all_reduce(summed)
             tally = [int(v) for v in summed.tolist()]
-        ys, ss, _ = score_loader(model, val_loader, device)
-        val_auc = float(roc_auc_score(ys, ss)) if len(set(ys)) == 2 else float("nan")
+        if world > 1:  # BatchNorm statistics differ by rank after training: every rank validates rank 0's
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, 0)
+        val_auc = validation_auc(model, val_loader, device)
         sched.step(val_auc if val_auc == val_auc else 0.0)
         record = {"epoch": epoch, "train_loss": sum(losses) / max(1, len(losses)), "val_auc": val_auc,
                   **makeup_record(tally), "lr": opt.param_groups[0]["lr"],
                   "seconds": round(time.perf_counter() - t0, 2)}
         history.append(record)
-        streams = None
-        if cfg.stream == "lesion":  # every rank's stream position, for an exact --resume
-            streams = [stream.state_dict()]
-            if world > 1:
-                streams = [None] * world
-                torch.distributed.all_gather_object(streams, stream.state_dict())
+        # every rank's stream position and random states, for an exact --resume
+        streams = _gather(stream.state_dict(), world) if cfg.stream == "lesion" else None
+        rngs = _gather((torch.get_rng_state(), gen.get_state()), world)
         if main_rank:
             extra = {"run": dataclasses.asdict(cfg), "input_size": cfg.image_size, "epoch": epoch,
                      "val_auc": val_auc, "history": history}
@@ -233,7 +276,7 @@ def train_classifier(cfg: RunConfig, *, resume: bool = False, progress: bool = T
                 save_classifier(out / "best.pt", model, extra=extra)
             save_classifier(out / "last.pt", model, extra={
                 **extra, "best_auc": best_auc, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "torch_rng": torch.get_rng_state(), "aug_rng": gen.get_state(), "stream": streams})
+                "torch_rng": [r[0] for r in rngs], "aug_rng": [r[1] for r in rngs], "stream": streams})
             log.write(record)
             logger.info("epoch %d: loss %.4f val AUC %.4f (%d samples: %d real positive, %d synthetic; %ss)",
                         epoch + 1, record["train_loss"], val_auc, record["samples"],

@@ -302,10 +302,11 @@ def build_train_stream(cfg: RunConfig, *, n_real: dict[str, int], world: int,
 
 
 def build_val_stream(cfg: RunConfig) -> torch.utils.data.DataLoader:
-    """Every validation sample of the region, once, on every rank (ranks compute the same AUC); read
+    """Every validation sample of the region with a known label, once, on every rank (ranks validate
+    the same model, rank 0's, and compute the same AUC); read
     by at most one ``--workers`` worker per validation shard that holds any (more would fail)."""
     ds = XRayShards(_spec(cfg.val_shards), split=cfg.val_split, shuffle=False, resize=cfg.image_size,
-                    select=KeySelect(cfg.region), equalize="none", distributed=False)
+                    select=KeySelect(cfg.region, labelled=True), equalize="none", distributed=False)
     return seeded_loader(ds, cfg, 64, workers=min(cfg.workers, sum(c > 0 for c in ds.counts or [1])))
 
 

@@ -234,8 +234,8 @@ def train_inpainter(run: InpainterRun, *, resume: bool = False, progress: bool =
     check_run_folder(out, resume=resume, checkpoints=(ckpt_path.name,), resume_from=ckpt_path.name)
     ckpt = None
     if resume:  # refuse a bad resume before reading the data
-        ckpt = read_checkpoint(ckpt_path, device, kind="inpainter")
-        if not {"opt_g", "rng", "torch_rng"} <= set(ckpt["trainer_state"] or {}):
+        ckpt = read_checkpoint(ckpt_path, "cpu", kind="inpainter")  # RNG states stay on the CPU
+        if not {"opt_g", "rng", "torch_rng"} <= set(ckpt.get("trainer_state") or {}):
             raise CheckpointError(f"{ckpt_path}: no trainer state to resume from (saved for inference only); "
                                   "start a new run with another --out, without --resume")
         check_resume(ckpt_path, (ckpt.get("extra") or {}).get("run"), run)

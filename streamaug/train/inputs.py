@@ -177,14 +177,18 @@ def check_training_classes(cfg: RunConfig, counts: dict[str, int]) -> None:
 
 
 def validation_counts(cfg: RunConfig) -> dict[str, int]:
-    """``{"positives", "normals"}`` among the validation images of ``--region`` (from their metadata)."""
+    """``{"positives", "normals", "unknown"}`` among the validation images of ``--region`` (from
+    their metadata; ``unknown``: images whose label is unknown, which validation leaves out)."""
     _packed_without_split("--val-shards", cfg.val_shards, "--val-split", cfg.val_split)
     _, counts = rare_positive_select(spec(cfg.val_shards), cfg.val_split, cfg.region, None, 0)
-    return {"positives": counts["positives"], "normals": counts["normals"]}
+    return {"positives": counts["positives"], "normals": counts["normals"], "unknown": counts["unknown"]}
 
 
-def check_validation(cfg: RunConfig) -> None:
+def check_validation(cfg: RunConfig) -> dict[str, int]:
     """Refuse a validation set without both classes: its AUC, which picks ``best.pt``, is undefined.
+
+    Returns:
+        The validation counts (:func:`validation_counts`).
 
     Raises:
         ValueError: naming the counts and the options that chose them.
@@ -194,6 +198,7 @@ def check_validation(cfg: RunConfig) -> None:
         where = _where("--val-shards", cfg.val_shards, "--val-split", cfg.val_split, cfg.region)
         raise ValueError(f"{where} hold {counts['positives']} positive and {counts['normals']} normal images: the "
                          "validation AUC that chooses best.pt needs both; validate on a split with both classes")
+    return counts
 
 
 def check_calibration_positives(cfg: RunConfig) -> None:

@@ -230,14 +230,14 @@ def checkpoint_s(run: TranslatorRun, info: dict[str, Any]) -> float:
     return used[top]
 
 
-def _resume_checkpoint(path: Path, run: TranslatorRun, device: torch.device) -> dict:
+def _resume_checkpoint(path: Path, run: TranslatorRun) -> dict:
     """The checkpoint to go on from, checked for trainer state and an unchanged config.
 
     Raises:
         CheckpointError: unreadable, no trainer state (saved for inference only), another config.
     """
-    ckpt = read_checkpoint(path, device)
-    state = ckpt["trainer_state"]
+    ckpt = read_checkpoint(path, "cpu")  # RNG states must stay on the CPU; load_state_dict moves the rest
+    state = ckpt.get("trainer_state")
     if not isinstance(state, dict) or not {"trainer", "batch_rng", "torch_rng"} <= set(state):
         raise CheckpointError(f"{path}: no trainer state (optimizer and RNG state) to resume from: it was saved "
                               "for inference only (save_translator without trainer_state); resume needs the "
@@ -273,7 +273,7 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
     check_run_folder(out, resume=resume, checkpoints=(ckpt_path.name, best_path.name), resume_from=ckpt_path.name)
     make_run_folder(out)
     device = torch.device(run.device)
-    ckpt = _resume_checkpoint(ckpt_path, run, device) if resume else None  # refuse early
+    ckpt = _resume_checkpoint(ckpt_path, run) if resume else None  # refuse early
     if run.region is not None:
         s_for_region(run.s, run.region)  # type: ignore[arg-type]  # an s map without the region: fail before reading
     torch.manual_seed(run.seed)
