@@ -27,7 +27,7 @@ def test_lesion_box_sites_widen_by_the_margin_around_the_centre_and_clip():
 def test_swap_covers_the_own_lesion_with_another_and_changes_only_the_site():
     donor = lesion("L7", (20, 20, 36, 36))  # bright (0.9) 16 px lesion
     swap = CopyPaste(crops=LesionCrops.from_samples([donor], size=32), onto="lesions", **PLAIN)
-    assert swap.source_label == 1 and source_sites(swap) == LesionBoxSites(2.0)
+    assert swap.source_label == 1 and source_sites(swap) == LesionBoxSites(2.0, clip=False)
     positive = lesion("P1", (22, 18, 38, 34))
     positive["image"][:, 18:34, 22:38] = 0.05  # its own lesion: dark
     site = LesionBoxSites(2.0)(dict(positive))["sites"]

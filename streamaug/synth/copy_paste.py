@@ -21,8 +21,10 @@ shares draws from all allowed ones.
 
 ``onto="lesions"`` pastes onto positives instead of normals (a lesion swap): the sources are the
 real positives, each site is the square of side ``margin * max(w, h)`` around one of their own lesion
-boxes (:class:`streamaug.synth.sources.LesionBoxSites`), and another real lesion of a similar size
-covers the original (which shows only where the cosine mask fades). The context stays a real
+boxes (:class:`streamaug.synth.sources.LesionBoxSites`, not clipped: at the image border the site
+reaches past it, so the paste and its mask stay centred on the lesion; only the part inside the image
+is written and the intensity is matched over it), and another real lesion of a similar size covers
+the original (which shows only where the cosine mask fades). The context stays a real
 positive's context, where a paste onto a normal carries the normals' context. A source can draw its
 own lesion (then the sample is a flipped, rotated, rescaled copy of itself); the provenance's
 ``lesion_key`` beside ``source_key`` tells.
@@ -39,7 +41,7 @@ import torch.nn.functional as F
 
 from streamaug.synth.base import Made, Synthesizer
 from streamaug.synth.lesion_bank import LesionCrops
-from streamaug.synth.ops import crop_sites, paste_blend
+from streamaug.synth.ops import check_blend_n, crop_coverage, crop_sites, paste_blend
 from streamaug.synth.sources import LesionBoxSites
 
 
@@ -82,6 +84,34 @@ def _draw(log_sides: torch.Tensor, order: torch.Tensor, target: torch.Tensor, u:
     return order[pick]
 
 
+def _room(boxes: torch.Tensor, scale: torch.Tensor, extent: torch.Tensor) -> torch.Tensor:
+    """``(K, 2)`` the largest lesion offset (x, y) along the site's axes, in canvas units, that keeps
+    the lesion (half-size ``extent``) inside the site: the canvas spans the square of the site's larger
+    side at ``scale`` 1, so an axis of ``w`` pixels covers ``w / side / scale`` canvas half-widths."""
+    wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1)
+    side = wh.amax(1, keepdim=True)
+    return (wh / side / scale[:, None] - extent[:, None]).clamp(min=0)
+
+
+def _to_canvas(offset: torch.Tensor, rot: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """``(K, 2)`` offsets along the site's axes turned into canvas axes: the rotation by ``rot``
+    quarter turns and the flip that :meth:`CopyPaste.apply` applies to the site's coordinates."""
+    cos = torch.tensor([1.0, 0.0, -1.0, 0.0])[rot]
+    sin = torch.tensor([0.0, 1.0, 0.0, -1.0])[rot]
+    x, y = cos * offset[:, 0] - sin * offset[:, 1], sin * offset[:, 0] + cos * offset[:, 1]
+    return torch.stack([torch.where(flip, -x, x), y], 1)
+
+
+def _site_mean(weight: torch.Tensor, site: torch.Tensor, coverage: torch.Tensor,
+               fallback: torch.Tensor) -> torch.Tensor:
+    """``(K, 1, 1, 1)`` mean of the site crop ``(K, 1, R, R)`` under the paste ``weight``, over the
+    image's pixels only (``coverage``: the crop reads 0 past the border); ``fallback`` where the
+    weight has no pixel in the image."""
+    inside = (weight * coverage).sum((1, 2, 3))[:, None, None, None]
+    mean = (weight * site).sum((1, 2, 3))[:, None, None, None] / inside.clamp(min=1e-6)
+    return torch.where(inside > 1e-6, mean, fallback)
+
+
 class CopyPaste(Synthesizer):
     """Paste a real lesion crop, randomly flipped, rotated, scaled and contrast-jittered, at each site.
 
@@ -95,7 +125,7 @@ class CopyPaste(Synthesizer):
             ``onto="lesions"`` also the site's (give the margin ``crops`` were cut with).
         size: canvas side ``R`` the crops are kept at.
         center: keep the lesion at the site's centre (where the cosine mask is 1); False draws an
-            offset that keeps it inside the site (the mask fades it).
+            offset that keeps it inside the site along each of its axes (the mask fades it).
         flip, rot90: random horizontal flip; random rotation by ``k * 90`` degrees.
         scale: range of the lesion's size relative to a crop that fills the site.
         contrast: range of the gain applied around the lesion's mean.
@@ -106,7 +136,7 @@ class CopyPaste(Synthesizer):
             (the stage passes the batch's). None: any lesion of a similar size.
         avoid: never draw a lesion whose image has the same value of this ``meta`` field (or of
             ``avoid(meta)``) as the site's image (``"group"``: a patient id); unless no lesion is left.
-        blend_n: exponent of the cosine mask.
+        blend_n: exponent of the cosine mask, ``> 0``.
         shape: ``"box"``: paste the whole crop (lesion and its surroundings); ``"mask"``: only the
             lesion, by the shards' ``mask`` widened and feathered by ``feather`` (a crop whose image has
             no mask pixel in the box pastes its feathered box; :attr:`LesionCrops.unmasked` counts them).
@@ -146,8 +176,9 @@ class CopyPaste(Synthesizer):
             raise ValueError("shape='mask' pastes only the lesion, which would leave the source's own lesion "
                              "showing around it: a lesion swap (onto='lesions') needs shape='box'")
         self.onto = onto
-        if onto == "lesions":  # new positives from real ones, each at its own (widened) lesion boxes
-            self.source_label, self.source_sites = 1, LesionBoxSites(margin)
+        blend_n = check_blend_n(blend_n)
+        if onto == "lesions":  # new positives from real ones, each at its own (widened, unclipped) lesion boxes
+            self.source_label, self.source_sites = 1, LesionBoxSites(margin, clip=False)
         if crops is None:
             if lesion_shards is None:
                 raise ValueError("CopyPaste needs lesion_shards or crops")
@@ -158,7 +189,7 @@ class CopyPaste(Synthesizer):
         self.crops, self.resize = crops, resize
         self.center, self.flip, self.rot90 = center, flip, rot90
         self.scale, self.contrast = (float(scale[0]), float(scale[1])), (float(contrast[0]), float(contrast[1]))
-        self.match_intensity, self.log_tol, self.blend_n = match_intensity, math.log(size_tolerance), float(blend_n)
+        self.match_intensity, self.log_tol, self.blend_n = match_intensity, math.log(size_tolerance), blend_n
         self.match, self.avoid = match, avoid
         self._match, self._avoid = _MetaValue(match), _MetaValue(avoid)
         metas = crops.metas or [{}] * len(crops)
@@ -208,8 +239,11 @@ class CopyPaste(Synthesizer):
         rot = torch.randint(4, (k,), generator=generator) if self.rot90 else torch.zeros(k, dtype=torch.long)
         scale = self.scale[0] + (self.scale[1] - self.scale[0]) * torch.rand(k, generator=generator)
         gain = self.contrast[0] + (self.contrast[1] - self.contrast[0]) * torch.rand(k, generator=generator)
-        room = (1 / scale - self.crops.extent[lesion]).clamp(min=0)
-        shift = torch.zeros(k, 2) if self.center else (torch.rand(k, 2, generator=generator) * 2 - 1) * room[:, None]
+        if self.center:
+            shift = torch.zeros(k, 2)
+        else:
+            room = _room(b, scale, self.crops.extent[lesion])
+            shift = _to_canvas((torch.rand(k, 2, generator=generator) * 2 - 1) * room, rot, flip)
         return {"lesion": lesion, "flip": flip, "rot": rot, "scale": scale, "gain": gain, "shift": shift}
 
     @torch.no_grad()
@@ -239,7 +273,7 @@ class CopyPaste(Synthesizer):
         total = weight.sum((1, 2, 3)).clamp(min=1e-6)
         mean = (warped[:, :1].sum((1, 2, 3)) / total)[:, None, None, None]
         site = crop_sites(images, boxes, source, r).float()
-        target = (weight * site).sum((1, 2, 3))[:, None, None, None] / total[:, None, None, None] \
+        target = _site_mean(weight, site, crop_coverage(b, *images.shape[-2:], r), mean) \
             if self.match_intensity else mean
         lesion = ((value - mean) * p["gain"][:, None, None, None] + target).clamp(0, 1) * (weight > 0)
         paste = weight * warped[:, 2:].clamp(0, 1) if warped.shape[1] > 2 else weight  # shape="mask": the lesion

@@ -16,6 +16,10 @@ so ``paste_blend`` needs one ``grid_sample`` per slot and no per-site Python wor
 
 Half precision. Coordinates are computed in float32 (bfloat16 cannot represent pixel positions
 above 256 exactly) and the sampled, blended values are cast back to the image dtype.
+
+Sites past the border. A site may reach past its image (a lesion swap's square around a lesion at
+the border): :func:`crop_sites` reads 0 there (:func:`crop_coverage` says how much of each patch pixel
+lies inside) and :func:`paste_blend` writes only the pixels inside, with the mask of the whole site.
 """
 from __future__ import annotations
 
@@ -24,12 +28,36 @@ import math
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cosine_alpha", "crop_sites", "paste_blend"]
+__all__ = ["check_blend_n", "clip_sites", "cosine_alpha", "crop_coverage", "crop_sites", "paste_blend"]
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half types (accurate coordinates/interpolation), else the dtype itself."""
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+def check_blend_n(n: float, name: str = "blend_n") -> float:
+    """``n`` as a float when it is a valid exponent of the cosine mask (``n > 0``), else ValueError.
+
+    ``n <= 0`` would give a mask that is 0 everywhere (nothing pasted: the "synthetic" positive is
+    its unchanged source) or, below 0, only a stray pixel; NaN a mask of NaN.
+
+    Args:
+        n: the exponent.
+        name: the parameter's name, for the message.
+
+    Examples:
+        >>> check_blend_n(2)
+        2.0
+        >>> check_blend_n(0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: blend_n must be a number > 0 (the cosine mask's exponent; 2.0 is the default), got 0.0
+    """
+    value = float(n)
+    if not value > 0:  # also NaN
+        raise ValueError(f"{name} must be a number > 0 (the cosine mask's exponent; 2.0 is the default), got {n!r}")
+    return value
 
 
 def _alpha_1d(t: torch.Tensor, n: float) -> torch.Tensor:
@@ -82,8 +110,7 @@ def cosine_alpha(
                 [0., 1., 0.],
                 [0., 0., 0.]])
     """
-    if n <= 0:
-        raise ValueError(f"cosine_alpha: n must be > 0, got {n}")
+    n = check_blend_n(n, "cosine_alpha: n")
     out_dtype = dtype or torch.get_default_dtype()
     cdt = _compute_dtype(out_dtype)
     i = torch.linspace(-1.0, 1.0, height, device=device, dtype=cdt)
@@ -105,16 +132,27 @@ def _check_sites(images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.T
     return b
 
 
+def _site_positions(lo: torch.Tensor, hi: torch.Tensor, size: int, dtype: torch.dtype) -> torch.Tensor:
+    """Image positions ``(K, P)`` of the ``P`` patch pixels along one axis of sites ``[lo, hi)``: the
+    first and last pixel centres corner to corner (a 1 pixel thick site repeats its pixel; ``P == 1``
+    reads the site's centre)."""
+    t = torch.linspace(0.0, 1.0, size, device=lo.device, dtype=dtype) if size > 1 \
+        else torch.full((1,), 0.5, device=lo.device, dtype=dtype)
+    lo, hi = lo.to(dtype)[:, None], hi.to(dtype)[:, None]
+    return lo + t[None, :] * (hi - 1 - lo)
+
+
 def crop_sites(
     images: torch.Tensor, boxes: torch.Tensor, batch_index: torch.Tensor, size: int
 ) -> torch.Tensor:
-    """Crop every site and resize it to ``size x size`` in one batched kornia call.
+    """Crop every site and resize it to ``size x size`` in one batched ``grid_sample``.
 
-    kornia's ``crop_and_resize`` takes *inclusive* corner points, so the end-exclusive box
-    ``x0 y0 x1 y1`` becomes the corners ``(x0, y0), (x1-1, y0), (x1-1, y1-1), (x0, y1-1)``; pixel
-    centres map corner to corner (``align_corners=True``). With ``size`` equal to the site size the
-    result is ``image[..., y0:y1, x0:x1]`` up to float rounding of kornia's perspective solve
-    (~1e-7 relative). Non-square sites are stretched to the square.
+    The site's first and last pixel centres map to the patch's (``align_corners=True``), so the
+    end-exclusive box ``x0 y0 x1 y1`` is read from ``x0`` to ``x1 - 1`` and ``y0`` to ``y1 - 1``. With
+    ``size`` equal to the site size the result is ``image[..., y0:y1, x0:x1]`` up to float rounding of
+    the coordinates (~1e-7 relative). Non-square sites are stretched to the square; a site 1 pixel
+    thick gives its row or column repeated. Pixels past the image border read 0 (bilinear, zero
+    padding; :func:`crop_coverage` gives the share that lies inside).
 
     Args:
         images: ``(B, C, H, W)`` images.
@@ -130,22 +168,68 @@ def crop_sites(
         >>> p = crop_sites(img, torch.tensor([[2, 1, 5, 4]]), torch.tensor([0]), 3)
         >>> torch.allclose(p[0], img[0, :, 1:4, 2:5], atol=1e-5)
         True
+        >>> crop_sites(img, torch.tensor([[2, 1, 3, 4]]), torch.tensor([0]), 3)[0, 0]  # 1 px wide
+        tensor([[10., 10., 10.],
+                [18., 18., 18.],
+                [26., 26., 26.]])
     """
-    from kornia.geometry.transform import crop_and_resize
-
     b = _check_sites(images, boxes, batch_index)
     k = b.shape[0]
     if k == 0:
         return images.new_zeros((0, images.shape[1], size, size))
+    height, width = images.shape[-2:]
     cdt = _compute_dtype(images.dtype)
-    x0, y0, x1, y1 = (b[:, c].to(cdt) for c in range(4))
-    corners = torch.stack(
-        [torch.stack([x0, y0], -1), torch.stack([x1 - 1, y0], -1),
-         torch.stack([x1 - 1, y1 - 1], -1), torch.stack([x0, y1 - 1], -1)], dim=1
-    )  # (K, 4, 2)
+    xs = _site_positions(b[:, 0], b[:, 2], size, cdt)  # (K, P) image columns
+    ys = _site_positions(b[:, 1], b[:, 3], size, cdt)  # (K, P) image rows
+    # grid_sample coordinates of pixel centres with align_corners=False: exact for any H, W >= 1
+    gx, gy = (2 * xs + 1) / width - 1, (2 * ys + 1) / height - 1
+    grid = torch.stack([gx[:, None, :].expand(k, size, size), gy[:, :, None].expand(k, size, size)], dim=-1)
     src = images[batch_index.to(images.device).long()].to(cdt)  # (K, C, H, W)
-    out = crop_and_resize(src, corners, (size, size), mode="bilinear", align_corners=True)
+    out = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     return out.to(images.dtype)
+
+
+def _axis_coverage(pos: torch.Tensor, limit: int) -> torch.Tensor:
+    """Bilinear weight on the pixels inside ``[0, limit)`` of each position (1 inside, 0 a pixel or more out)."""
+    return (1 - (-pos).clamp(min=0) - (pos - (limit - 1)).clamp(min=0)).clamp(0.0, 1.0)
+
+
+def crop_coverage(boxes: torch.Tensor, height: int, width: int, size: int) -> torch.Tensor:
+    """The share of each pixel of :func:`crop_sites`' patches that lies inside the ``H x W`` image.
+
+    1 where the patch pixel reads only image pixels, 0 where it reads only padding past the border,
+    in between in the half-pixel rim: ``crop_sites`` of an all-ones image, without reading it.
+    Means of a crop over the image only are ``(w * patch).sum() / (w * coverage).sum()``.
+
+    Args:
+        boxes: ``(K, 4)`` sites ``x0 y0 x1 y1`` (pixels, end-exclusive; float values are rounded).
+        height: image rows ``H``.
+        width: image columns ``W``.
+        size: patch side ``P``.
+
+    Returns:
+        ``(K, 1, P, P)`` float32 in ``[0, 1]``, on the device of ``boxes``.
+
+    Examples:
+        >>> crop_coverage(torch.tensor([[-2, 0, 3, 5]]), 8, 8, 5)[0, 0, 0].tolist()  # 2 columns past x = 0
+        [0.0, 0.0, 1.0, 1.0, 1.0]
+    """
+    b = boxes.reshape(-1, 4).round().long()
+    cx = _axis_coverage(_site_positions(b[:, 0], b[:, 2], size, torch.float32), width)
+    cy = _axis_coverage(_site_positions(b[:, 1], b[:, 3], size, torch.float32), height)
+    return (cy[:, :, None] * cx[:, None, :])[:, None]
+
+
+def clip_sites(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """The part of each site inside the ``H x W`` image: ``(K, 4)`` like ``boxes`` (x clamped to
+    ``[0, W]``, y to ``[0, H]``; a site wholly outside becomes empty).
+
+    Examples:
+        >>> clip_sites(torch.tensor([[-6, 14, 18, 38]]), 32, 16).tolist()
+        [[0, 14, 16, 32]]
+    """
+    limit = torch.tensor([width, height, width, height], device=boxes.device, dtype=boxes.dtype)
+    return torch.minimum(boxes.clamp(min=0), limit)
 
 
 def _slots(batch_index: torch.Tensor) -> torch.Tensor:
@@ -199,6 +283,9 @@ def paste_blend(
     Returns:
         ``(B, C, H, W)`` blended images, same dtype/device as ``images``.
 
+    Raises:
+        ValueError: bad shapes, an empty box, or ``n <= 0`` (:func:`check_blend_n`).
+
     Examples:
         >>> img = torch.zeros(1, 1, 6, 6)
         >>> out = paste_blend(img, torch.ones(1, 1, 3, 3), torch.tensor([[1, 1, 4, 4]]),
@@ -210,6 +297,7 @@ def paste_blend(
         >>> float(out.sum())
         1.0
     """
+    n = check_blend_n(n, "n")
     b = _check_sites(images, boxes, batch_index)
     if translated.dim() != 4 or translated.shape[0] != b.shape[0] or translated.shape[1] != images.shape[1]:
         raise ValueError(

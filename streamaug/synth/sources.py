@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from streamaug.synth.base import Synthesizer
+from streamaug.synth.ops import clip_sites
 
 
 def _parts(synthesizer: Synthesizer) -> list[Synthesizer]:
@@ -48,11 +49,16 @@ class LesionBoxSites:
     picklable, so DataLoader workers can run it).
 
     Each box becomes the square of side ``margin * max(w, h)`` centred on it (``margin=1``: the box
-    itself), widened to whole pixels and clipped to the image (a box at the border gives a clipped,
-    non-square site).
+    itself), widened to whole pixels. With ``clip`` it is clipped to the image (a box at the border
+    gives a clipped, non-square site, no longer centred on the box); without, it stays the square and
+    may reach past the border (what :class:`streamaug.synth.CopyPaste` needs to keep its paste and
+    mask centred on the lesion it covers; :func:`streamaug.synth.crop_sites` and
+    :func:`streamaug.synth.paste_blend` handle the part outside). A site with no pixel in the image
+    is dropped.
 
     Args:
         margin: the site's side as a multiple of the box's larger side (>= 1 keeps the whole box).
+        clip: clip the sites to the image.
 
     Examples:
         >>> sample = {"image": torch.zeros(1, 10, 10), "boxes": torch.tensor([[1.5, 2., 4.2, 12.]])}
@@ -61,9 +67,13 @@ class LesionBoxSites:
         >>> sample["boxes"] = torch.tensor([[4., 4., 6., 5.]])
         >>> LesionBoxSites(margin=2.0)(dict(sample))["sites"].tolist()
         [[3, 2, 7, 7]]
+        >>> sample["boxes"] = torch.tensor([[0., 4., 2., 6.]])
+        >>> [LesionBoxSites(2.0, clip=c)(dict(sample))["sites"].tolist() for c in (True, False)]
+        [[[0, 3, 3, 7]], [[-1, 3, 3, 7]]]
     """
 
     margin: float = 1.0
+    clip: bool = True
 
     def __post_init__(self) -> None:
         if self.margin < 1:
@@ -75,9 +85,10 @@ class LesionBoxSites:
         if self.margin != 1:
             centre, half = (b[:, :2] + b[:, 2:]) / 2, (b[:, 2:] - b[:, :2]).amax(1, keepdim=True) * self.margin / 2
             b = torch.cat([centre - half, centre + half], 1)
-        limit = torch.tensor([w, h, w, h], dtype=torch.float64)
-        sites = torch.minimum(torch.cat([b[:, :2].floor(), b[:, 2:].ceil()], 1).clamp(min=0), limit).long()
-        sample["sites"] = sites[(sites[:, 2] > sites[:, 0]) & (sites[:, 3] > sites[:, 1])]
+        sites = torch.cat([b[:, :2].floor(), b[:, 2:].ceil()], 1).long()
+        inside = clip_sites(sites, h, w)
+        keep = (inside[:, 2] > inside[:, 0]) & (inside[:, 3] > inside[:, 1])
+        sample["sites"] = (inside if self.clip else sites)[keep]
         return sample
 
 

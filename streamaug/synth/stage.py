@@ -36,7 +36,7 @@ from streamaug.filters.rank import select_top
 from streamaug.filters.stats import AcceptanceStats
 from streamaug.synth.base import Synthesizer
 from streamaug.synth.mix import Mix
-from streamaug.synth.ops import crop_sites
+from streamaug.synth.ops import check_blend_n, clip_sites, crop_sites
 from streamaug.synth.sources import keeps_site, source_label
 from streamaug.synth.translate import Translate
 
@@ -48,7 +48,8 @@ class Synthesized:
     Attributes:
         images: ``(K, 1, H, W)`` blended full images.
         source: ``(K,)`` long, index of the source image in the input batch.
-        boxes: ``(K, 4)`` long, the blended site ``x0 y0 x1 y1`` in image pixels.
+        boxes: ``(K, 4)`` long, the blended site ``x0 y0 x1 y1`` in image pixels (a lesion swap's
+            may reach past the image border; :meth:`SynthesisStage.sample` clips it).
         scores: ``(K,)`` float, filter scores (NaN without a filter).
         keep: ``(K,)`` bool, chosen (passed the filter and, with ``want``, among the best).
         translated: ``(K, 1, P, P)`` what was pasted into each site (for sample grids), or None.
@@ -81,8 +82,17 @@ def as_synthesizer(spec: Any, *, blend_n: float = 2.0, dtype: torch.dtype | None
 
 
 def epoch_seed(seed: int, epoch: int, salt: int = 0) -> int:
-    """A 63-bit seed for one epoch of one random stream (numpy's SeedSequence of the three)."""
-    return int(np.random.SeedSequence([int(seed), int(epoch), int(salt)]).generate_state(1, np.uint64)[0] >> 1)
+    """A 63-bit seed for one epoch of one random stream (numpy's SeedSequence of the three).
+
+    The 64-bit state is made a Python int before the shift: numpy 1.x refuses ``uint64 >> int``
+    (no safe common type), numpy 2 allows it; the value is the same under both.
+
+    Examples:
+        >>> epoch_seed(0, 1, 0x5173) == epoch_seed(0, 1, 0x5173) != epoch_seed(0, 2, 0x5173)
+        True
+    """
+    state = np.random.SeedSequence([int(seed), int(epoch), int(salt)]).generate_state(1, np.uint64)
+    return int(state[0]) >> 1
 
 
 class SynthesisStage:
@@ -97,7 +107,7 @@ class SynthesisStage:
             :class:`streamaug.PseudoLabel`, or None to accept every candidate. A filter with
             ``mode == "rank"`` is called as ``filter(images, want=, groups=)``; one with
             ``on == "site"`` gets the blended sites, cropped to its square ``input_size``, instead of the images.
-        blend_n: exponent ``n`` of the cosine blending mask (for ``translator=``).
+        blend_n: exponent ``n > 0`` of the cosine blending mask (for ``translator=``; checked either way).
         device: where cropping, synthesis, blending and filtering run.
         fraction: for :meth:`apply`: the share of each batch (all its samples) replaced by synthetic
             positives. Per-batch rounding is carried over to the next batch, so the share is exact on
@@ -123,6 +133,7 @@ class SynthesisStage:
             raise ValueError(f"need oversample >= 1 and sites_per_image >= 1, got {oversample}, {sites_per_image}")
         if (translator is None) == (synthesizer is None):
             raise ValueError("pass one of translator= (a UNIT checkpoint or module) or synthesizer=")
+        blend_n = check_blend_n(blend_n)
         self.device = torch.device(device)
         self.synthesizer = as_synthesizer(synthesizer if synthesizer is not None else translator,
                                           blend_n=blend_n, dtype=dtype, device=self.device)
@@ -208,8 +219,9 @@ class SynthesisStage:
         if self.filter is None:
             return (torch.ones(k, dtype=torch.bool, device=self.device),
                     torch.full((k,), float("nan"), device=self.device))
-        if getattr(self.filter, "on", "image") == "site":
-            images = crop_sites(images, boxes, torch.arange(k, device=images.device), self.filter.input_size[0])
+        if getattr(self.filter, "on", "image") == "site":  # the site's part inside the image
+            images = crop_sites(images, clip_sites(boxes, *images.shape[-2:]), torch.arange(k, device=images.device),
+                                self.filter.input_size[0])
         if getattr(self.filter, "mode", "threshold") == "rank":
             passed, scores = self.filter(images, want=want, groups=source)
         else:
@@ -259,9 +271,11 @@ class SynthesisStage:
 
     def sample(self, result: Synthesized, j: int, key: str, meta: Any = None) -> dict[str, Any]:
         """Candidate ``j`` of ``result`` as a sample dict: ``key`` (``<source key>-syn``), ``image``,
-        ``label`` 1, ``boxes`` (the blended site), ``meta``, ``synthetic`` True, ``provenance``."""
+        ``label`` 1, ``boxes`` (the blended site, clipped to the image; the provenance's ``box`` is the
+        site as blended), ``meta``, ``synthetic`` True, ``provenance``."""
+        box = clip_sites(result.boxes[j][None], *result.images.shape[-2:])
         return {"key": f"{key}-syn", "image": result.images[j], "label": 1,
-                "boxes": result.boxes[j][None].float().cpu(), "meta": meta, "synthetic": True,
+                "boxes": box.float().cpu(), "meta": meta, "synthetic": True,
                 "provenance": self.provenance(result, j, key)}
 
     # -- drop-in for an existing DataLoader -----------------------------------------------------

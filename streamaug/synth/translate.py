@@ -7,7 +7,7 @@ from typing import Any
 import torch
 
 from streamaug.synth.base import Made, Synthesizer
-from streamaug.synth.ops import crop_sites, paste_blend
+from streamaug.synth.ops import check_blend_n, crop_sites, paste_blend
 
 
 class Translate(Synthesizer):
@@ -18,7 +18,7 @@ class Translate(Synthesizer):
     Args:
         translator: a module with ``patch_size`` and ``translate((K,1,P,P)) -> (K,1,P,P)``, or a
             checkpoint path for :func:`streamaug.load_translator`.
-        blend_n: exponent ``n`` of the cosine blending mask.
+        blend_n: exponent ``n > 0`` of the cosine blending mask.
         dtype: autocast dtype for the translator on CUDA (e.g. ``torch.bfloat16``); None: float32.
         device: where the translator runs (the images' device must match).
 
@@ -34,6 +34,7 @@ class Translate(Synthesizer):
 
     def __init__(self, translator: torch.nn.Module | str | os.PathLike, *, blend_n: float = 2.0,
                  dtype: torch.dtype | None = None, device: str | torch.device = "cpu") -> None:
+        blend_n = check_blend_n(blend_n)  # before a checkpoint is loaded
         if isinstance(translator, (str, os.PathLike)):
             from streamaug.models.checkpoint import load_translator
 
@@ -41,7 +42,7 @@ class Translate(Synthesizer):
         self.translator = translator.eval()
         self.id = str(getattr(translator, "id", None) or type(translator).__name__)
         self.patch_size = int(translator.patch_size)
-        self.blend_n, self.dtype = float(blend_n), dtype
+        self.blend_n, self.dtype = blend_n, dtype
         self.to(device)
 
     def to(self, device: str | torch.device) -> Translate:
