@@ -41,7 +41,7 @@ def test_compare_tells_files_with_one_stem_apart(tmp_path, capsys, monkeypatch):
     drawn = {}
     monkeypatch.setattr(cli, "plot_roc", lambda path, curves, **kw: drawn.update(curves) or path)
     assert cli.main(["compare", a, b, "--roc", str(tmp_path / "roc.png"), "--n-boot", "20"]) == 0
-    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[1:3]]
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:4]]  # after the cases and the header
     assert rows == ["r1/test", "r2/test"] and sorted(drawn) == rows
     assert cli.model_names(["x/a.csv", "y/b.csv"]) == ["a", "b"]
     _fails(["compare", a, str(tmp_path / "r1" / ".." / "r1" / "test.csv")], capsys, "is given twice")

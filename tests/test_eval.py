@@ -269,6 +269,32 @@ def test_scores_round_trip_and_cli(tmp_path, capsys) -> None:
     assert re.search(r"more\.csv: not the baseline file's test set: .* 1 are extra", capsys.readouterr().err)
 
 
+def test_compare_resamples_the_patients_of_the_baseline_file(tmp_path, capsys) -> None:
+    """Two images per patient with one score effect per patient: resampled by image the interval is
+    too narrow; with a group column ``compare`` resamples patients (as ``score`` and the experiment)."""
+    from streamaug.eval.score_files import load_score_groups
+
+    rng = np.random.default_rng(3)
+    patients = np.repeat(np.arange(150), 2)
+    y = np.repeat((rng.random(150) < 0.4).astype(int), 2)
+    s = y + np.repeat(rng.normal(0, 1.0, 150), 2) + rng.normal(0, 0.3, 300)
+    keys = [f"k{i}" for i in range(300)]
+    save_scores(tmp_path / "img" / "test.csv", y, s, keys)
+    save_scores(tmp_path / "pat" / "test.csv", y, s, keys, groups=[f"P{p}" for p in patients])
+    assert load_score_groups(tmp_path / "img" / "test.csv") is None
+    assert load_score_groups(tmp_path / "pat" / "test.csv")[:3] == ["P0", "P0", "P1"]
+    widths = {}
+    for name in ("img", "pat"):
+        assert eval_main(["compare", str(tmp_path / name / "test.csv"), "--n-boot", "500"]) == 0
+        out = capsys.readouterr().out
+        lo, hi = map(float, re.search(r"\((\d\.\d+)-(\d\.\d+)\)", out).groups())
+        widths[name] = hi - lo
+        assert ("of 150 patients, resampled by patient" in out) == (name == "pat")
+    assert widths["pat"] > 1.2 * widths["img"]
+    expected = bootstrap_auc(y, s, 500, 0, groups=[f"P{p}" for p in patients])
+    assert widths["pat"] == pytest.approx(round(expected[2], 3) - round(expected[1], 3), abs=1e-9)
+
+
 def test_every_eval_option_has_help() -> None:
     from streamaug.eval.__main__ import build_parser
 

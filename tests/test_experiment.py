@@ -2,6 +2,7 @@
 ablation, reproducible reruns); the paired tests and the training make-up of streamaug.eval.experiment."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -39,6 +40,17 @@ def _runs(rng, seeds, shift):
     return runs
 
 
+def test_an_arm_whose_seeds_scored_different_test_orders_is_refused_baseline_included():
+    """The pooled AUC reads the first seed's labels beside every seed's scores: a seed scored in
+    another order would silently pair scores with other cases' labels."""
+    rng = np.random.default_rng(1)
+    base = _runs(rng, [0, 1], 1.0)
+    turned = dataclasses.replace(base[1], y_test=base[1].y_test[::-1], s_test=base[1].s_test[::-1],
+                                 keys_test=base[1].keys_test[::-1])
+    with pytest.raises(ValueError, match="different test sets"):
+        summarize_arm("baseline", [base[0], turned], None, n_boot=50)
+
+
 def test_pooled_paired_test_concatenates_seeds_in_order():
     rng = np.random.default_rng(0)
     base, aug = _runs(rng, [0, 1, 2], 0.5), _runs(rng, [0, 1, 2], 1.5)
@@ -58,7 +70,8 @@ def test_pooled_paired_test_concatenates_seeds_in_order():
     vs = paired_bootstrap_seeds(base[0].y_test, [r.s_test for r in over], [r.s_test for r in aug], 300, 0)
     assert row["versus"]["oversample"]["delta_seeds"] == pytest.approx(vs[0])
     assert row["versus"]["oversample"]["delta_seeds_ci95"] == pytest.approx(list(vs[1:]))
-    assert len(row["auc_per_seed"]) == 3 and row["auc_sd"] > 0 and row["n_test"] == 120
+    assert len(row["auc_per_seed"]) == 3 and row["auc_sd"] > 0 and row["n_test"] == 40  # one test set, 3 seeds
+    assert row["test_positives"] == 20
     assert row["auc_min"] == min(row["auc_per_seed"]) and row["auc_max"] == max(row["auc_per_seed"])
     assert 0 <= row["sensitivity"] <= 1 and 0 <= row["specificity"] <= 1
     table = markdown_table([summarize_arm("baseline", base, None, n_boot=300), row])

@@ -54,6 +54,11 @@ def test_eval_cli_scores_a_checkpoint_on_shards(shards, tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     y, s, keys = load_scores(tmp_path / "test.csv")
     assert report["n"] == len(keys) > 0 and report["auc"] == pytest.approx(roc_auc_score(y, s))
+    # the phantom's pseudo-patients travel into the score file, and the interval resamples them
+    from streamaug.eval.score_files import load_score_groups
+
+    groups = load_score_groups(tmp_path / "test.csv")
+    assert report["resampled"] == "patients" and report["patients"] == len(set(groups)) < len(keys)
     assert report["auc_ci95"][0] <= report["auc"] <= report["auc_ci95"][1]
     assert set(report["operating_point"]) >= {"threshold", "sensitivity", "specificity"}
 

@@ -145,9 +145,7 @@ def _makeup_columns(runs: Sequence[SeedRun]) -> dict[str, Any]:
 
 def _seed_delta(name: str, runs: Sequence[SeedRun], reference: Sequence[SeedRun], n_boot: int,
                 boot_seed: int, groups: list[str] | None) -> tuple[float, float, float]:
-    pool_runs(runs, reference)  # same seeds, same test keys in the same order
-    if any(r.keys_test != runs[0].keys_test for r in runs):
-        raise ValueError(f"arm {name!r}: the seeds were scored on different test sets (keys or order)")
+    pool_runs(runs, reference)  # same seeds, same test keys in the same order (runs': summarize_arm)
     return paired_bootstrap_seeds(runs[0].y_test, [r.s_test for r in reference], [r.s_test for r in runs],
                                   n_boot, boot_seed, groups=groups)
 
@@ -183,7 +181,8 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
         **info: extra columns (e.g. ``filter``) copied into the row.
 
     Returns:
-        A JSON-ready dict: ``auc_per_seed``, ``auc_mean``, ``auc_sd``, ``auc_min``, ``auc_max``,
+        A JSON-ready dict: ``n_test`` and ``test_positives`` (of the one test set), ``auc_per_seed``,
+        ``auc_mean``, ``auc_sd``, ``auc_min``, ``auc_max``,
         ``auc_pooled`` + ``auc_ci95``, ``delta`` + ``delta_ci95`` + ``significant`` (pooled:
         descriptive, see :func:`~streamaug.eval.stats.pooled_bootstrap`) and the test,
         ``delta_seeds`` + ``delta_seeds_ci95`` + ``significant_seeds`` (not for the baseline),
@@ -192,10 +191,13 @@ def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun
         ``samples_per_epoch``, ``candidates_per_accepted``, ``candidates_per_used``; per-seed means)
         and ``seconds`` (sum over seeds).
     """
+    if any(r.keys_test != runs[0].keys_test for r in runs):  # the pooled AUC reads runs[0]'s labels
+        raise ValueError(f"arm {name!r}: the seeds were scored on different test sets (keys or order)")
+    pool_runs(runs, baseline)  # and the baseline's, seed by seed
     cases = case_groups(runs, groups)
     per_seed = [bootstrap_auc(r.y_test, r.s_test, n_boot, boot_seed, groups=cases) for r in runs]
     aucs = [a for a, _, _ in per_seed]
-    y, _ = pool_runs(runs, baseline)
+    y = runs[0].y_test  # one test set, scored by every seed
     auc, lo, hi = pooled_bootstrap(runs[0].y_test, [r.s_test for r in runs], None, n_boot, boot_seed, groups=cases)
     sens, spec = _sens_spec_pooled(runs)
     row: dict[str, Any] = {

@@ -1,5 +1,6 @@
-"""Score files: one ``key,label,score`` row per test case, written by ``streamaug-eval score
---scores`` and read, checked, by ``streamaug-eval compare``."""
+"""Score files: one ``key,label,score`` row per test case (and, where the shards know it, the case's
+``group``: its patient), written by ``streamaug-eval score --scores`` and read, checked, by
+``streamaug-eval compare``, which resamples patients when the baseline file has groups."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["load_scores", "save_scores"]
+__all__ = ["load_score_groups", "load_scores", "save_scores"]
 
 _FIX = "write it with `streamaug-eval score ... --scores FILE` (columns key,label,score)"
 
@@ -72,13 +73,36 @@ def load_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[s
     return np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64), keys
 
 
+def load_score_groups(path: str | os.PathLike) -> list[str] | None:
+    """The ``group`` column of a score file (read after :func:`load_scores` checked it), in row
+    order, or None when it has no such column. A row with an empty group is its own group (its key).
+
+    Raises:
+        ValueError: the file cannot be read (see :func:`load_scores`).
+    """
+    _, _, keys = load_scores(path)
+    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
+        rows = [row for row in csv.reader(fh) if row]
+    header = [c.strip() for c in rows[0]]
+    if "group" not in header:
+        return None
+    at = header.index("group")
+    return [row[at].strip() or f"key:{key}" for row, key in zip(rows[1:], keys)]
+
+
 def save_scores(path: str | os.PathLike[str], y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray,
-                keys: Sequence[str]) -> Path:
-    """Write ``key,label,score`` rows (the CLI's input)."""
+                keys: Sequence[str], groups: Sequence[object] | None = None) -> Path:
+    """Write ``key,label,score`` rows (the CLI's input), with a ``group`` column (the patient of each
+    case, what ``compare`` resamples) when ``groups`` is given."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["key", "label", "score"])
-        w.writerows((k, int(lab), repr(float(s))) for k, lab, s in zip(keys, y, scores, strict=True))
+        if groups is None:
+            w.writerow(["key", "label", "score"])
+            w.writerows((k, int(lab), repr(float(s))) for k, lab, s in zip(keys, y, scores, strict=True))
+        else:
+            w.writerow(["key", "label", "score", "group"])
+            w.writerows((k, int(lab), repr(float(s)), str(g))
+                        for k, lab, s, g in zip(keys, y, scores, groups, strict=True))
     return path
