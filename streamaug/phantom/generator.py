@@ -8,7 +8,10 @@ value in ``[0, 1]`` with bone bright. Lesions cut attenuation inside the bone an
 rim; their mask and boxes come from the same analytic shape at full resolution.
 
 The anatomy, the lesions and the noise use three independent random streams derived from the seed,
-so ``make_phantom(s, lesion=True)`` and ``make_phantom(s, lesion=False)`` show the same limb.
+so ``make_phantom(s, lesion=True)`` and ``make_phantom(s, lesion=False)`` show the same limb. Not the
+same pixels away from the lesion: the exposure window is set from the attenuation with the lesion cut
+in, so its grey levels shift a little (over 200 seeds at 128 px: most pairs differ, by up to 0.077,
+the lesion image darker in 97 %, on average by 0.002; too small to be a shortcut for a classifier).
 """
 from __future__ import annotations
 
