@@ -9,8 +9,10 @@ SPEC (``--synthesizer``) is what the synthetic side is made with:
   discriminator AUC should sit at 0.5, and the distances give their floor at this sample count);
 * ``copy-paste``: :class:`~streamaug.synth.CopyPaste` with the donor-side real lesions;
 * ``copy-paste-mask``: the same, each lesion pasted by its feathered mask (``shape="mask"``);
-* ``swap``: ``CopyPaste(onto="lesions")``: each donor-side positive gets another donor-side lesion
-  pasted over its own (a lesion swap: the context stays a real positive's);
+* ``swap``: ``CopyPaste(onto="lesions", avoid=PatientOf())``: each donor-side positive gets a
+  donor-side lesion of another patient (another ``group``; an image without one: another image)
+  pasted over its own (a lesion swap: the context stays a real positive's), never its own lesion
+  or one of its patient's other images (which would make the "synthetic" sample a real one);
 * ``broken``: :class:`NoiseSquare`, uniform noise pasted at the sites with hard edges (the
   discriminator AUC should be near 1: the check that the report can fail);
 * ``unchanged``: :class:`Unchanged`, the normals as they are: how well the discriminator tells real
@@ -19,15 +21,25 @@ SPEC (``--synthesizer``) is what the synthetic side is made with:
 * a checkpoint path, dispatched on its kind (its ``format`` field): a translator checkpoint gives
   :class:`~streamaug.synth.Translate` (lesions on the normals' sites), an inpainter checkpoint
   :class:`~streamaug.synth.Inpaint` (the donor-side real positives, each lesion box kept, new
-  surroundings generated). Another kind is one line in :data:`FROM_CHECKPOINT`.
+  surroundings generated). Another kind is one line in :data:`FROM_CHECKPOINT`. A checkpoint trained
+  on positives that the report may hold out as its real side (its saved run config's ``positives``,
+  else every positive of its ``shards``, ``split`` and ``region``) gets a warning: a generator that
+  memorised them would look realistic. ``realism.json``'s ``synthesizer_training_overlap`` says
+  whether the held-out real side is among them (true, false or "unknown").
+
+The normals' sites are matched against the train-split lesion boxes of the region less those of the
+real side (:func:`~streamaug.eval.realism.realism_report` drops them), so that no synthetic lesion is
+placed at a copy of a real-side lesion box.
 
 Writes ``OUT/realism.json`` and ``OUT/grid.png`` (see :func:`streamaug.eval.realism.realism_report`).
 """
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,17 +53,22 @@ from streamaug._commands import (
     check_region,
     check_shards,
     fail,
+    message,
 )
 from streamaug.data.select import KeySelect
-from streamaug.data.shardlist import expand_urls, find_manifest
+from streamaug.data.shardlist import expand_urls, find_manifest, scan_metadata
 from streamaug.eval.realism import realism_report
+from streamaug.io.labels import to_int_label
 from streamaug.io.opener import is_url
 from streamaug.models.checkpoint import CheckpointError
 from streamaug.sites import LesionBoxBank, SiteProposer
 from streamaug.synth import CopyPaste, Inpaint, LesionCrops, Made, Synthesizer, Translate
 
-__all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "Unchanged", "build_parser", "check_args", "check_real",
-           "checkpoint_kind", "main", "make_synthesizer"]
+__all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "PatientOf", "Unchanged", "build_parser", "check_args",
+           "check_real", "check_training_overlap", "checkpoint_kind", "main", "make_synthesizer", "positive_keys",
+           "training_positives"]
+
+logger = logging.getLogger(__name__)
 
 
 class NoiseSquare(Synthesizer):
@@ -103,6 +120,28 @@ class Unchanged(Synthesizer):
         return Made(images[source.to(images.device)].clone(), None, None)
 
 
+@dataclass(frozen=True)
+class PatientOf:
+    """``meta -> patient``: the image's ``group`` (its pseudo-patient), else its own ``image_id`` (an
+    image without a group is its own patient, as the report's parts and sides take it); None
+    without either. What a lesion swap avoids (``CopyPaste(avoid=...)``): never the source's own
+    lesion, nor one of its patient's other images.
+
+    Examples:
+        >>> PatientOf()({"group": "7", "image_id": "a"}), PatientOf()({"group": "", "image_id": "a"})
+        ('group:7', 'image:a')
+    """
+
+    def __call__(self, meta: Mapping[str, Any]) -> str | None:
+        group, image = meta.get("group"), meta.get("image_id")
+        if group not in (None, ""):
+            return f"group:{group}"
+        return None if image in (None, "") else f"image:{image}"
+
+    def __repr__(self) -> str:
+        return "group (else image_id)"
+
+
 Factory = Callable[[list[dict[str, Any]], argparse.Namespace], Synthesizer]
 #: SPEC names; None is the ``real`` control. The factories get the part's donor-side positives.
 NAMED: dict[str, Factory | None] = {
@@ -111,7 +150,7 @@ NAMED: dict[str, Factory | None] = {
     "copy-paste-mask": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors, shape="mask"),
                                                       device=args.device),
     "swap": lambda donors, args: CopyPaste(crops=LesionCrops.from_samples(donors), onto="lesions",
-                                           device=args.device),
+                                           avoid=PatientOf(), device=args.device),
     "broken": lambda donors, args: NoiseSquare(),
     "unchanged": lambda donors, args: Unchanged(),
 }
@@ -169,8 +208,68 @@ def _urls(real: list[str]) -> str | list[str]:
     return real[0] if len(real) == 1 else real
 
 
+def positive_keys(shards: str | list[str], split: str | None, region: str | None) -> frozenset[str]:
+    """Keys of the positives (label 1) of ``shards`` in ``split`` and ``region``, from the shards'
+    metadata (no image decoded).
+
+    Raises:
+        ShardError: the shards cannot be found or scanned.
+    """
+    keep = KeySelect(region)
+    return frozenset(str(k) for url in expand_urls(shards, split) for k, m in scan_metadata(url)
+                     if keep(k, m) and to_int_label(m.get("label")) == 1)
+
+
+def training_positives(path: str | os.PathLike) -> tuple[frozenset[str] | None, str]:
+    """``(keys, where)``: the positives a translator or inpainter checkpoint was trained on, from its
+    saved run config (``extra["run"]``): its ``positives``, else every positive of its ``shards`` in
+    its ``split`` and ``region``; ``where`` says which. ``(None, why)`` when the checkpoint has no run
+    config or its shards cannot be read here. A translator's own held-out groups (``holdout``) count as
+    trained on: which they were is not saved.
+    """
+    run = (_header(path).get("extra") or {}).get("run")
+    if not isinstance(run, dict):
+        return None, "it holds no run config (extra['run'])"
+    if run.get("positives") is not None:
+        return frozenset(str(k) for k in run["positives"]), f"its --positives ({len(run['positives'])} keys)"
+    shards, split, region = run.get("shards"), run.get("split"), run.get("region")
+    where = f"every positive of its --shards {shards} (--split {split}, --region {region or 'all'})"
+    if not shards:
+        return None, "its run config names no shards"
+    try:
+        return positive_keys(_urls(list(shards)) if isinstance(shards, list) else shards, split, region), where
+    except USER_ERRORS as err:
+        return None, f"its training data, {where}, cannot be read here ({message(err)})"
+
+
+def check_training_overlap(args: argparse.Namespace) -> frozenset[str] | None:
+    """The positives the synthesizer was trained on, for the report's ``synthesizer_training_overlap``:
+    none for a named SPEC (nothing trained), a checkpoint's :func:`training_positives` (None: unknown).
+
+    Logs a warning, before any work, when the positives of ``--split`` and ``--region`` (those the
+    report holds out as its real side) could be among them, or when that cannot be told.
+    """
+    if args.synthesizer in NAMED:
+        return frozenset()
+    trained, where = training_positives(args.synthesizer)
+    if trained is None:
+        logger.warning("--synthesizer %s: cannot tell whether it was trained on the positives this report holds "
+                       "out as its real side: %s", args.synthesizer, where)
+        return None
+    ours = positive_keys(_urls(args.real), args.split, args.region)
+    shared = ours & trained
+    if shared:
+        logger.warning("--synthesizer %s was trained on %d of the %d positives of --split %s (--region %s) from "
+                       "which this report draws its held-out real side (%s; e.g. %s): a generator that memorised "
+                       "them would look realistic. Train the synthesizer on other positives (its --positives), or "
+                       "report on another --split", args.synthesizer, len(shared), len(ours), args.split,
+                       args.region or "all", where, ", ".join(sorted(shared)[:3]))
+    return trained
+
+
 def site_proposer(args: argparse.Namespace, s: float) -> SiteProposer:
-    """Sites matched against the train-split lesion boxes of the region (what the stream's ``sites=True`` uses)."""
+    """Sites matched against the train-split lesion boxes of the region (what the stream's ``sites=True``
+    uses); :func:`~streamaug.eval.realism.realism_report` drops the real side's records from the bank."""
     manifest = find_manifest(expand_urls(_urls(args.real), args.split)[0])
     if manifest is None:
         raise ValueError("a synthesizer needs --real shards written by `python -m streamaug.cli.pack` (the sites "
@@ -188,7 +287,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="split of --real (default: %(default)s)")
     p.add_argument("--region", default=None, help="only images of this region, e.g. lower_limb (default: all)")
     p.add_argument("--synthesizer", required=True, metavar="SPEC",
-                   help=f"one of {', '.join(NAMED)}, or a checkpoint of kind {', '.join(FROM_CHECKPOINT)}")
+                   help=f"one of {', '.join(NAMED)} (swap: a lesion of another patient over each donor-side "
+                   f"positive's own), or a checkpoint of kind {', '.join(FROM_CHECKPOINT)} (warned about when "
+                   "trained on the positives held out as the real side)")
     p.add_argument("--out", required=True, help="output folder for realism.json and grid.png")
     p.add_argument("--image-size", type=int, default=128,
                    help="side images are read, synthesized and judged at (default: %(default)s)")
@@ -264,13 +365,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_args(args)
         factory, s = make_synthesizer(args.synthesizer, args)
         check_real(args)
+        trained_on = check_training_overlap(args)
         sites = None if factory is None else site_proposer(args, s)
         report = realism_report(_urls(args.real), args.out, make_synthesizer=factory, split=args.split,
                                 region=args.region, image_size=args.image_size, sites=sites, held_out=args.held_out,
                                 arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                                 n_boot=args.n_boot, seed=args.seed, device=args.device,
                                 grid_samples=args.grid_samples, name=args.synthesizer,
-                                settings=None if sites is None else {"site_s": s, "site_n": args.n})
+                                settings=None if sites is None else {"site_s": s, "site_n": args.n},
+                                trained_on=trained_on)
     except USER_ERRORS as err:  # CheckpointError, ShardError, too few positives, a manifest without lesion boxes
         return fail(err)
     c = report["counts"]["held_out"]

@@ -15,7 +15,8 @@ Synthetic positives are made from each part's normals (or, for a synthesizer tha
 from real ones, ``source_label = 1`` as :class:`~streamaug.synth.Inpaint`, from the part's donor-side
 positives, their lesion boxes the sites) by :class:`~streamaug.synth.SynthesisStage`
 (the stream's stage: sites, bone check, synthesis, blend; no filter) in one pass, one per normal
-(or donor) at most, as many as the part has real-side positives (fewer if it has fewer usable sources). Not
+(or donor) at most, as many as the part has real-side positives (fewer if it has fewer usable sources); the
+normals' sites are matched against a site bank less the real side's own lesion boxes. Not
 :class:`~streamaug.synth.LesionStream`: its sources draw shards with replacement, so one normal
 could come back twice, and on both sides of the train / held-out split.
 
@@ -40,7 +41,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,8 @@ import torch
 import torch.nn.functional as F
 
 from streamaug.eval.distances import frechet_distance, kernel_distance
+from streamaug.eval.realism_grid import save_realism_grid
+from streamaug.eval.realism_sites import site_margin, sites_without
 from streamaug.eval.stats import bootstrap_auc
 from streamaug.models.registry import get_classifier
 
@@ -260,38 +263,14 @@ def _stack(samples: list[dict[str, Any]]) -> torch.Tensor:
     return torch.stack([s["image"].float() for s in samples])
 
 
-def save_realism_grid(path: str | os.PathLike, real: list[dict[str, Any]], synthetic: list[dict[str, Any]],
-                      k: int = 8, zoom: int = 64, other: str = "synthetic") -> Path:
-    """Four rows of ``k``: real images, zooms on their lesions, synthetic images (row title
-    ``other``), zooms on their sites.
-
-    A zoom is centred on the sample's largest box (real: a lesion box; synthetic: the blended
-    site); its side is twice the box's larger side, at least a quarter of the image's, shown at
-    ``zoom x zoom`` pixels.
-    """
-    from streamaug.eval.plots import save_sample_grid
-    from streamaug.synth.ops import crop_sites
-
-    rows, names = [], []
-    for kind, samples in (("real", real[:k]), (other, synthetic[:k])):
-        images = _stack(samples)
-        boxes = [torch.as_tensor(s["boxes"], dtype=torch.float32).reshape(-1, 4) for s in samples]
-        boxes = torch.stack([b[((b[:, 2:] - b[:, :2]).prod(1)).argmax()] for b in boxes])
-        half = (boxes[:, 2:] - boxes[:, :2]).max(1).values.clamp(min=max(images.shape[-2:]) / 8)[:, None]
-        centre = (boxes[:, :2] + boxes[:, 2:]) / 2
-        rows += [images, crop_sites(images, torch.cat([centre - half, centre + half], 1), torch.arange(len(samples)),
-                                    zoom)]
-        names += [kind, f"{kind} zoom"]
-    return save_sample_grid(path, rows, (), row_titles=names)
-
-
 def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                    make_synthesizer: Callable[[list[dict[str, Any]]], Synthesizer] | None,
                    split: str | None = "train", region: str | None = None, image_size: int = 128,
                    sites: Any = None, held_out: float = 0.5, arch: str = "drn_tiny", epochs: int = 10,
                    batch_size: int = 16, lr: float = 1e-3, n_boot: int = 2000, seed: int = 0,
                    device: str | torch.device = "cpu", grid_samples: int = 8, name: str = "real",
-                   settings: dict[str, Any] | None = None) -> dict[str, Any]:
+                   settings: dict[str, Any] | None = None,
+                   trained_on: Collection[str] | None = None) -> dict[str, Any]:
     """Build the two sets, train the discriminator and the feature classifier, write the report.
 
     Args:
@@ -303,7 +282,9 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         split: split of ``shards``.
         region: only images of this region (None: all).
         image_size: side every image is read, synthesized and judged at.
-        sites: a :class:`~streamaug.SiteProposer` for the normals (needed with a synthesizer).
+        sites: a :class:`~streamaug.SiteProposer` for the normals (needed with a synthesizer); the
+            records of the real-side positives are dropped from its bank first, so that no synthetic
+            lesion sits at a copy of a real-side lesion box.
         held_out: share of the groups in the held-out part.
         arch, epochs, batch_size, lr: the discriminator's and the feature classifier's training.
         n_boot: bootstrap samples of the AUC's 95 % CI.
@@ -312,13 +293,17 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
         grid_samples: columns of ``grid.png``.
         name: what the synthetic side is (the command's SPEC), stored as ``synthesizer``.
         settings: more settings to store (e.g. the site proposer's), as ``settings``.
+        trained_on: keys of the positives the synthesizer was trained on (a checkpoint's; empty for
+            one that trains on nothing), for ``synthesizer_training_overlap``; None: not known.
 
     Returns:
         The report (also written to ``out/realism.json``): ``discriminator_auc``,
         ``discriminator_auc_ci``, ``frechet``, ``kid``, ``feature_classifier_auc`` (held-out AUC of
         the feature network: are its features about lesions at all?), ``counts``, ``keys`` (of
         each part: ``real``, ``synthetic`` (a made one is its normal's key + ``-syn``) and
-        ``donor``), ``seconds``, ...
+        ``donor``), ``synthesizer_training_overlap`` (``overlap``: whether held-out real-side positives
+        are among ``trained_on``, True, False or ``"unknown"``; ``shared``: how many), ``site_bank``,
+        ``seconds``, ...
 
     Raises:
         ValueError: a part with under 2 real- or donor-side positives (checked first), or under 2 made.
@@ -332,8 +317,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
     if (make_synthesizer is not None and sites is None) or not 0 < held_out < 1:
         raise ValueError(f"need sites= (a SiteProposer) with a synthesizer, and 0 < held_out < 1 (got {held_out})")
     positives, normals = (list(XRayShards(shards, split=split, shuffle=False, resize=image_size, equalize="none",
-                                          select=LabelSelect(y, KeySelect(region)), distributed=False,
-                                          sites=sites if y == 0 else None)) for y in (1, 0))
+                                          select=LabelSelect(y, KeySelect(region)), distributed=False))
+                           for y in (1, 0))
     real, donor, normal = {}, {}, {}
     for part, in_part in zip(PARTS, _split_by(positives + normals, seed, "part", 1 - held_out)):
         real[part], donor[part] = _split_by([x for x in in_part if x["label"] == 1], seed, "side", 0.5)
@@ -343,7 +328,8 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
             raise ValueError(f"the {part} part has {len(real[part])} real-side and {len(donor[part])} donor-side "
                              f"positives ({len(positives)} read in split {split!r}, region {region or 'all'}); need "
                              "2 of each: more data, or another --held-out or --region")
-    other, synthesis = {}, {}
+    sites, dropped = sites_without(sites, {str(x["key"]) for p in PARTS for x in real[p]})
+    other, synthesis, synth = {}, {}, None
     for i, part in enumerate(PARTS):
         if make_synthesizer is None:
             other[part] = donor[part][:len(real[part])]
@@ -351,7 +337,7 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
             synth = make_synthesizer(donor[part])
             # new positives from real ones (Inpaint): the donor side, each at its own lesion boxes
             sources = [source_sites(synth)(dict(x)) for x in donor[part]] \
-                if source_label(synth) == 1 else normal[part]
+                if source_label(synth) == 1 else [sites(x) for x in normal[part]]
             other[part], stats = synthesize(synth, sources, len(real[part]), seed=seed + i, device=device)
             synthesis[part] = {**synth.describe(), **{k: stats[k] for k in ("generated", "accepted", "dark_crops")}}
             if len(other[part]) < 2:
@@ -372,7 +358,10 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
     fa, fb = ((pooled_features(feature_model, _stack(side)) - mean) / sd
               for side in (real["held_out"], other["held_out"]))
     grid = save_realism_grid(out / "grid.png", real["held_out"], other["held_out"], grid_samples,
-                             other="held-apart real" if make_synthesizer is None else name)
+                             other="held-apart real" if make_synthesizer is None else name,
+                             site_margin=site_margin(synth, sites))
+    held_real = {str(x["key"]) for x in real["held_out"]}
+    shared = None if trained_on is None else len(held_real & {str(k) for k in trained_on})
     report = {
         "synthesizer": name, "settings": settings, "shards": shards if isinstance(shards, str) else list(shards),
         "split": split, "region": region, "image_size": image_size, "seed": seed,
@@ -393,6 +382,9 @@ def realism_report(shards: str | Sequence[str], out: str | os.PathLike, *,
                     "standard deviation on those training images",
         "discriminator": {**fit, "device": str(device), "n_boot": n_boot, "ci_level": 0.95,
                           "ci": "percentile bootstrap over patient groups", "label": "1 = synthetic, 0 = real"},
+        "synthesizer_training_overlap": {"overlap": "unknown" if shared is None else shared > 0, "shared": shared},
+        "site_bank": None if sites is None else {"records": len(getattr(sites, "bank", None) or ()),
+                                                 "real_side_dropped": dropped},
         "synthesis": synthesis or None, "grid": grid.name, "seconds": round(time.perf_counter() - t0, 1),
     }
     (out / "realism.json").write_text(json.dumps(report, indent=2))
