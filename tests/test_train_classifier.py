@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,9 +141,10 @@ import sklearn.metrics
 from streamaug.train.__main__ import main
 
 score = sklearn.metrics.roc_auc_score
-def spoken(y, s, **kw):  # each rank says the validation AUC it computed
+def spoken(y, s, **kw):  # each rank writes the validation AUC it computed into its own file
     auc = score(y, s, **kw)
-    print(f"rank {os.environ['RANK']} val AUC {auc!r}", flush=True)
+    with open(os.environ["AUC_LOG"] + os.environ["RANK"], "a") as f:
+        print(repr(auc), file=f)
     return auc
 sklearn.metrics.roc_auc_score = spoken
 main(sys.argv[1:])
@@ -156,17 +158,19 @@ def test_ddp_ranks_validate_one_model_and_resume_exactly(shards, tmp_path):
     A resumed run gives each rank its own random states back (``--augment flip`` draws from them)."""
     driver = tmp_path / "driver.py"
     driver.write_text(_RANK_AUC_DRIVER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
     def run(out, epochs, *extra):
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "AUC_LOG": f"{out}-auc-rank"}  # not one pipe: lines could mix
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
                str(driver), "classifier", "--train-shards", shards, "--train-split", "train", "--val-shards", shards,
                "--val-split", "val", "--out", str(out), "--epochs", str(epochs), "--image-size", "32",
                "--batch-size", "4", "--augment", "flip", "--patience", "0", *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
-        said = [line.split() for line in proc.stdout.splitlines() if " val AUC " in line]
-        return {rank: [float(w[-1]) for w in said if w[1] == rank] for rank in ("0", "1")}
+        said = {rank: Path(f"{out}-auc-rank{rank}").read_text().split() for rank in ("0", "1")}
+        for path in tmp_path.glob(f"{out.name}-auc-rank*"):
+            path.unlink()  # a resumed run writes its own
+        return {rank: [float(v) for v in values] for rank, values in said.items()}
 
     aucs = run(tmp_path / "straight", 3)
     assert len(aucs["0"]) == 3 and aucs["0"] == aucs["1"]
