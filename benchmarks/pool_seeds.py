@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from streamaug.eval.experiment import patient_groups
+from streamaug.eval.experiment import groups_of_keys, patient_groups
 from streamaug.eval.stats import paired_bootstrap_seeds
 
 
@@ -65,7 +65,7 @@ def groups_of(run: dict, by: str) -> tuple[list | None, str]:
     groups = patient_groups(*test)
     if groups is None:
         raise SystemExit(f"the test shards {test} have no group column: pass --by image")
-    return [groups.get(k) or k for k in run["keys_test"]], "patient"
+    return groups_of_keys(run["keys_test"], groups), "patient"
 
 
 def _seed_list(seeds: list[int]) -> str:

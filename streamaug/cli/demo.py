@@ -148,7 +148,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     from streamaug.cli.pack import pack
     from streamaug.data.select import rare_positive_select
     from streamaug.eval import bootstrap_auc, is_significant, paired_bootstrap, plot_roc
-    from streamaug.eval.experiment import patient_groups, training_makeup
+    from streamaug.eval.experiment import groups_of_keys, patient_groups, training_makeup
     from streamaug.eval.scoring import score_checkpoint
     from streamaug.io.labels import to_int_label
     from streamaug.models.checkpoint import load_classifier
@@ -204,8 +204,7 @@ def run_demo(out: Path, data: Path | None = None, *, n_normal: int = 600, n_lesi
     logger.info("[5/5] scoring the test split")
     y, s_base, keys = score_checkpoint(base, shards, split="test", image_size=image_size, device=device)
     _, s_aug, _ = score_checkpoint(aug, shards, split="test", image_size=image_size, device=device)
-    patients = patient_groups(shards, "test")  # images of one patient are resampled together
-    groups = None if patients is None else [str(patients.get(k) or k) for k in keys]
+    groups = groups_of_keys(keys, patient_groups(shards, "test"))  # a patient's images are resampled together
     auc_b, auc_a = (bootstrap_auc(y, s, seed=seed, groups=groups) for s in (s_base, s_aug))
     delta = paired_bootstrap(y, s_base, s_aug, seed=seed, groups=groups)
     roc = plot_roc(out / "roc.png", {"baseline": (y, s_base), "augmented": (y, s_aug)}, title="demo test ROC")

@@ -33,7 +33,7 @@ from streamaug._commands import (
     check_shards,
     fail,
 )
-from streamaug.eval.experiment import patient_groups
+from streamaug.eval.experiment import groups_of_keys, patient_groups
 from streamaug.eval.score_files import load_score_groups, load_scores, save_scores
 from streamaug.eval.scoring import score_checkpoint
 from streamaug.eval.stats import (
@@ -73,8 +73,7 @@ def _score(args: argparse.Namespace) -> dict:
     if args.image_size is not None:
         check_at_least(args.image_size, 1, "--image-size")
     y, s, keys = _labelled(args, args.split)
-    patients = patient_groups(args.shards, args.split)
-    groups = None if patients is None else [str(patients.get(k) or f"key:{k}") for k in keys]
+    groups = groups_of_keys(keys, patient_groups(args.shards, args.split))
     auc, lo, hi = bootstrap_auc(y, s, args.n_boot, args.seed, groups=groups)
     report = {"checkpoint": str(args.checkpoint), "shards": args.shards, "split": args.split, "region": args.region,
               "n": int(len(y)), "positives": int(y.sum()), "patients": len(set(groups)) if groups else None,

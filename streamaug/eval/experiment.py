@@ -159,9 +159,21 @@ def patient_groups(shards: Any, split: str | None) -> dict[str, object] | None:
     return groups if any(v not in (None, "") for v in groups.values()) else None
 
 
+def groups_of_keys(keys: Sequence[str], groups: Mapping[str, object] | None) -> list[str] | None:
+    """The group (patient) of each key, as text; a key without one (None or "") is its own group.
+
+    Examples:
+        >>> groups_of_keys(["a", "b", "c"], {"a": 0, "b": 0, "c": ""})
+        ['0', '0', 'c']
+    """
+    if groups is None:
+        return None
+    return [str(k) if (g := groups.get(k)) in (None, "") else str(g) for k in keys]
+
+
 def case_groups(runs: Sequence[SeedRun], groups: Mapping[str, object] | None) -> list[str] | None:
-    """The group (patient) of each test case of ``runs`` (a key without one is its own group)."""
-    return None if groups is None else [str(groups.get(k) or k) for k in runs[0].keys_test]
+    """The group (patient) of each test case of ``runs`` (:func:`groups_of_keys`)."""
+    return groups_of_keys(runs[0].keys_test, groups)
 
 
 def summarize_arm(name: str, runs: Sequence[SeedRun], baseline: Sequence[SeedRun] | None, *,

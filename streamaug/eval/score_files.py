@@ -87,7 +87,7 @@ def load_score_groups(path: str | os.PathLike) -> list[str] | None:
     if "group" not in header:
         return None
     at = header.index("group")
-    return [row[at].strip() or f"key:{key}" for row, key in zip(rows[1:], keys)]
+    return [row[at].strip() or key for row, key in zip(rows[1:], keys)]
 
 
 def save_scores(path: str | os.PathLike[str], y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray,
