@@ -1,4 +1,4 @@
-"""collate_xray stacking into shared memory (``shared=True``, the default) vs a plain stack, per loader.
+"""collate_xray stacking into shared memory (``shared=True``) vs a plain stack (``shared=False``, the default), per loader.
 
 Usage: ``python benchmarks/collate.py --shards SHARDS [--workers 2] [--rounds 4]``
 

@@ -2,7 +2,7 @@
 
 Usage: ``python benchmarks/run_all.py [--quick] [--out results.json] [--shards DIR] [--no-dicom]``
 
-See ``streamaug/bench.py`` (the suite) and ``streamaug/bench_measure.py`` (how each number is measured),
+See ``streamaug/cli/bench.py`` (the suite) and ``streamaug/cli/bench_measure.py`` (how each number is measured),
 and ``benchmarks/RESULTS.md`` for recorded runs.
 """
 from __future__ import annotations

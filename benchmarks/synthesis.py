@@ -54,7 +54,8 @@ def main() -> None:
     c = compare(factories, rounds=args.rounds, seconds=args.seconds, baseline="stream_sites")
     print(f"per-round img/s: stream+sites {c['stream_sites']['rounds']}, stream+synth {c['synth']['rounds']}")
     print(f"stream+synth / stream+sites = {c['ratio']['synth']:.3f} "
-          f"({c['synth']['img_s']:.1f} vs {c['stream_sites']['img_s']:.1f} img/s, {args.workers} workers)")
+          f"({c['synth']['img_s']:.1f} vs {c['stream_sites']['img_s']:.1f} img/s, {args.workers} workers each; "
+          f"synth: {max(1, args.workers // 2)} per inner loader)")
 
 
 if __name__ == "__main__":

@@ -122,6 +122,34 @@ def test_train_step_script_runs(shards: Path) -> None:
     assert "lesion / plain = " in last and float(last.rsplit(" ", 1)[-1]) > 0
 
 
+def test_compare_turns_the_order_every_other_round(monkeypatch) -> None:
+    """The first measurement of a run carries start-up costs; always measuring A first put them on A."""
+    import streamaug.cli.bench_measure as bm
+
+    seen = []
+    monkeypatch.setattr(bm, "measure", lambda make, seconds, **kw: seen.append(make()) or
+                        {"img_s": 1.0, "batch_s": 1.0, "images": 1, "batches": 1, "seconds": 1.0})
+    compare({"a": lambda: "a", "b": lambda: "b"}, rounds=4, seconds=0.1, baseline="a")
+    assert seen == ["a", "b", "b", "a", "a", "b", "b", "a"]
+
+
+def test_train_step_arms_have_as_many_workers_and_pin_alike(shards: Path) -> None:
+    """Before: the plain loader had ``--workers`` workers, the LesionStream two loaders of ``--workers``
+    each, so on a GPU the ratio measured the worker counts as much as the synthesis."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_step", Path("benchmarks/train_step.py"))
+    train_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train_step)
+    args = argparse.Namespace(size=64, batch=4, workers=1, device="cpu", preset="tiny", synthetic_fraction=0.25)
+    urls = expand_urls(str(shards / "shards"), "train")
+    makers = train_step.factories(urls, args)
+    plain, lesion = makers["plain"](), makers["lesion"].stream
+    assert plain.num_workers == 2 * args.workers == 2 * lesion.num_workers and not plain.pin_memory
+    assert not getattr(plain.dataset, "sites", None)  # what training without synthesis reads
+
+
 @pytest.mark.parametrize("args, said", [
     (["--out", "/nonexistent/dir/res.json"], "--out /nonexistent/dir/res.json: no folder /nonexistent/dir"),
     (["--out", "FOLDER"], "--out .*FOLDER is a folder"),

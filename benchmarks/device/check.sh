@@ -37,7 +37,8 @@ fi
   "$PY" -c "import torch, numba, numpy; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
   torch.cuda.get_device_name() if torch.cuda.is_available() else '', '| numba', numba.__version__,
   '| numpy', numpy.__version__)"
-  nproc; git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head; } | tee "$OUT/env.txt"
+  nproc; df -h /dev/shm 2>/dev/null | tail -1; git rev-parse HEAD 2>/dev/null; git status --short 2>/dev/null | head
+} | tee "$OUT/env.txt"
 
 step tests 180 "$PY" -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_unit.py tests/test_blend.py \
     tests/test_bench.py
@@ -46,9 +47,10 @@ shards=()
 [ -d "$DATA" ] && shards=(--shards "$DATA" --split train)
 quick=()
 [ "${QUICK:-0}" = 1 ] && quick=(--quick)
-# the recorded CPU row's settings (drn_tiny, 128 px, batch 32, 2 workers per loader)
+# the recorded CPU row's settings (drn_tiny, 128 px, batch 32; 2 workers per LesionStream loader, 4 plain)
 step train_step 120 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}"
-# a GPU-sized run: 256 px, batch 64, 6 workers per loader (the machine has 16 cores)
+# a GPU-sized run: 256 px, batch 64; 6 workers per LesionStream loader, 12 plain (the machine has 16 cores)
 step train_step_256 120 "$PY" benchmarks/train_step.py --device "$DEVICE" "${shards[@]}" "${quick[@]}" \
     --size 256 --batch 64 --workers 6
 cat "$OUT/summary.txt"
+grep -h "lesion / plain" "$OUT"/train_step*.log  # last: each run's ratio, the last number of its line

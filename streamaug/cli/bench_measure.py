@@ -131,7 +131,9 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
 
     ``batch=0``: per-sample hand-off, ``DataLoader(ds, batch_size=None)`` (not for ``synth``).
     ``plain``: :func:`plain_dataset`; ``stream``/``stream_sites``: ``XRayShards(resampled=True)``
-    without/with ``sites=True``; ``synth``: :func:`make_lesion_stream` (its own ``workers``).
+    without/with ``sites=True``; ``synth``: :func:`make_lesion_stream`, whose two inner loaders get
+    ``workers // 2`` each (at least 1), so its worker processes are as many as the others' (one more
+    when ``workers`` is 1 or odd).
     """
     from torch.utils.data import DataLoader
 
@@ -150,7 +152,7 @@ def loader_factories(urls: Sequence[str], *, workers: int, batch: int, kinds: Se
             ds = XRayShards(list(urls), resampled=True, sites=True if kind == "stream_sites" else None)
             out[kind] = (lambda d: lambda: d)(dl(ds))
         elif kind == "synth":
-            ls = make_lesion_stream(urls, workers=workers, batch=batch, preset=preset, device=device)
+            ls = make_lesion_stream(urls, workers=max(1, workers // 2), batch=batch, preset=preset, device=device)
             out[kind] = (lambda s: lambda: s.iter_batches(batch))(ls)
         else:
             raise KeyError(f"unknown loader kind {kind!r}; choose from {KINDS}")
@@ -209,15 +211,17 @@ def measure(make: LoaderFactory, seconds: float, *, warmup: int = 2,
 
 def compare(factories: dict[str, LoaderFactory], *, rounds: int, seconds: float, warmup: int = 2,
             consume: Consume | None = None, baseline: str | None = None) -> dict[str, Any]:
-    """Measure each factory once per round, in the same order every round (A, B, A, B, ...).
+    """Measure each factory once per round, the order turned every other round (A, B, B, A, A, B, ...),
+    so the first measurement's start-up does not fall on one factory only.
 
     Returns:
         ``{name: {"img_s" (median), "batch_s" (median), "rounds": [img/s ...], "mem": {max per field}}}``
         plus ``"ratio"``: ``{name: median over rounds of img_s / img_s[baseline]}`` when ``baseline``.
     """
     runs: dict[str, list[dict[str, float]]] = {name: [] for name in factories}
-    for _ in range(rounds):
-        for name, make in factories.items():
+    order = list(factories.items())
+    for r in range(rounds):
+        for name, make in (order if r % 2 == 0 else order[::-1]):
             runs[name].append(measure(make, seconds, warmup=warmup, consume=consume))
     out: dict[str, Any] = {}
     for name, rs in runs.items():
