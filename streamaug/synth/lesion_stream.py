@@ -75,6 +75,12 @@ class _Feed:
         self.point = self.loader.state_dict()
         return batch
 
+    def close(self) -> None:
+        """Shut the loader's workers down now (the position stays in ``point``)."""
+        it, self._it = self._it, None
+        if it is not None and hasattr(it, "_shutdown_workers"):
+            it._shutdown_workers()
+
 
 class _Queue:
     """Samples of the batch (or synthesis round) being consumed, and how to make them again."""
@@ -246,6 +252,13 @@ class LesionStream(torch.utils.data.IterableDataset):
                           "its own num_workers= decode in the background.", stacklevel=2)
         resume, self._resume = self._resume, None
         run = self._run = _Run(self, resume["epoch"] if resume else self.epoch, resume)
+        try:
+            yield from self._mix(run)
+        finally:  # the epoch is over or the consumer stopped: free the workers (state_dict() stays valid)
+            run.close()
+
+    def _mix(self, run: _Run) -> Iterator[dict[str, Any]]:
+        """The samples of one epoch's ``run``, in the asked proportions."""
         f_syn, f_pos = self.fractions
         while self.epoch_length is None or run.n < self.epoch_length:
             if self.real_pass:  # one pass: a synthetic (positives=) sample each time its credit reaches 1
@@ -346,6 +359,11 @@ class _Run:
         if not self.queues[name].items and not self._fill(name):
             return None
         return self.queues[name].pop()
+
+    def close(self) -> None:
+        """Shut every inner loader's workers down (the queues keep the positions)."""
+        for feed in self.feeds.values():
+            feed.close()
 
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "n": self.n, "rng": self.rng.bit_generator.state, "credit": dict(self.credit),
