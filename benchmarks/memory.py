@@ -30,8 +30,8 @@ def main() -> None:
     print("| batch | main RSS MB | workers RSS MB | live workers |\n|---|---|---|---|")
     for batch, main_mb, workers_mb, live in t["samples"]:
         print(f"| {batch} | {main_mb:.0f} | {workers_mb:.0f} | {live} |")
-    print(f"{args.batches} batches in {t['seconds']:.0f} s; slope main {t['slope_main_mb_per_1k']:+.1f} MB/1k batches, "
-          f"main+workers {t['slope_total_mb_per_1k']:+.1f} MB/1k batches")
+    print(f"{args.batches} batches in {t['seconds']:.0f} s; from batch {t['slope_from_batch']}: slope main "
+          f"{t['slope_main_mb_per_1k']:+.1f} MB/1k batches, main+workers {t['slope_total_mb_per_1k']:+.1f} MB/1k batches")
 
 
 if __name__ == "__main__":

@@ -133,6 +133,20 @@ def test_compare_turns_the_order_every_other_round(monkeypatch) -> None:
     assert seen == ["a", "b", "b", "a", "a", "b", "b", "a"]
 
 
+def test_memory_trend_slope_leaves_the_start_up_out(monkeypatch) -> None:
+    """Buffers filling in the first batches read as growth when the whole window is fitted."""
+    import itertools
+
+    import streamaug.cli.bench_measure as bm
+
+    rss = iter([100.0, 180.0] + [200.0] * 6)  # two samples of start-up, then flat
+    monkeypatch.setattr(bm, "memory_snapshot", lambda: {"main_rss_mb": next(rss), "workers_rss_mb": 0.0,
+                                                        "workers": 0})
+    trend = bm.memory_trend(lambda: itertools.repeat({}), batches=80, every=10)
+    assert trend["slope_from_batch"] == 30 and trend["slope_main_mb_per_1k"] == 0.0
+    assert trend["first_main_mb"] == 100.0
+
+
 def test_train_step_arms_have_as_many_workers_and_pin_alike(shards: Path) -> None:
     """Before: the plain loader had ``--workers`` workers, the LesionStream two loaders of ``--workers``
     each, so on a GPU the ratio measured the worker counts as much as the synthesis."""

@@ -185,8 +185,9 @@ def report(res: dict[str, Any]) -> str:
              f"{s['filter_model']}, {s['device']}: stage / translator = {s['ratio']:.3f}", synthesis_table(s), "",
              f"Memory over {t['batches']} LesionStream batches ({t['seconds']:.0f} s): main RSS "
              f"{t['first_main_mb']:.0f} -> {t['last_main_mb']:.0f} MB, workers {t['first_workers_mb']:.0f} -> "
-             f"{t['last_workers_mb']:.0f} MB; slope main {t['slope_main_mb_per_1k']:+.1f} MB/1k batches, "
-             f"main+workers {t['slope_total_mb_per_1k']:+.1f} MB/1k batches"]
+             f"{t['last_workers_mb']:.0f} MB; from batch {t['slope_from_batch']}: slope main "
+             f"{t['slope_main_mb_per_1k']:+.1f} MB/1k batches, main+workers "
+             f"{t['slope_total_mb_per_1k']:+.1f} MB/1k batches"]
     gpu = res.get("gpu", {})
     if "skipped" in gpu:
         parts.append(f"GPU: skipped ({gpu['skipped']})")

@@ -329,7 +329,8 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
     Returns:
         ``samples`` ``[(batch, main_mb, workers_mb, live_workers)]``, first/last (after the first sample, which
         includes start-up) and the least-squares slope of main and main+workers in MB per 1000
-        batches.
+        batches, fitted to the samples from ``slope_from_batch`` on (the last three quarters, with
+        four samples or more: buffers still fill at the start, which a whole-window fit reads as growth).
     """
     it, samples = iter(make()), []
     start = time.perf_counter()
@@ -343,8 +344,10 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
     del it
     gc.collect()
 
+    fit = samples[len(samples) // 4:] if len(samples) >= 4 else samples
+
     def slope(ys: list[float]) -> float:
-        xs = [s[0] for s in samples]
+        xs = [s[0] for s in fit]
         mx, my = statistics.fmean(xs), statistics.fmean(ys)
         den = sum((x - mx) ** 2 for x in xs) or 1.0
         return 1000.0 * sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den
@@ -352,8 +355,9 @@ def memory_trend(make: LoaderFactory, *, batches: int, every: int) -> dict[str, 
     first, last = samples[0], samples[-1]
     return {"batches": batches, "every": every, "seconds": elapsed, "samples": samples,
             "first_main_mb": first[1], "last_main_mb": last[1], "first_workers_mb": first[2],
-            "last_workers_mb": last[2], "slope_main_mb_per_1k": slope([s[1] for s in samples]),
-            "slope_total_mb_per_1k": slope([s[1] + s[2] for s in samples])}
+            "last_workers_mb": last[2], "slope_from_batch": fit[0][0],
+            "slope_main_mb_per_1k": slope([s[1] for s in fit]),
+            "slope_total_mb_per_1k": slope([s[1] + s[2] for s in fit])}
 
 
 def classifier_step(model_name: str, device: str | torch.device) -> Consume:
