@@ -112,7 +112,7 @@ def check_device(device: str, option: str = "--device") -> None:
     Raises:
         ValueError: the message names the device and the fix (``--device cpu``).
     """
-    from streamaug.models.checkpoint import device_problem
+    from streamaug.models.devices import device_problem
 
     problem = device_problem(device)
     if problem:

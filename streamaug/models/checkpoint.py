@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 import torch.nn as nn
 
+from streamaug.models.devices import device_problem
 from streamaug.models.registry import get_classifier, get_inpainter, get_translator
 
 if TYPE_CHECKING:  # pragma: no cover - for editors and type checkers only
@@ -102,21 +103,6 @@ def _check_plain(obj: Any, where: str) -> None:
             _check_plain(v, f"{where}[{k!r}]")
         return
     raise TypeError(f"{where}: {type(obj).__name__} cannot be stored (plain types and tensors only)")
-
-
-def device_problem(device: str | torch.device) -> str | None:
-    """Why ``device`` cannot hold tensors here (malformed, CUDA/MPS absent, no such index); None if it can."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        return f"not a torch device ({err}); use e.g. cpu, cuda or cuda:0"
-    count = torch.cuda.device_count() if dev.type == "cuda" and torch.cuda.is_available() else 0
-    if dev.type == "cuda" and (not count or (dev.index or 0) >= count):
-        return (f"this machine has {count} CUDA device(s)" + (" (torch.cuda.is_available() is False)" if not count
-                else "") + "; use device cpu (--device cpu)" + (f" or cuda:0..{count - 1}" if count else ""))
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        return "MPS is not available on this machine; use device cpu (--device cpu)"
-    return None
 
 
 def _a(word: str) -> str:
