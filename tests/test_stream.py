@@ -65,6 +65,8 @@ def test_ranks_get_equal_counts_and_cover_everything(tmp_path, monkeypatch):
         ds = XRayShards(tmp_path, seed=1)
         per_rank.append(loader_keys(ds, num_workers=2))
         assert ds.samples_per_rank() == len(per_rank[-1])
+        unequal = XRayShards(tmp_path, seed=1, equalize="none")  # each rank its own count (was rank 0's)
+        assert unequal.samples_per_rank(num_workers=2) == len(loader_keys(unequal, num_workers=2))
     assert len(per_rank[0]) == len(per_rank[1])
     union = Counter(per_rank[0] + per_rank[1])
     assert set(union) == {f"k{i:06d}" for i in range(23)}  # nothing lost
@@ -95,30 +97,6 @@ def test_shuffle_is_seeded_by_seed_and_epoch(tmp_path):
     second = keys_of(ds)
     assert second != first and sorted(second) == sorted(first)
     assert keys_of(XRayShards(tmp_path, seed=8, buffer_size=8)) != first
-
-
-@pytest.mark.parametrize("num_workers", [0, 2])
-def test_resume_with_stateful_dataloader_is_exact(tmp_path, num_workers):
-    from torchdata.stateful_dataloader import StatefulDataLoader
-
-    write_shards(tmp_path, n=40, shard_size=5)
-
-    def make():
-        ds = XRayShards(tmp_path, seed=5, buffer_size=4)
-        ds.set_epoch(2)
-        return StatefulDataLoader(ds, batch_size=3, num_workers=num_workers, collate_fn=collate_xray)
-
-    full = [k for b in make() for k in b["key"]]
-    loader = make()
-    it = iter(loader)
-    head = [k for _ in range(5) for k in next(it)["key"]]
-    state = loader.state_dict()
-    del it, loader
-    resumed = make()
-    resumed.load_state_dict(state)
-    tail = [k for b in resumed for k in b["key"]]
-    assert head + tail == full
-    assert sorted(full) == [f"k{i:06d}" for i in range(40)]
 
 
 def test_resume_at_the_end_of_an_epoch_yields_nothing_and_loses_nothing(tmp_path):
@@ -322,6 +300,21 @@ def test_resize_updates_the_reader_meta():
     reader = resize_sample(sample, (20, 40))["meta"]["reader"]
     assert reader["size"] == (20, 40) and reader["resized_from"] == (40, 20)
     assert reader["pixel_spacing"] == pytest.approx((0.2, 0.1))  # mm per pixel: coarser rows, finer columns
+
+
+def test_a_resized_mask_stays_on_its_box_and_image():
+    """Before: the mask was resized by "nearest" (each block's top-left pixel) while the image is
+    centre-aligned: the mask sat half an output pixel right of and below its box."""
+    from streamaug.data.decode import resize_sample
+
+    image, mask = torch.zeros(1, 64, 64), torch.zeros(1, 64, 64)
+    image[:, 17:31, 13:27] = 1  # a box not on the 4-pixel grid of the 64 -> 16 resize
+    mask[:, 17:31, 13:27] = 1
+    out = resize_sample({"image": image, "mask": mask, "boxes": torch.tensor([[13.0, 17.0, 27.0, 31.0]])}, (16, 16))
+    cols = torch.arange(16, dtype=torch.float32) + 0.5  # pixel centres
+    centre = lambda m: float((m.sum(1)[0] * cols).sum() / m.sum())  # noqa: E731 - x centroid
+    box_x = float(out["boxes"][0, [0, 2]].mean())
+    assert centre(out["mask"]) == pytest.approx(box_x) == pytest.approx(centre(out["image"]))
 
 
 def test_resize_updates_size_in_streamed_meta(tmp_path):

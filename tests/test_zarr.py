@@ -47,10 +47,12 @@ def test_round_trip(tmp_path):
 def test_uint16_and_float_scaling(tmp_path):
     img16 = np.array([[0, 1, 4095]], np.uint16)
     write_zarr(tmp_path / "y.zarr", [("a", img16, {}), ("b", img16, {"bits": 12}),
-                                     ("c", torch.tensor([[[0.25, 1.0]]]), {})])
+                                     ("c", torch.tensor([[[0.25, 1.0]]]), {}),
+                                     ("d", img16, {"bits": np.int64(12)})])  # as a pandas row gives it
     s = {x["key"]: x for x in ZarrXRays(tmp_path / "y.zarr", shuffle=False)}
     assert torch.equal(s["a"]["image"][0], torch.tensor([[0, 1 / 65535, 4095 / 65535]]))
     assert torch.allclose(s["b"]["image"][0], torch.tensor([[0, 1 / 4095, 1.0]]))
+    assert torch.equal(s["d"]["image"], s["b"]["image"])
     assert torch.equal(s["c"]["image"], torch.tensor([[[0.25, 1.0]]]))
     assert s["a"]["label"] == -1 and s["a"]["boxes"].shape == (0, 4)
 

@@ -61,7 +61,9 @@ def resize_sample(sample: dict[str, Any], size: tuple[int, int]) -> dict[str, An
     sample["image"] = torch.nn.functional.interpolate(
         sample["image"][None], size=size, mode="bilinear", antialias=True, align_corners=False)[0].clamp_(0, 1)
     if "mask" in sample:
-        sample["mask"] = torch.nn.functional.interpolate(sample["mask"][None], size=size, mode="nearest")[0]
+        # nearest-exact samples pixel centres, as the image's align_corners=False does ("nearest" took each
+        # block's top-left corner: the mask sat up to half an output pixel right of and below the image)
+        sample["mask"] = torch.nn.functional.interpolate(sample["mask"][None], size=size, mode="nearest-exact")[0]
     scale = torch.tensor([size[1] / w, size[0] / h, size[1] / w, size[0] / h])
     sample["boxes"] = sample["boxes"] * scale
     return sample

@@ -13,6 +13,12 @@ without decoding them. Example with a ``DataLoader``::
     for epoch in range(10):
         ds.set_epoch(epoch)
         for batch in loader: ...
+
+``set_epoch`` reaches the workers only when they start: with ``persistent_workers=True`` every
+epoch would repeat the first one's order, so leave it off (the default). A resume state belongs to
+its epoch: once ``set_epoch`` has moved on to a later epoch, loading an older state (as
+``StatefulDataLoader`` does lazily, at ``iter()``, after the loop's ``set_epoch``) starts the new
+epoch afresh instead of replaying the finished one.
 """
 from __future__ import annotations
 
@@ -149,6 +155,7 @@ class XRayShards(torch.utils.data.IterableDataset):
                                                   count=not resampled)
         self.counts = None if resampled else [int(i.selected or 0) for i in self.infos]
         self.epoch = 0
+        self._epoch_set = False  # set_epoch was called: a state of an older epoch is then a finished one
         self._state = {"epoch": 0, "consumed": 0, "yielded": 0}
         self._resume: dict | None = None
         self._counters = Counters()
@@ -160,20 +167,25 @@ class XRayShards(torch.utils.data.IterableDataset):
 
     # -- epochs and resume -------------------------------------------------------------------
     def set_epoch(self, epoch: int) -> None:
-        """Select the epoch (reshuffles). Moving to another epoch drops a pending resume."""
+        """Select the epoch (reshuffles). Moving to another epoch drops a pending resume; without
+        one, the position is the epoch's start (what a reader that has not yielded yet reports)."""
         if self._resume is not None and self._resume["epoch"] != epoch:
             self._resume = None
-        self.epoch = epoch
+        self.epoch, self._epoch_set = epoch, True
+        if self._resume is None:
+            self._state = {"epoch": epoch, "consumed": 0, "yielded": 0}
 
     def state_dict(self) -> dict[str, Any]:
         """This reader's position: ``{"epoch", "consumed", "yielded", "stats"}``."""
         return {**self._state, "stats": self.stats}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (from :meth:`state_dict`) on the next iteration."""
-        self._resume = {k: int(state[k]) for k in ("epoch", "consumed", "yielded")}
-        self._state = dict(self._resume)
-        self.epoch = self._resume["epoch"]
+        """Continue from ``state`` (from :meth:`state_dict`) on the next iteration; a state of an
+        epoch older than the one :meth:`set_epoch` selected is a finished epoch's and is not resumed."""
+        saved = {k: int(state[k]) for k in ("epoch", "consumed", "yielded")}
+        if self._epoch_set and saved["epoch"] < self.epoch:
+            return
+        self._resume, self._state, self.epoch = saved, dict(saved), saved["epoch"]
 
     @property
     def stats(self) -> dict[str, int]:
@@ -196,8 +208,8 @@ class XRayShards(torch.utils.data.IterableDataset):
             return -(-self.epoch_length // self.batch_size) * self.batch_size
         from streamaug.data.distributed import rank_world
 
-        world = rank_world()[1] if self.distributed else 1
-        return sum(p.quota for p in self._plan(world, max(1, num_workers), self.epoch)[0])
+        rank, world = rank_world() if self.distributed else (0, 1)
+        return sum(p.quota for p in self._plan(world, max(1, num_workers), self.epoch)[rank])
 
     def _barren_message(self, what: str, *, read: bool) -> str:
         """Why no shard gives a sample (``read``: after reading them): the shards, the counts, the fix."""

@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 import json
+import numbers
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -222,7 +223,8 @@ def _storable(arr: np.ndarray, meta: Mapping[str, Any], key: str) -> tuple[np.nd
         return arr, 255.0
     if arr.dtype == np.uint16:
         bits = meta.get("bits")
-        return arr, float(2 ** int(bits) - 1) if isinstance(bits, int) and 1 <= bits <= 16 else 65535.0
+        known = isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and 1 <= int(bits) <= 16
+        return arr, float(2 ** int(bits) - 1) if known else 65535.0  # numbers.Integral: numpy ints too
     if arr.dtype.kind == "f":
         if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"write_zarr: float image {key!r} must lie in [0, 1] "
