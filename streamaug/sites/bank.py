@@ -148,6 +148,24 @@ class LesionBoxBank:
             raise ValueError(f"no lesion boxes for split={split!r}{chosen} in manifest (splits present: {present})")
         return bank
 
+    def without(self, keys: Iterable[str]) -> LesionBoxBank:
+        """This bank less the records of images ``keys`` (the other records, boxes and order kept).
+
+        Examples:
+            >>> bank = LesionBoxBank.from_records([{"key": "a", "boxes": [[0, 0, 4, 4]]},
+            ...                                    {"key": "b", "boxes": [[1, 1, 2, 2], [3, 3, 5, 5]]}])
+            >>> kept = bank.without({"a"})
+            >>> kept.keys, kept.boxes.tolist(), kept.offsets.tolist()
+            (['b'], [[1.0, 1.0, 2.0, 2.0], [3.0, 3.0, 5.0, 5.0]], [0, 2])
+        """
+        drop = {str(k) for k in keys}
+        keep = [i for i, k in enumerate(self.keys) if k not in drop]
+        boxes = [self.boxes[self.offsets[i]:self.offsets[i + 1]] for i in keep]
+        return LesionBoxBank(keys=[self.keys[i] for i in keep], regions=[self.regions[i] for i in keep],
+                             views=[self.views[i] for i in keep], sizes=self.sizes[keep].reshape(-1, 2),
+                             boxes=np.concatenate(boxes) if boxes else np.zeros((0, 4)),
+                             offsets=np.r_[0, np.cumsum([len(b) for b in boxes], dtype=np.int64)])
+
     # ---- queries
     def __len__(self) -> int:
         return len(self.keys)
