@@ -10,6 +10,7 @@ import torch
 
 import streamaug.eval.realism as realism
 from streamaug.cli import realism as cli
+from streamaug.data.select import positive_keys
 from streamaug.eval.realism_grid import zoom_boxes
 
 FAST = ["--image-size", "32", "--epochs", "1", "--batch-size", "8", "--n-boot", "50", "--threads", "1"]
@@ -86,8 +87,8 @@ def test_a_checkpoint_trained_on_the_held_out_positives_is_warned_about(shards, 
 
 
 def test_a_checkpoint_trained_on_other_positives_or_without_a_run_config(shards, tmp_path, caplog):
-    other = sorted(cli.positive_keys(shards, "val", None))
-    assert other and not set(other) & cli.positive_keys(shards, "train", None)
+    other = sorted(positive_keys(shards, "val", None))
+    assert other and not set(other) & positive_keys(shards, "train", None)
     clean = _translator(tmp_path / "clean.pt", {"shards": [shards], "split": "val", "positives": other})
     assert cli.training_positives(clean)[0] == frozenset(other)
     with caplog.at_level(logging.WARNING, logger="streamaug.cli.realism"):
@@ -105,7 +106,7 @@ def test_a_checkpoint_trained_on_other_positives_or_without_a_run_config(shards,
 def test_training_positives_of_the_run_config(shards, tmp_path):
     lower = _translator(tmp_path / "a.pt", {"shards": [shards], "split": "train", "region": "lower_limb"})
     keys, where = cli.training_positives(lower)
-    assert keys == cli.positive_keys(shards, "train", "lower_limb") and keys and "--region lower_limb" in where
+    assert keys == positive_keys(shards, "train", "lower_limb") and keys and "--region lower_limb" in where
     gone = _translator(tmp_path / "b.pt", {"shards": [str(tmp_path / "nowhere")], "split": "train"})
     keys, where = cli.training_positives(gone)
     assert keys is None and "cannot be read here" in where

@@ -55,17 +55,16 @@ from streamaug._commands import (
     fail,
     message,
 )
-from streamaug.data.select import KeySelect
-from streamaug.data.shardlist import expand_urls, find_manifest, scan_metadata
+from streamaug.data.select import KeySelect, positive_keys
+from streamaug.data.shardlist import expand_urls, find_manifest
 from streamaug.eval.realism import realism_report
-from streamaug.io.labels import to_int_label
 from streamaug.io.opener import is_url
 from streamaug.models.checkpoint import CheckpointError
 from streamaug.sites import LesionBoxBank, SiteProposer
 from streamaug.synth import CopyPaste, Inpaint, LesionCrops, Made, Synthesizer, Translate
 
 __all__ = ["FROM_CHECKPOINT", "NAMED", "NoiseSquare", "PatientOf", "Unchanged", "build_parser", "check_args",
-           "check_real", "check_training_overlap", "checkpoint_kind", "main", "make_synthesizer", "positive_keys",
+           "check_real", "check_training_overlap", "checkpoint_kind", "main", "make_synthesizer",
            "training_positives"]
 
 logger = logging.getLogger(__name__)
@@ -206,18 +205,6 @@ def make_synthesizer(spec: str, args: argparse.Namespace) -> tuple[Callable[[lis
 def _urls(real: list[str]) -> str | list[str]:
     """One spec (a folder, manifest or pattern) as it is; several as a list of shard paths."""
     return real[0] if len(real) == 1 else real
-
-
-def positive_keys(shards: str | list[str], split: str | None, region: str | None) -> frozenset[str]:
-    """Keys of the positives (label 1) of ``shards`` in ``split`` and ``region``, from the shards'
-    metadata (no image decoded).
-
-    Raises:
-        ShardError: the shards cannot be found or scanned.
-    """
-    keep = KeySelect(region)
-    return frozenset(str(k) for url in expand_urls(shards, split) for k, m in scan_metadata(url)
-                     if keep(k, m) and to_int_label(m.get("label")) == 1)
 
 
 def training_positives(path: str | os.PathLike) -> tuple[frozenset[str] | None, str]:

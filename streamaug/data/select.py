@@ -1,14 +1,15 @@
 """Sample selection decided before decoding: ``select(key, metadata) -> bool`` for :class:`XRayShards`."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from streamaug.data.shardlist import expand_urls, scan_metadata
 from streamaug.io.labels import to_int_label
 
-__all__ = ["AllOf", "KeySelect", "KeySet", "LabelSelect", "check_select", "matched_normals", "rare_positive_select"]
+__all__ = ["AllOf", "KeySelect", "KeySet", "LabelSelect", "check_select", "matched_normals", "positive_keys",
+           "rare_positive_select"]
 
 
 def check_select(select: object, name: str = "select") -> None:
@@ -50,6 +51,18 @@ class KeySelect:
         if self.positives is not None and label == 1:
             return key in self.positives
         return True
+
+
+def positive_keys(shards: str | Sequence[str], split: str | None, region: str | None) -> frozenset[str]:
+    """Keys of the positives (label 1) of ``shards`` in ``split`` and ``region``, from the shards'
+    metadata (no image decoded).
+
+    Raises:
+        ShardError: the shards cannot be found or scanned.
+    """
+    keep = KeySelect(region)
+    return frozenset(str(k) for url in expand_urls(shards, split) for k, m in scan_metadata(url)
+                     if keep(k, m) and to_int_label(m.get("label")) == 1)
 
 
 def rare_positive_select(shards: str | list[str], split: str | None, region: str | None,

@@ -24,9 +24,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from streamaug.data.select import KeySelect, rare_positive_select
-from streamaug.data.shardlist import MANIFEST, expand_urls, find_manifest, load_manifest, scan_metadata, shard_infos
-from streamaug.io.labels import to_int_label
+from streamaug.data.select import positive_keys, rare_positive_select
+from streamaug.data.shardlist import MANIFEST, expand_urls, find_manifest, load_manifest, shard_infos
 from streamaug.train.runconfig import option_name
 
 if TYPE_CHECKING:
@@ -68,9 +67,7 @@ def check_positives(shards: str | Sequence[str], split: str | None, region: str 
     """
     if positives is None:
         return
-    urls = expand_urls(shards, split)
-    region_only = KeySelect(region)
-    lesions = {k for s in urls for k, m in scan_metadata(s) if region_only(k, m) and to_int_label(m.get("label")) == 1}
+    lesions = positive_keys(shards, split, region)
     missing = [k for k in dict.fromkeys(positives) if k not in lesions]
     if missing:
         names = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
