@@ -26,6 +26,21 @@ def load_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[s
             other than 0/1, a score that is not a finite number, a key given twice, no rows, or one
             class only. The message names the file (and line) and the fix.
     """
+    return _read(path)[:3]
+
+
+def load_score_groups(path: str | os.PathLike) -> list[str] | None:
+    """The ``group`` column of a score file, in row order (checked like :func:`load_scores`), or
+    None when it has no such column. A row with an empty group is its own group (its key).
+
+    Raises:
+        ValueError: see :func:`load_scores`.
+    """
+    return _read(path)[3]
+
+
+def _read(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[str], list[str] | None]:
+    """``(y, scores, keys, groups)`` of a score file, checked (see :func:`load_scores`)."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder, not a score CSV; {_FIX}")
@@ -42,7 +57,8 @@ def load_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[s
         raise ValueError(f"{path}: no column{'s' if len(missing) > 1 else ''} {', '.join(missing)} (header: "
                          f"{header or 'none, the file is empty'}); {_FIX}")
     at = {c: header.index(c) for c in ("key", "label", "score")}
-    y, s, keys = [], [], []
+    group_at = header.index("group") if "group" in header else None
+    y, s, keys, groups = [], [], [], []
     for line, row in enumerate(rows[1:], start=2):
         if not row:
             continue
@@ -63,6 +79,8 @@ def load_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[s
         y.append(int(label))
         s.append(value)
         keys.append(row[at["key"]])
+        if group_at is not None:
+            groups.append(row[group_at].strip() or keys[-1])
     twice = sorted(k for k, n in Counter(keys).items() if n > 1)
     if twice:
         raise ValueError(f"{path}: {len(twice)} key(s) on more than one row (e.g. {twice[:3]}); keep one row per "
@@ -70,24 +88,8 @@ def load_scores(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, list[s
     if len(set(y)) < 2:
         what = f"all {len(y)} cases have label {y[0]}" if y else "no cases"
         raise ValueError(f"{path}: {what}; an AUC needs cases of both labels (0 and 1): score a split with both")
-    return np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64), keys
-
-
-def load_score_groups(path: str | os.PathLike) -> list[str] | None:
-    """The ``group`` column of a score file (read after :func:`load_scores` checked it), in row
-    order, or None when it has no such column. A row with an empty group is its own group (its key).
-
-    Raises:
-        ValueError: the file cannot be read (see :func:`load_scores`).
-    """
-    _, _, keys = load_scores(path)
-    with Path(path).open(newline="", encoding="utf-8-sig") as fh:
-        rows = [row for row in csv.reader(fh) if row]
-    header = [c.strip() for c in rows[0]]
-    if "group" not in header:
-        return None
-    at = header.index("group")
-    return [row[at].strip() or key for row, key in zip(rows[1:], keys)]
+    return (np.asarray(y, dtype=np.int64), np.asarray(s, dtype=np.float64), keys,
+            groups if group_at is not None else None)
 
 
 def save_scores(path: str | os.PathLike[str], y: Sequence[float] | np.ndarray, scores: Sequence[float] | np.ndarray,
