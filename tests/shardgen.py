@@ -100,3 +100,18 @@ def packed_phantom(root: Path, n_normal: int = 48, n_lesion: int = 24, *, size: 
     write_phantom_dataset(root / "raw", n_normal=n_normal, n_lesion=n_lesion, size=(size, size), seed=seed)
     pack(root / "raw", root / "raw" / "metadata.csv", root / "shards", shard_size=shard_size, progress=False)
     return str(root / "shards")
+
+
+def keys_of(samples) -> list[str]:
+    """The keys of streamed samples, in order."""
+    return [s["key"] for s in samples]
+
+
+def loader_keys(ds, num_workers: int, batch_size: int = 3) -> list[str]:
+    """The keys ``ds`` yields through a ``DataLoader`` with ``num_workers`` workers, in order."""
+    from torch.utils.data import DataLoader
+
+    from streamaug import collate_xray
+
+    dl = DataLoader(ds, batch_size=batch_size, num_workers=num_workers, collate_fn=collate_xray)
+    return [k for batch in dl for k in batch["key"]]
