@@ -52,6 +52,28 @@ def test_the_box_is_copied_bit_exactly_at_any_stream_resolution(size):
     assert float(made.min()) >= 0 and float(made.max()) <= 1
 
 
+class _Marks(torch.nn.Module):
+    """An inpainter whose output is ``inside`` within its mask and 0.5 outside."""
+
+    image_size = 16
+
+    def __init__(self, inside):
+        super().__init__()
+        self.inside = inside
+
+    def generate(self, images, masks, seeds=None):
+        return torch.where(masks, torch.full_like(images, self.inside), torch.full_like(images, 0.5))
+
+
+@pytest.mark.parametrize("size", [16, 57, 64])
+def test_the_generators_output_inside_the_box_never_reaches_the_context(size):
+    """Before: G's output inside its mask at S (which no loss trains) was resized up with the rest and
+    bled into a band around the box at any stream size but S."""
+    images, boxes = torch.rand(1, 1, size, size), torch.tensor([[size // 3, size // 4, size // 2 + 1, size // 2 + 3]])
+    made = [Inpaint(_Marks(v), noise=False).apply(images, boxes, torch.tensor([0]), {}).images for v in (0.0, 1.0)]
+    assert torch.equal(made[0], made[1])
+
+
 def test_parameters_replay_and_vary_the_context(tmp_path):
     path = save_inpainter(tmp_path / "inpainter.pt", inpainter(), data_sha256="0" * 64, step=3)
     synth = Inpaint(path)  # from a checkpoint path, like Translate

@@ -8,8 +8,11 @@ streamaug.train inpainter``). Its sources are therefore positives: it sets ``sou
 images and use their own lesion boxes as the sites (:func:`streamaug.synth.stage.lesion_box_sites`).
 
 The inpainter works at its own ``S x S``: the source is resized to it (as the trainer's images
-were), the box scaled with it, and the generated image resized back to the stream's ``H x W``. The
-composite is made at the stream's resolution, so the box's pixels are the source's, bit for bit.
+were), the box scaled with it, and the composite at ``S`` (the resized source inside the box's whole
+pixels, the generated context outside, as the trainer's losses see it) resized back to the stream's
+``H x W``. The final composite is made at the stream's resolution, so the box's pixels are the
+source's, bit for bit, and no output of the generator from inside the box (which no loss trains)
+reaches the pixels around it.
 """
 from __future__ import annotations
 
@@ -103,9 +106,12 @@ class Inpaint(Synthesizer):
             y.float(), size=(s, s), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
         scale = torch.tensor([s / w, s / h, s / w, s / h], device=b.device)
         use_amp = self.dtype is not None and images.device.type == "cuda"
+        small_mask = box_mask(b * scale, s, s)
         with torch.autocast(images.device.type, dtype=self.dtype or torch.float32, enabled=use_amp):
-            generated = self.inpainter.generate(small, box_mask(b * scale, s, s), params.get("seed"))
-        generated = generated.float().clamp(0, 1)
+            generated = self.inpainter.generate(small, small_mask, params.get("seed"))
+        # The composite at S first, as the trainer's losses see it: G's output inside its mask is never
+        # trained, and resizing it up would bleed it into a band around the box.
+        generated = composite(small, generated.float().clamp(0, 1), small_mask)
         if (h, w) != (s, s):
             generated = F.interpolate(generated, size=(h, w), mode="bilinear", align_corners=False).clamp(0, 1)
         return Made(composite(y, generated, box_mask(b, h, w)), None, None)
