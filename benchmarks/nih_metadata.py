@@ -27,6 +27,12 @@ from pathlib import Path
 import numpy as np
 
 SPLITS = ("train", "val", "test")
+#: the image-level ``all_findings`` spelling -> the box table's ``finding`` spelling
+BOX_SPELLING = {"Infiltration": "Infiltrate"}
+
+
+def _box_names(findings) -> set[str]:
+    return {BOX_SPELLING.get(f, f) for f in findings}
 
 
 def build_rows(boxes_csv: Path, positive: Sequence[str], shares: Sequence[float], seed: int) -> list[dict[str, str]]:
@@ -35,12 +41,19 @@ def build_rows(boxes_csv: Path, positive: Sequence[str], shares: Sequence[float]
     with open(boxes_csv, newline="") as fh:
         for row in csv.DictReader(fh):
             by_image[row["image_id"]].append(row)
+    positive = _box_names(positive)
+    boxed = {b["finding"] for boxes in by_image.values() for b in boxes}
+    known = boxed | {f for boxes in by_image.values() for f in _box_names(boxes[0]["all_findings"].split("|"))}
+    if not positive <= known or not positive & boxed:
+        raise SystemExit(f"--positive {' '.join(sorted(positive - boxed))}: no box in {boxes_csv} has "
+                         f"{'that finding' if len(positive - boxed) == 1 else 'these findings'}; the boxed findings "
+                         f"are {', '.join(sorted(boxed))}")
     rows = []
     for image_id, boxes in sorted(by_image.items()):
         first = boxes[0]
         mine = [b["box_xyxy_256"] for b in boxes if b["finding"] in positive]
-        listed = set(first["all_findings"].split("|")) | {b["finding"] for b in boxes}
-        if not mine and listed & set(positive):
+        listed = _box_names(first["all_findings"].split("|")) | {b["finding"] for b in boxes}
+        if not mine and listed & positive:
             continue  # a positive finding without its box
         rows.append({"image_id": image_id, "image": first["image"], "label": "lesion" if mine else "negative",
                      "finding": "|".join(sorted({b["finding"] for b in boxes})), "boxes_xyxy": ";".join(mine),

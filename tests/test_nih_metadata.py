@@ -41,3 +41,25 @@ def test_rows_label_by_boxed_finding_drop_unboxed_positives_and_split_by_patient
     assert all(len(s) == 1 for s in split_of.values())  # no patient in two splits
     assert {r["split"] for r in rows if r["label"] == "lesion"} == {"train", "val", "test"}
     assert {r["region"] for r in rows} == {"chest"}
+
+
+def test_the_two_spellings_of_infiltration_are_one_finding_and_unknown_findings_are_refused(tmp_path):
+    """Before: boxes say 'Infiltrate', all_findings says 'Infiltration'; an image listing it without its
+    box was kept as a negative, and a --positive no box has gave an empty positive class silently."""
+    import pytest
+
+    fields = ["image_id", "image", "finding", "box_xyxy_256", "all_findings", "patient_id", "age", "sex", "view"]
+    base = {"age": "50", "sex": "F", "view": "PA", "box_xyxy_256": "1 1 5 5"}
+    table = [{**base, "image_id": f"img{i}", "image": f"images/img{i}.png", "patient_id": str(i),
+              "finding": "Infiltrate" if i % 3 == 0 else "Effusion",
+              "all_findings": "Infiltration" if i % 3 == 0 else "Effusion|Infiltration" if i % 3 == 1 else "Effusion"}
+             for i in range(30)]
+    with open(tmp_path / "boxes.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(table)
+    for name in ("Infiltrate", "Infiltration"):
+        rows = _module().build_rows(tmp_path / "boxes.csv", [name], [0.6, 0.2, 0.2], seed=0)
+        assert sorted(r["label"] for r in rows) == ["lesion"] * 10 + ["negative"] * 10  # i % 3 == 1 left out
+    with pytest.raises(SystemExit, match="Hernia.*boxed findings are Effusion, Infiltrate"):
+        _module().build_rows(tmp_path / "boxes.csv", ["Hernia"], [0.6, 0.2, 0.2], seed=0)
