@@ -8,6 +8,7 @@ runs them on a lent GPU. The CPU comparisons use float32 on both sides (TF32 swi
 from __future__ import annotations
 
 import copy
+import json
 import os
 
 import pytest
@@ -195,3 +196,26 @@ def test_translator_and_inpainter_trainers_on_the_device(shards, tmp_path):
     run("inpainter", "pix", 3, "--image-size", "32", "--batch-size", "2")
     pix = load_inpainter(tmp_path / "pix" / "inpainter.pt")
     assert pix.meta["step"] == 3 and pix.image_size == 32
+
+
+def test_translator_resume_on_the_device_replays_its_latent_noise(shards, tmp_path):
+    """UNIT's latent noise (``randn_like`` of a device tensor) draws from the device's generator. Before,
+    last.pt kept only the CPU's, so a resumed run on CUDA drew other noise from step 3 on."""
+    from streamaug.train.__main__ import main as train_main
+
+    def run(out, steps, *extra):
+        train_main(["translator", "--shards", shards, "--split", "all", "--out", str(tmp_path / out), "--steps",
+                    str(steps), "--ckpt-every", "2", "--sample-every", "100", "--score-every", "0", "--device", DEVICE,
+                    "--s", "1.5", "--n", "2", "--batch-size", "4", *extra])
+
+    run("straight", 4)
+    run("resumed", 2)
+    torch.manual_seed(123)  # the process's generators move on between a crash and a --resume
+    if DEVICE == "cuda":
+        torch.cuda.manual_seed(123)
+    run("resumed", 4, "--resume")
+    logs = [[json.loads(line) for line in (tmp_path / out / "losses.jsonl").read_text().splitlines()]
+            for out in ("straight", "resumed")]
+    assert [r["step"] for r in logs[0]] == [r["step"] for r in logs[1]] == [1, 2, 3, 4]
+    for a, b in zip(*logs):  # cuDNN may differ in the last bits; other noise moves the losses by percents
+        assert a.keys() == b.keys() and all(abs(a[k] - b[k]) <= 1e-4 * max(1.0, abs(a[k])) for k in a)

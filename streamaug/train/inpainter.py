@@ -34,6 +34,7 @@ from streamaug.models.checkpoint import CheckpointError, read_checkpoint, save_i
 from streamaug.models.pix2pix import PRESETS, Pix2Pix, box_mask, composite, pix2pix_preset
 from streamaug.train.inpainter_data import Pairs, draw_batch, random_boxes, read_pairs
 from streamaug.train.inputs import check_positives
+from streamaug.train.rng import global_rng_state, set_global_rng_state
 from streamaug.train.runconfig import (
     JsonlLog,
     add_config_arguments,
@@ -170,9 +171,8 @@ class Pix2PixTrainer:
 
     def state_dict(self) -> dict[str, Any]:
         """Optimizer states, step count and random state (the weights are saved with the model)."""
-        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         return {"opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "steps": self.steps,
-                "rng": self.rng.get_state(), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda}
+                "rng": self.rng.get_state(), **global_rng_state(self.device)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict` (deep-copied, so no tensor is shared with its source); this sets
@@ -182,9 +182,7 @@ class Pix2PixTrainer:
         self.opt_d.load_state_dict(state["opt_d"])
         self.steps = int(state["steps"])
         self.rng.set_state(state["rng"])
-        torch.set_rng_state(state["torch_rng"])
-        if state["cuda_rng"] is not None and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
+        set_global_rng_state(state, self.device)
 
 
 @torch.no_grad()

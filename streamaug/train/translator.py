@@ -39,6 +39,7 @@ from streamaug.train.augment import AUGMENT_MODES, DIFFAUG_POLICIES, draw_patche
 from streamaug.train.inputs import check_positives
 from streamaug.train.patches import build_patch_sets, s_for_region
 from streamaug.train.quality import TranslationScore
+from streamaug.train.rng import global_rng_state, set_global_rng_state
 from streamaug.train.runconfig import (
     JsonlLog,
     above,
@@ -308,7 +309,7 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
         model.load_state_dict(ckpt["weights"])
         trainer.load_state_dict(state["trainer"])
         g.set_state(state["batch_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        set_global_rng_state(state, device)  # torch_rng, and cuda_rng (UNIT's latent noise on CUDA)
         step, scores = ckpt["step"], list((ckpt.get("extra") or {}).get("scores", []))
     pool = data.heldout_normal if len(data.heldout_normal) >= 8 else data.normal
     fixed = pool[torch.randperm(len(pool), generator=torch.Generator().manual_seed(run.seed))[:8]].to(device)
@@ -320,7 +321,7 @@ def train_translator(run: TranslatorRun, *, resume: bool = False, progress: bool
                         extra={"run": dataclasses.asdict(run), "data": data.info, "scores": scores,
                                "best": _best(scores)},
                         trainer_state={"trainer": trainer.state_dict(), "batch_rng": g.get_state(),
-                                       "torch_rng": torch.get_rng_state()} if resumable else None)
+                                       **global_rng_state(device)} if resumable else None)
 
     (out / "run.json").write_text(json.dumps({"run": dataclasses.asdict(run), "config": config.to_dict(),
                                               "data": data.info}, indent=2))
