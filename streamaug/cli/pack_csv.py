@@ -3,9 +3,10 @@
 :func:`streamaug.cli.pack.pack` writes what :class:`SampleBuilder` returns; the rules are in the
 docstring of :mod:`streamaug.cli.pack`. Every problem of a row is reported through
 :meth:`SampleBuilder.bad` as ``CSV line N (key, file): reason``: raised as :class:`PackError` with
-``on_error="raise"``, recorded in ``skipped`` with ``"skip"``. What is packed but worth a look (a
-duplicate row or box, an empty mask beside boxes) goes through :meth:`SampleBuilder.warn` into
-``warnings``.
+``on_error="raise"``, recorded in ``skipped`` with ``"skip"``; rows of one key with different labels
+are such a problem, as differing images, masks or splits are. What is packed but worth a look (a
+duplicate row or box, an empty mask beside boxes or one that packs empty, rows that differ in a
+``--label-column``) goes through :meth:`SampleBuilder.warn` into ``warnings``.
 """
 from __future__ import annotations
 
@@ -163,7 +164,7 @@ class SampleBuilder:
 
     def warn(self, line: int, key: str, file: str, kind: str, reason: str) -> None:
         """Record something packed but worth a look (``kind``: ``duplicate_row``, ``duplicate_box``,
-        ``empty_mask``) in ``warnings``; never raises."""
+        ``empty_mask``, ``label_conflict``) in ``warnings``; never raises."""
         self.warnings.append({"line": line, "key": key, "file": file, "kind": kind, "reason": reason})
 
     def build(self, key: str, group: list[tuple[int, dict]]) -> tuple[dict, dict[str, bytes], tuple] | None:
@@ -171,7 +172,8 @@ class SampleBuilder:
 
         A row identical to an earlier row of the key is dropped, and a box equal to one given
         earlier for the image is stored once in ``boxes`` (each with a warning): merged, they would
-        count one lesion twice.
+        count one lesion twice. A row whose ``image``, ``mask``, ``label`` or ``split`` differs from
+        the key's first row is a bad row (a ``--label-column`` that differs: a warning).
         """
         for line, row in group:
             if not row["image"].strip():
@@ -188,16 +190,19 @@ class SampleBuilder:
         kept = [(line0, first)]
         seen_rows = {tuple(first.values()): line0}
         for line, row in group[1:]:
-            clash = [c for c in ("image", "mask", "split") if c in self.columns and row[c] != first[c]]
+            clash = [c for c in ("image", "mask", "label", "split") if c in self.columns and row[c] != first[c]]
             same = seen_rows.setdefault(tuple(row.values()), line)
             if clash:
-                self.bad(line, key, row["image"], f"same key as line {line0} but different {', '.join(clash)}")
+                self.bad(line, key, row["image"], f"same key as line {line0} but different {', '.join(clash)}"
+                         + (f" ({first['label']!r} there, {row['label']!r} here): one image has one label; fix "
+                            "the CSV" if "label" in clash else ""))
             elif same != line:
                 self.warn(line, key, row["image"], "duplicate_row", f"the same row as line {same}; dropped "
                           "(its boxes would count twice): delete the repeated line")
             else:
                 kept.append((line, row))
 
+        before = len(self.warnings)
         loaded = self.load_files(key, kept)
         if loaded is None:
             return None
@@ -238,10 +243,17 @@ class SampleBuilder:
             differing = [c for c in self.columns if any(r[c] != good[0][1][c] for _, r, _ in good)]
             doc["rows"] = [{"line": line, **{c: r[c] for c in differing}, "boxes": boxes}
                            for line, r, boxes in good]
-        if mask_pixels == 0 and doc["boxes"]:
+        warned = any(w["kind"] == "empty_mask" for w in self.warnings[before:])  # by load_files: said once
+        if mask_pixels == 0 and doc["boxes"] and not warned:
             line = next(line for line, _, boxes in good if boxes)
             self.warn(line, key, first["image"], "empty_mask", f"mask {first['mask'].strip()} has no foreground "
                       "pixel, yet the image has boxes: check that the mask belongs to this image and marks the lesion")
+        if self.label_column and "label" not in self.columns:  # the label is a copy of the first row's
+            other = next(((ln, r) for ln, r, _ in good if r[self.label_column] != doc["label"]), None)
+            if other is not None:
+                self.warn(other[0], key, first["image"], "label_conflict", f"--label-column {self.label_column!r} "
+                          f"is {other[1][self.label_column]!r} here but {doc['label']!r} on line {good[0][0]}; the "
+                          "sample's label is the first row's: give each image one label")
         return doc, files, (h, w)
 
     def load_files(self, key: str, kept: list[tuple[int, dict]]) -> tuple[dict[str, bytes], tuple, int | None] | None:
@@ -265,14 +277,19 @@ class SampleBuilder:
             decoded, _ = decode_xray(data, ext, source=str(path))
             size = tuple(decoded.shape[-2:])
             files[ext] = data
-            mask_pixels = None
+            mask_pixels, emptied = None, False
             if mask_rel:
                 path = self.inside_root(mask_rel)
-                files["mask.png"], mask_pixels = binary_mask_png(path.read_bytes(), source=mask_rel, size=size)
+                files["mask.png"], mask_pixels, emptied = binary_mask_png(path.read_bytes(), source=mask_rel,
+                                                                          size=size)
         except Exception as err:  # noqa: BLE001 - one file's failure is its rows' problem, reported by line
             for line, row in kept:
                 self.bad(line, key, row["image"], _reason(err), cause=err)
             return None
+        if emptied:
+            self.warn(kept[0][0], key, image_rel, "empty_mask", f"mask {mask_rel} is not blank, but no pixel is "
+                      "above half its largest value in a colour channel (marks only in alpha or palette indices?), "
+                      "so it packs empty: save it as a grey PNG, lesion 255 (or 1) on 0")
         return files, size, mask_pixels
 
     def inside_root(self, rel: str) -> Path:
@@ -297,7 +314,7 @@ class SampleBuilder:
 def _reason(err: Exception) -> str:
     """The ``skipped`` reason for an exception raised while reading one key's files."""
     if isinstance(err, FileNotFoundError):
-        return f"missing file: {err.filename}"
+        return f"missing file: {err.filename!r}"
     if isinstance(err, (OSError, XRayDecodeError, _RowProblem, MaskError)):
         return str(err)
     return f"unexpected {type(err).__name__} while decoding: {err}"

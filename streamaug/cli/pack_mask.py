@@ -7,17 +7,22 @@ not be read at all, and a colour mask by its luma only. :func:`binary_mask_png` 
 
 * the colour channels are compared (alpha is dropped; a palette image is read as its RGB colours;
   a 1-bit image as 0/1), with their values as stored (16-bit values are not scaled);
-* when the largest value of the whole mask is ``1`` (or ``0``), a pixel is foreground if any
-  channel is ``> 0``; otherwise if any channel is ``> 127``.
+* a pixel is foreground if any channel is above half the largest value of the whole mask: the
+  stream's own rule (:func:`streamaug.data.decode.above_half_max`, one function for both), so
+  0/255, 0/1, 0/2 and 0/76 masks all keep their nonzero part, and a label map (0/1/2) its top label.
 
 A PNG already in mode ``L`` holding only 0 and 255 keeps its bytes exactly, so a pack of such
-masks is byte-identical to one made before this rule.
+masks is byte-identical to one made before this rule. A mask that is not blank but has no
+foreground by this rule (marks only in its alpha channel or palette indices) is reported by
+:func:`binary_mask_png`, for the packer to warn about.
 """
 from __future__ import annotations
 
 import io
 
 import numpy as np
+
+from streamaug.data.decode import above_half_max
 
 __all__ = ["MaskError", "binary_mask_png", "mask_foreground"]
 
@@ -34,6 +39,8 @@ def mask_foreground(im) -> np.ndarray:
     [[False, True]]
     >>> mask_foreground(Image.fromarray(np.array([[0, 1, 200]], np.uint8))).tolist()
     [[False, False, True]]
+    >>> mask_foreground(Image.fromarray(np.array([[0, 2, 76]], np.uint8))).tolist()
+    [[False, False, True]]
     """
     if im.mode == "1":
         return np.asarray(im, dtype=bool)
@@ -46,12 +53,13 @@ def mask_foreground(im) -> np.ndarray:
         arr = arr[..., :-1]
     if arr.ndim == 2:
         arr = arr[..., None]
-    top = arr.max() if arr.size else 0
-    return (arr > (0 if top <= 1 else 127)).any(axis=-1)
+    return above_half_max(arr).any(axis=-1)
 
 
-def binary_mask_png(data: bytes, *, source: str, size: tuple[int, int]) -> tuple[bytes, int]:
-    """The mask in ``data`` as ``(0/255 mode-L PNG bytes, foreground pixel count)``.
+def binary_mask_png(data: bytes, *, source: str, size: tuple[int, int]) -> tuple[bytes, int, bool]:
+    """The mask in ``data`` as ``(0/255 mode-L PNG bytes, foreground pixel count, emptied)``;
+    ``emptied``: the mask is not blank (some channel, alpha or palette index varies) yet has no
+    foreground pixel, so what it marks would be lost.
 
     Args:
         data: the mask file's bytes (any format Pillow reads).
@@ -71,8 +79,9 @@ def binary_mask_png(data: bytes, *, source: str, size: tuple[int, int]) -> tuple
             if im.format == "PNG" and im.mode == "L":
                 counts = np.bincount(np.asarray(im).ravel(), minlength=256)
                 if not counts[1:255].any():  # already what the stream reads: keep the bytes
-                    return data, int(counts[255])
+                    return data, int(counts[255]), False
             fg = mask_foreground(im)
+            emptied = not fg.any() and _varies(np.asarray(im))
     except MaskError:
         raise
     except Exception as err:  # noqa: BLE001 - Pillow raises many types for one bad file
@@ -80,4 +89,10 @@ def binary_mask_png(data: bytes, *, source: str, size: tuple[int, int]) -> tuple
                         "it as a PNG of the image's size") from err
     out = io.BytesIO()
     Image.fromarray(fg.astype(np.uint8) * 255).save(out, format="PNG")
-    return out.getvalue(), int(fg.sum())
+    return out.getvalue(), int(fg.sum()), emptied
+
+
+def _varies(arr: np.ndarray) -> bool:
+    """Whether some channel of a mask's stored values (alpha and palette indices included) is not constant."""
+    flat = arr.reshape(arr.shape[0] * arr.shape[1], -1) if arr.ndim >= 2 else arr.reshape(-1, 1)
+    return bool(flat.size) and bool((flat != flat[:1]).any())

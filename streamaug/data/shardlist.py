@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from streamaug.data.shard_faults import damage_text, listing_fault, mark_copies, read_fault
 from streamaug.io.errors import ShardError
 from streamaug.io.opener import is_url, open_tar_stream
 from streamaug.io.tar import READ_ERRORS, group_samples, iter_tar_files, shard_sha256, tar_samples
@@ -27,7 +28,7 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
     """Turn a shard spec into a list of shard paths.
 
     Accepts a list of paths, a brace pattern (``data-{000..009}.tar``), a glob, a folder
-    (its ``*.tar`` files, or the shards its ``manifest.json`` lists for ``split``) or a
+    (its shards, :func:`folder_shards`, or those its ``manifest.json`` lists for ``split``) or a
     ``manifest.json`` path. ``http(s)://`` and ``pipe:CMD`` URLs (as in WebDataset) are
     brace-expanded but not globbed: ``"pipe:cat /data/x-{0..3}.tar"``.
 
@@ -47,7 +48,7 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
             manifest_path = path if path.name == MANIFEST else path / MANIFEST
             out = manifest_shards(manifest_path, split)
         elif path.is_dir():
-            out = sorted(glob.glob(str(path / "*.tar")) + glob.glob(str(path / "*.tar.gz")))
+            out = folder_shards(path)
         else:
             import braceexpand
 
@@ -72,6 +73,21 @@ def expand_urls(urls: str | os.PathLike | Sequence[str | os.PathLike], split: st
         raise ShardError(f"shards listed more than once for {urls!r}: {twice}. Each would be read that many "
                          "times per epoch; list each shard once (resampled=True draws shards with replacement)")
     return out
+
+
+#: Shard names a folder is listed by (any case): plain tars and those the opener decompresses
+SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz")
+
+
+def folder_shards(folder: Path) -> list[str]:
+    """The shards of a folder, sorted: files named with a :data:`SHARD_SUFFIXES` suffix in any case
+    (``.TAR``, ``.tgz``). A tar the reader cannot open (``.tar.zst``, ``.tar.lz4``) is named in a warning."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    odd = [n for n in names if ".tar." in n.lower() and not n.lower().endswith(SHARD_SUFFIXES)]
+    if odd:
+        warnings.warn(f"{folder}: not reading {odd[:5]}{' ...' if len(odd) > 5 else ''}: the reader opens plain, "
+                      "gzip, bzip2 and xz tars only; decompress them (or re-pack)", stacklevel=3)
+    return [str(folder / n) for n in names if n.lower().endswith(SHARD_SUFFIXES)]
 
 
 def load_manifest(path: str | os.PathLike) -> dict:
@@ -145,15 +161,17 @@ def _file_key(path: str | os.PathLike) -> tuple[str, int, int] | None:
 
 @lru_cache(maxsize=64)
 def _manifest_entries(key: tuple[str, int, int]) -> dict[str, dict]:
-    """``{resolved shard path: {"count", "sha256"}}`` of a manifest (cached while the file is unchanged)."""
+    """``{resolved shard path: {"count", "sha256"}}`` of a manifest (cached while the file is unchanged); an
+    entry with the sha256 of an earlier one also has ``copy``, why it is refused (:func:`mark_copies`)."""
     manifest = load_manifest(key[0])
     root = Path(key[0]).parent
     try:
-        return {str((root / s["name"]).resolve()): {"count": int(s["count"]), "sha256": s.get("sha256")}
-                for split in manifest["splits"].values() for s in split["shards"]}
+        entries = {str((root / s["name"]).resolve()): {"count": int(s["count"]), "sha256": s.get("sha256")}
+                   for split in manifest["splits"].values() for s in split["shards"]}
     except (KeyError, TypeError, ValueError) as err:
         raise ShardError(f"shard manifest {key[0]} has a shard entry without a valid 'name' and 'count' "
                          f"({type(err).__name__}: {err}); re-run `streamaug-pack` to write it again") from err
+    return mark_copies(key[0], entries)
 
 
 @dataclass(frozen=True)
@@ -185,7 +203,7 @@ def _scan(shard: str | os.PathLike, metadata: bool) -> ShardScan:
                         meta = None
                     entries.append((sample["__key__"], meta if isinstance(meta, dict) or meta is None else None))
     except READ_ERRORS as err:
-        return ShardScan(count, tuple(entries), f"{type(err).__name__}: {err}")
+        return ShardScan(count, tuple(entries), damage_text(shard, err))
     return ShardScan(count, tuple(entries))
 
 
@@ -204,15 +222,6 @@ def scan_shard(shard: str | os.PathLike, *, metadata: bool = True) -> ShardScan:
     return _scan(shard, metadata) if key is None else _scan_cached(key, metadata)
 
 
-def _listing_fault(shard: str | os.PathLike, damage: str) -> str:
-    """The message for a shard whose listing scan failed: a missing file, or a damaged one."""
-    if damage.startswith("FileNotFoundError"):
-        return (f"cannot list shard {shard}: {damage}. The file does not exist: fix the path or restore it, or "
-                "pass on_error='skip' to count it as a bad shard.")
-    return (f"cannot list shard {shard}: {damage}. The file is truncated or not a tar; re-pack it, or pass "
-            "on_error='skip' to count the samples before the damage and skip the rest.")
-
-
 def count_tar_samples(shard: str | os.PathLike) -> int:
     """Count samples (distinct keys) of a tar shard by reading its headers only.
 
@@ -221,7 +230,7 @@ def count_tar_samples(shard: str | os.PathLike) -> int:
     """
     scan = scan_shard(shard, metadata=False)
     if scan.damage is not None:
-        raise ShardError(_listing_fault(shard, scan.damage))
+        raise ShardError(listing_fault(shard, scan.damage))
     return scan.count
 
 
@@ -268,7 +277,8 @@ def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Calla
 
     Raises:
         ShardError: a damaged shard when ``on_error="raise"`` (with "skip" or "warn" the complete
-            samples before the damage are counted and the damage is kept in ``ShardInfo.damage``).
+            samples before the damage are counted and the damage is kept in ``ShardInfo.damage``), or
+            one whose manifest sha256 is another listed shard's (a copy: with "skip", none of it is read).
     """
     out = []
     for shard in shards:
@@ -277,6 +287,11 @@ def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Calla
         entry = _manifest_entries(key).get(str(Path(shard).resolve())) if key else None
         listed = entry["count"] if entry else None
         sha = entry["sha256"] if entry else None
+        if entry and "copy" in entry:  # refused before any scan: the same bytes as another listed shard
+            if on_error == "raise":
+                raise ShardError(f"shard {shard}: {entry['copy']}; or pass on_error='skip' to skip it as a bad shard")
+            out.append(ShardInfo(listed, 0, sha, f"ShardCopy: {entry['copy']}", 0))
+            continue
         if select is not None:
             scan = scan_shard(shard)
             selected = sum(m is not None and bool(select(k, m)) for k, m in scan.entries)
@@ -287,7 +302,7 @@ def shard_infos(shards: Sequence[str], *, on_error: str = "raise", select: Calla
             scan = scan_shard(shard, metadata=False)
             info = ShardInfo(scan.count, scan.count, sha, scan.damage, scan.count)
         if info.damage is not None and on_error == "raise":
-            raise ShardError(_listing_fault(shard, info.damage))
+            raise ShardError(listing_fault(shard, info.damage))
         out.append(info)
     return out
 
@@ -367,8 +382,7 @@ def read_tar(shard: str, on_error: str, counters: Any, *, expected: int | None =
             if isinstance(err, FileNotFoundError) and n == 0:
                 raise ShardError(f"shard {shard} does not exist: {err}. Restore the file or re-pack, or pass "
                                  "on_error='skip' to count its listed samples as lost.") from err
-            raise ShardError(f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
-                             "on_error='skip' to count and skip the damaged part.") from err
+            raise ShardError(read_fault(shard, err, at)) from err
         if report:
             counters.add("bad_shards")
             lost = max(0, expected - n) if expected is not None else 0

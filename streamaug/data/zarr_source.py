@@ -33,7 +33,9 @@ import numpy as np
 import torch
 
 from streamaug._optional import optional_import
+from streamaug.data.decode import box_array
 from streamaug.data.distributed import current_slot
+from streamaug.io.errors import SampleError
 from streamaug.io.labels import to_int_label
 
 __all__ = ["write_zarr", "ZarrXRays", "ZARR_FORMAT"]
@@ -54,7 +56,8 @@ def write_zarr(
         images: ``(key, image, meta)`` or ``(key, image, meta, mask)`` tuples. ``image`` is an
             array or tensor ``(H, W)`` or ``(1, H, W)``: ``uint8``, ``uint16`` (scaled by
             ``2**meta["bits"] - 1`` when ``meta`` has ``bits``, else 65535) or float in ``[0, 1]``
-            (stored as ``float32``). ``meta`` must be JSON-serialisable (tuples become lists).
+            (stored as ``float32``). ``meta`` must be JSON-serialisable (tuples become lists); its
+            ``boxes`` (``[[x0, y0, x1, y1], ...]``) must lie inside the image.
             ``mask`` is ``(H, W)`` or ``(1, H, W)``; nonzero means lesion.
         overwrite: replace an existing store at ``path`` (default: refuse).
 
@@ -64,7 +67,10 @@ def write_zarr(
     Raises:
         FileExistsError: ``path`` exists and ``overwrite`` is false.
         ValueError: a duplicate or invalid key, a bad shape/dtype, a float image outside
-            ``[0, 1]``, a mask whose shape differs from its image, or non-JSON metadata.
+            ``[0, 1]``, a ``uint16`` image with values above ``2**bits - 1`` or a ``bits`` outside
+            1..16, ``boxes`` that are not ``(k, 4)`` or break the packer's box rule
+            (:func:`streamaug.data.decode.box_array`), a mask whose shape differs from its image, or
+            non-JSON metadata.
     """
     zarr = optional_import("zarr", extra="streamaug[zarr]", purpose="the zarr source")
 
@@ -79,6 +85,10 @@ def write_zarr(
         _check_key(key, seen)
         arr = _as_2d(image, f"image {key!r}")
         arr, scale = _storable(arr, meta, key)
+        _, problem = box_array(meta.get("boxes"), *arr.shape)
+        if problem is not None:
+            raise ValueError(f"write_zarr: boxes {str(meta.get('boxes'))[:120]} of {key!r} are unusable: {problem}; "
+                             "give [[x0, y0, x1, y1], ...] inside the image (end-exclusive pixels)")
         try:
             meta_json = json.loads(json.dumps(dict(meta), default=_json_default))
         except (TypeError, ValueError) as err:
@@ -132,7 +142,11 @@ class ZarrXRays(torch.utils.data.IterableDataset):
         if group.attrs.get("format") != ZARR_FORMAT:
             raise ValueError(f"{self.path}: not a streamaug zarr store (format "
                              f"{group.attrs.get('format')!r}, expected {ZARR_FORMAT!r})")
-        self.samples: list[dict] = list(group.attrs["samples"])
+        samples = group.attrs.get("samples")
+        if not isinstance(samples, list) or not all(isinstance(r, dict) and "key" in r for r in samples):
+            raise ValueError(f"{self.path}: the store's 'samples' table is missing or damaged (a list of "
+                             "{'key', 'meta', 'shape', 'dtype', 'scale', 'mask'} rows); re-write it with write_zarr")
+        self.samples: list[dict] = list(samples)
         self.shuffle, self.seed, self.resampled = shuffle, int(seed), resampled
         self.epoch = 0
         self._group = None  # opened lazily in each worker
@@ -168,29 +182,55 @@ class ZarrXRays(torch.utils.data.IterableDataset):
             yield self.load(int(i))
 
     def load(self, index: int) -> dict:
-        """Read sample ``index`` (position in :attr:`keys`) as a sample dict."""
+        """Read sample ``index`` (position in :attr:`keys`) as a sample dict.
+
+        Raises:
+            SampleError: naming the store and the key: an array missing, or whose shape or dtype
+                differs from the table (the store changed after writing), or unusable boxes.
+        """
         zarr = optional_import("zarr", extra="streamaug[zarr]", purpose="the zarr source")
 
         if self._group is None:
             self._group = zarr.open_group(self.path, mode="r")
         row = self.samples[index]
         key = row["key"]
-        arr = np.asarray(self._group[f"images/{key}"][...])
-        image = torch.from_numpy(arr.astype(np.float32) / np.float32(row["scale"])).unsqueeze(0)
-        meta = dict(row["meta"])
+        try:
+            arr = self._array(f"images/{key}", row.get("shape"), row.get("dtype"))
+            image = torch.from_numpy(arr.astype(np.float32) / np.float32(row["scale"])).unsqueeze(0)
+            meta = dict(row["meta"])
+            boxes, problem = box_array(meta.get("boxes"), *arr.shape)
+            if problem is not None:
+                raise ValueError(f"its boxes {str(meta.get('boxes'))[:120]} are unusable: {problem}")
+            mask = self._array(f"masks/{key}", row.get("shape"), "uint8") if row.get("mask") else None
+        except SampleError:
+            raise
+        except Exception as err:  # noqa: BLE001 - zarr raises several types for a missing or damaged array
+            raise SampleError(f"zarr store {self.path}, key {key!r}: {type(err).__name__}: {err}. The store changed "
+                              "after writing or is damaged; re-write it with write_zarr") from err
         meta.update(source=f"{self.path}::{key}", format="zarr", size=tuple(row["shape"]), shard=self.path)
-        boxes = meta.get("boxes") or []
         sample = {
             "key": key,
             "image": image,
             "label": to_int_label(meta.get("label")),
-            "boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+            "boxes": torch.from_numpy(boxes.astype(np.float32)),
             "meta": meta,
         }
-        if row.get("mask"):
-            mask = np.asarray(self._group[f"masks/{key}"][...])
+        if mask is not None:
             sample["mask"] = torch.from_numpy(mask.astype(np.float32)).unsqueeze(0)
         return sample
+
+    def _array(self, name: str, shape: Any, dtype: Any) -> np.ndarray:
+        """The array ``name`` of the store, once its shape and dtype match the table's ``shape``/``dtype``."""
+        try:
+            array = self._group[name]
+        except KeyError as err:
+            raise SampleError(f"zarr store {self.path}: array {name!r} is missing (deleted or renamed after "
+                              "writing); re-write the store with write_zarr") from err
+        if list(array.shape) != list(shape or []) or str(array.dtype) != str(dtype):
+            raise SampleError(f"zarr store {self.path}: array {name!r} is {tuple(array.shape)} {array.dtype}, but "
+                              f"the store's table says {tuple(shape or [])} {dtype} (replaced after writing); "
+                              "re-write the store with write_zarr")
+        return np.asarray(array[...])
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -223,8 +263,18 @@ def _storable(arr: np.ndarray, meta: Mapping[str, Any], key: str) -> tuple[np.nd
         return arr, 255.0
     if arr.dtype == np.uint16:
         bits = meta.get("bits")
-        known = isinstance(bits, numbers.Integral) and not isinstance(bits, bool) and 1 <= int(bits) <= 16
-        return arr, float(2 ** int(bits) - 1) if known else 65535.0  # numbers.Integral: numpy ints too
+        if bits is None:
+            return arr, 65535.0
+        whole = isinstance(bits, numbers.Real) and not isinstance(bits, bool) and float(bits).is_integer()
+        if not whole or not 1 <= int(bits) <= 16:  # numbers.Real: numpy numbers too, 12.0 from a pandas row
+            raise ValueError(f"write_zarr: meta['bits'] of {key!r} is {bits!r}; give a whole number 1..16 (the "
+                             "bits the uint16 values use) or leave it out (scaled by 65535)")
+        top = int(arr.max()) if arr.size else 0
+        if top > 2 ** int(bits) - 1:
+            raise ValueError(f"write_zarr: image {key!r} holds {top}, above {2 ** int(bits) - 1}, the most "
+                             f"meta['bits'] = {bits} allows (it would read as {top / (2 ** int(bits) - 1):.2f}, not "
+                             "in [0, 1]); give the bits the data use, or leave 'bits' out (scaled by 65535)")
+        return arr, float(2 ** int(bits) - 1)
     if arr.dtype.kind == "f":
         if arr.size and (not np.isfinite(arr).all() or arr.min() < 0 or arr.max() > 1):
             raise ValueError(f"write_zarr: float image {key!r} must lie in [0, 1] "

@@ -6,6 +6,7 @@ named with what to install), frame 0 against Rows x Columns, and the header fiel
 from __future__ import annotations
 
 import io
+import re
 from typing import Any
 
 import numpy as np
@@ -83,19 +84,57 @@ def check_photometric(ds: Any, samples: int, source: str) -> str:
 
 
 def pixel_array(ds: Any, source: str) -> np.ndarray:
-    """``ds.pixel_array`` with a clear error for compressed data that no plugin decodes."""
+    """``ds.pixel_array`` with a clear error when it fails.
+
+    Raises:
+        MissingCodecError: compressed data that no installed plugin can decode (none installed for
+            the transfer syntax, or each one available refused it as unsupported, e.g. Pillow and
+            12-bit JPEG).
+        XRayDecodeError: a plugin ran and failed on the data (corrupt compressed pixel data), or
+            uncompressed pixel data that cannot be read.
+    """
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         return ds.pixel_array
     except Exception as err:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/ValueError
-        if tsyntax is not None and tsyntax.is_compressed:
+        if tsyntax is not None and tsyntax.is_compressed and _codec_missing(tsyntax, err):
             raise MissingCodecError(
                 f"{source}: cannot decode compressed pixel data with transfer syntax "
                 f"'{tsyntax.name}' ({tsyntax}): no installed pixel-data plugin could decode it. "
                 f"Install the codecs: {CODEC_HINT}. (pydicom said: {first_line(err)})"
             ) from err
+        if tsyntax is not None and tsyntax.is_compressed:
+            raise XRayDecodeError(f"{source}: the compressed pixel data ('{tsyntax.name}') is corrupt: the installed "
+                                  f"plugin failed to decode it ({type(err).__name__}: {first_line(err)}); re-export "
+                                  "or re-copy the file") from err
         raise XRayDecodeError(f"{source}: cannot read DICOM pixel data ({type(err).__name__}: "
                               f"{first_line(err)}); the file is truncated or corrupt") from err
+
+
+#: What a plugin says when it cannot handle a kind of data (not damage): "Pillow does not support
+#: 'JPEG Extended' for samples with 12-bit precision", "Pillow cannot decode 12-bit multi-sample data"
+_UNSUPPORTED = re.compile(r"not support|unsupported|cannot decode \d+-bit|are supported|"
+                          r"precision less than|precision of", re.I)
+
+
+def _codec_missing(tsyntax: Any, err: BaseException) -> bool:
+    """Whether pydicom failed for want of a usable plugin (rather than on corrupt data): none is
+    installed, or each plugin that ran refused the data as a kind it does not support."""
+    text = str(err)
+    if "missing dependencies" in text or "missing required dependencies" in text:
+        return True
+    head, sep, tail = text.partition("raised by all available plugins:")
+    if sep:  # pydicom 3: one "name: message" line per plugin that ran
+        failures = [line.strip() for line in tail.splitlines() if line.strip()]
+        return bool(failures) and all(_UNSUPPORTED.search(line) for line in failures)
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+    except ImportError:
+        return True  # pydicom 2 cannot tell which plugin ran: as before, name the codecs
+    try:
+        return not get_decoder(tsyntax).is_available
+    except Exception:  # noqa: BLE001 - a transfer syntax pydicom has no decoder for
+        return True
 
 
 def frame0(arr: np.ndarray, size: tuple[int, int], frames: int, samples: int, source: str) -> np.ndarray:

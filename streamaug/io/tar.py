@@ -4,7 +4,9 @@ Why not :mod:`tarfile`: it parses each 512-byte header through several layers of
 noticeable share of decoding a small image; this reader parses the fields a shard needs with a few
 slices (``benchmarks/tar_read.py`` compares the two; figures in ``benchmarks/RESULTS.md``). It reads ustar, pax
 (``x``/``g`` records: ``path``, ``size``) and GNU long names (``L``); other member types
-(directories, links, devices, GNU sparse) are skipped with their data. Shards are opened by
+(directories, devices, GNU sparse, links without an extension) are skipped with their data. A hard
+or symbolic link named like a sample member (``d.png``) raises :class:`TarLinkError`: its sample
+would be lost, as links are not followed. Shards are opened by
 :func:`streamaug.io.opener.open_tar_stream` (local paths, ``http(s)://`` and ``pipe:CMD`` URLs,
 gzip / bzip2 / xz); a failing command or download is an ``OSError``.
 
@@ -15,11 +17,14 @@ problem:
 * a size field is checked before anything is read: negative, not a number, or past the end of the
   file (when the file's size is known) raises; on a stream of unknown length (compressed) data is
   read in bounded chunks, so a size that lies costs no memory;
+* a link member with an extension (GNU tar stores a second name of one inode as a hard link, and
+  a symbolic link as a link unless ``-h``) raises instead of being skipped;
 * the archive must end with its end-of-archive marker, two zero blocks followed by nothing but
   zeros: a stream that stops at a member boundary is truncated, and a zero block followed by data
   is a zeroed header, not the end.
 
-Errors are :class:`tarfile.ReadError` subclasses (:class:`TarTruncated`, :class:`TarHeaderError`),
+Errors are :class:`tarfile.ReadError` subclasses (:class:`TarTruncated`, :class:`TarHeaderError`,
+:class:`TarLinkError`),
 so callers handle them like ``tarfile``'s.
 
 On top of the members: :func:`group_samples` groups them into WebDataset samples (and refuses a
@@ -46,6 +51,7 @@ BLOCK = 512
 CHUNK = 1 << 20
 _ZERO_BLOCK = bytes(BLOCK)
 _REGULAR = (b"0", b"\0", b"7")  # regular file, old-style regular file, contiguous file
+_LINKS = {b"1": "a hard link", b"2": "a symbolic link"}
 _MAX_SIZE = 1 << 63  # no file system holds a member this large; a bigger field is damage
 #: what reading a damaged (possibly compressed) shard can raise
 READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
@@ -59,6 +65,11 @@ class TarTruncated(tarfile.ReadError):
 class TarHeaderError(tarfile.ReadError):
     """A header failed its checksum or holds an unreadable field (a bad or negative size, a
     zeroed header block followed by more members)."""
+
+
+class TarLinkError(TarHeaderError):
+    """A hard or symbolic link member named like a sample's file: the reader does not follow links,
+    so the sample would be lost; the shard must store the file's bytes."""
 
 
 def _read_exact(fh: BinaryIO, size: int, what: str, bounded: bool) -> bytes:
@@ -161,6 +172,34 @@ def _file_size(fh: BinaryIO) -> int | None:
         return None
 
 
+def _text(field: bytes) -> str:
+    """A NUL-terminated name field (or GNU long name data) as text."""
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _member_name(header: bytes, fields: dict[str, str], long_name: str | None) -> str:
+    """A member's name: pax ``path``, else a GNU long name, else the header's (with its ustar prefix)."""
+    name = fields.get("path") or long_name
+    if name is None:
+        name = _text(header[:100])
+        if header[257:262] == b"ustar" and header[345] != 0:
+            name = f"{_text(header[345:500])}/{name}"
+    return name
+
+
+def _refuse_link(header: bytes, kind: bytes, fields: dict[str, str], long_name: str | None,
+                 long_link: str | None, at: int) -> None:
+    """Raise :class:`TarLinkError` for a link member whose name has an extension (links without one,
+    which no sample holds, are skipped like directories)."""
+    name = _member_name(header, fields, long_name)
+    if base_plus_ext(name)[0] is None:
+        return
+    target = fields.get("linkpath") or long_link or _text(header[157:257])
+    raise TarLinkError(f"member {name!r} (header at byte {at}) is {_LINKS[kind]} to {target!r}, not a file: links "
+                       "are not followed, so its sample would be lost. Re-create the shard storing the files' bytes: "
+                       "`tar --hard-dereference -h -cf ...` or streamaug-pack")
+
+
 def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tuple[str, bytes]]:
     """``(name, data)`` of every regular file of the tar stream ``fh``, in archive order.
 
@@ -172,6 +211,7 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
         TarTruncated: the stream ends inside a header, a member's data or before the end-of-archive
             marker, or a size points past the end of the file.
         TarHeaderError: a header's checksum or a field is wrong, or a zero block is followed by data.
+        TarLinkError: a hard or symbolic link member whose name has an extension (a sample's file).
 
     Examples:
         >>> import io, tarfile
@@ -186,6 +226,7 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
     pax_global: dict[str, str] = {}
     pax: dict[str, str] = {}
     long_name: str | None = None
+    long_link: str | None = None
     end = _file_size(fh)
     pos = fh.tell() if end is not None else 0
     while True:
@@ -226,17 +267,15 @@ def iter_tar_files(fh: BinaryIO, *, headers_only: bool = False) -> Iterator[tupl
         elif kind == b"g":
             pax_global.update(_pax_records(data))
         elif kind == b"L":
-            long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+            long_name = _text(data)
+        elif kind == b"K":  # GNU long link name: belongs to the next header, like "L"
+            long_link = _text(data)
         else:
             if kind in _REGULAR:
-                name = fields.get("path") or long_name
-                if name is None:
-                    name = header[:100].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                    if header[257:262] == b"ustar" and header[345] != 0:
-                        prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                        name = f"{prefix}/{name}"
-                yield name, data
-            pax, long_name = {}, None
+                yield _member_name(header, fields, long_name), data
+            elif kind in _LINKS:
+                _refuse_link(header, kind, fields, long_name, long_link, pos - size - pad - BLOCK)
+            pax, long_name, long_link = {}, None, None
 
 
 class ShardLayoutError(tarfile.ReadError):
