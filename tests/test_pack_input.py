@@ -89,6 +89,18 @@ def test_short_row_is_a_bad_row(tmp_path, capsys):
     assert [e["line"] for e in manifest["skipped"]] == [3] and manifest["count"] == 2  # an empty cell is fine
 
 
+def test_a_csv_without_rows_packs_nothing_and_says_so(tmp_path, capsys):
+    """Before: a header-only CSV (e.g. filtered by a grep that missed CRLF line ends) packed 0 samples,
+    wrote a manifest and exited 0."""
+    _images(tmp_path, 2)
+    csv_path = tmp_path / "m.csv"
+    csv_path.write_text("image,label\r\n")
+    argv = ["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    assert main(argv) == 2
+    assert "m.csv: a header (2 columns) but no row: nothing to pack" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
 # --- 2: labels --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, expected", [

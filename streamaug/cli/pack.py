@@ -26,7 +26,8 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
   once, with a warning); a column equal in every row is stored once; a column that differs is
   stored with the first row's value at the top level *and* per row in ``rows``:
   ``[{"line": csv line, <differing columns>, "boxes": that row's boxes}, ...]``. Rows of one key
-  must agree on ``image``, ``mask`` and ``split``.
+  must agree on ``image``, ``mask``, ``label`` and ``split`` (a ``--label-column`` that differs is a
+  warning: the first row's value is the label).
 * **Splits.** One set of shards per value of ``split``
   (``OUT/<split>/<prefix>-<split>-000000.tar``); an empty cell is split ``unassigned``. Without a
   ``split`` column: ``OUT/<prefix>-000000.tar`` and the manifest names the split ``all``.
@@ -38,9 +39,10 @@ Layout and manifest follow ``docs/ARCHITECTURE.md``. Rules this packer adds:
   outside the image, an invalid key, conflicting duplicate rows) are reported as
   ``CSV line N (key, file): reason``. ``--on-error raise`` (default) stops at the first one;
   ``skip`` leaves the row out (an image whose rows are all bad is left out) and records it in
-  ``manifest["skipped"]``.
+  ``manifest["skipped"]``. A CSV without rows packs nothing and stops.
 * **Warnings** (packed, but worth a look: a dropped duplicate row, a repeated box, a mask without
-  foreground beside boxes) are recorded by CSV line in ``manifest["warnings"]`` and printed.
+  foreground beside boxes, a mask that is not blank but packs empty, a ``--label-column`` that differs
+  between the rows of one image) are recorded by CSV line in ``manifest["warnings"]`` and printed.
 * **Manifest** counts labels and regions per split as given (``unknown`` for empty); the
   ``lesion_boxes`` bank has one entry per sample with boxes (plus its ``shard``). Shards are
   written with a fixed mtime, so packing the same input twice gives the same ``sha256``.
@@ -150,6 +152,9 @@ def pack(
     if label_column and label_column != "label" and "label" in columns:
         raise PackError(f"{metadata}: has a 'label' column already; drop --label-column {label_column!r}")
     key_column = key_column or ("image_id" if "image_id" in columns else None)
+    if not rows:
+        raise PackError(f"{metadata}: a header ({len(columns)} columns) but no row: nothing to pack. Was it cut "
+                        "or filtered to nothing (e.g. a grep that missed CRLF line ends)?")
     _check_out(out, overwrite)
 
     samples = SampleBuilder(root, metadata, columns, on_error=on_error, boxes_column=boxes_column,
