@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from nested import same
 from shardgen import write_shards
 
 from streamaug import LesionStream, PseudoLabel
@@ -98,7 +99,7 @@ def _mixed(shards, **kw):
                    positive_fraction=0.1, synthetic_fraction=0.3, seed=7, **kw)
 
 
-@pytest.mark.parametrize("k", [0, 5, 23])
+@pytest.mark.parametrize("k", [0, 5, 23, 30])  # 30: in the second synthesis round (it starts at sample 27)
 def test_resume_after_k_samples_gives_the_samples_of_an_uninterrupted_run(shards, k):
     uninterrupted = _mixed(shards, epoch_length=40)
     full = list(uninterrupted)
@@ -116,6 +117,27 @@ def test_resume_after_k_samples_gives_the_samples_of_an_uninterrupted_run(shards
         assert a["provenance"] == b["provenance"]
     assert resumed.stats["emitted"] == uninterrupted.stats["emitted"]
     assert {s["provenance"]["synthesizer"] for s in full if s["synthetic"]} == {"translate", "copy_paste"}
+
+
+def test_counts_carry_on_through_a_resume_into_the_next_epoch(shards):
+    """What the classifier trainer does: a state saved at an epoch's end, then set_epoch(next). Before,
+    the emitted counts carried on but the stage's (generated, accepted) and the filter's restarted at
+    0, so candidates_per_used after such a resume was a fraction of the truth."""
+    straight = _mixed(shards, epoch_length=40)
+    samples = list(straight)
+    first = _mixed(shards, epoch_length=40)
+    list(first)
+    resumed = _mixed(shards, epoch_length=40)
+    resumed.load_state_dict(first.state_dict())
+    for stream in (straight, resumed):
+        stream.set_epoch(1)
+    again = [list(stream) for stream in (straight, resumed)]
+    assert [s["key"] for s in again[0]] == [s["key"] for s in again[1]] and len(again[0]) == len(samples)
+    a, b = straight.stats, resumed.stats
+    assert a["generated"] > first.stats["generated"] > 0  # two epochs' candidates
+    for key in ("emitted", "generated", "accepted", "candidates_per_used"):
+        assert a[key] == b[key], key
+    assert same(straight.stage.filter.state_dict(), resumed.stage.filter.state_dict())
 
 
 def test_resume_at_an_epoch_end_moves_on_to_the_next_epoch(shards):
@@ -200,7 +222,7 @@ def test_stopping_the_iteration_frees_the_inner_loaders_workers_and_keeps_the_po
     while len(multiprocessing.active_children()) > before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert len(multiprocessing.active_children()) == before
-    assert stream.state_dict() == state  # the position survives the shut-down
+    assert same(stream.state_dict(), state)  # the position survives the shut-down
     again = _stream(shards, synthetic_fraction=0.25, num_workers=1, seed=3)
     again.load_state_dict(state)
     fresh = _stream(shards, synthetic_fraction=0.25, num_workers=1, seed=3)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from nested import same
 from shardgen import packed_phantom
 
 from streamaug.models.checkpoint import load_classifier, save_translator
@@ -33,9 +34,8 @@ def test_ddp_two_cpu_ranks_on_the_lesion_stream_with_resume(shards, tmp_path):
     translator = save_translator(tmp_path / "translator.pt", UNIT(config), config=config,
                                  patch_size=config.patch_size, s=1.0, region="any", manifest_sha256="0" * 64, step=0)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = tmp_path / "ddp"
 
-    def run(epochs, *extra):
+    def run(out, epochs, *extra):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
                "-m", "streamaug.train", "classifier", "--train-shards", shards, "--train-split", "train",
                "--val-shards", shards, "--val-split", "val", "--out", str(out), "--epochs", str(epochs),
@@ -43,13 +43,19 @@ def test_ddp_two_cpu_ranks_on_the_lesion_stream_with_resume(shards, tmp_path):
                "--synthetic-fraction", "0.5", *extra]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 0, proc.stderr[-3000:]
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"}
+                for line in (out / "log.jsonl").read_text().splitlines()]
 
-    run(1)
-    run(2, "--resume")
-    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1]  # rank 0 alone logs; the resumed run went on at epoch 1
-    assert all(r["synthetic"] > 0 for r in log)  # each rank ran its own synthesis stage
-    assert load_classifier(out / "last.pt").extra["epoch"] == 1
+    straight = run(tmp_path / "straight", 2)
+    run(tmp_path / "ddp", 1)
+    resumed = run(tmp_path / "ddp", 2, "--resume")
+    assert [r["epoch"] for r in resumed] == [0, 1]  # rank 0 alone logs; the resumed run went on at epoch 1
+    assert all(r["synthetic"] > 0 for r in resumed)  # each rank ran its own synthesis stage
+    # every rank's stream and random states came back: the same samples, losses and AUCs as one run
+    assert resumed == straight
+    a, b = (load_classifier(tmp_path / out / "last.pt") for out in ("straight", "ddp"))
+    assert b.extra["epoch"] == 1 and len(a.extra["stream"]) == 2 and same(b.extra["stream"], a.extra["stream"])
+    assert all(torch.equal(a.model.state_dict()[k], v) for k, v in b.model.state_dict().items())
 
 
 _RANK_AUC_DRIVER = """

@@ -201,12 +201,16 @@ class LesionStream(torch.utils.data.IterableDataset):
             return self._run.state_dict()
         if self._resume is not None:
             return self._resume
-        return {"epoch": self.epoch, "n": 0, "rng": None, "queues": {}, "emitted": dict(self.emitted)}
+        return {"epoch": self.epoch, "n": 0, "rng": None, "queues": {}, "emitted": dict(self.emitted),
+                "stage": self.stage.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from ``state`` (from :meth:`state_dict`) on the next iteration."""
+        """Continue from ``state`` (from :meth:`state_dict`) on the next iteration. The counts (emitted
+        samples, the stage's and the filter's) carry on, also into a next epoch chosen by :meth:`set_epoch`."""
         self._resume, self.epoch, self._run = state, int(state["epoch"]), None
         self.emitted = dict(state["emitted"])
+        if state.get("stage") is not None:  # the stage after the last sample; set_epoch reseeds its generator
+            self.stage.load_state_dict(state["stage"])
 
     # -- sources --------------------------------------------------------------------------------
     def _loader(self, dataset: XRayShards) -> StatefulDataLoader:
@@ -368,7 +372,7 @@ class _Run:
     def state_dict(self) -> dict[str, Any]:
         return {"epoch": self.epoch, "n": self.n, "rng": self.rng.bit_generator.state, "credit": dict(self.credit),
                 "queues": {name: dict(q.state) for name, q in self.queues.items()},
-                "emitted": dict(self.stream.emitted)}
+                "emitted": dict(self.stream.emitted), "stage": self.stream.stage.state_dict()}
 
 
 def _check_resize(synthesizer: Any, resize: int | tuple[int, int] | None) -> None:
