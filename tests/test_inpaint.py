@@ -121,12 +121,13 @@ def test_lesion_stream_makes_new_positives_from_real_positives(shards, sources):
     assert {s["label"] for s in real} == {0, 1}  # the real samples still come in every label
 
 
-def test_lesion_stream_with_inpaint_resumes_exactly(shards):
-    full = list(_stream(shards, epoch_length=16, seed=2))
-    first = _stream(shards, epoch_length=16, seed=2)
+@pytest.mark.parametrize("k", [7, 22])  # 22: in the second synthesis round
+def test_lesion_stream_with_inpaint_resumes_exactly(shards, k):
+    full = list(_stream(shards, epoch_length=30, seed=2))
+    first = _stream(shards, epoch_length=30, seed=2)
     it = iter(first)
-    head = [next(it) for _ in range(7)]
-    resumed = _stream(shards, epoch_length=16, seed=2)
+    head = [next(it) for _ in range(k)]
+    resumed = _stream(shards, epoch_length=30, seed=2)
     resumed.load_state_dict(first.state_dict())
     tail = list(resumed)
     assert len(head) + len(tail) == len(full) and any(s["synthetic"] for s in tail)

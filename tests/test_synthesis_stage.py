@@ -8,6 +8,7 @@ from torch.utils.data import DataLoader
 
 from streamaug import LesionStream, NoAcceptedCandidates, PseudoLabel, SynthesisStage, XRayShards, collate_xray
 from streamaug.sites import LesionBoxBank, SiteProposer
+from streamaug.synth.base import Made, Synthesizer
 
 
 class Darken(torch.nn.Module):
@@ -22,6 +23,21 @@ class Darken(torch.nn.Module):
 
     def translate(self, patches):
         return patches * 0.5
+
+
+class RandomDarken(Synthesizer):
+    """A stand-in synthesizer with randomness: darkens each site by a factor drawn from the stage's generator."""
+
+    name = "random-darken"
+
+    def generate_parameters(self, images, boxes, source, generator=None, meta=None):
+        return {"factor": 0.2 + 0.6 * torch.rand(len(boxes), generator=generator)}
+
+    def apply(self, images, boxes, source, params):
+        out = images[source].clone()
+        for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
+            out[k, :, y0:y1, x0:x1] *= float(params["factor"][k])
+        return Made(out, None, None)
 
 
 class MeanScore(torch.nn.Module):
@@ -263,7 +279,9 @@ def test_wrap_resumes_with_a_stateful_loader(tmp_path):
         ds = XRayShards(tmp_path, sites=SiteProposer(bank, s=1.0, n=3, min_intensity=0.0), seed=4)
         loader = StatefulDataLoader(ds, batch_size=6, collate_fn=collate_xray)
         rate = PseudoLabel(MeanScore(center=0.6), threshold=None)
-        out = SynthesisStage(Darken(), filter=rate, fraction=0.4, min_intensity=None, seed=9).wrap(loader)
+        # RandomDarken: the stage's generator decides every image made, so its state must come back
+        out = SynthesisStage(synthesizer=RandomDarken(), filter=rate, fraction=0.4, min_intensity=None,
+                             seed=9).wrap(loader)
         out.set_epoch(2)
         return out
 
