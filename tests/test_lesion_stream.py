@@ -99,6 +99,18 @@ def _mixed(shards, **kw):
                    positive_fraction=0.1, synthetic_fraction=0.3, seed=7, **kw)
 
 
+def test_positives_come_in_at_their_fraction_without_a_real_pass(shards):
+    """``positives=`` with ``positive_fraction=0.1`` (coin-flip mode); the folder also holds normals.
+    Before: no test checked that they came, and the folder's normals came too, counted as positives."""
+    stream = _mixed(shards, epoch_length=200)
+    samples = list(stream)
+    e = stream.stats["emitted"]
+    assert len(samples) == sum(e.values()) == 200
+    assert 8 <= e["positives"] <= 35  # Binomial(200, 0.1): mean 20, sd 4.2
+    real_label_1 = sum(1 for s in samples if not s["synthetic"] and int(s["label"]) == 1)
+    assert real_label_1 == e["real_positive"] + e["positives"]  # what positives= gives is positive
+
+
 @pytest.mark.parametrize("k", [0, 5, 23, 30])  # 30: in the second synthesis round (it starts at sample 27)
 def test_resume_after_k_samples_gives_the_samples_of_an_uninterrupted_run(shards, k):
     uninterrupted = _mixed(shards, epoch_length=40)

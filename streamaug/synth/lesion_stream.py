@@ -111,7 +111,8 @@ class LesionStream(torch.utils.data.IterableDataset):
         synthesizer: a :class:`streamaug.synth.Translate`, :class:`streamaug.synth.CopyPaste`,
             :class:`streamaug.synth.Mix` or a list of (synthesizer, weight) pairs.
         filter: e.g. :class:`streamaug.PseudoLabel`; None accepts every candidate.
-        positives: optional shards of real positives, mixed in at ``positive_fraction``.
+        positives: optional shards of real positives, mixed in at ``positive_fraction`` (only their
+            label-1 samples are read, so a folder that also holds normals gives its positives).
         synthetic_fraction: share of emitted samples that are synthetic positives.
         positive_fraction: share drawn from ``positives`` (default 0.1 when given, else 0).
         blend_n: exponent of the cosine blending mask (for ``translator=``).
@@ -180,8 +181,8 @@ class LesionStream(torch.utils.data.IterableDataset):
             sites = manifest_site_proposer(self.real.shards, select=select, seed=seed + 2)
         self.sources = XRayShards(normal_shards, seed=seed + 2, sites=sites,
                                   select=LabelSelect(label, AllOf(select, source_select)), **common)
-        self.positives = None if positives is None else XRayShards(
-            positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error)
+        self.positives = None if positives is None else XRayShards(  # its positives only (label 1)
+            positives, seed=seed + 1, resampled=True, resize=resize, on_error=on_error, select=LabelSelect(1))
         _check_resize(self.stage.synthesizer, resize)
         self.emitted = dict.fromkeys(_KINDS, 0)
         self.epoch = 0
