@@ -31,7 +31,7 @@ def test_counts_and_fractional_times():
     frac = list(oversample(xs, 2.5, gap=60, min_gap=8, seed=0))
     assert abs((len(frac) - 2000) / 200 - 1.5) < 0.15  # 1.5 extra copies per positive on average
     assert [x["key"] for x in oversample(xs, 1, seed=0)] == [x["key"] for x in xs]
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="times must be >= 1"):
         list(oversample(xs, 0.5))
 
 

@@ -207,4 +207,4 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     out = json.loads(proc.stdout.split("RESULT", 1)[1].splitlines()[0])
     assert len(out[0]) == len(out[1])
     assert set(out[0]) | set(out[1]) == {f"k{i:06d}" for i in range(22)}
-    assert not set(out[0]) & set(out[1]) or len(out[0]) * 2 > 22
+    assert not set(out[0]) & set(out[1])  # the ranks split the shards (padding repeats a rank's own samples)

@@ -77,12 +77,20 @@ def test_synthesize_changes_only_the_site():
 
 
 def test_dark_crops_are_dropped_before_translation():
+    seen = []
+
+    class Counting(Darken):
+        def translate(self, patches):
+            seen.append(len(patches))
+            return super().translate(patches)
+
     batch = bright_batch()
     batch["image"][1] = 0.05
-    stage = SynthesisStage(Darken(), min_intensity=0.15)
+    stage = SynthesisStage(Counting(), min_intensity=0.15)
     boxes, source = stage.choose_sites(batch["sites"], [0, 1])
     out = stage.synthesize(batch["image"], boxes, source)
     assert out.source.tolist() == [0] and stage.stats["dark_crops"] == 1
+    assert seen == [1]  # the dark crop never reached the translator
 
 
 @pytest.mark.parametrize("threshold", [0.0, 0.5, 1.0])
