@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import multiprocessing
+import warnings
 
+#: seconds :meth:`Counters.add` waits for the counters' lock before counting without it
+LOCK_WAIT_S = 10.0
 STAT_NAMES = ("yielded", "skipped_samples", "bad_shards", "padded", "lost_samples")
 
 
@@ -15,15 +18,29 @@ class Counters:
 
     def __init__(self) -> None:
         self._arr = multiprocessing.get_context().Array("q", len(STAT_NAMES))
+        self._lock_lost = False
 
     def add(self, name: str, value: int = 1) -> None:
-        """Add ``value`` to the count ``name`` (under the array's lock: workers add at once)."""
-        with self._arr.get_lock():
-            self._arr[STAT_NAMES.index(name)] += value
+        """Add ``value`` to the count ``name``, under the array's lock (workers add at once).
+
+        A worker killed while it held the lock (an out-of-memory kill) would hold it for ever: after
+        :data:`LOCK_WAIT_S` the count is added without it, with a warning, rather than hang the stream.
+        """
+        lock = self._arr.get_lock()
+        held = not self._lock_lost and lock.acquire(timeout=LOCK_WAIT_S)
+        try:
+            if not held and not self._lock_lost:
+                self._lock_lost = True  # in this process from now on: one wait, not one per sample
+                warnings.warn(f"the stream's counters were locked for {LOCK_WAIT_S:g} s (a DataLoader worker killed "
+                              "while counting?); counting without the lock, so a count may be off", stacklevel=2)
+            self._arr.get_obj()[STAT_NAMES.index(name)] += value
+        finally:
+            if held:
+                lock.release()
 
     def as_dict(self) -> dict[str, int]:
-        """``{name: count}`` as now."""
-        return dict(zip(STAT_NAMES, self._arr[:]))
+        """``{name: count}`` as now (read without the lock, so a dead worker's lock cannot block it)."""
+        return dict(zip(STAT_NAMES, self._arr.get_obj()[:]))
 
     def __getstate__(self) -> dict:
         from multiprocessing import context
@@ -33,3 +50,4 @@ class Counters:
     def __setstate__(self, state: dict) -> None:
         self._arr = state["arr"] if state["arr"] is not None else multiprocessing.get_context().Array(
             "q", len(STAT_NAMES))
+        self._lock_lost = False

@@ -61,6 +61,8 @@ def read_fault(shard: str, err: BaseException, at: str) -> str:
     if failed is not None:
         return (f"shard {shard}: {failed}{at}. Run the command in a shell to see why and fix it, or pass "
                 "on_error='skip' to count and skip the rest.")
+    if isinstance(err, TimeoutError):
+        return f"shard {shard}{at}: {err}; or pass on_error='skip' to count and skip the rest."
     if isinstance(err, TarLinkError):
         return f"shard {shard} holds a link member{at}: {err}; or pass on_error='skip' to count and skip the rest."
     return (f"shard {shard} is truncated or corrupt{at}: {err}. Re-pack it, or pass "
