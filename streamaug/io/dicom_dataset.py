@@ -87,28 +87,33 @@ def pixel_array(ds: Any, source: str) -> np.ndarray:
     """``ds.pixel_array`` with a clear error when it fails.
 
     Raises:
-        MissingCodecError: compressed data that no installed plugin can decode (none installed for
-            the transfer syntax, or each one available refused it as unsupported, e.g. Pillow and
-            12-bit JPEG).
-        XRayDecodeError: a plugin ran and failed on the data (corrupt compressed pixel data), or
-            uncompressed pixel data that cannot be read.
+        MissingCodecError: compressed data that no installed plugin can decode: none is installed
+            for the transfer syntax, or each one that ran refused the data as a kind it does not
+            support (e.g. Pillow and 12-bit JPEG).
+        XRayDecodeError: an installed plugin ran and failed on the data: corrupt compressed pixel
+            data (or, while other plugins for the syntax are missing, data only they decode: the
+            message names both), or uncompressed pixel data that cannot be read.
     """
     tsyntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     try:
         return ds.pixel_array
     except Exception as err:  # noqa: BLE001 - pydicom raises RuntimeError/NotImplementedError/ValueError
-        if tsyntax is not None and tsyntax.is_compressed and _codec_missing(tsyntax, err):
+        if tsyntax is None or not tsyntax.is_compressed:
+            raise XRayDecodeError(f"{source}: cannot read DICOM pixel data ({type(err).__name__}: "
+                                  f"{first_line(err)}); the file is truncated or corrupt") from err
+        installed, missing = _plugins(tsyntax)
+        if not installed or _all_unsupported(err):
             raise MissingCodecError(
                 f"{source}: cannot decode compressed pixel data with transfer syntax "
                 f"'{tsyntax.name}' ({tsyntax}): no installed pixel-data plugin could decode it. "
                 f"Install the codecs: {CODEC_HINT}. (pydicom said: {first_line(err)})"
             ) from err
-        if tsyntax is not None and tsyntax.is_compressed:
-            raise XRayDecodeError(f"{source}: the compressed pixel data ('{tsyntax.name}') is corrupt: the installed "
-                                  f"plugin failed to decode it ({type(err).__name__}: {first_line(err)}); re-export "
-                                  "or re-copy the file") from err
-        raise XRayDecodeError(f"{source}: cannot read DICOM pixel data ({type(err).__name__}: "
-                              f"{first_line(err)}); the file is truncated or corrupt") from err
+        tried = f"the installed plugin{'s' if len(installed) > 1 else ''} ({', '.join(installed)})"
+        others = (f", or it needs a plugin that is not installed ({', '.join(m.split(' ')[0] for m in missing)}: "
+                  f"{CODEC_HINT})" if missing else "")
+        raise XRayDecodeError(f"{source}: {tried} failed on the compressed pixel data ('{tsyntax.name}'): "
+                              f"{type(err).__name__}: {first_line(err)}. {'Either the' if missing else 'The'} data is "
+                              f"corrupt (re-export or re-copy the file){others}") from err
 
 
 #: What a plugin says when it cannot handle a kind of data (not damage): "Pillow does not support
@@ -117,24 +122,26 @@ _UNSUPPORTED = re.compile(r"not support|unsupported|cannot decode \d+-bit|are su
                           r"precision less than|precision of", re.I)
 
 
-def _codec_missing(tsyntax: Any, err: BaseException) -> bool:
-    """Whether pydicom failed for want of a usable plugin (rather than on corrupt data): none is
-    installed, or each plugin that ran refused the data as a kind it does not support."""
+def _plugins(tsyntax: Any) -> tuple[list[str], list[str]]:
+    """``(installed, missing)`` pixel-data plugins of pydicom for ``tsyntax`` (both empty on pydicom 2
+    or a syntax without a decoder)."""
+    try:
+        from pydicom.pixels import get_decoder  # pydicom >= 3
+
+        decoder = get_decoder(tsyntax)
+        return list(decoder.available_plugins), list(decoder.missing_dependencies)
+    except Exception:  # noqa: BLE001 - pydicom 2 (ImportError), or no decoder for the syntax
+        return [], []
+
+
+def _all_unsupported(err: BaseException) -> bool:
+    """Whether every plugin that ran refused the data as a kind it does not support (not as damage)."""
     text = str(err)
     if "missing dependencies" in text or "missing required dependencies" in text:
         return True
-    head, sep, tail = text.partition("raised by all available plugins:")
-    if sep:  # pydicom 3: one "name: message" line per plugin that ran
-        failures = [line.strip() for line in tail.splitlines() if line.strip()]
-        return bool(failures) and all(_UNSUPPORTED.search(line) for line in failures)
-    try:
-        from pydicom.pixels import get_decoder  # pydicom >= 3
-    except ImportError:
-        return True  # pydicom 2 cannot tell which plugin ran: as before, name the codecs
-    try:
-        return not get_decoder(tsyntax).is_available
-    except Exception:  # noqa: BLE001 - a transfer syntax pydicom has no decoder for
-        return True
+    _, sep, tail = text.partition("raised by all available plugins:")
+    failures = [line.strip() for line in tail.splitlines() if line.strip()]
+    return bool(sep and failures) and all(_UNSUPPORTED.search(line) for line in failures)
 
 
 def frame0(arr: np.ndarray, size: tuple[int, int], frames: int, samples: int, source: str) -> np.ndarray:
