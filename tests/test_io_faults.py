@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from shardgen import png_bytes, write_shards
-from test_pack import _write_csv, _write_png
+from test_pack import _all_shards, _read_tars, _write_csv, _write_png
 
 from streamaug import XRayShards
 from streamaug.cli.pack import PackError, pack
@@ -186,6 +186,20 @@ def test_plugin_that_cannot_handle_the_data_is_still_a_missing_codec():
         decode_xray(Path(path).read_bytes(), "dcm", source="JPEG-lossy.dcm")
 
 
+@pytest.mark.skipif(any(importlib.util.find_spec(m) for m in ("pylibjpeg", "gdcm")), reason="it decodes")
+def test_data_only_a_missing_plugin_decodes_names_that_plugin_too():
+    """GDCMJ2K_TextGBR.dcm is valid JPEG 2000 that Pillow fails on and gdcm/pylibjpeg decode: the error
+    may not call it corrupt alone (the review of the first fix called such files corrupt)."""
+    from pydicom.data import get_testdata_file
+
+    path = get_testdata_file("GDCMJ2K_TextGBR.dcm", download=False)
+    if path is None:
+        pytest.skip("GDCMJ2K_TextGBR.dcm not available")
+    with pytest.raises(XRayDecodeError, match=r"Either the data is corrupt .*or it needs a plugin that is not "
+                                              r"installed \(gdcm, pylibjpeg: pip install pylibjpeg"):
+        decode_xray(Path(path).read_bytes(), "dcm", source="GDCMJ2K_TextGBR.dcm")
+
+
 # --- 5: a shard's mask and boxes against its image ---------------------------------------------------
 
 def _raw(key: str, **members) -> dict:
@@ -241,10 +255,27 @@ def test_rows_of_one_image_with_different_labels_are_a_clash(tmp_path):
         pack(tmp_path, csv_path, tmp_path / "out", progress=False)
     manifest = pack(tmp_path, csv_path, tmp_path / "out", on_error="skip", progress=False)
     assert [e["line"] for e in manifest["skipped"]] == [3] and manifest["count"] == 1
-    rows = [{"image": "a.png", "finding": "Mass"}, {"image": "a.png", "finding": "Nodule"}]
+    rows = [{"image": "a.png", "finding": "Mass"}, {"image": "a.png", "finding": "normal"}]
     csv_path = _write_csv(tmp_path / "f.csv", rows, ["image", "finding"])
     manifest = pack(tmp_path, csv_path, tmp_path / "out2", label_column="finding", progress=False)
     assert [(w["kind"], w["line"]) for w in manifest["warnings"]] == [("label_conflict", 3)]
+
+
+@pytest.mark.parametrize("column", ["label", "finding"])
+def test_labels_spelled_otherwise_but_read_alike_are_one_label(tmp_path, column):
+    """The review of the first fix: tumor/Tumor, 1/1.0 (and findings Mass/Nodule, both label 1) were
+    refused as a clash, dropping the second row and its box under skip."""
+    _write_png(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    values = ["tumor", "Tumor", "1.0"] if column == "label" else ["Mass", "Nodule", "Mass"]
+    rows = [{"image": "a.png", column: v, "boxes_xyxy": f"{i} 0 {i + 2} 2"} for i, v in enumerate(values)]
+    csv_path = _write_csv(tmp_path / "m.csv", rows, ["image", column, "boxes_xyxy"])
+    manifest = pack(tmp_path, csv_path, tmp_path / "out", label_column=None if column == "label" else column,
+                    progress=False)
+    assert manifest["count"] == 1 and manifest["skipped"] == []
+    assert [(w["kind"], w["line"]) for w in manifest["warnings"]] == (
+        [("label_spelling", 3), ("label_spelling", 4)] if column == "label" else [])
+    (doc,) = [json.loads(v["json"]) for v in _read_tars(_all_shards(tmp_path / "out", manifest)).values()]
+    assert len(doc["boxes"]) == 3
 
 
 def test_missing_file_is_quoted(tmp_path):
@@ -261,8 +292,8 @@ def test_folder_lists_every_suffix_the_reader_opens(tmp_path):
     (src,) = write_shards(tmp_path / "src", n=2, shard_size=2, manifest=False)
     folder = tmp_path / "f"
     folder.mkdir()
-    for name in ("s-0.tar", "s-1.TAR", "s-2.tgz", "s-3.tar.gz", "s-4.tar.zst"):
-        shutil.copy(src, folder / name)
+    for name in ("s-0.tar", "s-1.TAR", "s-2.tgz", "s-3.tar.gz", "s-4.tar.zst", "._s-0.tar", ".hidden.tar"):
+        shutil.copy(src, folder / name)  # hidden files (macOS's ._ copies) are not shards
     with pytest.warns(UserWarning, match=r"not reading \['s-4\.tar\.zst'\]"):
         listed = expand_urls(str(folder))
     assert [Path(p).name for p in listed] == ["s-0.tar", "s-1.TAR", "s-2.tgz", "s-3.tar.gz"]

@@ -22,6 +22,7 @@ import numpy as np
 
 from streamaug.cli.pack_mask import MaskError, binary_mask_png
 from streamaug.data.decode import IMAGE_EXTS
+from streamaug.io.labels import to_int_label
 from streamaug.io.readers import XRayDecodeError, decode_xray, sniff_ext
 from streamaug.sites.boxes import box_problem, parse_boxes
 
@@ -164,7 +165,7 @@ class SampleBuilder:
 
     def warn(self, line: int, key: str, file: str, kind: str, reason: str) -> None:
         """Record something packed but worth a look (``kind``: ``duplicate_row``, ``duplicate_box``,
-        ``empty_mask``, ``label_conflict``) in ``warnings``; never raises."""
+        ``empty_mask``, ``label_conflict``, ``label_spelling``) in ``warnings``; never raises."""
         self.warnings.append({"line": line, "key": key, "file": file, "kind": kind, "reason": reason})
 
     def build(self, key: str, group: list[tuple[int, dict]]) -> tuple[dict, dict[str, bytes], tuple] | None:
@@ -172,8 +173,10 @@ class SampleBuilder:
 
         A row identical to an earlier row of the key is dropped, and a box equal to one given
         earlier for the image is stored once in ``boxes`` (each with a warning): merged, they would
-        count one lesion twice. A row whose ``image``, ``mask``, ``label`` or ``split`` differs from
-        the key's first row is a bad row (a ``--label-column`` that differs: a warning).
+        count one lesion twice. A row whose ``image``, ``mask`` or ``split`` differs from the key's
+        first row, or whose ``label`` reads as another label (:func:`~streamaug.io.labels.to_int_label`),
+        is a bad row; a label spelled otherwise (``tumor``/``Tumor``), or a ``--label-column`` that
+        reads as another label, is a warning.
         """
         for line, row in group:
             if not row["image"].strip():
@@ -190,7 +193,14 @@ class SampleBuilder:
         kept = [(line0, first)]
         seen_rows = {tuple(first.values()): line0}
         for line, row in group[1:]:
-            clash = [c for c in ("image", "mask", "label", "split") if c in self.columns and row[c] != first[c]]
+            clash = [c for c in ("image", "mask", "split") if c in self.columns and row[c] != first[c]]
+            spelled = "label" in self.columns and row["label"] != first["label"]
+            if spelled and to_int_label(row["label"]) != to_int_label(first["label"]):
+                clash.append("label")
+            elif spelled and not clash:
+                self.warn(line, key, row["image"], "label_spelling", f"label {row['label']!r} here, "
+                          f"{first['label']!r} on line {line0}: the same label ({to_int_label(row['label'])}), spelled "
+                          "otherwise; the sample keeps the first spelling")
             same = seen_rows.setdefault(tuple(row.values()), line)
             if clash:
                 self.bad(line, key, row["image"], f"same key as line {line0} but different {', '.join(clash)}"
@@ -249,8 +259,9 @@ class SampleBuilder:
             self.warn(line, key, first["image"], "empty_mask", f"mask {first['mask'].strip()} has no foreground "
                       "pixel, yet the image has boxes: check that the mask belongs to this image and marks the lesion")
         if self.label_column and "label" not in self.columns:  # the label is a copy of the first row's
-            other = next(((ln, r) for ln, r, _ in good if r[self.label_column] != doc["label"]), None)
-            if other is not None:
+            label = to_int_label(doc["label"])
+            other = next(((ln, r) for ln, r, _ in good if to_int_label(r[self.label_column]) != label), None)
+            if other is not None:  # findings that differ but read as one label (Mass, Nodule) are fine
                 self.warn(other[0], key, first["image"], "label_conflict", f"--label-column {self.label_column!r} "
                           f"is {other[1][self.label_column]!r} here but {doc['label']!r} on line {good[0][0]}; the "
                           "sample's label is the first row's: give each image one label")

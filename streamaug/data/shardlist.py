@@ -81,8 +81,9 @@ SHARD_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.
 
 def folder_shards(folder: Path) -> list[str]:
     """The shards of a folder, sorted: files named with a :data:`SHARD_SUFFIXES` suffix in any case
-    (``.TAR``, ``.tgz``). A tar the reader cannot open (``.tar.zst``, ``.tar.lz4``) is named in a warning."""
-    names = sorted(p.name for p in folder.iterdir() if p.is_file())
+    (``.TAR``, ``.tgz``), hidden ones (``.name``, e.g. macOS's ``._name``) left out. A tar the reader
+    cannot open (``.tar.zst``, ``.tar.lz4``) is named in a warning."""
+    names = sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     odd = [n for n in names if ".tar." in n.lower() and not n.lower().endswith(SHARD_SUFFIXES)]
     if odd:
         warnings.warn(f"{folder}: not reading {odd[:5]}{' ...' if len(odd) > 5 else ''}: the reader opens plain, "
