@@ -25,6 +25,8 @@ def test_rows_label_by_boxed_finding_drop_unboxed_positives_and_split_by_patient
             table.append({**base, "finding": "Effusion", "box_xyxy_256": "1 1 5 5", "all_findings": "Effusion"})
         if kind == 3:
             table.append({**base, "finding": "Effusion", "box_xyxy_256": "1 1 5 5", "all_findings": "Effusion|Mass"})
+    table.append({**base, "image_id": "img60", "image": "images/img60.png", "patient_id": "30", "finding": "Mass",
+                  "box_xyxy_256": "3 3 9 9", "all_findings": "Mass"})  # a Mass with its box
     with open(tmp_path / "boxes.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
@@ -61,5 +63,6 @@ def test_the_two_spellings_of_infiltration_are_one_finding_and_unknown_findings_
     for name in ("Infiltrate", "Infiltration"):
         rows = _module().build_rows(tmp_path / "boxes.csv", [name], [0.6, 0.2, 0.2], seed=0)
         assert sorted(r["label"] for r in rows) == ["lesion"] * 10 + ["negative"] * 10  # i % 3 == 1 left out
-    with pytest.raises(SystemExit, match="Hernia.*boxed findings are Effusion, Infiltrate"):
-        _module().build_rows(tmp_path / "boxes.csv", ["Hernia"], [0.6, 0.2, 0.2], seed=0)
+    for positive in (["Hernia"], ["Infiltrate", "Hernia"]):  # the review: Hernia beside a boxed finding passed
+        with pytest.raises(SystemExit, match="--positive Hernia: .*boxed findings are Effusion, Infiltrate"):
+            _module().build_rows(tmp_path / "boxes.csv", positive, [0.6, 0.2, 0.2], seed=0)
