@@ -213,3 +213,11 @@ def test_paste_weight_scales_the_mask(device):
     torch.testing.assert_close(out[0, :, y0:y1, x0:x0 + 3].double(), ref[0, :, y0:y1, x0:x0 + 3], atol=1e-5, rtol=0)
     with pytest.raises(ValueError, match="weight"):
         paste_blend(img, trans, boxes, bidx, 2.0, weight=ones[:, :, :5])
+
+
+def test_a_paste_over_the_top_border_touches_no_other_image():
+    """paste_blend's promise: parts of a site outside the image are dropped. Only the left border was
+    tested; rows above the top wrapped into the previous image of the batch when unchecked."""
+    img = torch.rand(2, 1, 16, 16)
+    out = paste_blend(img, torch.ones(1, 1, 8, 8), torch.tensor([[4, -4, 12, 4]]), torch.tensor([1]), 2.0)
+    assert torch.equal(out[0], img[0]) and torch.equal(out[1, :, 4:], img[1, :, 4:])

@@ -145,3 +145,49 @@ def test_mask_shape_without_a_mask_pastes_the_feathered_box_and_says_so():
         CopyPaste(crops=crops, onto="lesions")
     with pytest.raises(ValueError, match="'box' or 'mask'"):
         LesionCrops.from_samples([disc_lesion()], shape="disc")
+
+
+BASE, SITE, SRC = torch.full((1, 1, 64, 64), 0.5), torch.tensor([[8, 8, 40, 40]]), torch.tensor([0])
+
+
+def _g():
+    return torch.Generator().manual_seed(0)
+
+
+def test_the_contrast_setting_changes_the_paste():
+    crops = LesionCrops.from_samples([lesion("L", (20, 20, 36, 36))], size=32)
+    low, high = (CopyPaste(crops=crops, **{**PLAIN, "contrast": (c, c)})(BASE, SITE, SRC, _g()).images
+                 for c in (0.5, 1.0))
+    assert not torch.equal(low, high)
+
+
+def test_a_flip_mirrors_the_paste():
+    sample = lesion("L", (20, 20, 36, 36))
+    sample["image"][:, 20:36, 20:26] = 0.6  # not mirror-symmetric
+    synth = CopyPaste(crops=LesionCrops.from_samples([sample], size=32), **{**PLAIN, "flip": True})
+    p = synth.generate_parameters(None, SITE, SRC, _g())
+    flipped = synth.apply(BASE, SITE, SRC, {**p, "flip": ~p["flip"]}).images
+    assert not torch.equal(flipped, synth.apply(BASE, SITE, SRC, p).images)
+
+
+def test_without_a_lesion_of_the_sites_size_the_nearest_size_is_drawn():
+    small, large = lesion("small", (10, 10, 18, 18)), lesion("large", (20, 20, 44, 44))
+    synth = CopyPaste(crops=LesionCrops.from_samples([small, large], size=16))  # crop sides 16 and 48
+    sites = torch.tensor([[0, 0, 30, 30], [0, 0, 10, 10]])
+    params = synth.generate_parameters(None, sites, torch.zeros(2, dtype=torch.long), _g())
+    assert [synth.provenance(params, j)["lesion_key"] for j in range(2)] == ["large", "small"]
+
+
+def test_a_mask_paste_widens_the_mask_before_feathering():
+    from streamaug.synth.lesion_bank import lesion_alpha
+
+    mask = torch.zeros(1, 32, 32)
+    mask[:, 10:20, 12:18] = 1
+    alpha = lesion_alpha(mask, (12, 10, 18, 20), (32, 32))
+    assert float(alpha[0, 10:20, 12:18].min()) > 0.95  # the feathered rim lies outside the lesion
+
+
+def test_max_lesions_caps_the_bank():
+    samples = [lesion("a", (20, 20, 36, 36)), lesion("b", (10, 12, 30, 28))]
+    assert len(LesionCrops.from_samples(samples, size=8, max_lesions=1)) == 1
+    assert len(LesionCrops.from_samples(samples, size=8)) == 2

@@ -171,3 +171,17 @@ def test_the_grid_shows_a_swapped_lesion_at_its_sources_zoom(shards, tmp_path, m
         assert torch.allclose(got, want, atol=1.0), (got, want)
         differ += bool((box[:, 2:] - box[:, :2]).max() > 8)  # above the smallest zoom: the old one was twice it
     assert differ >= 2
+
+
+def test_the_headline_numbers_come_from_the_held_out_part(shards, tmp_path, monkeypatch):
+    """The discriminator's interval, the feature classifier's AUC and Fréchet/KID must be measured on
+    the held-out images (by patient), not on what the discriminator trained on; no test said so."""
+    boot, dist = [], []
+    bootstrap, frechet = realism.cluster_bootstrap_auc, realism.frechet_distance
+    monkeypatch.setattr(realism, "cluster_bootstrap_auc",
+                        lambda y, s, g, *a, **k: boot.append((len(y), g is not None)) or bootstrap(y, s, g, *a, **k))
+    monkeypatch.setattr(realism, "frechet_distance", lambda a, b: dist.append((len(a), len(b))) or frechet(a, b))
+    counts = _run(shards, tmp_path, "copy-paste", "--held-out", "0.3")["counts"]
+    held, feature = counts["held_out"], counts["feature_classifier_held_out"]
+    assert boot == [(sum(held.values()), True), (sum(feature.values()), True)]
+    assert dist == [(held["real"], held["synthetic"])]

@@ -23,10 +23,34 @@ def scorer(tmp_path_factory):
     folder = tmp_path_factory.mktemp("shards")
     write_shards(folder, n=48, shard_size=16, size=48, lesion_every=3, box=(14, 14, 30, 30), lesion_value=20)
     out = tmp_path_factory.mktemp("scorer")
-    train_main(["scorer", "--shards", str(folder), "--out", str(out), "--split", "all", "--steps", "40",
-                       "--eval-every", "10", "--patch-size", "16", "--batch-size", "8", "--s", "1.5", "--n", "2",
-                       "--holdout", "0.3", "--crops-per-box", "2"])
+    train_main(["scorer", "--shards", str(folder), "--out", str(out), *_SCORER_ARGS, "--steps", "40"])
     return out, out / "scorer.pt"
+
+
+_SCORER_ARGS = ["--split", "all", "--eval-every", "10", "--patch-size", "16", "--batch-size", "8", "--s", "1.5", "--n",
+                "2", "--holdout", "0.3", "--crops-per-box", "2"]
+
+
+def test_the_checkpoint_holds_the_chosen_steps_weights(scorer, tmp_path, monkeypatch):
+    """scorer.pt must be the chosen step's model, not the last step's: held-out AUCs scripted so that
+    step 20 of 40 is best, and the model's weights kept at each evaluation."""
+    from streamaug.train import scorer as scorer_module
+
+    out, _ = scorer
+    kept = {}
+    script = iter([0.5, 0.9, 0.7, 0.6])
+
+    def scripted(model, data):
+        kept[len(kept) * 10 + 10] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return next(script)
+
+    monkeypatch.setattr(scorer_module, "heldout_auc", scripted)
+    shards = json.loads((out / "run.json").read_text())["run"]["shards"]
+    train_main(["scorer", "--shards", *shards, "--out", str(tmp_path / "s"), *_SCORER_ARGS, "--steps", "40"])
+    assert json.loads((tmp_path / "s" / "run.json").read_text())["chosen"]["step"] == 20
+    saved = torch.load(tmp_path / "s" / "scorer.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(saved[k], v) for k, v in kept[20].items())
+    assert not all(torch.equal(saved[k], v) for k, v in kept[40].items())
 
 
 def test_scorer_learns_the_lesion_and_keeps_its_best_step(scorer):

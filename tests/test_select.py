@@ -48,10 +48,12 @@ def test_matched_normals_refuse_a_column_the_positives_lack(shards):
         matched_normals(str(shards), None, _young_positives, "index", seed=0, bins=0)
 
 
-def test_matched_normals_need_normals_with_a_value(tmp_path):
-    """As a CSV packs an empty cell: the positives have an age, the normals ``""``."""
+@pytest.mark.parametrize("missing", ["", "nan", "NaN"])
+def test_matched_normals_need_normals_with_a_value(tmp_path, missing):
+    """As a CSV packs an empty cell (or pandas writes a missing one): the positives have an age, the
+    normals ``""`` or ``"nan"``, which must not land in the top bin."""
     with tarfile.open(tmp_path / "s-000000.tar", "w") as tar:
-        for i, (label, age) in enumerate([("tumor", "12"), ("normal", ""), ("tumor", "40"), ("normal", "")]):
+        for i, (label, age) in enumerate([("tumor", "12"), ("normal", missing), ("tumor", "40"), ("normal", missing)]):
             meta = {"label": label, "age": age, "boxes": [[1, 1, 4, 4]] if label == "tumor" else []}
             for ext, data in (("png", png_bytes(np.zeros((8, 8), np.uint8))), ("json", json.dumps(meta).encode())):
                 info = tarfile.TarInfo(f"k{i}.{ext}")
@@ -65,3 +67,10 @@ def test_all_of_needs_every_select():
     both = AllOf(KeySet({"a", "b"}), None, lambda k, m: m.get("ok", False))
     assert both("a", {"ok": True}) and not both("a", {}) and not both("c", {"ok": True})
     assert AllOf()("anything", {})
+
+
+def test_matched_normals_count_the_bins_no_normal_fills(shards):
+    """Positives 0..15 and normals from index 8 on: the lower of two bins has no normal to match."""
+    keep = lambda k, m: (m["label"] == "tumor" and m["index"] < 20) or (m["label"] != "tumor" and m["index"] > 7)  # noqa: E731
+    _, counts = matched_normals(str(shards), None, keep, "index", seed=0, bins=2)
+    assert counts["unmatched_bins"] == 1

@@ -248,6 +248,8 @@ def test_max_sites_caps_with_a_random_subset():
         assert capped.shape == (2, 4) and every.shape == (6, 4)
         assert all(any((row == e).all() for e in every) for row in capped)
     assert prop.stats["dropped_cap"] == 40 and prop.stats["kept"] == 20
+    lesion = _sample("L", np.ones((64, 64)), label=1, boxes=[[1, 1, 9, 9], [30, 30, 40, 40]])
+    assert SiteProposer(None, max_sites=1)(lesion)["sites"].shape == (1, 4)  # lesion images are capped too
 
 
 def _sites_for(prop, keys, img):

@@ -97,13 +97,15 @@ def test_lesion_swap_at_the_border_keeps_the_mask_on_the_own_lesion():
     assert torch.equal(out[outside], positive["image"][0][outside])
 
 
-def test_lesion_swap_matches_intensity_over_the_image_part_of_the_site():
-    """A site reaching past the border: the padding (0) must not darken the matched mean."""
+@pytest.mark.parametrize("site", [[-6, 14, 18, 38], [46, 14, 70, 38], [20, 50, 44, 74]], ids=["left", "right", "bottom"])
+def test_lesion_swap_matches_intensity_over_the_image_part_of_the_site(site):
+    """A site reaching past the border: the padding (0) must not darken the matched mean (at first only
+    the left border was tested; the right and bottom ones use the other bound)."""
     donor = square_lesion("D", (30, 20, 42, 32), background=0.6, value=0.6)  # no contrast: a flat crop
     swap = CopyPaste(crops=LesionCrops.from_samples([donor], margin=2.0, size=32), onto="lesions",
                      match_intensity=True, **FIXED)
     image = torch.full((1, 1, 64, 64), 0.6)
-    made = swap(image, torch.tensor([[-6, 14, 18, 38]]), torch.tensor([0]), torch.Generator().manual_seed(0))
+    made = swap(image, torch.tensor([site]), torch.tensor([0]), torch.Generator().manual_seed(0))
     torch.testing.assert_close(made.images, image, atol=1e-4, rtol=0)
 
 
