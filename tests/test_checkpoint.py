@@ -282,3 +282,25 @@ def test_a_device_this_machine_lacks_is_named_not_the_file(tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match="not a torch device"):
         read_checkpoint(path, "gpu0", kind="classifier")
     assert device_problem("cpu") is None and load_classifier(path, device="cpu").model is not None
+
+
+def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    """A run killed (or a disk filled) while saving must not leave a truncated file where the last good
+    checkpoint was: the writer goes to a temporary file and renames it only once written."""
+    import io
+
+    path = tmp_path / "unit.pt"
+    _save_unit(path, step=7)
+    real_save = torch.save
+
+    def half_then_fail(obj, f, *args, **kwargs):
+        buf = io.BytesIO()
+        real_save(obj, buf)
+        Path(f).write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(torch, "save", half_then_fail)
+    with pytest.raises(OSError, match="No space"):
+        _save_unit(path, step=8)
+    monkeypatch.undo()
+    assert load_translator(path).meta["step"] == 7

@@ -321,3 +321,24 @@ def test_swap_arms_make_new_positives_from_the_kept_positives(tmp_path):
     assert without("oversample_swap_bone", *match) == without("oversample_swap", *match)
     assert (configs["oversample_swap_upright"]["paste_rot90"], configs["oversample_swap"]["paste_rot90"]) == (False, True)
     assert without("oversample_swap_upright", "paste_rot90") == without("oversample_swap", "paste_rot90")
+
+
+def test_sensitivity_and_specificity_use_the_validation_operating_point():
+    """The threshold comes from the validation scores (not the test's own ROC), a test score equal to
+    it counts as positive, and the pair is (sensitivity, specificity) in that order."""
+    from streamaug.eval import operating_point
+
+    y_val, s_val = np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.6, 0.7])
+    thr = operating_point(y_val, s_val)["threshold"]
+    assert thr == 0.6
+    y_test = np.array([0, 0, 0, 1, 1, 1, 1])
+    s_test = np.array([0.1, 0.65, 0.7, 0.3, 0.6, 0.8, 0.9])  # a positive exactly at the threshold
+    pred = s_test >= thr
+    sens = pred[y_test == 1].sum() / (y_test == 1).sum()
+    spec = (~pred[y_test == 0]).sum() / (y_test == 0).sum()
+    assert (sens, spec) == (0.75, 1 / 3)
+    own = operating_point(y_test, s_test)  # the test set's own point is another one
+    assert (own["sensitivity"], own["specificity"]) != (sens, spec)
+    run = SeedRun(0, y_val, s_val, y_test, s_test, [f"k{i}" for i in range(len(y_test))])
+    row = summarize_arm("a", [run], None, n_boot=20)
+    assert row["sensitivity"] == pytest.approx(sens) and row["specificity"] == pytest.approx(spec)

@@ -272,3 +272,19 @@ def test_shard_size_below_one_is_a_user_error(tmp_path, capsys, size):
     with pytest.raises(PackError, match="--shard-size"):
         pack(tmp_path, csv_path, tmp_path / "out", shard_size=0, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_split_cell_that_is_a_path_is_skipped_and_nothing_leaves_out(tmp_path):
+    """A split cell names a folder under --out: '../../escaped' would have written shards outside it."""
+    root, out = tmp_path / "root", tmp_path / "a" / "b" / "out"
+    _images(root, 2)
+    rows = [{"image": "img0.png", "label": "normal", "split": "train"},
+            {"image": "img1.png", "label": "normal", "split": "../../escaped"}]
+    csv_path = _write_csv(tmp_path / "m.csv", rows, ["image", "label", "split"])
+    outside = lambda: {p for p in tmp_path.rglob("*") if out not in p.parents and p not in (out, *out.parents)}  # noqa: E731
+    before = outside()
+    manifest = pack(root, csv_path, out, on_error="skip", progress=False)
+    assert manifest["count"] == 1 and set(manifest["splits"]) == {"train"}
+    (skipped,) = manifest["skipped"]
+    assert skipped["line"] == 3 and "split '../../escaped' is not a plain name" in skipped["reason"]
+    assert outside() == before and not list(tmp_path.rglob("*escaped*"))

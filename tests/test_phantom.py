@@ -356,3 +356,24 @@ def test_split_counts_is_the_plan_the_writer_follows(tmp_path):
     for row in rows:
         got[row["split"]][int(row["label"] == "tumor")] += 1
     assert counts == got and sum(c[0] for c in counts.values()) == 5
+
+
+def test_splits_follow_the_fractions_in_order_within_every_label_and_region(tmp_path):
+    """splits=(train, val, test): train gets the largest share, and the split is stratified by label and
+    region, so each region of each label reaches every split."""
+    from streamaug.phantom.writer import split_counts
+
+    counts = split_counts(40, 30, seed=2, splits=(0.7, 0.2, 0.1))
+    sizes = {s: sum(c.values()) for s, c in counts.items()}
+    assert sizes["train"] > sizes["val"] > sizes["test"] > 0
+    _, rows = _read_csv(write_phantom_dataset(tmp_path, 40, 30, size=(32, 32), seed=2,
+                                              splits=(0.6, 0.2, 0.2)) / "metadata.csv")
+    groups: dict[tuple[str, str], dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+    for r in rows:
+        groups[(r["label"], r["region"])][r["split"]].add(r["group"])
+    assert set(groups) == {(label, region) for label in ("normal", "tumor") for region in ("lower_limb", "upper_limb")}
+    for stratum, by_split in groups.items():
+        assert set(by_split) == {"train", "val", "test"}, stratum
+        n = sum(len(g) for g in by_split.values())  # each stratum's groups split by the fractions, within 1
+        for split, frac in (("train", 0.6), ("val", 0.2), ("test", 0.2)):
+            assert abs(len(by_split[split]) - frac * n) < 1, (stratum, split, n)

@@ -90,3 +90,45 @@ def test_labels_settings_and_patients_are_checked(tmp_path, capsys):
     _write(tmp_path / "e", "oversample_swap", 1, [1 - v for v in y], rng.random(40).tolist(), keys, key)
     with pytest.raises(SystemExit, match="keys or labels differ"):
         pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--by", "image"])
+
+
+def _grouped_shard(path: Path, keys: list[str], y: list[int], per_patient: int) -> None:
+    """One tar shard whose JSON gives each image its patient (``group``), ``per_patient`` images each."""
+    import io
+    import tarfile
+
+    from shardgen import png_bytes, tiny_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w") as tar:
+        for i, (k, label) in enumerate(zip(keys, y)):
+            meta = {"label": "tumor" if label else "normal", "region": "lower_limb", "group": f"p{i // per_patient}"}
+            for ext, data in (("png", png_bytes(tiny_image(i, 16))), ("json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(f"{k}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+
+
+def test_patients_are_resampled_and_a_significant_loss_is_starred(tmp_path, capsys):
+    """By default the bootstrap resamples the test shards' patients, not images; an interval wholly
+    below zero (the arm is worse) is as significant as one wholly above."""
+    y = [i % 2 for i in range(40)]
+    keys = [f"k{i:06d}" for i in range(40)]
+    _grouped_shard(tmp_path / "shards" / "test-000000.tar", keys, y, per_patient=4)
+    key = {"config": {"epochs": 6}, "test": [str(tmp_path / "shards" / "test-000000.tar"), None]}
+    rng = np.random.default_rng(3)
+    ref, arm = {}, {}
+    for seed in range(3):  # the arm scores noise, the reference separates the labels: a clear loss
+        ref[seed] = (rng.random(40) + np.array(y)).tolist()
+        arm[seed] = rng.random(40).tolist()
+        _write(tmp_path / "e", "oversample", seed, y, ref[seed], keys, key)
+        _write(tmp_path / "e", "oversample_swap", seed, y, arm[seed], keys, key)
+    pool = _pool_seeds()
+    pool.main([str(tmp_path / "e"), "--region", "lower_limb", "--arms", "oversample_swap", "--n-boot", "200"])
+    groups = [f"p{i // 4}" for i in range(40)]
+    delta, lo, hi = paired_bootstrap_seeds(np.array(y), [ref[s] for s in range(3)], [arm[s] for s in range(3)], 200, 0,
+                                           groups=groups)
+    by_image = paired_bootstrap_seeds(np.array(y), [ref[s] for s in range(3)], [arm[s] for s in range(3)], 200, 0)
+    assert (lo, hi) != tuple(by_image[1:]) and hi < 0
+    assert capsys.readouterr().out.strip() == (f"lower_limb oversample_swap - oversample: {delta:+.3f} "
+                                               f"[{lo:+.3f}, {hi:+.3f}] * over 3 seeds 0-2, by patient")

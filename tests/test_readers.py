@@ -281,3 +281,39 @@ def test_compressed_dicom_plugin_failure_is_reported(monkeypatch):
     monkeypatch.setattr(pydicom.dataset.Dataset, "pixel_array", property(fail))
     with pytest.raises(MissingCodecError, match=r"JPEG2000\.dcm.*JPEG 2000.*pylibjpeg"):
         read_xray(path)
+
+
+# --- 32-bit and float images, DICOM without an extension ----------------------------------------
+
+def _tiff(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="TIFF")
+    return buf.getvalue()
+
+
+def test_32bit_integer_images_are_scaled_by_the_range_their_values_fit():
+    """Mode "I": values that fit in 16 bits are divided by 65535, larger ones by 2**31 - 1."""
+    small = np.array([[0, 1, 32768, 65535]], dtype=np.int32)
+    assert Image.open(io.BytesIO(_tiff(small))).mode == "I"
+    img, meta = decode_xray(_tiff(small), "tif")
+    assert torch.equal(img[0], torch.from_numpy(small / 65535.0).float()) and img.max() == 1.0
+    assert meta["bits"] == 16
+    large = np.array([[0, 65535, 70000, 2**31 - 1]], dtype=np.int32)
+    img, meta = decode_xray(_tiff(large), "tif")
+    assert torch.equal(img[0], torch.from_numpy(large / float(2**31 - 1)).float()) and img.max() == 1.0
+    assert meta["bits"] == 32
+
+
+def test_float_images_are_clipped_to_the_unit_range():
+    arr = np.array([[-0.5, 0.0, 0.25, 1.0, 1.5]], dtype=np.float32)
+    assert Image.open(io.BytesIO(_tiff(arr))).mode == "F"
+    img, _ = decode_xray(_tiff(arr), "tif")
+    assert img[0].tolist() == [[0.0, 0.0, 0.25, 1.0, 1.0]]
+
+
+@pytest.mark.parametrize("ext", [None, "bin"])
+def test_dicom_without_its_extension_is_sniffed(ext):
+    arr = np.arange(12, dtype=np.uint16).reshape(3, 4) * 300
+    img, meta = decode_xray(_dicom(arr), ext)
+    assert meta["format"] == "dicom" and img.shape == (1, 3, 4)
+    assert torch.equal(img, decode_xray(_dicom(arr), "dcm")[0])

@@ -208,3 +208,12 @@ def test_torchrun_two_ranks_gloo(tmp_path):
     assert len(out[0]) == len(out[1])
     assert set(out[0]) | set(out[1]) == {f"k{i:06d}" for i in range(22)}
     assert not set(out[0]) & set(out[1])  # the ranks split the shards (padding repeats a rank's own samples)
+
+
+def test_resize_scales_box_x_by_width_and_y_by_height():
+    from streamaug.data.decode import resize_sample
+
+    sample = {"image": torch.rand(1, 16, 16), "boxes": torch.tensor([[2.0, 4.0, 6.0, 8.0]])}
+    out = resize_sample(sample, (32, 64))  # (H, W): rows x2, columns x4
+    assert out["image"].shape == (1, 32, 64)
+    assert out["boxes"].tolist() == [[8.0, 8.0, 24.0, 16.0]]

@@ -69,6 +69,14 @@ def test_an_unbounded_stream_reads_on_past_barren_shards(tmp_path):
     assert [s["key"] for s in ds] == ["k000039"] * 3
 
 
+def test_an_unbounded_stream_forgets_barren_shards_after_each_usable_sample(tmp_path):
+    """Long enough that every shard is read between usable samples many times over: the count of
+    barren shards starts again at each usable one, else the stream would stop as if all were barren."""
+    paths = write_shards(tmp_path, n=40, shard_size=4)
+    ds = XRayShards(paths, resampled=True, select=KeySet({"k000039"}), epoch_length=30, buffer_size=0)
+    assert [s["key"] for s in ds] == ["k000039"] * 30
+
+
 def test_lesion_stream_without_normals_names_the_label_it_needs(tmp_path):
     write_shards(tmp_path, n=12, shard_size=4, size=32)
     stream = LesionStream(tmp_path, translator=IdentityTranslator(IdentityConfig(patch_size=8)),

@@ -57,3 +57,23 @@ def test_state_dict_before_iterating_is_the_selected_epochs_start(tmp_path):
     ds.load_state_dict({"epoch": 2, "consumed": 4, "yielded": 4})
     ds.set_epoch(2)  # the same epoch keeps the pending resume
     assert len(list(ds)) == 6
+
+
+def test_set_epoch_to_another_epoch_drops_a_pending_mid_epoch_resume(tmp_path):
+    """A state saved part-way through epoch 2, loaded, then set_epoch(3): epoch 3 is read whole, from its
+    start, not as the rest of epoch 2."""
+    write_shards(tmp_path, n=20, shard_size=5)
+    ds = XRayShards(tmp_path, seed=1, buffer_size=4)
+    ds.set_epoch(2)
+    it = iter(ds)
+    head = [next(it)["key"] for _ in range(7)]
+    state = ds.state_dict()
+    del it
+    assert (state["epoch"], state["yielded"]) == (2, 7) and len(set(head)) == 7
+    fresh = XRayShards(tmp_path, seed=1, buffer_size=4)
+    fresh.set_epoch(3)
+    epoch3 = [s["key"] for s in fresh]
+    resumed = XRayShards(tmp_path, seed=1, buffer_size=4)
+    resumed.load_state_dict(state)
+    resumed.set_epoch(3)
+    assert [s["key"] for s in resumed] == epoch3 and len(epoch3) == 20

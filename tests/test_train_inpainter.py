@@ -139,3 +139,14 @@ def test_normal_pairs_get_random_boxes_of_real_sizes():
     sizes = {(int(c.sum()), int(r.sum())) for r, c in zip(rows, cols)}
     # a random box of width 10 or 8 at a fractional place covers 10-11 or 8-9 whole pixels
     assert sizes <= {(10, 6), (11, 6), (10, 7), (11, 7), (8, 10), (9, 10), (8, 11), (9, 11)} and len(sizes) > 2
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    """The same folder re-packed with other pixels (its manifest's sha256 change): resuming would mix two
+    datasets in one model."""
+    data = tmp_path / "data"
+    write_shards(data, n=24, shard_size=8, size=48, lesion_every=3, box=BOX, sha256=True)
+    train_inpainter(run_cfg(str(data), tmp_path / "out", 2, split="all"), progress=False)
+    write_shards(data, n=24, shard_size=8, size=48, lesion_every=3, box=BOX, sha256=True, lesion_value=200)
+    with pytest.raises(CheckpointError, match=r"inpainter\.pt: trained on other data.*new --out"):
+        train_inpainter(run_cfg(str(data), tmp_path / "out", 4, split="all"), resume=True, progress=False)

@@ -286,3 +286,14 @@ def test_no_training_patches_names_the_options_to_check(shards):
 
     with pytest.raises(ValueError, match=r"no training patches: .*check --region, --positives .*--min-intensity"):
         build_patch_sets(shards, patch_size=16, split="train", region="nowhere", progress=False)
+
+
+def test_a_list_of_tar_files_read_for_both_training_and_validation_is_refused(tmp_path, capsys):
+    """.tar files without a manifest have no split to compare: the shared files themselves are the clash."""
+    paths = [str(p) for p in write_shards(tmp_path / "plain", n=8, shard_size=4, size=32, lesion_every=2)]
+    (tmp_path / "plain" / "manifest.json").unlink(missing_ok=True)
+    argv = ["classifier", "--train-shards", *paths, "--val-shards", paths[1], "--out", str(tmp_path / "out"),
+            "--image-size", "32", "--epochs", "1", "--batch-size", "8"]
+    line = refused(capsys, *argv)
+    assert "1 shard(s) of --val-shards" in line and Path(paths[1]).name in line
+    assert not (tmp_path / "out" / "best.pt").exists()

@@ -133,3 +133,15 @@ def test_resume_from_a_checkpoint_without_trainer_state_is_refused(shards, tmp_p
     torch.save(payload, ckpt)
     with pytest.raises(CheckpointError, match=r"translator\.pt: no trainer state .*start a new run"):
         train_translator(run_cfg(shards, tmp_path, 4), resume=True, progress=False)
+
+
+def test_resume_on_other_data_is_refused(tmp_path):
+    """The same folder re-packed with other pixels (its manifest's sha256 change): resuming would mix two
+    datasets in one model."""
+    data = tmp_path / "data"
+    write_shards(data, n=24, shard_size=8, size=48, lesion_every=3, box=(10, 12, 26, 30), sha256=True)
+    train_translator(run_cfg(str(data), tmp_path / "out", 2), progress=False)
+    write_shards(data, n=24, shard_size=8, size=48, lesion_every=3, box=(10, 12, 26, 30), sha256=True,
+                 lesion_value=200)
+    with pytest.raises(CheckpointError, match=r"translator\.pt: trained on other data.*new --out"):
+        train_translator(run_cfg(str(data), tmp_path / "out", 4), resume=True, progress=False)

@@ -111,3 +111,27 @@ def test_resampled_is_endless_and_seeded(tmp_path):
     assert len(keys) == 30 and set(keys) <= {f"k{i:03d}" for i in range(5)}
     it2 = iter(ZarrXRays(tmp_path / "z.zarr", resampled=True, seed=7))
     assert [next(it2)["key"] for _ in range(30)] == keys
+
+
+def _resampled_keys(path, n=30, epoch=0):
+    ds = ZarrXRays(path, resampled=True, seed=7)
+    ds.set_epoch(epoch)
+    it = iter(ds)
+    return [next(it)["key"] for _ in range(n)]
+
+
+def test_resampled_draws_differ_by_epoch_and_by_reader(tmp_path, monkeypatch):
+    """Each epoch and each reader (rank x worker) draws its own sequence: the same one everywhere would
+    repeat the samples of every other reader and every other epoch."""
+    import streamaug.data.zarr_source as zarr_source
+    from streamaug.data.distributed import Slot
+
+    write_zarr(tmp_path / "z.zarr", _items(8))
+    path = tmp_path / "z.zarr"
+    assert _resampled_keys(path, epoch=0) != _resampled_keys(path, epoch=1)
+    assert _resampled_keys(path, epoch=1) == _resampled_keys(path, epoch=1)
+    by_worker = []
+    for worker in range(2):
+        monkeypatch.setattr(zarr_source, "current_slot", lambda w=worker: Slot(0, 1, w, 2))
+        by_worker.append(_resampled_keys(path))
+    assert by_worker[0] != by_worker[1]
