@@ -24,6 +24,11 @@ def _images(root: Path, n: int, size: tuple[int, int] = (8, 8)) -> None:
         _write_png(root / f"img{i}.png", np.full(size, 10 * i, np.uint8))
 
 
+def _argv(root: Path, csv_path: Path, out: str = "o") -> list[str]:
+    """``streamaug-pack`` options packing ``csv_path`` under ``root`` into ``root / out``, without a progress bar."""
+    return ["--root", str(root), "--metadata", str(csv_path), "--out", str(root / out), "--no-progress"]
+
+
 def _samples(out: Path, manifest: dict) -> dict[str, dict[str, bytes]]:
     return _read_tars(_all_shards(out, manifest))
 
@@ -81,7 +86,7 @@ def test_short_row_is_a_bad_row(tmp_path, capsys):
     _images(tmp_path, 3)
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("image,label,split\nimg0.png,normal,train\nimg1.png\nimg2.png,tumor,\n")
-    argv = ["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    argv = _argv(tmp_path, csv_path)
     assert main(argv) == 2
     assert "m.csv line 3 (key 'img1', img1.png): 1 cells, the header has 3 columns" in capsys.readouterr().err
     assert main([*argv, "--on-error", "skip"]) == 0
@@ -95,7 +100,7 @@ def test_a_csv_without_rows_packs_nothing_and_says_so(tmp_path, capsys):
     _images(tmp_path, 2)
     csv_path = tmp_path / "m.csv"
     csv_path.write_text("image,label\r\n")
-    argv = ["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "o"), "--no-progress"]
+    argv = _argv(tmp_path, csv_path)
     assert main(argv) == 2
     assert "m.csv: a header (2 columns) but no row: nothing to pack" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
@@ -116,8 +121,7 @@ def test_summary_prints_each_label_with_its_int(tmp_path, capsys):
     _images(tmp_path, 5)
     rows = [{"image": f"img{i}.png", "label": lab} for i, lab in enumerate(["0.0", "normal", "tumor", "tumor", ""])]
     csv_path = _write_csv(tmp_path / "m.csv", rows, ["image", "label"])
-    assert main(["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 0
+    assert main(_argv(tmp_path, csv_path)) == 0
     assert "labels: 0.0 -> 0 (1), normal -> 0 (1), tumor -> 1 (2), unknown -> -1 (1)\n" in capsys.readouterr().out
 
 
@@ -185,8 +189,7 @@ def test_empty_mask_beside_boxes_is_a_warning(tmp_path, capsys):
             {"image": "img1.png", "mask": "m/empty.png", "boxes_xyxy": "1 1 4 4", "split": "train"},
             {"image": "img2.png", "mask": "", "boxes_xyxy": "1 1 4 4", "split": "train"}]
     csv_path = _write_csv(tmp_path / "m.csv", rows, ["image", "mask", "boxes_xyxy", "split"])
-    assert main(["--root", str(tmp_path), "--metadata", str(csv_path), "--out", str(tmp_path / "o"),
-                 "--no-progress"]) == 0
+    assert main(_argv(tmp_path, csv_path)) == 0
     out, err = capsys.readouterr()
     assert "warnings: 1 (empty_mask=1)" in out
     assert "warning: line 4 (img1, img1.png): mask m/empty.png has no foreground pixel" in err
